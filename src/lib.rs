@@ -1,0 +1,9 @@
+//! binlake: a near-real-time analytics replica of MySQL/MariaDB tables, read from the binlog.
+//!
+//! The flow (see `../shared/DESIGN.md` and the README): [`source`] reads the binlog as a replica,
+//! [`decode`] turns events into typed row changes, [`pipeline`] assembles transactions, batches them
+//! per table with size and time bounds, deduplicates per key and builds Arrow batches with the
+//! metadata columns, and a sink (crate `binlake-sink-*`) writes them with the checkpoint.
+
+pub mod decode;
+pub mod position;
