@@ -5,5 +5,10 @@
 //! per table with size and time bounds, deduplicates per key and builds Arrow batches with the
 //! metadata columns, and a sink (crate `binlake-sink-*`) writes them with the checkpoint.
 
+pub mod config;
 pub mod decode;
+pub mod filter;
+pub mod pipeline;
 pub mod position;
+pub mod schema;
+pub mod source;

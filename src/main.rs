@@ -1,1 +1,324 @@
-fn main() {}
+//! The `binlake` command line. `anyhow` lives here only; the library's errors are typed.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use binlake::config::{FileConfig, Patterns, Settings, Size};
+use binlake::pipeline;
+use binlake::source;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "binlake",
+    version,
+    about = "Replicate MySQL/MariaDB tables into an analytics lake from the binlog"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check that the source is set up for binlake (settings, GTIDs, grants).
+    Check(Common),
+    /// Stream changes into the target until stopped (SIGINT/SIGTERM) or caught up.
+    Replicate(Common),
+    /// Print the checkpoint a target holds (position, tables, lag) without a running process.
+    Status(Common),
+    /// Decode a binlog file and print its events and rows (for debugging).
+    Decode {
+        file: std::path::PathBuf,
+        /// Print at most this many rows.
+        #[arg(long, default_value_t = 50)]
+        rows: usize,
+    },
+    /// Print the MySQL -> Arrow type map as a Markdown table.
+    Types,
+}
+
+/// Flags shared by the commands; each has the config-file key of the same name.
+#[derive(Args, Default)]
+struct Common {
+    /// TOML config file; flags override its keys.
+    #[arg(long)]
+    config: Option<String>,
+    /// mysql://user:password@host:port
+    #[arg(long)]
+    source: Option<String>,
+    /// Tables to replicate: globs over db.table, `!` excludes (repeat or comma-separate).
+    #[arg(long)]
+    tables: Vec<String>,
+    /// Sink: parquet.
+    #[arg(long)]
+    sink: Option<String>,
+    /// Target: a directory or s3://bucket/prefix.
+    #[arg(long)]
+    target: Option<String>,
+    /// Without a checkpoint in the target: earliest, current, a GTID, or file:position.
+    #[arg(long)]
+    start_at: Option<String>,
+    /// Stop once everything the server had at start is applied.
+    #[arg(long)]
+    exit_when_caught_up: bool,
+    /// Pipeline name (several pipelines may share a target).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// null, fail or dead_letter.
+    #[arg(long)]
+    invalid_values: Option<String>,
+    #[arg(long)]
+    max_batch_rows: Option<usize>,
+    /// e.g. 64MiB
+    #[arg(long)]
+    max_batch_bytes: Option<String>,
+    /// e.g. 1s, 500ms
+    #[arg(long)]
+    max_latency: Option<String>,
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    #[arg(long)]
+    heartbeat: Option<String>,
+    /// Replica server id binlake registers with.
+    #[arg(long)]
+    server_id: Option<u32>,
+    #[arg(long)]
+    zstd_level: Option<i32>,
+    /// text or json
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl Common {
+    fn file_config(&self) -> Result<FileConfig, binlake::config::ConfigError> {
+        let base = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let flags = FileConfig {
+            source: self.source.clone(),
+            tables: (!self.tables.is_empty()).then(|| Patterns::Many(self.tables.clone())),
+            sink: self.sink.clone(),
+            target: self.target.clone(),
+            start_at: self.start_at.clone(),
+            exit_when_caught_up: self.exit_when_caught_up.then_some(true),
+            pipeline: self.pipeline.clone(),
+            invalid_values: self.invalid_values.clone(),
+            max_batch_rows: self.max_batch_rows,
+            max_batch_bytes: self.max_batch_bytes.clone().map(Size::Text),
+            max_latency: self.max_latency.clone(),
+            checkpoint_interval: self.checkpoint_interval.clone(),
+            heartbeat: self.heartbeat.clone(),
+            server_id: self.server_id,
+            zstd_level: self.zstd_level,
+            log_format: self.log_format.clone(),
+        };
+        Ok(base.overlay(flags))
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Exit codes: 0 done, 1 runtime failure, 2 bad configuration, 3 the source fails preflight.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Types => {
+            print!("{}", binlake::schema::type_map_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Decode { file, rows } => {
+            let (dump, err) = binlake::decode::file::dump_file(&file);
+            println!(
+                "server: {}  events: {}  rows: {}",
+                dump.server_version,
+                dump.events,
+                dump.rows.len()
+            );
+            for g in &dump.gtids {
+                println!("gtid {g}");
+            }
+            for (t, r) in dump.rows.iter().take(rows) {
+                println!("{t} {:?} before={:?} after={:?}", r.kind, r.before, r.after);
+            }
+            match err {
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Check(c) => {
+            let fc = match c.file_config() {
+                Ok(f) => f,
+                Err(e) => return config_error(e),
+            };
+            init_logs(fc.log_format.as_deref() == Some("json"));
+            let Some(url) = fc.source.clone() else {
+                return config_error(binlake::config::ConfigError::Key {
+                    key: "source",
+                    message: "required: mysql://user:password@host:port".into(),
+                });
+            };
+            let opts = match source::parse_url(&url) {
+                Ok(o) => o,
+                Err(m) => {
+                    return config_error(binlake::config::ConfigError::Key {
+                        key: "source",
+                        message: m,
+                    })
+                }
+            };
+            let mut conn = source::connect(&opts)
+                .await
+                .with_context(|| format!("source {}", source::redact(&url)))?;
+            let report = source::preflight::run(&mut conn).await?;
+            print!("{report}");
+            if report.failed() {
+                eprintln!(
+                    "error: {} check(s) failed; fix them and run `binlake check` again",
+                    report.failures().count()
+                );
+                Ok(ExitCode::from(3))
+            } else {
+                println!("source is ready for binlake");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Cmd::Status(c) => {
+            let fc = match c.file_config() {
+                Ok(f) => f,
+                Err(e) => return config_error(e),
+            };
+            let target = fc.target.clone().context("--target is required")?;
+            let pipeline_name = fc.pipeline.clone().unwrap_or_else(|| "default".into());
+            let mut sink = build_sink(
+                fc.sink.as_deref().unwrap_or("parquet"),
+                &target,
+                &pipeline_name,
+                3,
+            )?;
+            match sink.open().await? {
+                None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
+                Some(cp) => {
+                    let lag = (pipeline::now_us() - cp.source_commit_us) as f64 / 1e6;
+                    println!("pipeline: {}\ncommit:   {}\nposition: {}\nsource commit time: {} ({lag:.1} s ago)", cp.pipeline, cp.seq, cp.position, cp.source_commit_us);
+                    for (t, v) in &cp.tables {
+                        println!("  {t:<40} version {v}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replicate(c) => {
+            let fc = match c.file_config() {
+                Ok(f) => f,
+                Err(e) => return config_error(e),
+            };
+            let settings = match Settings::resolve(&fc) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            init_logs(settings.log_json);
+            let sink = build_sink(
+                &settings.sink,
+                &settings.target,
+                &settings.pipeline.name,
+                settings.zstd_level,
+            )?;
+            tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %settings.target, pipeline = %settings.pipeline.name, "binlake replicate");
+            match pipeline::run(
+                settings.pipeline.clone(),
+                settings.source.clone(),
+                sink,
+                shutdown_signal(),
+            )
+            .await
+            {
+                Ok(s) => {
+                    tracing::info!(transactions = s.transactions, rows = s.rows, commits = s.commits, invalid_nulled = s.invalid_nulled, rejected = s.rejected, position = ?s.position, caught_up = s.caught_up, "done");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(pipeline::PipelineError::Source(source::SourceError::Preflight(r))) => {
+                    eprintln!("error: the source is not ready for binlake:\n{r}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {e}");
+    Ok(ExitCode::from(2))
+}
+
+fn build_sink(
+    kind: &str,
+    target: &str,
+    pipeline: &str,
+    zstd_level: i32,
+) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
+    match kind {
+        #[cfg(feature = "parquet")]
+        "parquet" => {
+            let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
+            cfg.zstd_level = zstd_level;
+            Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
+        }
+        other => anyhow::bail!("sink `{other}` is not available in this build"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -1,1 +1,179 @@
-pub fn x() {}
+//! The contract between binlake's pipeline and its sinks.
+//!
+//! Invariants every sink upholds (the compliance tests check them against each sink):
+//! - **Checkpoint with the data.** [`Sink::commit`] makes the batches and the [`Checkpoint`]
+//!   durable together; [`Sink::open`] reads back the checkpoint of the last complete commit, so the
+//!   local machine holds no state that matters.
+//! - **Idempotent.** Committing a batch whose versions are already applied changes nothing a reader
+//!   of the current state sees.
+//! - **Whole transactions.** A [`TableBatch`] holds whole source transactions for its table; a sink
+//!   never splits one batch across two visible commits.
+//! - **Metadata columns.** Every batch carries the columns of [`metadata_fields`], with these names,
+//!   in every sink.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, TimeUnit};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const COL_VERSION: &str = "_binlake_version";
+pub const COL_DELETED: &str = "_binlake_deleted";
+pub const COL_OP: &str = "_binlake_op";
+pub const COL_COMMIT_TS: &str = "_binlake_commit_ts";
+pub const COL_SYNCED_AT: &str = "_binlake_synced_at";
+pub const COL_SOURCE: &str = "_binlake_source";
+
+/// Name of the dead-letter table (rows whose values the target cannot hold, under
+/// `invalid_values = "dead_letter"`).
+pub const REJECTS_TABLE: &str = "_binlake_rejects";
+
+/// The metadata columns appended to every replicated table, in this order.
+pub fn metadata_fields() -> Vec<Field> {
+    vec![
+        Field::new(COL_VERSION, DataType::UInt64, false),
+        Field::new(COL_DELETED, DataType::Boolean, false),
+        Field::new(COL_OP, DataType::Utf8, false),
+        Field::new(
+            COL_COMMIT_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(
+            COL_SYNCED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(COL_SOURCE, DataType::Utf8, false),
+    ]
+}
+
+/// The schema of the dead-letter table.
+pub fn rejects_fields() -> Vec<Field> {
+    vec![
+        Field::new("table", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("row_json", DataType::Utf8, false),
+        Field::new(COL_VERSION, DataType::UInt64, false),
+        Field::new(
+            "rejected_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ]
+}
+
+/// A source table, `db.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableId {
+    pub db: String,
+    pub table: String,
+}
+
+impl TableId {
+    pub fn new(db: impl Into<String>, table: impl Into<String>) -> Self {
+        TableId {
+            db: db.into(),
+            table: table.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.db, self.table)
+    }
+}
+
+/// Changes to one table: whole transactions, deduplicated per key (the highest version of each key
+/// within the batch), data columns followed by the metadata columns.
+#[derive(Debug, Clone)]
+pub struct TableBatch {
+    pub table: TableId,
+    pub batch: RecordBatch,
+    /// Primary-key column names; empty for keyless tables (append-only changelog).
+    pub primary_key: Vec<String>,
+    pub min_version: u64,
+    pub max_version: u64,
+}
+
+/// Progress, stored in the target with the data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The pipeline's name: several pipelines may share a target.
+    pub pipeline: String,
+    /// Where the stream resumes (a typed position in text form, e.g. `mariadb-gtid:0-1-42`).
+    pub position: String,
+    /// Highest applied `_binlake_version` per table (`db.table`).
+    pub tables: BTreeMap<String, u64>,
+    /// Source commit time (µs) of the last applied transaction, for lag and freshness.
+    pub source_commit_us: i64,
+    /// Wall-clock time (µs) of the commit.
+    pub committed_at_us: i64,
+    /// Sequence number of the commit in the target (assigned by the sink).
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// What one commit carries.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub batches: Vec<TableBatch>,
+    /// Dead-letter rows (schema [`rejects_fields`]).
+    pub rejects: Option<RecordBatch>,
+    pub checkpoint: Checkpoint,
+}
+
+impl Commit {
+    pub fn rows(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|b| b.batch.num_rows())
+            .sum::<usize>()
+            + self.rejects.as_ref().map_or(0, |r| r.num_rows())
+    }
+}
+
+/// Errors are classified so that the pipeline knows whether to retry.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    /// Worth retrying with backoff: the network, a timeout, a 5xx, a throttled store.
+    #[error("transient sink error: {0}")]
+    Transient(String),
+    /// Retrying will not help: bad configuration, permissions, a corrupt target.
+    #[error("{0}")]
+    Definite(String),
+    /// Another writer holds the target (a conditional write lost a race).
+    #[error("another binlake process is writing to this target: {0}")]
+    Conflict(String),
+    /// One table cannot be written (a type or schema the target rejects); others may go on.
+    #[error("table {table}: {message}")]
+    Table { table: TableId, message: String },
+}
+
+impl SinkError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Transient(_))
+    }
+}
+
+/// A target that holds replicated tables.
+#[async_trait::async_trait]
+pub trait Sink: Send {
+    /// Short name for logs (`parquet`, `delta`, `clickhouse`).
+    fn kind(&self) -> &'static str;
+
+    /// Connects, verifies the target is usable, cleans up what an interrupted commit left behind,
+    /// and returns the checkpoint of the last complete commit of `pipeline`, if any.
+    async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError>;
+
+    /// Makes the batches and the checkpoint durable in one atomic step.
+    async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
+}
+
+/// Shared, cheap-to-clone text for the `_binlake_source` column.
+pub type SourceText = Arc<str>;

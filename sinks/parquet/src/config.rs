@@ -1,0 +1,95 @@
+//! Parquet sink configuration: parsed and validated without I/O; [`crate::ParquetSink::new`] does
+//! the I/O.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use thiserror::Error;
+
+#[derive(Debug, Clone)]
+pub struct ParquetConfig {
+    /// A local directory, `file:///abs/dir`, or `s3://bucket/prefix`.
+    pub target: String,
+    /// Names this pipeline's commit log, so several pipelines may share a target.
+    pub pipeline: String,
+    /// ZSTD level (1-22).
+    pub zstd_level: i32,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ParquetConfigError {
+    #[error("target `{0}`: unsupported URL scheme (expected a local path, file://, or s3://)")]
+    Scheme(String),
+    #[error("target `{target}`: {message}")]
+    Invalid { target: String, message: String },
+}
+
+impl ParquetConfig {
+    pub fn new(target: impl Into<String>, pipeline: impl Into<String>) -> Self {
+        ParquetConfig {
+            target: target.into(),
+            pipeline: pipeline.into(),
+            zstd_level: 3,
+            row_group_rows: 1 << 20,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ParquetConfigError> {
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(ParquetConfigError::Invalid {
+                target: self.target.clone(),
+                message: "zstd_level must be 1..=22".into(),
+            });
+        }
+        if self.pipeline.is_empty() || self.pipeline.contains('/') {
+            return Err(ParquetConfigError::Invalid {
+                target: self.target.clone(),
+                message: "pipeline name must be non-empty and contain no '/'".into(),
+            });
+        }
+        match self.target.split_once("://") {
+            None => Ok(()),
+            Some(("file" | "s3" | "s3a", _)) => Ok(()),
+            Some(_) => Err(ParquetConfigError::Scheme(self.target.clone())),
+        }
+    }
+
+    /// Builds the object store and the prefix inside it. Creates a local directory if needed.
+    pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path), ParquetConfigError> {
+        self.validate()?;
+        let invalid = |m: String| ParquetConfigError::Invalid {
+            target: self.target.clone(),
+            message: m,
+        };
+        if let Some(rest) = self
+            .target
+            .strip_prefix("s3://")
+            .or_else(|| self.target.strip_prefix("s3a://"))
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("no bucket in the URL".into()));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Ok(ep) =
+                std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
+            {
+                let http = ep.starts_with("http://");
+                b = b.with_endpoint(ep).with_allow_http(http);
+            }
+            let store = b.build().map_err(|e| invalid(e.to_string()))?;
+            return Ok((Arc::new(store), Path::from(prefix.trim_matches('/'))));
+        }
+        let dir = self.target.strip_prefix("file://").unwrap_or(&self.target);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| invalid(format!("cannot create directory: {e}")))?;
+        let abs = std::fs::canonicalize(dir).map_err(|e| invalid(e.to_string()))?;
+        let store = LocalFileSystem::new_with_prefix(abs).map_err(|e| invalid(e.to_string()))?;
+        Ok((Arc::new(store), Path::from("")))
+    }
+}

@@ -1,0 +1,253 @@
+//! Writing Parquet files and the commit log (see the crate doc for the invariants).
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use binlake_sink::{Checkpoint, Commit, Sink, SinkError, REJECTS_TABLE};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tracing::{debug, info, warn};
+
+use crate::config::ParquetConfig;
+use crate::manifest::{
+    data_file_name, data_file_seq, log_name, parse_log_name, FileEntry, LogEntry,
+};
+
+pub struct ParquetSink {
+    config: ParquetConfig,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    last_seq: u64,
+}
+
+fn classify(e: object_store::Error) -> SinkError {
+    use object_store::Error as E;
+    match e {
+        E::AlreadyExists { path, .. } | E::Precondition { path, .. } => SinkError::Conflict(format!("commit log entry {path} already exists")),
+        E::NotImplemented { operation, implementer } => {
+            SinkError::Definite(format!("the object store ({implementer}) does not support {operation}; binlake needs conditional put"))
+        }
+        E::PermissionDenied { path, source } | E::Unauthenticated { path, source } => SinkError::Definite(format!("access to {path} denied: {source}")),
+        other => SinkError::Transient(other.to_string()),
+    }
+}
+
+impl ParquetSink {
+    pub fn new(config: ParquetConfig) -> Result<Self, SinkError> {
+        let (store, root) = config
+            .store()
+            .map_err(|e| SinkError::Definite(e.to_string()))?;
+        Ok(ParquetSink {
+            config,
+            store,
+            root,
+            last_seq: 0,
+        })
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        if self.root.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{}", self.root, rel))
+        }
+    }
+
+    fn log_dir(&self) -> Path {
+        self.path(&format!("_binlake/{}/log", self.config.pipeline))
+    }
+
+    fn encode(&self, batch: &RecordBatch) -> Result<Vec<u8>, SinkError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(self.config.zstd_level)
+                    .map_err(|e| SinkError::Definite(e.to_string()))?,
+            ))
+            .set_max_row_group_row_count(Some(self.config.row_group_rows))
+            .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
+        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
+            .map_err(|e| SinkError::Definite(format!("parquet writer: {e}")))?;
+        w.write(batch)
+            .map_err(|e| SinkError::Definite(format!("parquet write: {e}")))?;
+        w.close()
+            .map_err(|e| SinkError::Definite(format!("parquet close: {e}")))?;
+        Ok(buf)
+    }
+
+    async fn put(&self, path: &Path, bytes: Vec<u8>, mode: PutMode) -> Result<(), SinkError> {
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(path, PutPayload::from(Bytes::from(bytes)), opts)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// The files this pipeline committed, from its log (for tests and maintenance).
+    pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
+        let mut out = Vec::new();
+        let mut entries: Vec<Path> = self
+            .store
+            .list(Some(&self.log_dir()))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        entries.sort();
+        for p in entries {
+            let bytes = self
+                .store
+                .get(&p)
+                .await
+                .map_err(classify)?
+                .bytes()
+                .await
+                .map_err(classify)?;
+            let e: LogEntry = serde_json::from_slice(&bytes)
+                .map_err(|e| SinkError::Definite(format!("corrupt commit log entry {p}: {e}")))?;
+            out.extend(e.files);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ParquetSink {
+    fn kind(&self) -> &'static str {
+        "parquet"
+    }
+
+    async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        // 1. The last complete commit.
+        let names: Vec<Path> = self
+            .store
+            .list(Some(&self.log_dir()))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let last = names
+            .iter()
+            .filter_map(|p| p.filename().and_then(parse_log_name).map(|s| (s, p)))
+            .max_by_key(|(s, _)| *s);
+        let checkpoint = match last {
+            Some((seq, p)) => {
+                let bytes = self
+                    .store
+                    .get(p)
+                    .await
+                    .map_err(classify)?
+                    .bytes()
+                    .await
+                    .map_err(classify)?;
+                let e: LogEntry = serde_json::from_slice(&bytes).map_err(|e| {
+                    SinkError::Definite(format!("corrupt commit log entry {p}: {e}"))
+                })?;
+                self.last_seq = seq;
+                Some(e.checkpoint)
+            }
+            None => None,
+        };
+        // 2. Remove what an interrupted commit left: data files newer than the last log entry.
+        //    Only this pipeline's files are named in its log, but the seq space is per pipeline, so
+        //    we only touch folders this pipeline wrote (those with a part file newer than last_seq
+        //    and not listed by another pipeline is the single-pipeline case we support today).
+        let all: Vec<Path> = self
+            .store
+            .list(Some(&self.root))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let mut removed = 0;
+        for p in all {
+            let s = p.as_ref();
+            if s.contains("/_binlake/") || s.starts_with("_binlake/") {
+                continue;
+            }
+            if let Some(seq) = p.filename().and_then(data_file_seq) {
+                if seq > self.last_seq {
+                    self.store.delete(&p).await.map_err(classify)?;
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            warn!(removed, last_seq = self.last_seq, "removed data files of an interrupted commit; they will be rewritten from the checkpoint");
+        }
+        info!(target = %self.config.target, last_seq = self.last_seq, resume = ?checkpoint.as_ref().map(|c| &c.position), "parquet sink opened");
+        Ok(checkpoint)
+    }
+
+    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+        let seq = self.last_seq + 1;
+        commit.checkpoint.seq = seq;
+        let mut files = Vec::with_capacity(commit.batches.len() + 1);
+        let mut uploads = Vec::new();
+        for (n, tb) in commit.batches.iter().enumerate() {
+            if tb.batch.num_rows() == 0 {
+                continue;
+            }
+            let rel = format!(
+                "{}/{}/{}",
+                tb.table.db,
+                tb.table.table,
+                data_file_name(seq, n)
+            );
+            let bytes = self.encode(&tb.batch)?;
+            files.push(FileEntry {
+                path: rel.clone(),
+                table: tb.table.to_string(),
+                rows: tb.batch.num_rows(),
+                bytes: bytes.len(),
+                min_version: tb.min_version,
+                max_version: tb.max_version,
+            });
+            uploads.push((self.path(&rel), bytes));
+        }
+        if let Some(rej) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
+            let rel = format!("{}/{}", REJECTS_TABLE, data_file_name(seq, 0));
+            let bytes = self.encode(rej)?;
+            files.push(FileEntry {
+                path: rel.clone(),
+                table: REJECTS_TABLE.into(),
+                rows: rej.num_rows(),
+                bytes: bytes.len(),
+                min_version: 0,
+                max_version: 0,
+            });
+            uploads.push((self.path(&rel), bytes));
+        }
+        // Data first (in parallel), then the log entry that makes them committed.
+        let this = &*self;
+        let puts = uploads
+            .into_iter()
+            .map(|(p, b)| async move { this.put(&p, b, PutMode::Overwrite).await });
+        futures::future::try_join_all(puts).await?;
+        let entry = LogEntry {
+            checkpoint: commit.checkpoint,
+            files,
+        };
+        let json =
+            serde_json::to_vec_pretty(&entry).map_err(|e| SinkError::Definite(e.to_string()))?;
+        let log_path = self.path(&format!(
+            "_binlake/{}/log/{}",
+            self.config.pipeline,
+            log_name(seq)
+        ));
+        self.put(&log_path, json, PutMode::Create).await?;
+        self.last_seq = seq;
+        debug!(seq, files = entry.files.len(), "parquet commit");
+        Ok(())
+    }
+}

@@ -1,0 +1,405 @@
+//! Configuration: a TOML file (`--config`) and command-line flags, one key per flag (flags win).
+//!
+//! Parsed, then validated without I/O ([`Settings::resolve`]); every error names the key and what
+//! it expected. `${NAME}` in a string value is replaced by the environment variable NAME, so
+//! passwords stay out of files; an unset variable is an error naming it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::filter::TableFilter;
+use crate::pipeline::{InvalidPolicy, PipelineConfig};
+use crate::source::{SourceConfig, StartAt};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: &'static str, message: String },
+    #[error("config key `{key}`: environment variable `{var}` is not set")]
+    Env { key: String, var: String },
+}
+
+fn key_err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Tables: one pattern, a comma-separated list, or a TOML array.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Patterns {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A byte size: an integer or text like `64MiB`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Every key of the config file. Each has a flag of the same name (`max_batch_rows` =
+/// `--max-batch-rows`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub source: Option<String>,
+    pub tables: Option<Patterns>,
+    pub sink: Option<String>,
+    pub target: Option<String>,
+    pub start_at: Option<String>,
+    pub exit_when_caught_up: Option<bool>,
+    pub pipeline: Option<String>,
+    pub invalid_values: Option<String>,
+    pub max_batch_rows: Option<usize>,
+    pub max_batch_bytes: Option<Size>,
+    pub max_latency: Option<String>,
+    pub checkpoint_interval: Option<String>,
+    pub heartbeat: Option<String>,
+    pub server_id: Option<u32>,
+    pub zstd_level: Option<i32>,
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        for (k, v) in table.iter_mut() {
+            expand_env(k, v)?;
+        }
+        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `other` wins where it has a value.
+    pub fn overlay(self, other: FileConfig) -> FileConfig {
+        macro_rules! pick { ($($f:ident),*) => { FileConfig { $($f: other.$f.or(self.$f),)* } } }
+        pick!(
+            source,
+            tables,
+            sink,
+            target,
+            start_at,
+            exit_when_caught_up,
+            pipeline,
+            invalid_values,
+            max_batch_rows,
+            max_batch_bytes,
+            max_latency,
+            checkpoint_interval,
+            heartbeat,
+            server_id,
+            zstd_level,
+            log_format
+        )
+    }
+}
+
+fn expand_env(key: &str, v: &mut toml::Value) -> Result<(), ConfigError> {
+    match v {
+        toml::Value::String(s) => *s = expand_str(key, s)?,
+        toml::Value::Array(a) => {
+            for x in a {
+                expand_env(key, x)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                expand_env(k, x)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` with the environment variable NAME. `$${` is a literal `${`.
+pub fn expand_str(key: &str, s: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        let val = std::env::var(var).map_err(|_| ConfigError::Env {
+            key: key.to_string(),
+            var: var.to_string(),
+        })?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        key_err(
+            key,
+            format!("expected a duration like 500ms, 2s or 1m, got `{s}`"),
+        )
+    })?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(key_err(
+                key,
+                format!("expected a duration like 500ms, 2s or 1m, got `{s}`"),
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(key_err(
+            key,
+            format!("expected a non-negative duration, got `{s}`"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn parse_size(key: &'static str, s: &Size) -> Result<usize, ConfigError> {
+    let text = match s {
+        Size::Bytes(b) => return Ok(*b as usize),
+        Size::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| key_err(key, format!("expected a size like 64MiB, got `{text}`")))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(key_err(
+                key,
+                format!("expected a size like 64MiB, got `{text}`"),
+            ))
+        }
+    };
+    Ok((n * mult) as usize)
+}
+
+/// Which sinks this build has.
+pub const SINKS: &[&str] = &[
+    #[cfg(feature = "parquet")]
+    "parquet",
+];
+
+/// Everything `replicate` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceConfig,
+    pub pipeline: PipelineConfig,
+    pub sink: String,
+    pub target: String,
+    pub zstd_level: i32,
+    pub log_json: bool,
+}
+
+impl Settings {
+    pub fn resolve(c: &FileConfig) -> Result<Settings, ConfigError> {
+        let url = c
+            .source
+            .clone()
+            .ok_or_else(|| key_err("source", "required: mysql://user:password@host:port"))?;
+        crate::source::parse_url(&url).map_err(|m| key_err("source", m))?;
+        let patterns: Vec<String> = match &c.tables {
+            None => vec![],
+            Some(Patterns::One(s)) => vec![s.clone()],
+            Some(Patterns::Many(v)) => v.clone(),
+        };
+        let filter = TableFilter::parse(&patterns).map_err(|e| key_err("tables", e.to_string()))?;
+        let sink = c.sink.clone().unwrap_or_else(|| "parquet".into());
+        if !SINKS.contains(&sink.as_str()) {
+            return Err(key_err(
+                "sink",
+                format!(
+                    "`{sink}` is not available in this build; expected one of: {}",
+                    SINKS.join(", ")
+                ),
+            ));
+        }
+        let target = c
+            .target
+            .clone()
+            .ok_or_else(|| key_err("target", "required: a directory or s3://bucket/prefix"))?;
+        let start_at: StartAt = c
+            .start_at
+            .as_deref()
+            .unwrap_or("current")
+            .parse()
+            .map_err(|m: String| key_err("start_at", m))?;
+        let invalid_values: InvalidPolicy = c
+            .invalid_values
+            .as_deref()
+            .unwrap_or("null")
+            .parse()
+            .map_err(|m: String| key_err("invalid_values", m))?;
+        let pipeline = c.pipeline.clone().unwrap_or_else(|| "default".into());
+        if pipeline.is_empty()
+            || !pipeline
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return Err(key_err(
+                "pipeline",
+                format!("`{pipeline}`: use letters, digits, - and _"),
+            ));
+        }
+        let max_batch_rows = c.max_batch_rows.unwrap_or(100_000);
+        if max_batch_rows == 0 {
+            return Err(key_err("max_batch_rows", "must be at least 1"));
+        }
+        let max_batch_bytes = match &c.max_batch_bytes {
+            Some(s) => parse_size("max_batch_bytes", s)?,
+            None => 64 << 20,
+        };
+        let max_latency = parse_duration("max_latency", c.max_latency.as_deref().unwrap_or("1s"))?;
+        let checkpoint_interval = parse_duration(
+            "checkpoint_interval",
+            c.checkpoint_interval.as_deref().unwrap_or("10s"),
+        )?;
+        let heartbeat = parse_duration("heartbeat", c.heartbeat.as_deref().unwrap_or("1s"))?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(key_err("heartbeat", "must be at least 100ms"));
+        }
+        let zstd_level = c.zstd_level.unwrap_or(3);
+        if !(1..=22).contains(&zstd_level) {
+            return Err(key_err(
+                "zstd_level",
+                format!("expected 1..=22, got {zstd_level}"),
+            ));
+        }
+        let log_json = match c.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(key_err(
+                    "log_format",
+                    format!("expected text or json, got `{other}`"),
+                ))
+            }
+        };
+        let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));
+        if replica_server_id == 0 {
+            return Err(key_err(
+                "server_id",
+                "must not be 0 (the server refuses replicas with id 0)",
+            ));
+        }
+        Ok(Settings {
+            source: SourceConfig {
+                url,
+                replica_server_id,
+                heartbeat,
+                filter,
+            },
+            pipeline: PipelineConfig {
+                name: pipeline,
+                max_batch_rows,
+                max_batch_bytes,
+                max_latency,
+                checkpoint_interval,
+                invalid_values,
+                exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
+                start_at,
+            },
+            sink,
+            target,
+            zstd_level,
+            log_json,
+        })
+    }
+}
+
+/// A replica server id unlikely to clash with real replicas: 0x62_6C_xx_xx from the pipeline name.
+fn default_server_id(pipeline: &str) -> u32 {
+    let h = pipeline
+        .bytes()
+        .fold(2166136261u32, |a, b| (a ^ b as u32).wrapping_mul(16777619));
+    0x626C_0000 | (h & 0xFFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileConfig::parse("x.toml", "sourcee = 'a'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sourcee"), "{e}");
+    }
+
+    #[test]
+    fn env_expansion_and_bad_values() {
+        std::env::set_var("BINLAKE_TEST_PW", "s3cr\"et");
+        let c = FileConfig::parse(
+            "x.toml",
+            "source = 'mysql://u:${BINLAKE_TEST_PW}@h:1'\ntarget='/tmp/x'\nmax_latency='fast'",
+        )
+        .unwrap();
+        assert_eq!(c.source.as_deref(), Some("mysql://u:s3cr\"et@h:1"));
+        let e = Settings::resolve(&c).unwrap_err().to_string();
+        assert!(e.contains("max_latency") && e.contains("fast"), "{e}");
+        let e = FileConfig::parse("x.toml", "source = '${BINLAKE_NOPE_UNSET}'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BINLAKE_NOPE_UNSET"), "{e}");
+        assert_eq!(
+            parse_duration("k", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_size("k", &Size::Text("64MiB".into())).unwrap(),
+            64 << 20
+        );
+    }
+}

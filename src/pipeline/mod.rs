@@ -1,0 +1,665 @@
+//! The pipeline: transactions from the source, per-table buffers, commits to the sink.
+//!
+//! Invariants (what makes kill -9 safe):
+//! - Only whole transactions enter the buffers, and a commit flushes every buffer at once with the
+//!   position after the last transaction it contains. So the checkpoint in the target always says
+//!   exactly which transactions are applied: all up to it, none after.
+//! - At start the checkpoint is read back from the sink, never from local state; the source
+//!   resumes right after it. As a second guard, a change whose version is not above its table's
+//!   checkpointed version is skipped (idempotent replays).
+//! - A commit happens when a table's buffer reaches `max_batch_rows` or `max_batch_bytes`, or
+//!   when the oldest buffered transaction has waited `max_latency`: a partial buffer never waits
+//!   longer than the time bound. With no data but an advancing position (changes to tables not
+//!   replicated), a position-only commit happens every `checkpoint_interval`.
+//! - Transient sink errors are retried with backoff (the same commit, idempotent); transient
+//!   source errors reconnect in the source. Definite errors flush what is complete and stop.
+
+pub mod buffer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
+use binlake_sink::{rejects_fields, Checkpoint, Commit, Sink, SinkError, TableId};
+use mysql_async::prelude::Queryable;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::decode::{RowsKind, TableMap, Value};
+use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
+use crate::source::{self, Flavor, SourceConfig, SourceError, SourceMsg, StartAt, Transaction};
+use buffer::{key_bytes, BufRow, Op, TableBuffer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidPolicy {
+    /// Store NULL and count it (the default).
+    Null,
+    /// Stop the pipeline with an error naming the table, column, value and position.
+    Fail,
+    /// Write the row, its position and the reason to `_binlake_rejects`; skip it in the table.
+    DeadLetter,
+}
+
+impl std::str::FromStr for InvalidPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "null" => Ok(InvalidPolicy::Null),
+            "fail" => Ok(InvalidPolicy::Fail),
+            "dead_letter" => Ok(InvalidPolicy::DeadLetter),
+            _ => Err(format!("`{s}`: expected null, fail or dead_letter")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub max_batch_rows: usize,
+    pub max_batch_bytes: usize,
+    pub max_latency: Duration,
+    pub checkpoint_interval: Duration,
+    pub invalid_values: InvalidPolicy,
+    pub exit_when_caught_up: bool,
+    pub start_at: StartAt,
+}
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("sink: {0}")]
+    Sink(#[from] SinkError),
+    #[error("invalid value in {table}.{column} at {position}: {reason} ({text}); invalid_values = \"fail\" stops here. Use \"null\" or \"dead_letter\" to go on.")]
+    InvalidValue {
+        table: String,
+        column: String,
+        position: String,
+        reason: &'static str,
+        text: String,
+    },
+    #[error("table {table}: the row image at {position} lacks column `{column}`; binlake needs binlog_row_image=FULL")]
+    RowImage {
+        table: String,
+        column: String,
+        position: String,
+    },
+    #[error("table {table}: cannot build a batch: {message}")]
+    Build { table: String, message: String },
+    #[error("the checkpoint position `{0}` in the target cannot be parsed")]
+    BadCheckpoint(String),
+}
+
+/// What a run did, for the CLI and the tests.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub transactions: u64,
+    pub rows: u64,
+    pub commits: u64,
+    pub invalid_nulled: u64,
+    pub rejected: u64,
+    pub position: Option<String>,
+    pub caught_up: bool,
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+struct Reject {
+    table: String,
+    position: String,
+    reason: String,
+    row_json: String,
+    version: u64,
+}
+
+struct State {
+    buffers: HashMap<TableId, TableBuffer>,
+    /// Buffers of an older table shape, written before `buffers` by the next commit.
+    set_aside: Vec<TableBuffer>,
+    rejects: Vec<Reject>,
+    rejects_since: Option<Instant>,
+    table_versions: BTreeMap<String, u64>,
+    /// Position after the last transaction taken in.
+    position: Option<Position>,
+    committed_position: Option<String>,
+    last_commit: Instant,
+    last_commit_us: i64,
+    summary: Summary,
+    invalid_by_table: HashMap<String, u64>,
+}
+
+/// Runs until caught up (with `exit_when_caught_up`), `shutdown` resolves, or a definite error.
+pub async fn run(
+    cfg: PipelineConfig,
+    src: SourceConfig,
+    mut sink: Box<dyn Sink>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Summary, PipelineError> {
+    let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
+    let mut attempt = 0;
+    let checkpoint = loop {
+        match sink.open().await {
+            Ok(c) => break c,
+            Err(e) if e.is_transient() => backoff("open", &e, &mut attempt).await,
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    let mut conn = source::connect(&opts).await?;
+    let report = source::preflight::run(&mut conn).await?;
+    if report.failed() {
+        return Err(SourceError::Preflight(report.to_string()).into());
+    }
+    let flavor = report.server.flavor;
+    let (start, table_versions) = match &checkpoint {
+        Some(c) => {
+            let p: Position = c
+                .position
+                .parse()
+                .map_err(|_| PipelineError::BadCheckpoint(c.position.clone()))?;
+            info!(position = %p, seq = c.seq, "resuming from the target's checkpoint");
+            (p, c.tables.clone())
+        }
+        None => {
+            let p = resolve_start(&mut conn, flavor, &cfg.start_at).await?;
+            info!(position = %p, start_at = ?cfg.start_at, "no checkpoint in the target; starting");
+            (p, BTreeMap::new())
+        }
+    };
+    let target = if cfg.exit_when_caught_up {
+        Some(source::current_file_pos(&mut conn).await?)
+    } else {
+        None
+    };
+    drop(conn);
+
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(1024);
+    let src_task = tokio::spawn(source::stream::run(
+        src.clone(),
+        opts,
+        flavor,
+        start.clone(),
+        tx,
+    ));
+
+    let mut st = State {
+        buffers: HashMap::new(),
+        set_aside: Vec::new(),
+        rejects: Vec::new(),
+        rejects_since: None,
+        table_versions,
+        position: checkpoint.as_ref().map(|_| start.clone()),
+        committed_position: checkpoint.as_ref().map(|c| c.position.clone()),
+        last_commit: Instant::now(),
+        last_commit_us: checkpoint.as_ref().map(|c| c.source_commit_us).unwrap_or(0),
+        summary: Summary::default(),
+        invalid_by_table: HashMap::new(),
+    };
+    let mut caught_up_at: Option<BinlogPos> = None;
+    let reached = |p: &BinlogPos, t: &BinlogPos| (p.file_index(), p.pos) >= (t.file_index(), t.pos);
+    tokio::pin!(shutdown);
+    let mut last_log = Instant::now();
+    let mut rows_at_last_log = 0u64;
+    let mut failure: Option<PipelineError> = None;
+
+    if let Some(t) = &target {
+        if t.pos <= 4 && t.file.is_empty() {
+            caught_up_at = Some(t.clone());
+        }
+    }
+    loop {
+        if caught_up_at.is_some() && cfg.exit_when_caught_up {
+            break;
+        }
+        let deadline = next_deadline(&st, &cfg);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                info!("stop requested: committing what is complete, then exiting");
+                break;
+            }
+            msg = rx.recv() => match msg {
+                Some(SourceMsg::Txn(txn)) => {
+                    let file_pos = txn.file_pos.clone();
+                    if let Err(e) = take_txn(&mut st, &cfg, txn) {
+                        failure = Some(e);
+                        break;
+                    }
+                    if needs_size_flush(&st, &cfg) {
+                        commit(&mut st, &cfg, sink.as_mut()).await?;
+                    }
+                    if let Some(t) = &target {
+                        if reached(&file_pos, t) {
+                            caught_up_at = Some(file_pos);
+                        }
+                    }
+                }
+                Some(SourceMsg::Idle { file_pos }) => {
+                    if let Some(t) = &target {
+                        if reached(&file_pos, t) {
+                            caught_up_at = Some(file_pos);
+                        }
+                    }
+                }
+                Some(SourceMsg::Reconnecting { error, attempt }) => {
+                    debug!(%error, attempt, "source reconnecting");
+                }
+                None => {
+                    match src_task.await {
+                        Ok(Err(e)) => failure = Some(e.into()),
+                        Ok(Ok(())) => {}
+                        Err(e) => failure = Some(SourceError::Definite(format!("source task failed: {e}")).into()),
+                    }
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        if time_due(&st, &cfg) {
+            commit(&mut st, &cfg, sink.as_mut()).await?;
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            let rows = st.summary.rows;
+            let rate = (rows - rows_at_last_log) as f64 / last_log.elapsed().as_secs_f64();
+            let lag_s = if st.last_commit_us > 0 {
+                (now_us() - st.last_commit_us) as f64 / 1e6
+            } else {
+                0.0
+            };
+            info!(transactions = st.summary.transactions, rows, rows_per_s = rate as u64, commits = st.summary.commits, lag_s, position = ?st.committed_position, "progress");
+            last_log = Instant::now();
+            rows_at_last_log = rows;
+        }
+    }
+    // Commit what is complete, whatever ended the loop.
+    commit(&mut st, &cfg, sink.as_mut()).await?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    st.summary.caught_up = caught_up_at.is_some();
+    st.summary.position = st.committed_position.clone();
+    for (t, n) in &st.invalid_by_table {
+        warn!(table = %t, count = n, policy = ?cfg.invalid_values, "invalid values handled by policy");
+    }
+    Ok(st.summary)
+}
+
+async fn resolve_start(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+    at: &StartAt,
+) -> Result<Position, SourceError> {
+    let q = |e| SourceError::from_mysql(e, "resolving --start-at");
+    Ok(match at {
+        StartAt::At(p) => p.clone(),
+        StartAt::Earliest => {
+            let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.map_err(q)?;
+            let first: String = logs.first().and_then(|r| r.get(0)).ok_or_else(|| {
+                SourceError::Definite("SHOW BINARY LOGS returned no files".into())
+            })?;
+            Position::File(BinlogPos {
+                file: first,
+                pos: 4,
+            })
+        }
+        StartAt::Current => match flavor {
+            Flavor::MariaDb => {
+                let s: Option<String> = conn
+                    .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+                    .await
+                    .map_err(q)?;
+                match s.as_deref().map(str::parse::<MariaGtidState>) {
+                    Some(Ok(st)) if !st.is_empty() => Position::MariaDb(st),
+                    _ => Position::File(source::current_file_pos(conn).await?),
+                }
+            }
+            Flavor::Mysql => {
+                let s: Option<String> = conn
+                    .query_first("SELECT @@GLOBAL.gtid_executed")
+                    .await
+                    .ok()
+                    .flatten();
+                match s
+                    .as_deref()
+                    .map(|t| t.replace('\n', "").parse::<MysqlGtidSet>())
+                {
+                    Some(Ok(set)) if !set.is_empty() => Position::Mysql(set),
+                    _ => Position::File(source::current_file_pos(conn).await?),
+                }
+            }
+        },
+    })
+}
+
+fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
+    let far = Instant::now() + Duration::from_secs(3600);
+    let data = st
+        .buffers
+        .values()
+        .filter_map(|b| b.oldest)
+        .chain(st.rejects_since)
+        .min()
+        .map(|t| t + cfg.max_latency)
+        .unwrap_or(far);
+    let pos_only = if st.position.as_ref().map(|p| p.to_string()) != st.committed_position {
+        st.last_commit + cfg.checkpoint_interval
+    } else {
+        far
+    };
+    data.min(pos_only)
+}
+
+fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
+    let now = Instant::now();
+    let data = st
+        .buffers
+        .values()
+        .filter_map(|b| b.oldest)
+        .chain(st.rejects_since)
+        .any(|t| now >= t + cfg.max_latency);
+    data || (now >= st.last_commit + cfg.checkpoint_interval
+        && st.position.as_ref().map(|p| p.to_string()) != st.committed_position)
+}
+
+fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
+    let total: usize = st.buffers.values().map(|b| b.bytes).sum();
+    total >= cfg.max_batch_bytes
+        || st
+            .buffers
+            .values()
+            .any(|b| b.rows.len() >= cfg.max_batch_rows)
+}
+
+fn provenance(txn: &Transaction) -> Arc<str> {
+    let gtid = txn.gtid.as_deref().unwrap_or("-");
+    Arc::from(format!(
+        "server_id={} gtid={} file={} pos={}",
+        txn.origin_server_id, gtid, txn.file_pos.file, txn.file_pos.pos
+    ))
+}
+
+fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<(), PipelineError> {
+    st.summary.transactions += 1;
+    for d in &txn.ddl {
+        info!(ddl = %d, gtid = ?txn.gtid, "DDL in the stream");
+    }
+    if !txn.changes.is_empty() {
+        let source = provenance(&txn);
+        let pos_text = || txn.gtid.clone().unwrap_or_else(|| txn.file_pos.to_string());
+        // A schema change for a table with buffered rows: those rows keep their old shape and
+        // are written, before the new ones, by the next commit.
+        for tc in &txn.changes {
+            let id = TableId::new(&tc.table.db, &tc.table.table);
+            if let Some(b) = st.buffers.get_mut(&id) {
+                if !b.same_shape(&tc.table) {
+                    let old = std::mem::replace(b, TableBuffer::new(id, tc.table.clone()));
+                    if !old.is_empty() {
+                        info!(table = %old.id, "table shape changed; older rows go out in their own batch");
+                        st.set_aside.push(old);
+                    }
+                }
+            }
+        }
+        take_changes(st, cfg, &txn, &source, &pos_text())?;
+    }
+    st.position = Some(txn.position);
+    st.last_commit_us = txn.commit_us;
+    Ok(())
+}
+
+fn take_changes(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    txn: &Transaction,
+    source: &Arc<str>,
+    pos: &str,
+) -> Result<(), PipelineError> {
+    let mut kb = Vec::new();
+    let mut ka = Vec::new();
+    for tc in &txn.changes {
+        let tm = &tc.table;
+        let name = format!("{}.{}", tm.db, tm.table);
+        if st
+            .table_versions
+            .get(&name)
+            .is_some_and(|&v| txn.version <= v)
+        {
+            continue;
+        }
+        let id = TableId::new(&tm.db, &tm.table);
+        let mut rows: Vec<BufRow> = Vec::with_capacity(2);
+        let mk = |values: Vec<Value>, op: Op, deleted: bool| BufRow {
+            values,
+            version: txn.version,
+            op,
+            deleted,
+            commit_us: txn.commit_us,
+            source: source.clone(),
+        };
+        match tc.change.kind {
+            RowsKind::Write => rows.push(mk(
+                tc.change.after.clone().unwrap_or_default(),
+                Op::Insert,
+                false,
+            )),
+            RowsKind::Delete => rows.push(mk(
+                tc.change.before.clone().unwrap_or_default(),
+                Op::Delete,
+                true,
+            )),
+            RowsKind::Update => {
+                let before = tc.change.before.clone().unwrap_or_default();
+                let after = tc.change.after.clone().unwrap_or_default();
+                if !tm.primary_key.is_empty() {
+                    key_bytes(&before, &tm.primary_key, &mut kb);
+                    key_bytes(&after, &tm.primary_key, &mut ka);
+                    if kb != ka {
+                        rows.push(mk(before, Op::Delete, true));
+                    }
+                }
+                rows.push(mk(after, Op::Update, false));
+            }
+        }
+        'rows: for mut row in rows {
+            for (i, v) in row.values.iter_mut().enumerate() {
+                match v {
+                    Value::Absent => {
+                        return Err(PipelineError::RowImage {
+                            table: name.clone(),
+                            column: tm
+                                .columns
+                                .get(i)
+                                .map(|c| c.name.clone())
+                                .unwrap_or_default(),
+                            position: pos.to_string(),
+                        })
+                    }
+                    Value::Invalid { reason, text } => {
+                        let column = tm
+                            .columns
+                            .get(i)
+                            .map(|c| c.name.clone())
+                            .unwrap_or_default();
+                        match cfg.invalid_values {
+                            InvalidPolicy::Fail => {
+                                return Err(PipelineError::InvalidValue {
+                                    table: name.clone(),
+                                    column,
+                                    position: pos.to_string(),
+                                    reason,
+                                    text: text.clone(),
+                                });
+                            }
+                            InvalidPolicy::Null => {
+                                *st.invalid_by_table.entry(name.clone()).or_default() += 1;
+                                st.summary.invalid_nulled += 1;
+                                debug!(table = %name, %column, position = %pos, reason = *reason, value = %text, "invalid value stored as NULL");
+                                *v = Value::Null;
+                            }
+                            InvalidPolicy::DeadLetter => {
+                                let reason = format!("column `{column}`: {reason} ({text})");
+                                *st.invalid_by_table.entry(name.clone()).or_default() += 1;
+                                st.summary.rejected += 1;
+                                st.rejects.push(Reject {
+                                    table: name.clone(),
+                                    position: pos.to_string(),
+                                    reason,
+                                    row_json: row_json(tm, &row.values),
+                                    version: row.version,
+                                });
+                                st.rejects_since.get_or_insert_with(Instant::now);
+                                continue 'rows;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            st.summary.rows += 1;
+            st.buffers
+                .entry(id.clone())
+                .or_insert_with(|| TableBuffer::new(id.clone(), tm.clone()))
+                .push(row);
+        }
+    }
+    Ok(())
+}
+
+fn row_json(tm: &TableMap, values: &[Value]) -> String {
+    let mut m = serde_json::Map::new();
+    for (c, v) in tm.columns.iter().zip(values) {
+        let j = match v {
+            Value::Null | Value::Absent => serde_json::Value::Null,
+            Value::Int(i) => (*i).into(),
+            Value::UInt(u) => (*u).into(),
+            Value::F32(f) => serde_json::Value::from(*f as f64),
+            Value::F64(f) => serde_json::Value::from(*f),
+            Value::Str(s) => s.clone().into(),
+            Value::Bin(b) => format!("0x{}", crate::decode::rows::hex(b)).into(),
+            Value::Invalid { text, .. } => text.clone().into(),
+            other => format!("{other:?}").into(),
+        };
+        m.insert(c.name.clone(), j);
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
+    if rejects.is_empty() {
+        return None;
+    }
+    let now = now_us();
+    let mut t = StringBuilder::new();
+    let mut p = StringBuilder::new();
+    let mut r = StringBuilder::new();
+    let mut j = StringBuilder::new();
+    let mut v = UInt64Builder::new();
+    let mut ts = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for x in rejects {
+        t.append_value(&x.table);
+        p.append_value(&x.position);
+        r.append_value(&x.reason);
+        j.append_value(&x.row_json);
+        v.append_value(x.version);
+        ts.append_value(now);
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new(rejects_fields())),
+        vec![
+            Arc::new(t.finish()),
+            Arc::new(p.finish()),
+            Arc::new(r.finish()),
+            Arc::new(j.finish()),
+            Arc::new(v.finish()),
+            Arc::new(ts.finish()),
+        ],
+    )
+    .ok()
+}
+
+async fn commit(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    sink: &mut dyn Sink,
+) -> Result<(), PipelineError> {
+    let Some(position) = st.position.as_ref().map(|p| p.to_string()) else {
+        return Ok(());
+    };
+    let has_data = st.buffers.values().any(|b| !b.is_empty())
+        || !st.set_aside.is_empty()
+        || !st.rejects.is_empty();
+    if !has_data && st.committed_position.as_deref() == Some(position.as_str()) {
+        return Ok(());
+    }
+    let synced = now_us();
+    let mut batches = Vec::new();
+    let mut bufs: Vec<TableBuffer> = std::mem::take(&mut st.set_aside);
+    bufs.extend(st.buffers.drain().map(|(_, b)| b));
+    for mut buf in bufs {
+        match buf.take_batch(synced) {
+            Ok(Some(b)) => {
+                let v = st.table_versions.entry(b.table.to_string()).or_default();
+                *v = (*v).max(b.max_version);
+                batches.push(b);
+            }
+            Ok(None) => {}
+            Err(message) => {
+                return Err(PipelineError::Build {
+                    table: buf.id.to_string(),
+                    message,
+                })
+            }
+        }
+    }
+    let rejects = rejects_batch(&st.rejects);
+    let checkpoint = Checkpoint {
+        pipeline: cfg.name.clone(),
+        position: position.clone(),
+        tables: st.table_versions.clone(),
+        source_commit_us: st.last_commit_us,
+        committed_at_us: now_us(),
+        seq: 0,
+    };
+    let commit = Commit {
+        batches,
+        rejects,
+        checkpoint,
+    };
+    let rows = commit.rows();
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match sink.commit(commit.clone()).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => backoff("commit", &e, &mut attempt).await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    st.rejects.clear();
+    st.rejects_since = None;
+    st.committed_position = Some(position.clone());
+    st.last_commit = Instant::now();
+    st.summary.commits += 1;
+    debug!(rows, ms = started.elapsed().as_millis() as u64, %position, "committed");
+    Ok(())
+}
+
+/// Waits before retrying a transient sink error (1 s doubling to 30 s). Callers retry forever: the
+/// pipeline waits for the target to come back and loses nothing meanwhile.
+async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
+    *attempt += 1;
+    let wait = Duration::from_secs(1u64 << (*attempt).min(5).saturating_sub(1))
+        .min(Duration::from_secs(30));
+    warn!(error = %e, attempt = *attempt, wait_s = wait.as_secs(), "sink {what} failed; retrying");
+    tokio::time::sleep(wait).await;
+}

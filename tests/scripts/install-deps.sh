@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what binlake's demo, tests and benchmarks need and is missing: MariaDB server and client,
+# sysbench (Debian), a Rust toolchain check, and the Python readers/peers (PyPI). Idempotent.
+set -euo pipefail
+need_apt=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
+command -v mariadb-binlog >/dev/null 2>&1 || need_apt+=(mariadb-client)
+command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# mariadb-server's postinst may start a system server; binlake's tests never use it.
+py_missing=()
+python3 -c 'import pyarrow' 2>/dev/null || py_missing+=(pyarrow)
+python3 -c 'import duckdb' 2>/dev/null || py_missing+=(duckdb)
+python3 -c 'import pymysqlreplication' 2>/dev/null || py_missing+=(mysql-replication)
+python3 -c 'import moto, flask' 2>/dev/null || py_missing+=('moto[server]')
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "installing Python packages: ${py_missing[*]}" >&2
+  python3 -m pip install -q "${py_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
