@@ -91,6 +91,8 @@ pub enum PipelineError {
     },
     #[error("table {table}: cannot build a batch: {message}")]
     Build { table: String, message: String },
+    #[error("cannot open the target: {0}")]
+    TargetUnreachable(String),
     #[error("the checkpoint position `{0}` in the target cannot be parsed")]
     BadCheckpoint(String),
 }
@@ -146,12 +148,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, PipelineError> {
     let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
+    // At start a target that does not answer is more likely misconfigured than briefly down:
+    // a few retries, then a clear error (once running, commits retry until it is back).
     let mut attempt = 0;
     let checkpoint = loop {
         match sink.open().await {
             Ok(c) => break c,
-            Err(e) if e.is_transient() => backoff("open", &e, &mut attempt).await,
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_transient() && attempt < 2 => backoff("open", &e, &mut attempt).await,
+            Err(e) => return Err(PipelineError::TargetUnreachable(e.to_string())),
         }
     };
 

@@ -1,1 +1,7 @@
+//! binlake's integration tests: one binary, real servers started by `tests/scripts/`.
+mod bad_input;
+mod crash;
 mod fixtures;
+mod harness;
+mod replicate;
+mod s3;

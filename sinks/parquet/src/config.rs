@@ -75,7 +75,20 @@ impl ParquetConfig {
             if bucket.is_empty() {
                 return Err(invalid("no bucket in the URL".into()));
             }
-            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // Bounded client retries: binlake's pipeline retries whole commits itself, so a store
+            // that is down surfaces within ~30 s instead of the client's default 3 minutes.
+            let retry = object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(200),
+                    max_backoff: std::time::Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(30),
+            };
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry);
             if let Ok(ep) =
                 std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
             {

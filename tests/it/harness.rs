@@ -1,0 +1,231 @@
+//! Test harness: real servers started by the project's own scripts, binlake run as a user runs
+//! it, and replicas checked with independent readers (`tests/scripts/compare.py`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn binlake_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_binlake")
+}
+
+/// A fresh directory for one test, removed on drop unless BINLAKE_KEEP_TEST_DIRS is set.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "binlake-it-{}-{}-{}",
+            name,
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TestDir(p)
+    }
+    pub fn path(&self, rel: &str) -> String {
+        self.0.join(rel).display().to_string()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("BINLAKE_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A throwaway mariadbd with its own datadir and port.
+pub struct Maria {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Maria {
+    pub fn start(dir: &Path, server_id: u32, extra: &[&str]) -> Maria {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/scripts/mariadb.sh"))
+            .arg("start")
+            .arg(dir)
+            .arg(server_id.to_string())
+            .args(extra)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run mariadb.sh");
+        assert!(out.status.success(), "mariadb.sh start failed");
+        let port = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Maria {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://binlake:binlake@127.0.0.1:{}", self.port)
+    }
+
+    /// Runs SQL as root through the mariadb client; panics with the error on failure.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = self.try_sql(sql);
+        match out {
+            Ok(s) => s,
+            Err(e) => panic!("SQL failed: {e}\n{sql}"),
+        }
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "--default-character-set=utf8mb4",
+                "-h127.0.0.1",
+                "-uroot",
+                "-N",
+                "-B",
+            ])
+            .arg(format!("-P{}", self.port))
+            .arg("-e")
+            .arg(sql)
+            .output()
+            .expect("run mariadb client");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/scripts/mariadb.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl Drop for Maria {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `binlake ARGS`, waiting at most `timeout`.
+pub fn binlake(args: &[&str], timeout: Duration) -> Output {
+    let mut child = spawn_binlake(args);
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "binlake {args:?} did not finish in {timeout:?}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn spawn_binlake(args: &[&str]) -> Child {
+    Command::new(binlake_bin())
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn binlake")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Replicates everything the server has into `target`, then exits (asserting success).
+pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output {
+    let url = m.url();
+    let mut args = vec![
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        tables,
+        "--target",
+        target,
+        "--start-at",
+        "earliest",
+        "--exit-when-caught-up",
+    ];
+    args.extend_from_slice(extra);
+    let out = binlake(&args, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "binlake replicate failed:\n{}",
+        stderr(&out)
+    );
+    out
+}
+
+/// The independent comparison; panics with its report when the replica differs.
+pub fn assert_replica_equal(m: &Maria, target: &str, table: &str, extra: &[&str]) {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/scripts/compare.py"))
+        .args([
+            "--port",
+            &m.port.to_string(),
+            "--target",
+            target,
+            "--table",
+            table,
+        ])
+        .args(extra)
+        .output()
+        .expect("run compare.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "replica differs from the source:\n{text}"
+    );
+    eprintln!("{}", text.trim());
+}
+
+/// Runs a DuckDB query (the SQL passed as an argument, no quoting games) and returns the first
+/// column of the first row as text ("None" for NULL).
+pub fn duck(sql: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import duckdb, sys; r = duckdb.sql(sys.argv[1]).fetchall(); print(r[0][0] if r else None)", sql])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim_end_matches('\n')
+        .to_string()
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Compare a source table with its binlake replica, value by value, with readers independent of
+binlake: PyMySQL for the source, pyarrow (or DuckDB running the README's current-state query) for
+the Parquet lake.
+
+usage: compare.py --port P --target DIR --table db.t [--reader pyarrow|duckdb] [--invalid-as-null]
+Exit 0 when equal; 1 with the first differences printed otherwise.
+"""
+import argparse, datetime as dt, decimal, glob, math, os, sys
+
+import pymysql
+from pymysql.constants import FIELD_TYPE as FT
+
+META = ("_binlake_version", "_binlake_deleted", "_binlake_op", "_binlake_commit_ts", "_binlake_synced_at", "_binlake_source")
+
+
+def source_rows(port, db, table):
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", charset="utf8mb4")
+    with conn.cursor() as cur:
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute("SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s "
+                    "AND CONSTRAINT_NAME='PRIMARY' ORDER BY ORDINAL_POSITION", (db, table))
+        pk = [r[0] for r in cur.fetchall()]
+        cur.execute(f"SELECT * FROM `{db}`.`{table}`")
+        cols = [(d[0], d[1]) for d in cur.description]
+        rows = [dict(zip([c for c, _ in cols], r)) for r in cur.fetchall()]
+    conn.close()
+    return pk, dict(cols), rows
+
+
+def replica_rows_pyarrow(target, db, table, pk):
+    import pyarrow.parquet as pq
+    files = sorted(glob.glob(os.path.join(target, db, table, "**", "*.parquet"), recursive=True))
+    best = {}
+    for f in files:
+        for r in pq.read_table(f).to_pylist():
+            key = tuple(r[k] for k in pk) if pk else id(r)
+            if key not in best or r["_binlake_version"] > best[key]["_binlake_version"]:
+                best[key] = r
+    return [r for r in best.values() if not r["_binlake_deleted"]], len(files)
+
+
+def replica_rows_duckdb(target, db, table, pk):
+    """The current-state query the README documents."""
+    import duckdb
+    path = os.path.join(target, db, table, "**", "*.parquet")
+    keys = ", ".join(f'"{k}"' for k in pk)
+    q = (f"SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _binlake_version DESC) AS rn "
+         f"FROM read_parquet('{path}', union_by_name = true)) WHERE rn = 1 AND NOT _binlake_deleted")
+    con = duckdb.connect()
+    cur = con.execute(q)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()], len(glob.glob(path, recursive=True))
+
+
+def norm_source(v, ftype, invalid_as_null):
+    if v is None:
+        return None
+    if ftype == FT.BIT:
+        return int.from_bytes(v, "big")
+    if ftype == FT.GEOMETRY:
+        return bytes(v[4:])
+    if ftype in (FT.DATE, FT.NEWDATE, FT.DATETIME, FT.TIMESTAMP) and isinstance(v, str):
+        # zero / impossible dates: PyMySQL hands back the text
+        return None if invalid_as_null else ("INVALID", v)
+    if ftype == FT.TIME and isinstance(v, dt.timedelta):
+        return v // dt.timedelta(microseconds=1)
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    return v
+
+
+def norm_replica(v):
+    if isinstance(v, dt.datetime) and v.tzinfo is not None:
+        return v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    return v
+
+
+def equal(a, b, ftype):
+    if a is None or b is None:
+        return a is None and b is None
+    if ftype == FT.FLOAT:
+        return math.isclose(float(a), float(b), rel_tol=2e-6, abs_tol=1e-30)
+    if ftype == FT.DOUBLE:
+        return math.isclose(float(a), float(b), rel_tol=1e-13)
+    if isinstance(a, decimal.Decimal) or isinstance(b, decimal.Decimal):
+        return decimal.Decimal(a) == decimal.Decimal(b)
+    return a == b
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--table", required=True)
+    ap.add_argument("--reader", default="pyarrow", choices=["pyarrow", "duckdb"])
+    ap.add_argument("--invalid-as-null", action="store_true")
+    a = ap.parse_args()
+    db, table = a.table.split(".", 1)
+    pk, types, src = source_rows(a.port, db, table)
+    if not pk:
+        print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)
+        return 2
+    read = replica_rows_pyarrow if a.reader == "pyarrow" else replica_rows_duckdb
+    rep, nfiles = read(a.target, db, table, pk)
+    src_by = {tuple(r[k] for k in pk): r for r in src}
+    rep_by = {tuple(r[k] for k in pk): r for r in rep}
+    diffs = []
+    for k in sorted(set(src_by) - set(rep_by), key=repr)[:10]:
+        diffs.append(f"key {k}: in the source, missing from the replica")
+    for k in sorted(set(rep_by) - set(src_by), key=repr)[:10]:
+        diffs.append(f"key {k}: in the replica, not in the source")
+    ncmp = 0
+    for k in sorted(set(src_by) & set(rep_by), key=repr):
+        s, r = src_by[k], rep_by[k]
+        for col, ftype in types.items():
+            if col not in r:
+                diffs.append(f"key {k}: column {col} missing from the replica")
+                continue
+            sv = norm_source(s[col], ftype, a.invalid_as_null)
+            rv = norm_replica(r[col])
+            ncmp += 1
+            if not equal(sv, rv, ftype):
+                diffs.append(f"key {k} column {col}: source {sv!r} != replica {rv!r}")
+        extra = set(r) - set(types) - set(META) - {"rn"}
+        if extra:
+            diffs.append(f"key {k}: replica has extra columns {sorted(extra)}")
+    if diffs:
+        print(f"{a.table}: {len(diffs)} difference(s) ({len(src)} source rows, {len(rep)} replica rows, {nfiles} files, reader {a.reader}):")
+        for d in diffs[:30]:
+            print("  " + d)
+        return 1
+    print(f"{a.table}: equal: {len(src)} rows, {ncmp} values compared ({nfiles} files, reader {a.reader})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
