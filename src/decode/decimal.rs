@@ -135,7 +135,7 @@ mod tests {
             }
         };
         push(&i[..lead], DIG2BYTES[lead]);
-        for c in i[lead..].as_bytes().chunks(9) {
+        for c in i.as_bytes()[lead..].chunks(9) {
             push(std::str::from_utf8(c).unwrap(), 4);
         }
         let fs = f.as_bytes();

@@ -239,7 +239,7 @@ pub fn dump_file(path: &std::path::Path) -> (FileDump, Option<DecodeError>) {
     };
     let mut dec = super::Decoder::new();
     let name = file.name().to_string();
-    while let Some(ev) = file.next() {
+    for ev in file.by_ref() {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => return (dump, Some(e)),

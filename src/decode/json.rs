@@ -105,12 +105,12 @@ fn container(
         if i > 0 {
             out.push_str(", ");
         }
-        if object {
-            quote(keys[i], out);
+        if let Some(k) = keys.get(i) {
+            quote(k, out);
             out.push_str(": ");
         }
         let ty = r.u8().map_err(|_| E)?;
-        let inline = matches!(ty, 0x04 | 0x05 | 0x06) || (large && matches!(ty, 0x07 | 0x08));
+        let inline = matches!(ty, 0x04..=0x06) || (large && matches!(ty, 0x07 | 0x08));
         if inline {
             let v = r.take(w).map_err(|_| E)?;
             value(ty, v, out, depth + 1)?;

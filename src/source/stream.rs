@@ -298,29 +298,30 @@ async fn handle_event(
                     ..Default::default()
                 });
             }
-            EventBody::MariaGtidList(list) => {
-                if st.skip_until.is_some() || st.maria.is_empty() {
-                    for g in list {
-                        if st.maria.get(g.domain).is_none_or(|o| o.seq < g.seq) {
-                            st.maria.apply(g);
-                        }
+            // The state before this file: what we start from when reading from a file position.
+            EventBody::MariaGtidList(list) if st.skip_until.is_some() || st.maria.is_empty() => {
+                for g in list {
+                    if st.maria.get(g.domain).is_none_or(|o| o.seq < g.seq) {
+                        st.maria.apply(g);
                     }
                 }
             }
-            EventBody::PreviousGtids(set) => {
-                if st.skip_until.is_some() || st.mysql.is_empty() {
-                    st.mysql = set;
-                }
+            EventBody::PreviousGtids(set) if st.skip_until.is_some() || st.mysql.is_empty() => {
+                st.mysql = set;
             }
             EventBody::Query { sql, .. } => {
-                let word = sql
-                    .trim_start()
+                let words: Vec<String> = sql
                     .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
+                    .take(2)
+                    .map(|w| w.to_ascii_uppercase())
+                    .collect();
+                let word = match words.as_slice() {
+                    [x, s] if x == "XA" && s == "START" => "BEGIN".to_string(),
+                    [w, ..] => w.clone(),
+                    [] => String::new(),
+                };
                 match word.as_str() {
-                    "BEGIN" | "XA" if !sql.trim().eq_ignore_ascii_case("XA COMMIT") => {
+                    "BEGIN" => {
                         let open = st.open.get_or_insert_with(|| Open {
                             origin: header.server_id,
                             ..Default::default()
@@ -341,10 +342,8 @@ async fn handle_event(
                 }
             }
             EventBody::Xid(_) => return finish(cfg, st, &header, end, tx).await,
-            EventBody::Heartbeat { .. } => {
-                if header.log_pos != 0 && st.open.is_none() {
-                    return Ok(tx.send(SourceMsg::Idle { file_pos: end }).await.is_ok());
-                }
+            EventBody::Heartbeat { .. } if header.log_pos != 0 && st.open.is_none() => {
+                return Ok(tx.send(SourceMsg::Idle { file_pos: end }).await.is_ok());
             }
             EventBody::Incident { code, message } => {
                 return Err(SourceError::Definite(format!("the source logged an incident (code {code}: {message}) at {end}: changes may be missing from the binlog; re-snapshot the affected tables")));
