@@ -237,7 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
                     let lag = (pipeline::now_us() - cp.source_commit_us) as f64 / 1e6;
-                    println!("pipeline: {}\ncommit:   {}\nposition: {}\nsource commit time: {} ({lag:.1} s ago)", cp.pipeline, cp.seq, cp.position, cp.source_commit_us);
+                    println!(
+                        "pipeline: {}\ncommit:   {} at {}\nposition: {}\nlast source commit: {} ({lag:.1} s before now)",
+                        cp.pipeline,
+                        cp.seq,
+                        pipeline::format_us(cp.committed_at_us),
+                        cp.position,
+                        pipeline::format_us(cp.source_commit_us)
+                    );
                     for (t, v) in &cp.tables {
                         println!("  {t:<40} version {v}");
                     }

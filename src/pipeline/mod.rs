@@ -109,6 +109,21 @@ pub struct Summary {
     pub caught_up: bool,
 }
 
+/// `2026-11-21T05:06:01.489452Z` from µs since the epoch.
+pub fn format_us(us: i64) -> String {
+    let days = us.div_euclid(86_400_000_000);
+    let rem = us.rem_euclid(86_400_000_000);
+    let (y, m, d) = crate::decode::rows::civil_from_days(days as i32);
+    let s = rem / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        rem % 1_000_000
+    )
+}
+
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -187,7 +202,8 @@ pub async fn run(
     };
     drop(conn);
 
-    let (tx, mut rx) = mpsc::channel::<SourceMsg>(1024);
+    // Bounded: with large transactions, 128 in flight is already ~100k rows of memory.
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(128);
     let src_task = tokio::spawn(source::stream::run(
         src.clone(),
         opts,
@@ -215,6 +231,7 @@ pub async fn run(
     let mut last_log = Instant::now();
     let mut rows_at_last_log = 0u64;
     let mut failure: Option<PipelineError> = None;
+    let mut idle_since_last_txn = false;
 
     if let Some(t) = &target {
         if t.pos <= 4 && t.file.is_empty() {
@@ -234,6 +251,7 @@ pub async fn run(
             }
             msg = rx.recv() => match msg {
                 Some(SourceMsg::Txn(txn)) => {
+                    idle_since_last_txn = false;
                     let file_pos = txn.file_pos.clone();
                     if let Err(e) = take_txn(&mut st, &cfg, txn) {
                         failure = Some(e);
@@ -249,6 +267,8 @@ pub async fn run(
                     }
                 }
                 Some(SourceMsg::Idle { file_pos }) => {
+                    // The server has nothing newer: whatever is buffered is all there is.
+                    idle_since_last_txn = true;
                     if let Some(t) = &target {
                         if reached(&file_pos, t) {
                             caught_up_at = Some(file_pos);
@@ -275,7 +295,12 @@ pub async fn run(
         if last_log.elapsed() >= Duration::from_secs(10) {
             let rows = st.summary.rows;
             let rate = (rows - rows_at_last_log) as f64 / last_log.elapsed().as_secs_f64();
-            let lag_s = if st.last_commit_us > 0 {
+            // Replication lag: how old the newest applied change is, unless the source has told us
+            // (heartbeat) that there is nothing newer, and nothing is waiting in the buffers.
+            let buffered = st.buffers.values().any(|b| !b.is_empty());
+            let lag_s = if idle_since_last_txn && !buffered {
+                0.0
+            } else if st.last_commit_us > 0 {
                 (now_us() - st.last_commit_us) as f64 / 1e6
             } else {
                 0.0

@@ -51,7 +51,16 @@ pub struct Maria {
 
 impl Maria {
     pub fn start(dir: &Path, server_id: u32, extra: &[&str]) -> Maria {
-        let out = Command::new("bash")
+        Self::start_on(dir, server_id, None, extra)
+    }
+
+    /// Starts (or restarts, keeping the datadir) on a given port.
+    pub fn start_on(dir: &Path, server_id: u32, port: Option<u16>, extra: &[&str]) -> Maria {
+        let mut cmd = Command::new("bash");
+        if let Some(p) = port {
+            cmd.env("PORT", p.to_string());
+        }
+        let out = cmd
             .arg(repo().join("tests/scripts/mariadb.sh"))
             .arg("start")
             .arg(dir)
@@ -107,6 +116,15 @@ impl Maria {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// SIGKILL the server (a crash, not a shutdown).
+    pub fn kill(&self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/scripts/mariadb.sh"))
+            .arg("kill")
+            .arg(&self.dir)
+            .status();
     }
 
     pub fn stop(&self) {
@@ -228,4 +246,56 @@ pub fn duck(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout)
         .trim_end_matches('\n')
         .to_string()
+}
+
+/// Polls the independent comparison until the replica equals the source (or `timeout`).
+pub fn wait_until_equal(
+    m: &Maria,
+    target: &str,
+    table: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        let out = Command::new("python3")
+            .arg(repo().join("tests/scripts/compare.py"))
+            .args([
+                "--port",
+                &m.port.to_string(),
+                "--target",
+                target,
+                "--table",
+                table,
+            ])
+            .output()
+            .expect("run compare.py");
+        if out.status.success() {
+            return Ok(start.elapsed());
+        }
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(last)
+}
+
+/// Sends SIGTERM and waits for the exit.
+pub fn terminate(child: Child, timeout: Duration) -> Output {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }

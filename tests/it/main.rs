@@ -5,3 +5,4 @@ mod fixtures;
 mod harness;
 mod replicate;
 mod s3;
+mod stream;
