@@ -232,6 +232,7 @@ pub async fn run(
     let mut rows_at_last_log = 0u64;
     let mut failure: Option<PipelineError> = None;
     let mut idle_since_last_txn = false;
+    let mut last_keepalive = Instant::now();
 
     if let Some(t) = &target {
         if t.pos <= 4 && t.file.is_empty() {
@@ -291,6 +292,10 @@ pub async fn run(
         }
         if time_due(&st, &cfg) {
             commit(&mut st, &cfg, sink.as_mut()).await?;
+        }
+        if last_keepalive.elapsed() >= Duration::from_secs(10) {
+            sink.keepalive().await?;
+            last_keepalive = Instant::now();
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
             let rows = st.summary.rows;
@@ -371,7 +376,8 @@ async fn resolve_start(
 }
 
 fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
-    let far = Instant::now() + Duration::from_secs(3600);
+    // wake at least every 10 s (sink keepalive, progress log)
+    let far = Instant::now() + Duration::from_secs(10);
     let data = st
         .buffers
         .values()

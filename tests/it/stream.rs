@@ -117,3 +117,26 @@ fn source_crash_reconnects_and_resumes_without_loss() {
     assert_eq!(dup, "0");
     std::mem::forget(m); // m2 owns the same datadir; stop it once
 }
+
+/// Two processes of one pipeline must not share a target: the second fails at once with an error
+/// naming the holder, and the first goes on unharmed. Other pipelines may share the target.
+#[test]
+fn a_second_writer_is_refused_and_other_pipelines_coexist() {
+    let dir = TestDir::new("twowriters");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); CREATE TABLE w.u (id INT PRIMARY KEY); INSERT INTO w.t VALUES (1, 1); INSERT INTO w.u VALUES (1);");
+    let target = dir.path("lake");
+    let url = m.url();
+    let first = spawn_binlake(&["replicate", "--source", &url, "--tables", "w.t", "--target", &target, "--start-at", "earliest", "--max-latency", "200ms"]);
+    wait_until_equal(&m, &target, "w.t", Duration::from_secs(30)).expect("first writer works");
+    let second = binlake(&["replicate", "--source", &url, "--tables", "w.t", "--target", &target, "--exit-when-caught-up"], Duration::from_secs(30));
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains("is held by"), "{}", stderr(&second));
+    // another pipeline in the same target: its own commit log, files and lease
+    catch_up(&m, &target, "w.u", &["--pipeline", "other"]);
+    assert_replica_equal(&m, &target, "w.u", &[]);
+    m.sql("UPDATE w.t SET v = 2 WHERE id = 1; INSERT INTO w.t VALUES (2, 2);");
+    wait_until_equal(&m, &target, "w.t", Duration::from_secs(30)).expect("first writer unharmed");
+    let out = terminate(first, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -173,6 +173,12 @@ pub trait Sink: Send {
 
     /// Makes the batches and the checkpoint durable in one atomic step.
     async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
+
+    /// Called about every 10 s while the pipeline runs, so a sink can renew what proves it is
+    /// the target's one writer.
+    async fn keepalive(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Shared, cheap-to-clone text for the `_binlake_source` column.

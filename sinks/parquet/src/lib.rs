@@ -2,9 +2,10 @@
 //!
 //! Layout under the target:
 //! ```text
-//! <db>/<table>/part-<seq>-<n>.parquet     data + metadata columns, ZSTD
-//! _binlake_rejects/part-<seq>-0.parquet   dead-letter rows
-//! _binlake/<pipeline>/log/<seq>.json      the commit log: one entry per commit = the checkpoint
+//! <db>/<table>/part-<seq>-<n>-<pipeline>.parquet   data + metadata columns, ZSTD
+//! _binlake_rejects/part-<seq>-0-<pipeline>.parquet dead-letter rows
+//! _binlake/<pipeline>/log/<seq>.json               the commit log: one entry per commit = the checkpoint
+//! _binlake/<pipeline>/owner.json                   the owner lease (one writer per pipeline)
 //! ```
 //!
 //! Invariants (why kill -9 loses and doubles nothing):
@@ -12,7 +13,10 @@
 //!   writes a temporary file and renames it), so no reader ever sees a partial file.
 //! - A commit is durable when its log entry exists. Data files are written first, the log entry
 //!   last, with a create-if-absent put, so two writers of one pipeline cannot both commit `seq`.
-//! - Data files carry their commit's `seq` in their name. At start, [`ParquetSink::open`] deletes
+//! - One writer per pipeline: [`ParquetSink::open`] takes an owner lease (renewed every 10 s,
+//!   expiring after 60 s) before it deletes anything, so a second process fails with a clear
+//!   error instead of deleting the first one's in-flight files.
+//! - Data files carry their commit's `seq` and their pipeline in their name. At start, [`ParquetSink::open`] deletes
 //!   every `part-<seq>` newer than the last log entry: the leftovers of a commit that did not
 //!   finish. The source then replays from the checkpoint and writes those rows again, once.
 //!   Between a crash and the restart such leftovers hold only committed source data, never half

@@ -30,12 +30,41 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
     name.strip_suffix(".json")?.parse().ok()
 }
 
-/// `part-<seq:020>-<n>.parquet` -> seq
-pub fn data_file_seq(name: &str) -> Option<u64> {
+/// `part-<seq:020>-<n:04>-<pipeline>.parquet` -> seq, for files of `pipeline` only.
+pub fn data_file_seq(name: &str, pipeline: &str) -> Option<u64> {
     let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
-    rest.split('-').next()?.parse().ok()
+    let mut it = rest.splitn(3, '-');
+    let seq = it.next()?.parse().ok()?;
+    let _n = it.next()?;
+    (it.next()? == pipeline).then_some(seq)
 }
 
-pub fn data_file_name(seq: u64, n: usize) -> String {
-    format!("part-{seq:020}-{n:04}.parquet")
+pub fn data_file_name(seq: u64, n: usize, pipeline: &str) -> String {
+    format!("part-{seq:020}-{n:04}-{pipeline}.parquet")
+}
+
+/// The owner lease: which process writes this pipeline's part of the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub owner: String,
+    pub host: String,
+    pub pid: u32,
+    pub renewed_at_us: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_file_names_belong_to_their_pipeline() {
+        let n = data_file_name(42, 3, "orders-eu");
+        assert_eq!(data_file_seq(&n, "orders-eu"), Some(42));
+        assert_eq!(data_file_seq(&n, "orders"), None);
+        assert_eq!(
+            data_file_seq("part-00000000000000000042-0003-default.parquet", "default"),
+            Some(42)
+        );
+        assert_eq!(data_file_seq("other.parquet", "default"), None);
+    }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ParquetConfig;
 use crate::manifest::{
-    data_file_name, data_file_seq, log_name, parse_log_name, FileEntry, LogEntry,
+    data_file_name, data_file_seq, log_name, parse_log_name, FileEntry, LogEntry, Owner,
 };
 
 pub struct ParquetSink {
@@ -23,6 +23,20 @@ pub struct ParquetSink {
     store: Arc<dyn ObjectStore>,
     root: Path,
     last_seq: u64,
+    /// This process's identity in the owner lease.
+    me: String,
+    host: String,
+    lease_renewed: Option<std::time::Instant>,
+}
+
+/// A lease not renewed for this long belongs to a process that is gone.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn classify(e: object_store::Error) -> SinkError {
@@ -42,11 +56,18 @@ impl ParquetSink {
         let (store, root) = config
             .store()
             .map_err(|e| SinkError::Definite(e.to_string()))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let me = format!("{host}/pid {}/started {}", std::process::id(), now_us());
         Ok(ParquetSink {
             config,
             store,
             root,
             last_seq: 0,
+            me,
+            host,
+            lease_renewed: None,
         })
     }
 
@@ -56,6 +77,48 @@ impl ParquetSink {
         } else {
             Path::from(format!("{}/{}", self.root, rel))
         }
+    }
+
+    fn owner_path(&self) -> Path {
+        self.path(&format!("_binlake/{}/owner.json", self.config.pipeline))
+    }
+
+    /// Takes or renews the owner lease. Another process's lease younger than [`LEASE`] is a
+    /// conflict: two writers of one pipeline would delete each other's in-flight files.
+    async fn claim(&mut self) -> Result<(), SinkError> {
+        let path = self.owner_path();
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(classify)?;
+                if let Ok(o) = serde_json::from_slice::<Owner>(&bytes) {
+                    let age_s = (now_us() - o.renewed_at_us) as f64 / 1e6;
+                    // On this host we can see whether the owner still runs (kill -9, restart).
+                    let dead_here = o.host == self.host
+                        && !std::path::Path::new(&format!("/proc/{}", o.pid)).exists();
+                    if o.owner != self.me && age_s < LEASE.as_secs_f64() && !dead_here {
+                        return Err(SinkError::Conflict(format!(
+                            "pipeline `{}` in {} is held by {} (renewed {age_s:.0} s ago). Stop that process, or wait {} s after it died, or use another --pipeline",
+                            self.config.pipeline,
+                            self.config.target,
+                            o.owner,
+                            LEASE.as_secs()
+                        )));
+                    }
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(classify(e)),
+        }
+        let body = serde_json::to_vec(&Owner {
+            owner: self.me.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            renewed_at_us: now_us(),
+        })
+        .map_err(|e| SinkError::Definite(e.to_string()))?;
+        self.put(&path, body, PutMode::Overwrite).await?;
+        self.lease_renewed = Some(std::time::Instant::now());
+        Ok(())
     }
 
     fn log_dir(&self) -> Path {
@@ -128,6 +191,8 @@ impl Sink for ParquetSink {
     }
 
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        // 0. Become the one writer of this pipeline before touching anything.
+        self.claim().await?;
         // 1. The last complete commit.
         let names: Vec<Path> = self
             .store
@@ -158,10 +223,8 @@ impl Sink for ParquetSink {
             }
             None => None,
         };
-        // 2. Remove what an interrupted commit left: data files newer than the last log entry.
-        //    Only this pipeline's files are named in its log, but the seq space is per pipeline, so
-        //    we only touch folders this pipeline wrote (those with a part file newer than last_seq
-        //    and not listed by another pipeline is the single-pipeline case we support today).
+        // 2. Remove what an interrupted commit of this pipeline left: its data files newer than
+        //    its last log entry (file names carry the pipeline, so other pipelines' are untouched).
         let all: Vec<Path> = self
             .store
             .list(Some(&self.root))
@@ -175,7 +238,10 @@ impl Sink for ParquetSink {
             if s.contains("/_binlake/") || s.starts_with("_binlake/") {
                 continue;
             }
-            if let Some(seq) = p.filename().and_then(data_file_seq) {
+            if let Some(seq) = p
+                .filename()
+                .and_then(|n| data_file_seq(n, &self.config.pipeline))
+            {
                 if seq > self.last_seq {
                     self.store.delete(&p).await.map_err(classify)?;
                     removed += 1;
@@ -189,7 +255,15 @@ impl Sink for ParquetSink {
         Ok(checkpoint)
     }
 
+    async fn keepalive(&mut self) -> Result<(), SinkError> {
+        if self.lease_renewed.is_none_or(|t| t.elapsed() >= LEASE / 6) {
+            self.claim().await?;
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+        self.keepalive().await?;
         let seq = self.last_seq + 1;
         commit.checkpoint.seq = seq;
         let mut files = Vec::with_capacity(commit.batches.len() + 1);
@@ -202,7 +276,7 @@ impl Sink for ParquetSink {
                 "{}/{}/{}",
                 tb.table.db,
                 tb.table.table,
-                data_file_name(seq, n)
+                data_file_name(seq, n, &self.config.pipeline)
             );
             let bytes = self.encode(&tb.batch)?;
             files.push(FileEntry {
@@ -216,7 +290,11 @@ impl Sink for ParquetSink {
             uploads.push((self.path(&rel), bytes));
         }
         if let Some(rej) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
-            let rel = format!("{}/{}", REJECTS_TABLE, data_file_name(seq, 0));
+            let rel = format!(
+                "{}/{}",
+                REJECTS_TABLE,
+                data_file_name(seq, 0, &self.config.pipeline)
+            );
             let bytes = self.encode(rej)?;
             files.push(FileEntry {
                 path: rel.clone(),
