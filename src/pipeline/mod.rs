@@ -29,7 +29,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::decode::{RowsKind, TableMap, Value};
+use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
 use crate::source::{self, Flavor, SourceConfig, SourceError, SourceMsg, StartAt, Transaction};
 use buffer::{key_bytes, BufRow, Op, TableBuffer};
@@ -415,12 +415,14 @@ fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
             .any(|b| b.rows.len() >= cfg.max_batch_rows)
 }
 
-fn provenance(txn: &Transaction) -> Arc<str> {
-    let gtid = txn.gtid.as_deref().unwrap_or("-");
-    Arc::from(format!(
-        "server_id={} gtid={} file={} pos={}",
-        txn.origin_server_id, gtid, txn.file_pos.file, txn.file_pos.pos
-    ))
+/// What every row of one transaction shares.
+struct TxnMeta {
+    version: u64,
+    commit_us: i64,
+    /// `_binlake_source`: origin server, GTID, binlog file and position.
+    source: Arc<str>,
+    /// The GTID (or file:pos) for errors and rejects.
+    pos: String,
 }
 
 fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<(), PipelineError> {
@@ -428,144 +430,171 @@ fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<()
     for d in &txn.ddl {
         info!(ddl = %d, gtid = ?txn.gtid, "DDL in the stream");
     }
-    if !txn.changes.is_empty() {
-        let source = provenance(&txn);
-        let pos_text = || txn.gtid.clone().unwrap_or_else(|| txn.file_pos.to_string());
-        // A schema change for a table with buffered rows: those rows keep their old shape and
-        // are written, before the new ones, by the next commit.
-        for tc in &txn.changes {
-            let id = TableId::new(&tc.table.db, &tc.table.table);
-            if let Some(b) = st.buffers.get_mut(&id) {
-                if !b.same_shape(&tc.table) {
-                    let old = std::mem::replace(b, TableBuffer::new(id, tc.table.clone()));
-                    if !old.is_empty() {
-                        info!(table = %old.id, "table shape changed; older rows go out in their own batch");
-                        st.set_aside.push(old);
-                    }
-                }
+    let Transaction {
+        gtid,
+        version,
+        commit_us,
+        origin_server_id,
+        position,
+        file_pos,
+        changes,
+        ..
+    } = txn;
+    if !changes.is_empty() {
+        let source = Arc::from(format!(
+            "server_id={origin_server_id} gtid={} file={} pos={}",
+            gtid.as_deref().unwrap_or("-"),
+            file_pos.file,
+            file_pos.pos
+        ));
+        let meta = TxnMeta {
+            version,
+            commit_us,
+            source,
+            pos: gtid.unwrap_or_else(|| file_pos.to_string()),
+        };
+        // Consecutive changes of one statement share their table map: take them as a group, so
+        // names, version checks and buffer lookups happen per group, not per row.
+        let mut it = changes.into_iter().peekable();
+        while let Some(first) = it.next() {
+            let tm = first.table;
+            let mut group = vec![first.change];
+            while let Some(next) = it.next_if(|n| Arc::ptr_eq(&n.table, &tm)) {
+                group.push(next.change);
             }
+            take_group(st, cfg, &tm, group, &meta)?;
         }
-        take_changes(st, cfg, &txn, &source, &pos_text())?;
     }
-    st.position = Some(txn.position);
-    st.last_commit_us = txn.commit_us;
+    st.position = Some(position);
+    st.last_commit_us = commit_us;
     Ok(())
 }
 
-fn take_changes(
+fn take_group(
     st: &mut State,
     cfg: &PipelineConfig,
-    txn: &Transaction,
-    source: &Arc<str>,
-    pos: &str,
+    tm: &Arc<TableMap>,
+    changes: Vec<RowChange>,
+    meta: &TxnMeta,
 ) -> Result<(), PipelineError> {
-    let mut kb = Vec::new();
-    let mut ka = Vec::new();
-    for tc in &txn.changes {
-        let tm = &tc.table;
-        let name = format!("{}.{}", tm.db, tm.table);
-        if st
-            .table_versions
-            .get(&name)
-            .is_some_and(|&v| txn.version <= v)
-        {
-            continue;
+    let name = format!("{}.{}", tm.db, tm.table);
+    if st
+        .table_versions
+        .get(&name)
+        .is_some_and(|&v| meta.version <= v)
+    {
+        return Ok(()); // already in the target (a replay after restart)
+    }
+    let id = TableId::new(&tm.db, &tm.table);
+    // A schema change for a table with buffered rows: those rows keep their old shape and are
+    // written, before the new ones, by the next commit.
+    if let Some(b) = st.buffers.get_mut(&id) {
+        if !b.same_shape(tm) {
+            let old = std::mem::replace(b, TableBuffer::new(id.clone(), tm.clone()));
+            if !old.is_empty() {
+                info!(table = %old.id, "table shape changed; older rows go out in their own batch");
+                st.set_aside.push(old);
+            }
         }
-        let id = TableId::new(&tm.db, &tm.table);
-        let mut rows: Vec<BufRow> = Vec::with_capacity(2);
-        let mk = |values: Vec<Value>, op: Op, deleted: bool| BufRow {
-            values,
-            version: txn.version,
-            op,
-            deleted,
-            commit_us: txn.commit_us,
-            source: source.clone(),
-        };
-        match tc.change.kind {
-            RowsKind::Write => rows.push(mk(
-                tc.change.after.clone().unwrap_or_default(),
-                Op::Insert,
-                false,
-            )),
-            RowsKind::Delete => rows.push(mk(
-                tc.change.before.clone().unwrap_or_default(),
-                Op::Delete,
-                true,
-            )),
+    }
+    let mk = |values: Vec<Value>, op: Op, deleted: bool| BufRow {
+        values,
+        version: meta.version,
+        op,
+        deleted,
+        commit_us: meta.commit_us,
+        source: meta.source.clone(),
+    };
+    let mut rows: Vec<BufRow> = Vec::with_capacity(changes.len());
+    let (mut kb, mut ka) = (Vec::new(), Vec::new());
+    for change in changes {
+        match change.kind {
+            RowsKind::Write => rows.push(mk(change.after.unwrap_or_default(), Op::Insert, false)),
+            RowsKind::Delete => rows.push(mk(change.before.unwrap_or_default(), Op::Delete, true)),
             RowsKind::Update => {
-                let before = tc.change.before.clone().unwrap_or_default();
-                let after = tc.change.after.clone().unwrap_or_default();
+                let before = change.before.unwrap_or_default();
+                let after = change.after.unwrap_or_default();
                 if !tm.primary_key.is_empty() {
                     key_bytes(&before, &tm.primary_key, &mut kb);
                     key_bytes(&after, &tm.primary_key, &mut ka);
                     if kb != ka {
+                        // the key changed: a tombstone for the old key, then the new row
                         rows.push(mk(before, Op::Delete, true));
                     }
                 }
                 rows.push(mk(after, Op::Update, false));
             }
         }
-        'rows: for mut row in rows {
-            for (i, v) in row.values.iter_mut().enumerate() {
-                match v {
-                    Value::Absent => {
-                        return Err(PipelineError::RowImage {
-                            table: name.clone(),
-                            column: tm
-                                .columns
-                                .get(i)
-                                .map(|c| c.name.clone())
-                                .unwrap_or_default(),
-                            position: pos.to_string(),
-                        })
-                    }
-                    Value::Invalid { reason, text } => {
-                        let column = tm
-                            .columns
-                            .get(i)
-                            .map(|c| c.name.clone())
-                            .unwrap_or_default();
-                        match cfg.invalid_values {
-                            InvalidPolicy::Fail => {
-                                return Err(PipelineError::InvalidValue {
-                                    table: name.clone(),
-                                    column,
-                                    position: pos.to_string(),
-                                    reason,
-                                    text: text.clone(),
-                                });
-                            }
-                            InvalidPolicy::Null => {
-                                *st.invalid_by_table.entry(name.clone()).or_default() += 1;
-                                st.summary.invalid_nulled += 1;
-                                debug!(table = %name, %column, position = %pos, reason = *reason, value = %text, "invalid value stored as NULL");
-                                *v = Value::Null;
-                            }
-                            InvalidPolicy::DeadLetter => {
-                                let reason = format!("column `{column}`: {reason} ({text})");
-                                *st.invalid_by_table.entry(name.clone()).or_default() += 1;
-                                st.summary.rejected += 1;
-                                st.rejects.push(Reject {
-                                    table: name.clone(),
-                                    position: pos.to_string(),
-                                    reason,
-                                    row_json: row_json(tm, &row.values),
-                                    version: row.version,
-                                });
-                                st.rejects_since.get_or_insert_with(Instant::now);
-                                continue 'rows;
-                            }
+    }
+    let mut accepted: Vec<BufRow> = Vec::with_capacity(rows.len());
+    'rows: for mut row in rows {
+        for (i, v) in row.values.iter_mut().enumerate() {
+            match v {
+                Value::Absent => {
+                    let column = tm
+                        .columns
+                        .get(i)
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
+                    return Err(PipelineError::RowImage {
+                        table: name,
+                        column,
+                        position: meta.pos.clone(),
+                    });
+                }
+                Value::Invalid { reason, text } => {
+                    let column = tm
+                        .columns
+                        .get(i)
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
+                    match cfg.invalid_values {
+                        InvalidPolicy::Fail => {
+                            return Err(PipelineError::InvalidValue {
+                                table: name,
+                                column,
+                                position: meta.pos.clone(),
+                                reason,
+                                text: text.clone(),
+                            });
+                        }
+                        InvalidPolicy::Null => {
+                            *st.invalid_by_table.entry(name.clone()).or_default() += 1;
+                            st.summary.invalid_nulled += 1;
+                            debug!(table = %name, %column, position = %meta.pos, reason = *reason, value = %text, "invalid value stored as NULL");
+                            *v = Value::Null;
+                        }
+                        InvalidPolicy::DeadLetter => {
+                            let reason = format!("column `{column}`: {reason} ({text})");
+                            *st.invalid_by_table.entry(name.clone()).or_default() += 1;
+                            st.summary.rejected += 1;
+                            st.rejects.push(Reject {
+                                table: name.clone(),
+                                position: meta.pos.clone(),
+                                reason,
+                                row_json: row_json(tm, &row.values),
+                                version: row.version,
+                            });
+                            st.rejects_since.get_or_insert_with(Instant::now);
+                            continue 'rows;
                         }
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            st.summary.rows += 1;
-            st.buffers
-                .entry(id.clone())
-                .or_insert_with(|| TableBuffer::new(id.clone(), tm.clone()))
-                .push(row);
         }
+        accepted.push(row);
+    }
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    st.summary.rows += accepted.len() as u64;
+    let buf = st
+        .buffers
+        .entry(id.clone())
+        .or_insert_with(|| TableBuffer::new(id, tm.clone()));
+    for row in accepted {
+        buf.push(row);
     }
     Ok(())
 }

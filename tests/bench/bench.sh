@@ -17,7 +17,9 @@
 #   BINLAKE_ARGS="..."  extra flags for binlake replicate, e.g. "--max-batch-rows 200000"
 #   PYTHON=python3      interpreter with pymysqlreplication, pyarrow and/or duckdb
 #   KEEP=1              keep the server running and the temp directory at exit
-#   SKIP_PYREPL=1       skip python-mysql-replication (slow) -- for quick local runs only
+#   SKIP_PYREPL=1       skip python-mysql-replication -- for quick local runs only
+#   SERVER_OPTS="..."   extra mariadbd options, e.g. "--max-binlog-size=4M" to spread the binlog over files
+#   RSS_POLL=1          measure peak RSS by polling /proc/PID/status even if /usr/bin/time exists
 #
 # Exit status: 0 when every reader succeeded and returned ROWS rows, whether or not the
 # performance targets are met (they are printed as PASS/MISS); non-zero otherwise.
@@ -33,6 +35,8 @@ KEEP=${KEEP:-0}
 PYTHON=${PYTHON:-python3}
 BINLAKE_ARGS=${BINLAKE_ARGS:-}
 SKIP_PYREPL=${SKIP_PYREPL:-0}
+SERVER_OPTS=${SERVER_OPTS:-}
+RSS_POLL=${RSS_POLL:-0}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -64,7 +68,9 @@ fi
 
 # Peak RSS: GNU time if present (installed on Debian/Ubuntu when we are root), else /proc polling.
 TIME_BIN=/usr/bin/time
-if ! { [ -x $TIME_BIN ] && $TIME_BIN -v true >/dev/null 2>&1; }; then
+if [ "$RSS_POLL" = 1 ]; then
+  TIME_BIN=
+elif ! { [ -x $TIME_BIN ] && $TIME_BIN -v true >/dev/null 2>&1; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing the Debian package 'time' for /usr/bin/time -v"
     export DEBIAN_FRONTEND=noninteractive
@@ -105,17 +111,20 @@ now_ns() { date +%s%N; }
 secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 rate() { awk -v r="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", r / s; else print 0 }'; }
 
-# run_measured NAME STDOUT_FILE CMD...  -> sets M_RC, M_SECS, M_RSS_KB; stderr goes to $LOGS/NAME.err
+# run_measured NAME STDOUT_FILE CMD...  -> sets M_RC, M_SECS, M_RSS_KB, M_CPU (user+sys s, or -);
+# stderr goes to $LOGS/NAME.err
 run_measured() {
   local name=$1 out=$2; shift 2
   local err=$LOGS/$name.err t0 t1 k v
-  M_RC=0; M_RSS_KB=0
+  M_RC=0; M_RSS_KB=0; M_CPU=-
   if [ -n "$TIME_BIN" ]; then
     t0=$(now_ns)
     "$TIME_BIN" -v -o "$LOGS/$name.time" "$@" >"$out" 2>"$err" || M_RC=$?
     t1=$(now_ns)
     M_RSS_KB=$(awk -F': *' '/Maximum resident set size/ { print $2 }' "$LOGS/$name.time" 2>/dev/null || true)
     M_RSS_KB=${M_RSS_KB:-0}
+    M_CPU=$(awk -F': *' '/User time|System time/ { s += $2; n++ } END { if (n == 2) printf "%.2f", s; else print "-" }' \
+      "$LOGS/$name.time" 2>/dev/null || echo -)
   else
     t0=$(now_ns)
     "$@" >"$out" 2>"$err" &
@@ -140,8 +149,9 @@ log "binlake: $BINLAKE ($("$BINLAKE" --version 2>/dev/null || echo '?'))"
 log "workspace: $WORK"
 log "starting MariaDB"
 SERVER_STARTED=1
+read -r -a server_opts <<<"$SERVER_OPTS"
 PORT=$(bash tests/scripts/mariadb.sh start "$DB" 1 \
-  --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 | tail -n1)
+  --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 "${server_opts[@]}" | tail -n1)
 [[ $PORT =~ ^[0-9]+$ ]] || die "tests/scripts/mariadb.sh start did not print a port (got '$PORT')"
 log "MariaDB $(sql -e 'SELECT VERSION()') on 127.0.0.1:$PORT"
 
@@ -187,10 +197,11 @@ BINLOG_MIB=$(awk -v b="$BINLOG_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
 log "generated $ROWS rows in ${GEN_SECS}s ($(rate "$ROWS" "$GEN_SECS") rows/s); binlog: $NLOGS file(s) from $FIRST_LOG, $BINLOG_MIB MiB"
 
 FAILURES=()
-declare -A SECS RSS RATE STATUS
+declare -A SECS CPU RSS RATE STATUS
 
 record() { # record READER -> from M_*
   SECS[$1]=$M_SECS
+  CPU[$1]=$M_CPU
   RSS[$1]=$(awk -v k="$M_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }')
   RATE[$1]=$(rate "$ROWS" "$M_SECS")
 }
@@ -216,8 +227,8 @@ if not files:
     sys.exit(f"no Parquet files under {d}")
 try:
     import duckdb
-    n, distinct = duckdb.sql(
-        "SELECT count(*), count(DISTINCT id) FROM read_parquet($files)", params={"files": files}
+    n, distinct = duckdb.connect().execute(
+        "SELECT count(*), count(DISTINCT id) FROM read_parquet(?)", [files]
     ).fetchone()
 except ImportError:
     import pyarrow.parquet as pq
@@ -246,17 +257,26 @@ record mariadb-binlog
 STATUS[mariadb-binlog]=ok
 if [ "$M_RC" != 0 ]; then
   STATUS[mariadb-binlog]="FAILED (exit $M_RC)"; FAILURES+=("mariadb-binlog exited with status $M_RC"); show_err mariadb-binlog
+else
+  # Untimed second pass: check that it really decoded every row (one '### INSERT INTO' per row).
+  mb_rows=$(mariadb-binlog --no-defaults --read-from-remote-server --host=127.0.0.1 --port="$PORT" \
+    --user=binlake --password=binlake -v --to-last-log "$FIRST_LOG" 2>>"$LOGS/mariadb-binlog.err" |
+    grep -c '^### INSERT INTO `bench`.`sbtest1`' || true)
+  if [ "$mb_rows" != "$ROWS" ]; then
+    STATUS[mariadb-binlog]="WRONG ($mb_rows rows)"
+    FAILURES+=("mariadb-binlog printed $mb_rows row inserts, expected $ROWS"); show_err mariadb-binlog
+  fi
 fi
 
 # ---------------------------------------------------------------- 3. python-mysql-replication
 PYREPL_VERSION=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("mysql-replication"))' 2>/dev/null || echo '?')
 if [ "$SKIP_PYREPL" = 1 ]; then
   log "3/3 python-mysql-replication skipped (SKIP_PYREPL=1)"
-  STATUS[python-mysql-replication]=skipped; SECS[python-mysql-replication]=-; RATE[python-mysql-replication]=0; RSS[python-mysql-replication]=-
+  STATUS[python-mysql-replication]=skipped; SECS[python-mysql-replication]=-; CPU[python-mysql-replication]=-; RATE[python-mysql-replication]=0; RSS[python-mysql-replication]=-
 else
   log "3/3 python-mysql-replication $PYREPL_VERSION (tests/bench/pyrepl_peer.py)"
   run_measured pyrepl "$LOGS/pyrepl.out" "$PYTHON" "$here/pyrepl_peer.py" --host 127.0.0.1 --port "$PORT" \
-    --user binlake --password binlake --server-id $((3000000 + $$ % 100000))
+    --user binlake --password binlake --server-id $((3000000 + $$ % 100000)) --log-file "$FIRST_LOG"
   record python-mysql-replication
   STATUS[python-mysql-replication]=ok
   py_rows=$(tail -n1 "$LOGS/pyrepl.out" 2>/dev/null || true)
@@ -282,10 +302,11 @@ echo "workload: $ROWS rows into bench.sbtest1, $STATEMENTS transactions of up to
 echo "generate: ${GEN_SECS}s ($(rate "$ROWS" "$GEN_SECS") rows/s)"
 [ -n "$TIME_BIN" ] && echo "peak RSS: /usr/bin/time -v" || echo "peak RSS: VmHWM polled from /proc every 50 ms"
 echo
-printf '%-26s %10s %10s %12s %14s  %s\n' reader rows seconds rows/s "peak RSS MiB" status
+printf '%-26s %10s %10s %12s %14s %10s  %s\n' reader rows seconds rows/s "peak RSS MiB" "CPU s" status
 for r in binlake mariadb-binlog python-mysql-replication; do
-  printf '%-26s %10s %10s %12s %14s  %s\n' "$r" "$ROWS" "${SECS[$r]}" "${RATE[$r]}" "${RSS[$r]}" "${STATUS[$r]}"
+  printf '%-26s %10s %10s %12s %14s %10s  %s\n' "$r" "$ROWS" "${SECS[$r]}" "${RATE[$r]}" "${RSS[$r]}" "${CPU[$r]}" "${STATUS[$r]}"
 done
+echo "(seconds = wall time of the reader process, start to exit; CPU s = its user+sys time, excluding the server)"
 echo
 
 target() { # target LABEL VALUE OP LIMIT UNIT
@@ -295,11 +316,17 @@ target() { # target LABEL VALUE OP LIMIT UNIT
   printf '%-44s %10s   target %s %s%s   %s\n' "$1" "$2$5" "$3" "$4" "$5" "$verdict"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print 0 }'; }
-if [ "${STATUS[python-mysql-replication]}" != skipped ]; then
+na() { printf '%-44s %10s   target %s\n' "$1" n/a "$2"; }
+ok() { [ "${STATUS[$1]}" = ok ]; }
+if [ "${STATUS[python-mysql-replication]}" = skipped ]; then :
+elif ok binlake && ok python-mysql-replication; then
   target "binlake / python-mysql-replication (rows/s)" "$(ratio "${RATE[binlake]}" "${RATE[python-mysql-replication]}")" ">=" 10 x
-fi
-target "binlake / mariadb-binlog (rows/s)" "$(ratio "${RATE[binlake]}" "${RATE[mariadb-binlog]}")" ">=" 0.5 x
-target "binlake peak RSS" "${RSS[binlake]}" "<" 300 " MiB"
+else na "binlake / python-mysql-replication (rows/s)" ">= 10x   (a reader failed)"; fi
+if ok binlake && ok mariadb-binlog; then
+  target "binlake / mariadb-binlog (rows/s)" "$(ratio "${RATE[binlake]}" "${RATE[mariadb-binlog]}")" ">=" 0.5 x
+else na "binlake / mariadb-binlog (rows/s)" ">= 0.5x   (a reader failed)"; fi
+if ok binlake; then target "binlake peak RSS" "${RSS[binlake]}" "<" 300 " MiB"
+else na "binlake peak RSS" "< 300 MiB   (binlake failed)"; fi
 echo "(targets are informational: a MISS does not fail the run)"
 
 if [ "${#FAILURES[@]}" -gt 0 ]; then

@@ -127,11 +127,39 @@ fn a_second_writer_is_refused_and_other_pipelines_coexist() {
     m.sql("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); CREATE TABLE w.u (id INT PRIMARY KEY); INSERT INTO w.t VALUES (1, 1); INSERT INTO w.u VALUES (1);");
     let target = dir.path("lake");
     let url = m.url();
-    let first = spawn_binlake(&["replicate", "--source", &url, "--tables", "w.t", "--target", &target, "--start-at", "earliest", "--max-latency", "200ms"]);
+    let first = spawn_binlake(&[
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "w.t",
+        "--target",
+        &target,
+        "--start-at",
+        "earliest",
+        "--max-latency",
+        "200ms",
+    ]);
     wait_until_equal(&m, &target, "w.t", Duration::from_secs(30)).expect("first writer works");
-    let second = binlake(&["replicate", "--source", &url, "--tables", "w.t", "--target", &target, "--exit-when-caught-up"], Duration::from_secs(30));
+    let second = binlake(
+        &[
+            "replicate",
+            "--source",
+            &url,
+            "--tables",
+            "w.t",
+            "--target",
+            &target,
+            "--exit-when-caught-up",
+        ],
+        Duration::from_secs(30),
+    );
     assert_eq!(second.status.code(), Some(1));
-    assert!(stderr(&second).contains("is held by"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("is held by"),
+        "{}",
+        stderr(&second)
+    );
     // another pipeline in the same target: its own commit log, files and lease
     catch_up(&m, &target, "w.u", &["--pipeline", "other"]);
     assert_replica_equal(&m, &target, "w.u", &[]);
