@@ -309,7 +309,7 @@ impl Settings {
         if heartbeat < Duration::from_millis(100) {
             return Err(key_err("heartbeat", "must be at least 100ms"));
         }
-        let zstd_level = c.zstd_level.unwrap_or(3);
+        let zstd_level = c.zstd_level.unwrap_or(1);
         if !(1..=22).contains(&zstd_level) {
             return Err(key_err(
                 "zstd_level",

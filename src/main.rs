@@ -231,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fc.sink.as_deref().unwrap_or("parquet"),
                 &target,
                 &pipeline_name,
-                3,
+                1,
             )?;
             match sink.open().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),

@@ -1,18 +1,21 @@
-//! Per-table buffers of whole transactions, deduplicated per key and turned into Arrow batches.
+//! Per-table buffers of whole transactions, kept as Arrow builders (columnar from the start),
+//! deduplicated per key when they become a batch.
 //!
 //! Invariants:
 //! - A buffer holds whole transactions only (the pipeline adds a transaction's rows for a table in
 //!   one call), so a batch never splits a source transaction.
-//! - All rows of a buffer share one table schema; a schema change flushes first.
+//! - All rows of a buffer share one table shape; a shape change sets the buffer aside first.
 //! - Dedup keeps, per primary key, the last change in commit order, which is also the highest
 //!   `_binlake_version` (rows are appended in commit order). Keyless tables keep every row.
+//! - Values go straight into the column builders: one copy of each string, no per-cell heap
+//!   object, so memory is about the size of the Arrow batch it becomes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::builder::*;
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_buffer::i256;
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use binlake_sink::{TableBatch, TableId};
@@ -39,6 +42,7 @@ impl Op {
     }
 }
 
+/// One change on its way into a buffer.
 #[derive(Debug, Clone)]
 pub struct BufRow {
     pub values: Vec<Value>,
@@ -47,24 +51,6 @@ pub struct BufRow {
     pub deleted: bool,
     pub commit_us: i64,
     pub source: Arc<str>,
-}
-
-pub struct TableBuffer {
-    pub id: TableId,
-    pub table: Arc<TableMap>,
-    pub schema: SchemaRef,
-    pub rows: Vec<BufRow>,
-    pub bytes: usize,
-    pub oldest: Option<Instant>,
-}
-
-pub fn value_size(v: &Value) -> usize {
-    16 + match v {
-        Value::Str(s) => s.len(),
-        Value::Bin(b) => b.len(),
-        Value::Invalid { text, .. } => text.len(),
-        _ => 0,
-    }
 }
 
 /// Bytes that identify a row's primary key (values are typed, so no two keys collide).
@@ -89,17 +75,265 @@ pub fn key_bytes(values: &[Value], pk: &[usize], out: &mut Vec<u8>) {
     }
 }
 
+/// Row index of the last change per primary key. A single integer key column (the common case)
+/// is hashed as the integer; other keys as their [`key_bytes`].
+enum LastByKey {
+    None,
+    Int(HashMap<i128, u32, foldhash::fast::RandomState>),
+    Bytes(HashMap<Vec<u8>, u32, foldhash::fast::RandomState>, Vec<u8>),
+}
+
+impl LastByKey {
+    fn for_table(tm: &TableMap) -> LastByKey {
+        match tm.primary_key.as_slice() {
+            [] => LastByKey::None,
+            [k] if matches!(
+                tm.columns.get(*k).map(|c| &c.ty),
+                Some(crate::decode::ColType::Int { .. })
+            ) =>
+            {
+                LastByKey::Int(HashMap::default())
+            }
+            _ => LastByKey::Bytes(HashMap::default(), Vec::new()),
+        }
+    }
+
+    /// Records row `idx`; returns true when the key is new to the buffer.
+    fn record(&mut self, values: &[Value], pk: &[usize], idx: u32) -> bool {
+        match self {
+            LastByKey::None => true,
+            LastByKey::Int(m) => {
+                let k = match values.get(pk[0]) {
+                    Some(Value::Int(v)) => *v as i128,
+                    Some(Value::UInt(v)) => *v as i128,
+                    _ => i128::MIN,
+                };
+                m.insert(k, idx).is_none()
+            }
+            LastByKey::Bytes(m, buf) => {
+                key_bytes(values, pk, buf);
+                match m.get_mut(buf.as_slice()) {
+                    Some(slot) => {
+                        *slot = idx;
+                        false
+                    }
+                    None => {
+                        m.insert(buf.clone(), idx);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> Option<usize> {
+        match self {
+            LastByKey::None => None,
+            LastByKey::Int(m) => Some(m.len()),
+            LastByKey::Bytes(m, _) => Some(m.len()),
+        }
+    }
+
+    fn survivors(self) -> Vec<u32> {
+        let mut keep: Vec<u32> = match self {
+            LastByKey::None => Vec::new(),
+            LastByKey::Int(m) => m.into_values().collect(),
+            LastByKey::Bytes(m, _) => m.into_values().collect(),
+        };
+        keep.sort_unstable();
+        keep
+    }
+}
+
+/// A typed column builder fed with decoded values.
+enum Col {
+    I8(Int8Builder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    U8(UInt8Builder),
+    U16(UInt16Builder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Date(Date32Builder),
+    Ts(TimestampMicrosecondBuilder, Option<Arc<str>>),
+    D128(Decimal128Builder, u8, i8),
+    D256(Decimal256Builder, u8, i8),
+    Utf8(StringBuilder),
+    Bin(BinaryBuilder),
+}
+
+impl Col {
+    fn new(dt: &DataType) -> Result<Col, String> {
+        Ok(match dt {
+            DataType::Int8 => Col::I8(Int8Builder::new()),
+            DataType::Int16 => Col::I16(Int16Builder::new()),
+            DataType::Int32 => Col::I32(Int32Builder::new()),
+            DataType::Int64 => Col::I64(Int64Builder::new()),
+            DataType::UInt8 => Col::U8(UInt8Builder::new()),
+            DataType::UInt16 => Col::U16(UInt16Builder::new()),
+            DataType::UInt32 => Col::U32(UInt32Builder::new()),
+            DataType::UInt64 => Col::U64(UInt64Builder::new()),
+            DataType::Float32 => Col::F32(Float32Builder::new()),
+            DataType::Float64 => Col::F64(Float64Builder::new()),
+            DataType::Date32 => Col::Date(Date32Builder::new()),
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                Col::Ts(TimestampMicrosecondBuilder::new(), tz.clone())
+            }
+            DataType::Decimal128(p, s) => Col::D128(Decimal128Builder::new(), *p, *s),
+            DataType::Decimal256(p, s) => Col::D256(Decimal256Builder::new(), *p, *s),
+            DataType::Utf8 => Col::Utf8(StringBuilder::new()),
+            DataType::Binary => Col::Bin(BinaryBuilder::new()),
+            other => return Err(format!("no builder for Arrow type {other}")),
+        })
+    }
+
+    /// Appends one value; returns its approximate size in bytes.
+    fn append(&mut self, v: &Value) -> Result<usize, String> {
+        macro_rules! put {
+            ($b:expr, $($pat:pat => $val:expr),+) => {
+                match v {
+                    Value::Null => { $b.append_null(); Ok(1) }
+                    $($pat => { $b.append_value($val); Ok(8) })+
+                    other => Err(format!("value {other:?} does not fit the column's Arrow type (decoder/schema mismatch)")),
+                }
+            };
+        }
+        match self {
+            Col::I8(b) => put!(b, Value::Int(x) => *x as i8),
+            Col::I16(b) => put!(b, Value::Int(x) => *x as i16),
+            Col::I32(b) => put!(b, Value::Int(x) => *x as i32),
+            Col::I64(b) => put!(b, Value::Int(x) => *x, Value::Time(x) => *x),
+            Col::U8(b) => put!(b, Value::UInt(x) => *x as u8),
+            Col::U16(b) => put!(b, Value::UInt(x) => *x as u16),
+            Col::U32(b) => put!(b, Value::UInt(x) => *x as u32),
+            Col::U64(b) => put!(b, Value::UInt(x) => *x),
+            Col::F32(b) => put!(b, Value::F32(x) => *x),
+            Col::F64(b) => put!(b, Value::F64(x) => *x),
+            Col::Date(b) => put!(b, Value::Date(x) => *x),
+            Col::Ts(b, _) => put!(b, Value::DateTime(x) => *x, Value::Timestamp(x) => *x),
+            Col::D128(b, _, _) => put!(b, Value::Dec128(x) => *x),
+            Col::D256(b, _, _) => {
+                put!(b, Value::Dec256(x) => *x, Value::Dec128(x) => i256::from_i128(*x))
+            }
+            Col::Utf8(b) => match v {
+                Value::Null => {
+                    b.append_null();
+                    Ok(1)
+                }
+                Value::Str(s) => {
+                    b.append_value(s);
+                    Ok(s.len() + 4)
+                }
+                // ENUM/SET without labels (no FULL metadata): the index / bits as text
+                Value::UInt(x) => {
+                    b.append_value(x.to_string());
+                    Ok(8)
+                }
+                other => Err(format!("value {other:?} does not fit a Utf8 column")),
+            },
+            Col::Bin(b) => match v {
+                Value::Null => {
+                    b.append_null();
+                    Ok(1)
+                }
+                Value::Bin(x) => {
+                    b.append_value(x);
+                    Ok(x.len() + 4)
+                }
+                Value::Str(s) => {
+                    b.append_value(s.as_bytes());
+                    Ok(s.len() + 4)
+                }
+                other => Err(format!("value {other:?} does not fit a Binary column")),
+            },
+        }
+    }
+
+    fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
+            Col::I8(b) => Arc::new(b.finish()),
+            Col::I16(b) => Arc::new(b.finish()),
+            Col::I32(b) => Arc::new(b.finish()),
+            Col::I64(b) => Arc::new(b.finish()),
+            Col::U8(b) => Arc::new(b.finish()),
+            Col::U16(b) => Arc::new(b.finish()),
+            Col::U32(b) => Arc::new(b.finish()),
+            Col::U64(b) => Arc::new(b.finish()),
+            Col::F32(b) => Arc::new(b.finish()),
+            Col::F64(b) => Arc::new(b.finish()),
+            Col::Date(b) => Arc::new(b.finish()),
+            Col::Ts(b, tz) => {
+                let a = b.finish();
+                match tz {
+                    Some(z) => Arc::new(a.with_timezone(z.clone())),
+                    None => Arc::new(a),
+                }
+            }
+            Col::D128(b, p, s) => Arc::new(
+                b.finish()
+                    .with_precision_and_scale(*p, *s)
+                    .map_err(|e| e.to_string())?,
+            ),
+            Col::D256(b, p, s) => Arc::new(
+                b.finish()
+                    .with_precision_and_scale(*p, *s)
+                    .map_err(|e| e.to_string())?,
+            ),
+            Col::Utf8(b) => Arc::new(b.finish()),
+            Col::Bin(b) => Arc::new(b.finish()),
+        })
+    }
+}
+
+pub struct TableBuffer {
+    pub id: TableId,
+    pub table: Arc<TableMap>,
+    pub schema: SchemaRef,
+    cols: Vec<Col>,
+    version: UInt64Builder,
+    deleted: BooleanBuilder,
+    op: StringBuilder,
+    commit_ts: TimestampMicrosecondBuilder,
+    source: StringBuilder,
+    last_by_key: LastByKey,
+    rows: usize,
+    min_version: u64,
+    max_version: u64,
+    pub bytes: usize,
+    pub oldest: Option<Instant>,
+}
+
 impl TableBuffer {
-    pub fn new(id: TableId, table: Arc<TableMap>) -> Self {
+    pub fn new(id: TableId, table: Arc<TableMap>) -> Result<Self, String> {
         let schema = table_schema(&table);
-        TableBuffer {
+        let last_by_key = LastByKey::for_table(&table);
+        let ncols = table.columns.len();
+        let cols = schema
+            .fields()
+            .iter()
+            .take(ncols)
+            .map(|f| Col::new(f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
+            .collect::<Result<_, _>>()?;
+        Ok(TableBuffer {
             id,
             table,
             schema,
-            rows: Vec::new(),
+            cols,
+            version: UInt64Builder::new(),
+            deleted: BooleanBuilder::new(),
+            op: StringBuilder::new(),
+            commit_ts: TimestampMicrosecondBuilder::new(),
+            source: StringBuilder::new(),
+            last_by_key,
+            rows: 0,
+            min_version: u64::MAX,
+            max_version: 0,
             bytes: 0,
             oldest: None,
-        }
+        })
     }
 
     /// True when `tm` has the same columns as the buffered rows.
@@ -107,196 +341,169 @@ impl TableBuffer {
         self.table.columns == tm.columns && self.table.primary_key == tm.primary_key
     }
 
-    pub fn push(&mut self, row: BufRow) {
-        self.bytes += row.values.iter().map(value_size).sum::<usize>() + 64;
-        if self.oldest.is_none() {
-            self.oldest = Some(Instant::now());
-        }
-        self.rows.push(row);
+    pub fn len(&self) -> usize {
+        self.rows
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows == 0
     }
 
-    /// Dedups and builds the batch; leaves the buffer empty.
-    pub fn take_batch(&mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
-        let rows = std::mem::take(&mut self.rows);
-        self.bytes = 0;
-        self.oldest = None;
-        if rows.is_empty() {
+    pub fn push(&mut self, row: &BufRow) -> Result<(), String> {
+        let mut bytes = 48 + row.source.len();
+        for (c, v) in self.cols.iter_mut().zip(&row.values) {
+            bytes += c.append(v)?;
+        }
+        self.version.append_value(row.version);
+        self.deleted.append_value(row.deleted);
+        self.op.append_value(row.op.as_str());
+        self.commit_ts.append_value(row.commit_us);
+        self.source.append_value(&row.source);
+        if self
+            .last_by_key
+            .record(&row.values, &self.table.primary_key, self.rows as u32)
+        {
+            bytes += 32;
+        }
+        self.rows += 1;
+        self.min_version = self.min_version.min(row.version);
+        self.max_version = self.max_version.max(row.version);
+        self.bytes += bytes;
+        if self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Builds the batch (dedup applied); consumes the buffer.
+    pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
+        if self.rows == 0 {
             return Ok(None);
         }
-        let pk = &self.table.primary_key;
-        let keep: Vec<usize> = if pk.is_empty() {
-            (0..rows.len()).collect()
-        } else {
-            let mut last: HashMap<Vec<u8>, usize> = HashMap::with_capacity(rows.len());
-            let mut buf = Vec::new();
-            for (i, r) in rows.iter().enumerate() {
-                key_bytes(&r.values, pk, &mut buf);
-                match last.get_mut(buf.as_slice()) {
-                    Some(slot) => *slot = i,
-                    None => {
-                        last.insert(buf.clone(), i);
-                    }
-                }
-            }
-            let mut k: Vec<usize> = last.into_values().collect();
-            k.sort_unstable();
-            k
-        };
-        let kept: Vec<&BufRow> = keep.iter().map(|&i| &rows[i]).collect();
-        let ncols = self.table.columns.len();
+        let n = self.rows;
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for (c, field) in self.schema.fields().iter().take(ncols).enumerate() {
-            arrays.push(
-                build_column(field.data_type(), &kept, c)
-                    .map_err(|e| format!("column `{}`: {e}", field.name()))?,
-            );
+        for c in self.cols.iter_mut() {
+            arrays.push(c.finish()?);
         }
-        let n = kept.len();
-        let mut ver = UInt64Builder::with_capacity(n);
-        let mut del = BooleanBuilder::with_capacity(n);
-        let mut op = StringBuilder::with_capacity(n, n * 6);
-        let mut cts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut sts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut src = StringBuilder::with_capacity(n, n * 48);
-        for r in &kept {
-            ver.append_value(r.version);
-            del.append_value(r.deleted);
-            op.append_value(r.op.as_str());
-            cts.append_value(r.commit_us);
-            sts.append_value(synced_at_us);
-            src.append_value(&r.source);
+        arrays.push(Arc::new(self.version.finish()));
+        arrays.push(Arc::new(self.deleted.finish()));
+        arrays.push(Arc::new(self.op.finish()));
+        arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
+        let mut synced = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        synced.append_value_n(synced_at_us, n);
+        arrays.push(Arc::new(synced.finish()));
+        arrays.push(Arc::new(self.source.finish()));
+        let mut batch =
+            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| e.to_string())?;
+        // Dedup: keep the last change per key, in commit order.
+        if self.last_by_key.len().is_some_and(|k| k < n) {
+            let idx = UInt32Array::from(self.last_by_key.survivors());
+            let cols = batch
+                .columns()
+                .iter()
+                .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())?;
         }
-        arrays.push(Arc::new(ver.finish()));
-        arrays.push(Arc::new(del.finish()));
-        arrays.push(Arc::new(op.finish()));
-        arrays.push(Arc::new(cts.finish()));
-        arrays.push(Arc::new(sts.finish()));
-        arrays.push(Arc::new(src.finish()));
-        let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| e.to_string())?;
-        let min_version = kept.iter().map(|r| r.version).min().unwrap_or(0);
-        let max_version = kept.iter().map(|r| r.version).max().unwrap_or(0);
-        let primary_key = pk
+        let primary_key = self
+            .table
+            .primary_key
             .iter()
             .filter_map(|&i| self.table.columns.get(i).map(|c| c.name.clone()))
             .collect();
         Ok(Some(TableBatch {
-            table: self.id.clone(),
+            table: self.id,
             batch,
             primary_key,
-            min_version,
-            max_version,
+            min_version: self.min_version,
+            max_version: self.max_version,
         }))
     }
 }
 
-fn mismatch(v: &Value, dt: &DataType) -> String {
-    format!("value {v:?} does not fit Arrow type {dt} (decoder/schema mismatch)")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{ColType, ColumnMeta};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
 
-macro_rules! prim {
-    ($builder:ty, $rows:expr, $c:expr, $dt:expr, $($pat:pat => $val:expr),+) => {{
-        let mut b = <$builder>::with_capacity($rows.len());
-        for r in $rows {
-            match &r.values[$c] {
-                Value::Null => b.append_null(),
-                $($pat => b.append_value($val),)+
-                other => return Err(mismatch(other, $dt)),
-            }
-        }
-        Arc::new(b.finish()) as ArrayRef
-    }};
-}
+    fn table() -> Arc<TableMap> {
+        let col = |name: &str, ty: ColType| ColumnMeta {
+            name: name.into(),
+            type_code: 3,
+            real_type: 3,
+            meta: 0,
+            nullable: true,
+            ty,
+            collation: None,
+            charset_name: None,
+            visible: true,
+        };
+        Arc::new(TableMap {
+            table_id: 1,
+            db: "d".into(),
+            table: "t".into(),
+            columns: vec![
+                col(
+                    "id",
+                    ColType::Int {
+                        bytes: 4,
+                        unsigned: false,
+                    },
+                ),
+                col(
+                    "v",
+                    ColType::Text {
+                        len_bytes: 1,
+                        charset: crate::decode::charset::Charset::Utf8,
+                    },
+                ),
+            ],
+            primary_key: vec![0],
+            full_metadata: true,
+        })
+    }
 
-fn build_column(dt: &DataType, rows: &[&BufRow], c: usize) -> Result<ArrayRef, String> {
-    Ok(match dt {
-        DataType::Int8 => prim!(Int8Builder, rows, c, dt, Value::Int(v) => *v as i8),
-        DataType::Int16 => prim!(Int16Builder, rows, c, dt, Value::Int(v) => *v as i16),
-        DataType::Int32 => prim!(Int32Builder, rows, c, dt, Value::Int(v) => *v as i32),
-        DataType::Int64 => {
-            prim!(Int64Builder, rows, c, dt, Value::Int(v) => *v, Value::Time(v) => *v)
+    #[test]
+    fn keeps_the_last_change_per_key_in_commit_order() {
+        let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
+        let src: Arc<str> = Arc::from("s");
+        let row = |id: i64, v: &str, version: u64, deleted: bool| BufRow {
+            values: vec![Value::Int(id), Value::Str(v.into())],
+            version,
+            op: if deleted { Op::Delete } else { Op::Insert },
+            deleted,
+            commit_us: 0,
+            source: src.clone(),
+        };
+        for r in [
+            row(1, "a", 10, false),
+            row(2, "b", 10, false),
+            row(1, "a2", 20, false),
+            row(3, "c", 20, false),
+            row(2, "b", 30, true),
+        ] {
+            b.push(&r).unwrap();
         }
-        DataType::UInt8 => prim!(UInt8Builder, rows, c, dt, Value::UInt(v) => *v as u8),
-        DataType::UInt16 => prim!(UInt16Builder, rows, c, dt, Value::UInt(v) => *v as u16),
-        DataType::UInt32 => prim!(UInt32Builder, rows, c, dt, Value::UInt(v) => *v as u32),
-        DataType::UInt64 => prim!(UInt64Builder, rows, c, dt, Value::UInt(v) => *v),
-        DataType::Float32 => prim!(Float32Builder, rows, c, dt, Value::F32(v) => *v),
-        DataType::Float64 => prim!(Float64Builder, rows, c, dt, Value::F64(v) => *v),
-        DataType::Date32 => prim!(Date32Builder, rows, c, dt, Value::Date(v) => *v),
-        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-            let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
-            for r in rows {
-                match &r.values[c] {
-                    Value::Null => b.append_null(),
-                    Value::DateTime(v) | Value::Timestamp(v) => b.append_value(*v),
-                    other => return Err(mismatch(other, dt)),
-                }
-            }
-            let a = b.finish();
-            match tz {
-                Some(z) => Arc::new(a.with_timezone(z.clone())),
-                None => Arc::new(a),
-            }
-        }
-        DataType::Decimal128(p, s) => {
-            let mut b = Decimal128Builder::with_capacity(rows.len());
-            for r in rows {
-                match &r.values[c] {
-                    Value::Null => b.append_null(),
-                    Value::Dec128(v) => b.append_value(*v),
-                    other => return Err(mismatch(other, dt)),
-                }
-            }
-            Arc::new(
-                b.finish()
-                    .with_precision_and_scale(*p, *s)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        DataType::Decimal256(p, s) => {
-            let mut b = Decimal256Builder::with_capacity(rows.len());
-            for r in rows {
-                match &r.values[c] {
-                    Value::Null => b.append_null(),
-                    Value::Dec256(v) => b.append_value(*v),
-                    Value::Dec128(v) => b.append_value(i256::from_i128(*v)),
-                    other => return Err(mismatch(other, dt)),
-                }
-            }
-            Arc::new(
-                b.finish()
-                    .with_precision_and_scale(*p, *s)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-        DataType::Utf8 => {
-            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
-            for r in rows {
-                match &r.values[c] {
-                    Value::Null => b.append_null(),
-                    Value::Str(s) => b.append_value(s),
-                    // ENUM/SET without labels (no FULL metadata): the index / bits as text
-                    Value::UInt(v) => b.append_value(v.to_string()),
-                    other => return Err(mismatch(other, dt)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Binary => {
-            let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 16);
-            for r in rows {
-                match &r.values[c] {
-                    Value::Null => b.append_null(),
-                    Value::Bin(v) => b.append_value(v),
-                    Value::Str(s) => b.append_value(s.as_bytes()),
-                    other => return Err(mismatch(other, dt)),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        other => return Err(format!("no builder for Arrow type {other}")),
-    })
+        let tb = b.into_batch(0).unwrap().unwrap();
+        let ids: Vec<i32> = tb
+            .batch
+            .column(0)
+            .as_primitive::<Int32Type>()
+            .values()
+            .to_vec();
+        let vals: Vec<&str> = tb
+            .batch
+            .column(1)
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(ids, vec![1, 3, 2]);
+        assert_eq!(vals, vec!["a2", "c", "b"]);
+        assert_eq!((tb.min_version, tb.max_version), (10, 30));
+        assert!(tb.batch.column(3).as_boolean().value(2));
+    }
 }

@@ -149,6 +149,8 @@ struct State {
     /// Position after the last transaction taken in.
     position: Option<Position>,
     committed_position: Option<String>,
+    /// Position of the last commit started (committed, or in flight).
+    started_position: Option<String>,
     last_commit: Instant,
     last_commit_us: i64,
     summary: Summary,
@@ -203,7 +205,11 @@ pub async fn run(
     drop(conn);
 
     // Bounded: with large transactions, 128 in flight is already ~100k rows of memory.
-    let (tx, mut rx) = mpsc::channel::<SourceMsg>(128);
+    let mut committer = Committer {
+        sink: Some(sink),
+        inflight: None,
+    };
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(32);
     let src_task = tokio::spawn(source::stream::run(
         src.clone(),
         opts,
@@ -220,6 +226,7 @@ pub async fn run(
         table_versions,
         position: checkpoint.as_ref().map(|_| start.clone()),
         committed_position: checkpoint.as_ref().map(|c| c.position.clone()),
+        started_position: checkpoint.as_ref().map(|c| c.position.clone()),
         last_commit: Instant::now(),
         last_commit_us: checkpoint.as_ref().map(|c| c.source_commit_us).unwrap_or(0),
         summary: Summary::default(),
@@ -259,7 +266,7 @@ pub async fn run(
                         break;
                     }
                     if needs_size_flush(&st, &cfg) {
-                        commit(&mut st, &cfg, sink.as_mut()).await?;
+                        commit(&mut st, &cfg, &mut committer).await?;
                     }
                     if let Some(t) = &target {
                         if reached(&file_pos, t) {
@@ -291,10 +298,10 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         if time_due(&st, &cfg) {
-            commit(&mut st, &cfg, sink.as_mut()).await?;
+            commit(&mut st, &cfg, &mut committer).await?;
         }
         if last_keepalive.elapsed() >= Duration::from_secs(10) {
-            sink.keepalive().await?;
+            committer.keepalive().await?;
             last_keepalive = Instant::now();
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
@@ -316,7 +323,7 @@ pub async fn run(
         }
     }
     // Commit what is complete, whatever ended the loop.
-    commit(&mut st, &cfg, sink.as_mut()).await?;
+    commit_and_wait(&mut st, &cfg, &mut committer).await?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -386,7 +393,7 @@ fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
         .min()
         .map(|t| t + cfg.max_latency)
         .unwrap_or(far);
-    let pos_only = if st.position.as_ref().map(|p| p.to_string()) != st.committed_position {
+    let pos_only = if st.position.as_ref().map(|p| p.to_string()) != st.started_position {
         st.last_commit + cfg.checkpoint_interval
     } else {
         far
@@ -403,16 +410,12 @@ fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .chain(st.rejects_since)
         .any(|t| now >= t + cfg.max_latency);
     data || (now >= st.last_commit + cfg.checkpoint_interval
-        && st.position.as_ref().map(|p| p.to_string()) != st.committed_position)
+        && st.position.as_ref().map(|p| p.to_string()) != st.started_position)
 }
 
 fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
     let total: usize = st.buffers.values().map(|b| b.bytes).sum();
-    total >= cfg.max_batch_bytes
-        || st
-            .buffers
-            .values()
-            .any(|b| b.rows.len() >= cfg.max_batch_rows)
+    total >= cfg.max_batch_bytes || st.buffers.values().any(|b| b.len() >= cfg.max_batch_rows)
 }
 
 /// What every row of one transaction shares.
@@ -490,7 +493,13 @@ fn take_group(
     // written, before the new ones, by the next commit.
     if let Some(b) = st.buffers.get_mut(&id) {
         if !b.same_shape(tm) {
-            let old = std::mem::replace(b, TableBuffer::new(id.clone(), tm.clone()));
+            let fresh = TableBuffer::new(id.clone(), tm.clone()).map_err(|message| {
+                PipelineError::Build {
+                    table: name.clone(),
+                    message,
+                }
+            })?;
+            let old = std::mem::replace(b, fresh);
             if !old.is_empty() {
                 info!(table = %old.id, "table shape changed; older rows go out in their own batch");
                 st.set_aside.push(old);
@@ -589,12 +598,23 @@ fn take_group(
         return Ok(());
     }
     st.summary.rows += accepted.len() as u64;
-    let buf = st
-        .buffers
-        .entry(id.clone())
-        .or_insert_with(|| TableBuffer::new(id, tm.clone()));
-    for row in accepted {
-        buf.push(row);
+    let buf = match st.buffers.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let b = TableBuffer::new(e.key().clone(), tm.clone()).map_err(|message| {
+                PipelineError::Build {
+                    table: name.clone(),
+                    message,
+                }
+            })?;
+            e.insert(b)
+        }
+    };
+    for row in &accepted {
+        buf.push(row).map_err(|message| PipelineError::Build {
+            table: name.clone(),
+            message,
+        })?;
     }
     Ok(())
 }
@@ -651,10 +671,87 @@ fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
     .ok()
 }
 
+/// Runs commits in the background, one at a time and in order, so that encoding and writing a
+/// batch overlaps with taking in the next transactions (the source keeps decoding meanwhile).
+struct Committer {
+    sink: Option<Box<dyn Sink>>,
+    inflight: Option<tokio::task::JoinHandle<(Box<dyn Sink>, Result<Done, SinkError>)>>,
+}
+
+struct Done {
+    position: String,
+    rows: usize,
+    took: Duration,
+}
+
+impl Committer {
+    /// Waits for the commit in flight, if any, and returns what it did.
+    async fn wait(&mut self) -> Result<Option<Done>, PipelineError> {
+        let Some(h) = self.inflight.take() else {
+            return Ok(None);
+        };
+        let (sink, r) = h
+            .await
+            .map_err(|e| SinkError::Definite(format!("commit task failed: {e}")))?;
+        self.sink = Some(sink);
+        Ok(Some(r?))
+    }
+
+    /// Starts `commit` after the previous one finished. Transient errors are retried inside,
+    /// forever, with backoff: the pipeline waits for the target and loses nothing meanwhile.
+    async fn start(&mut self, commit: Commit) -> Result<Option<Done>, PipelineError> {
+        let done = self.wait().await?;
+        let mut sink = self
+            .sink
+            .take()
+            .expect("sink present when nothing is in flight");
+        self.inflight = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            let position = commit.checkpoint.position.clone();
+            let rows = commit.rows();
+            let mut attempt = 0;
+            loop {
+                match sink.commit(commit.clone()).await {
+                    Ok(()) => {
+                        return (
+                            sink,
+                            Ok(Done {
+                                position,
+                                rows,
+                                took: started.elapsed(),
+                            }),
+                        )
+                    }
+                    Err(e) if e.is_transient() => backoff("commit", &e, &mut attempt).await,
+                    Err(e) => return (sink, Err(e)),
+                }
+            }
+        }));
+        Ok(done)
+    }
+
+    async fn keepalive(&mut self) -> Result<(), PipelineError> {
+        // a commit in flight renews the sink's lease itself
+        if let Some(s) = self.sink.as_mut() {
+            s.keepalive().await?;
+        }
+        Ok(())
+    }
+}
+
+fn note_done(st: &mut State, done: Option<Done>) {
+    if let Some(d) = done {
+        debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
+        st.committed_position = Some(d.position);
+        st.summary.commits += 1;
+    }
+}
+
+/// Builds the commit of everything buffered and starts it (see [`Committer`]).
 async fn commit(
     st: &mut State,
     cfg: &PipelineConfig,
-    sink: &mut dyn Sink,
+    committer: &mut Committer,
 ) -> Result<(), PipelineError> {
     let Some(position) = st.position.as_ref().map(|p| p.to_string()) else {
         return Ok(());
@@ -662,30 +759,28 @@ async fn commit(
     let has_data = st.buffers.values().any(|b| !b.is_empty())
         || !st.set_aside.is_empty()
         || !st.rejects.is_empty();
-    if !has_data && st.committed_position.as_deref() == Some(position.as_str()) {
+    if !has_data && st.started_position.as_deref() == Some(position.as_str()) {
         return Ok(());
     }
     let synced = now_us();
     let mut batches = Vec::new();
     let mut bufs: Vec<TableBuffer> = std::mem::take(&mut st.set_aside);
     bufs.extend(st.buffers.drain().map(|(_, b)| b));
-    for mut buf in bufs {
-        match buf.take_batch(synced) {
+    for buf in bufs {
+        let table = buf.id.to_string();
+        match buf.into_batch(synced) {
             Ok(Some(b)) => {
                 let v = st.table_versions.entry(b.table.to_string()).or_default();
                 *v = (*v).max(b.max_version);
                 batches.push(b);
             }
             Ok(None) => {}
-            Err(message) => {
-                return Err(PipelineError::Build {
-                    table: buf.id.to_string(),
-                    message,
-                })
-            }
+            Err(message) => return Err(PipelineError::Build { table, message }),
         }
     }
     let rejects = rejects_batch(&st.rejects);
+    st.rejects.clear();
+    st.rejects_since = None;
     let checkpoint = Checkpoint {
         pipeline: cfg.name.clone(),
         position: position.clone(),
@@ -694,27 +789,28 @@ async fn commit(
         committed_at_us: now_us(),
         seq: 0,
     };
-    let commit = Commit {
-        batches,
-        rejects,
-        checkpoint,
-    };
-    let rows = commit.rows();
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match sink.commit(commit.clone()).await {
-            Ok(()) => break,
-            Err(e) if e.is_transient() => backoff("commit", &e, &mut attempt).await,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    st.rejects.clear();
-    st.rejects_since = None;
-    st.committed_position = Some(position.clone());
+    let done = committer
+        .start(Commit {
+            batches,
+            rejects,
+            checkpoint,
+        })
+        .await?;
+    note_done(st, done);
+    st.started_position = Some(position);
     st.last_commit = Instant::now();
-    st.summary.commits += 1;
-    debug!(rows, ms = started.elapsed().as_millis() as u64, %position, "committed");
+    Ok(())
+}
+
+/// Commits what is buffered and waits until everything is durable.
+async fn commit_and_wait(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    committer: &mut Committer,
+) -> Result<(), PipelineError> {
+    commit(st, cfg, committer).await?;
+    let done = committer.wait().await?;
+    note_done(st, done);
     Ok(())
 }
 

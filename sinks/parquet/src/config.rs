@@ -34,7 +34,7 @@ impl ParquetConfig {
         ParquetConfig {
             target: target.into(),
             pipeline: pipeline.into(),
-            zstd_level: 3,
+            zstd_level: 1,
             row_group_rows: 1 << 20,
         }
     }

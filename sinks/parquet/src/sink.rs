@@ -125,25 +125,6 @@ impl ParquetSink {
         self.path(&format!("_binlake/{}/log", self.config.pipeline))
     }
 
-    fn encode(&self, batch: &RecordBatch) -> Result<Vec<u8>, SinkError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(self.config.zstd_level)
-                    .map_err(|e| SinkError::Definite(e.to_string()))?,
-            ))
-            .set_max_row_group_row_count(Some(self.config.row_group_rows))
-            .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
-        let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
-            .map_err(|e| SinkError::Definite(format!("parquet writer: {e}")))?;
-        w.write(batch)
-            .map_err(|e| SinkError::Definite(format!("parquet write: {e}")))?;
-        w.close()
-            .map_err(|e| SinkError::Definite(format!("parquet close: {e}")))?;
-        Ok(buf)
-    }
-
     async fn put(&self, path: &Path, bytes: Vec<u8>, mode: PutMode) -> Result<(), SinkError> {
         let opts = PutOptions {
             mode,
@@ -182,6 +163,29 @@ impl ParquetSink {
         }
         Ok(out)
     }
+}
+
+/// One Parquet file from one batch: ZSTD, the given row-group size, binlake as the writer.
+fn encode(
+    batch: &RecordBatch,
+    zstd_level: i32,
+    row_group_rows: usize,
+) -> Result<Vec<u8>, SinkError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(zstd_level).map_err(|e| SinkError::Definite(e.to_string()))?,
+        ))
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
+        .map_err(|e| SinkError::Definite(format!("parquet writer: {e}")))?;
+    w.write(batch)
+        .map_err(|e| SinkError::Definite(format!("parquet write: {e}")))?;
+    w.close()
+        .map_err(|e| SinkError::Definite(format!("parquet close: {e}")))?;
+    Ok(buf)
 }
 
 #[async_trait::async_trait]
@@ -266,28 +270,25 @@ impl Sink for ParquetSink {
         self.keepalive().await?;
         let seq = self.last_seq + 1;
         commit.checkpoint.seq = seq;
-        let mut files = Vec::with_capacity(commit.batches.len() + 1);
-        let mut uploads = Vec::new();
+        // (path, table, batch, min_version, max_version) for every file of this commit
+        let mut jobs: Vec<(String, String, RecordBatch, u64, u64)> =
+            Vec::with_capacity(commit.batches.len() + 1);
         for (n, tb) in commit.batches.iter().enumerate() {
-            if tb.batch.num_rows() == 0 {
-                continue;
+            if tb.batch.num_rows() > 0 {
+                let rel = format!(
+                    "{}/{}/{}",
+                    tb.table.db,
+                    tb.table.table,
+                    data_file_name(seq, n, &self.config.pipeline)
+                );
+                jobs.push((
+                    rel,
+                    tb.table.to_string(),
+                    tb.batch.clone(),
+                    tb.min_version,
+                    tb.max_version,
+                ));
             }
-            let rel = format!(
-                "{}/{}/{}",
-                tb.table.db,
-                tb.table.table,
-                data_file_name(seq, n, &self.config.pipeline)
-            );
-            let bytes = self.encode(&tb.batch)?;
-            files.push(FileEntry {
-                path: rel.clone(),
-                table: tb.table.to_string(),
-                rows: tb.batch.num_rows(),
-                bytes: bytes.len(),
-                min_version: tb.min_version,
-                max_version: tb.max_version,
-            });
-            uploads.push((self.path(&rel), bytes));
         }
         if let Some(rej) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
             let rel = format!(
@@ -295,16 +296,35 @@ impl Sink for ParquetSink {
                 REJECTS_TABLE,
                 data_file_name(seq, 0, &self.config.pipeline)
             );
-            let bytes = self.encode(rej)?;
-            files.push(FileEntry {
-                path: rel.clone(),
-                table: REJECTS_TABLE.into(),
-                rows: rej.num_rows(),
-                bytes: bytes.len(),
-                min_version: 0,
-                max_version: 0,
-            });
-            uploads.push((self.path(&rel), bytes));
+            jobs.push((rel, REJECTS_TABLE.into(), rej.clone(), 0, 0));
+        }
+        // Encoding is CPU work: one blocking task per file, in parallel, off the async workers.
+        let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
+        let encoded = futures::future::try_join_all(jobs.into_iter().map(
+            |(rel, table, batch, lo, hi)| async move {
+                let rows = batch.num_rows();
+                let bytes = tokio::task::spawn_blocking(move || encode(&batch, level, rg))
+                    .await
+                    .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
+                Ok::<_, SinkError>((
+                    FileEntry {
+                        path: rel,
+                        table,
+                        rows,
+                        bytes: bytes.len(),
+                        min_version: lo,
+                        max_version: hi,
+                    },
+                    bytes,
+                ))
+            },
+        ))
+        .await?;
+        let mut files = Vec::with_capacity(encoded.len());
+        let mut uploads = Vec::with_capacity(encoded.len());
+        for (f, bytes) in encoded {
+            uploads.push((self.path(&f.path), bytes));
+            files.push(f);
         }
         // Data first (in parallel), then the log entry that makes them committed.
         let this = &*self;
