@@ -257,9 +257,13 @@ pub fn dump_file(path: &std::path::Path) -> (FileDump, Option<DecodeError>) {
                     dump.rows.push((format!("{}.{}", table.db, table.table), c));
                 }
             }
+            Ok(super::Decoded::TableMap(t)) => {
+                if !dump.tables.iter().any(|x| std::sync::Arc::ptr_eq(x, &t)) {
+                    dump.tables.push(t);
+                }
+            }
             Ok(super::Decoded::Event(e)) => match e {
                 event::EventBody::FormatDescription(f) => dump.server_version = f.server_version,
-                event::EventBody::TableMap(t) => dump.tables.push(std::sync::Arc::new(t)),
                 event::EventBody::MariaGtid { gtid, .. } => dump.gtids.push(gtid.to_string()),
                 event::EventBody::MysqlGtid { gtid: Some(g), .. } => dump.gtids.push(g.to_string()),
                 event::EventBody::Query { sql, .. } => dump.queries.push(sql),

@@ -75,12 +75,17 @@ pub enum DecodeError {
 pub struct Decoder {
     pub fde: Option<FormatDescription>,
     tables: HashMap<u64, Arc<TableMap>>,
+    /// The raw body each table map was parsed from: servers repeat an identical table map before
+    /// every rows event, and an unchanged one is reused instead of parsed again (same `Arc`).
+    raw_maps: HashMap<u64, Vec<u8>>,
 }
 
 /// One decoded event, rows decoded with their table map.
 #[derive(Debug, Clone)]
 pub enum Decoded {
     Event(EventBody<'static>),
+    /// A table map, shared (`Arc`) with the rows events that follow it.
+    TableMap(Arc<TableMap>),
     Rows {
         table: Arc<TableMap>,
         changes: Vec<RowChange>,
@@ -104,19 +109,46 @@ impl Decoder {
         body: &[u8],
         at: &dyn Fn() -> EventLocation,
     ) -> Result<Decoded, DecodeError> {
-        let fde = self
-            .fde
-            .clone()
-            .unwrap_or_else(FormatDescription::default_v4);
-        let ev = event::decode_body(header, body, &fde).map_err(|s| DecodeError::Malformed {
-            at: at(),
-            type_code: header.type_code,
-            detail: format!("needed {} more bytes at body offset {}", s.wanted, s.at),
-        })?;
+        if header.type_code == event::types::TABLE_MAP {
+            let id_len = self
+                .fde
+                .as_ref()
+                .map_or(6, |f| f.table_id_len(event::types::TABLE_MAP));
+            if let Some(id) = body
+                .get(..id_len)
+                .map(|b| b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64))
+            {
+                if self
+                    .raw_maps
+                    .get(&id)
+                    .is_some_and(|raw| raw.as_slice() == body)
+                {
+                    if let Some(tm) = self.tables.get(&id) {
+                        return Ok(Decoded::TableMap(tm.clone()));
+                    }
+                }
+            }
+        }
+        let ev = {
+            let default;
+            let fde = match &self.fde {
+                Some(f) => f,
+                None => {
+                    default = FormatDescription::default_v4();
+                    &default
+                }
+            };
+            event::decode_body(header, body, fde).map_err(|s| DecodeError::Malformed {
+                at: at(),
+                type_code: header.type_code,
+                detail: format!("needed {} more bytes at body offset {}", s.wanted, s.at),
+            })?
+        };
         Ok(match ev {
             EventBody::FormatDescription(f) => {
                 self.fde = Some(f.clone());
                 self.tables.clear();
+                self.raw_maps.clear();
                 Decoded::Event(EventBody::FormatDescription(f))
             }
             EventBody::TableMap(tm) => {
@@ -132,8 +164,10 @@ impl Decoder {
                         type_code: c.type_code,
                     });
                 }
-                self.tables.insert(tm.table_id, Arc::new(tm.clone()));
-                Decoded::Event(EventBody::TableMap(tm))
+                let tm = Arc::new(tm);
+                self.raw_maps.insert(tm.table_id, body.to_vec());
+                self.tables.insert(tm.table_id, tm.clone());
+                Decoded::TableMap(tm)
             }
             EventBody::Rows(re) => {
                 let table = self.tables.get(&re.table_id).cloned().ok_or_else(|| {

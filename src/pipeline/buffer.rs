@@ -337,8 +337,9 @@ impl TableBuffer {
     }
 
     /// True when `tm` has the same columns as the buffered rows.
-    pub fn same_shape(&self, tm: &TableMap) -> bool {
-        self.table.columns == tm.columns && self.table.primary_key == tm.primary_key
+    pub fn same_shape(&self, tm: &Arc<TableMap>) -> bool {
+        Arc::ptr_eq(&self.table, tm)
+            || (self.table.columns == tm.columns && self.table.primary_key == tm.primary_key)
     }
 
     pub fn len(&self) -> usize {

@@ -262,6 +262,7 @@ async fn handle_event(
         pos: header.log_pos as u64,
     };
     match decoded {
+        Decoded::TableMap(_) => {}
         Decoded::Rows { table, changes, .. } => {
             if cfg.filter.matches(&table.db, &table.table) {
                 let open = st.open.get_or_insert_with(|| Open {
