@@ -675,8 +675,11 @@ fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
 /// batch overlaps with taking in the next transactions (the source keeps decoding meanwhile).
 struct Committer {
     sink: Option<Box<dyn Sink>>,
-    inflight: Option<tokio::task::JoinHandle<(Box<dyn Sink>, Result<Done, SinkError>)>>,
+    inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
+
+/// What a commit task hands back: the sink, and how the commit went.
+type CommitOutcome = (Box<dyn Sink>, Result<Done, SinkError>);
 
 struct Done {
     position: String,

@@ -204,8 +204,8 @@ pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output
     out
 }
 
-/// The independent comparison; panics with its report when the replica differs.
-pub fn assert_replica_equal(m: &Maria, target: &str, table: &str, extra: &[&str]) {
+/// Runs the independent comparison: (equal, report).
+pub fn compare(m: &Maria, target: &str, table: &str, extra: &[&str]) -> (bool, String) {
     let out = Command::new("python3")
         .arg(repo().join("tests/scripts/compare.py"))
         .args([
@@ -224,10 +224,13 @@ pub fn assert_replica_equal(m: &Maria, target: &str, table: &str, extra: &[&str]
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "replica differs from the source:\n{text}"
-    );
+    (out.status.success(), text)
+}
+
+/// The independent comparison; panics with its report when the replica differs.
+pub fn assert_replica_equal(m: &Maria, target: &str, table: &str, extra: &[&str]) {
+    let (equal, text) = compare(m, target, table, extra);
+    assert!(equal, "replica differs from the source:\n{text}");
     eprintln!("{}", text.trim());
 }
 
@@ -258,26 +261,11 @@ pub fn wait_until_equal(
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < timeout {
-        let out = Command::new("python3")
-            .arg(repo().join("tests/scripts/compare.py"))
-            .args([
-                "--port",
-                &m.port.to_string(),
-                "--target",
-                target,
-                "--table",
-                table,
-            ])
-            .output()
-            .expect("run compare.py");
-        if out.status.success() {
+        let (equal, text) = compare(m, target, table, &[]);
+        if equal {
             return Ok(start.elapsed());
         }
-        last = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        last = text;
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(last)

@@ -138,29 +138,35 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// The files this pipeline committed, from its log (for tests and maintenance).
-    pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
-        let mut out = Vec::new();
-        let mut entries: Vec<Path> = self
-            .store
-            .list(Some(&self.log_dir()))
+    async fn list(&self, prefix: &Path) -> Result<Vec<Path>, SinkError> {
+        self.store
+            .list(Some(prefix))
             .map_ok(|m| m.location)
             .try_collect()
             .await
+            .map_err(classify)
+    }
+
+    async fn read_entry(&self, p: &Path) -> Result<LogEntry, SinkError> {
+        let bytes = self
+            .store
+            .get(p)
+            .await
+            .map_err(classify)?
+            .bytes()
+            .await
             .map_err(classify)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SinkError::Definite(format!("corrupt commit log entry {p}: {e}")))
+    }
+
+    /// The files this pipeline committed, from its log (for tests and maintenance).
+    pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
+        let mut entries = self.list(&self.log_dir()).await?;
         entries.sort();
+        let mut out = Vec::new();
         for p in entries {
-            let bytes = self
-                .store
-                .get(&p)
-                .await
-                .map_err(classify)?
-                .bytes()
-                .await
-                .map_err(classify)?;
-            let e: LogEntry = serde_json::from_slice(&bytes)
-                .map_err(|e| SinkError::Definite(format!("corrupt commit log entry {p}: {e}")))?;
-            out.extend(e.files);
+            out.extend(self.read_entry(&p).await?.files);
         }
         Ok(out)
     }
@@ -302,44 +308,21 @@ impl Sink for ParquetSink {
         // 0. Become the one writer of this pipeline before touching anything.
         self.claim().await?;
         // 1. The last complete commit.
-        let names: Vec<Path> = self
-            .store
-            .list(Some(&self.log_dir()))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let names = self.list(&self.log_dir()).await?;
         let last = names
             .iter()
             .filter_map(|p| p.filename().and_then(parse_log_name).map(|s| (s, p)))
             .max_by_key(|(s, _)| *s);
         let checkpoint = match last {
             Some((seq, p)) => {
-                let bytes = self
-                    .store
-                    .get(p)
-                    .await
-                    .map_err(classify)?
-                    .bytes()
-                    .await
-                    .map_err(classify)?;
-                let e: LogEntry = serde_json::from_slice(&bytes).map_err(|e| {
-                    SinkError::Definite(format!("corrupt commit log entry {p}: {e}"))
-                })?;
                 self.last_seq = seq;
-                Some(e.checkpoint)
+                Some(self.read_entry(p).await?.checkpoint)
             }
             None => None,
         };
         // 2. Remove what an interrupted commit of this pipeline left: its data files newer than
         //    its last log entry (file names carry the pipeline, so other pipelines' are untouched).
-        let all: Vec<Path> = self
-            .store
-            .list(Some(&self.root))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(classify)?;
+        let all = self.list(&self.root).await?;
         let mut removed = 0;
         for p in all {
             let s = p.as_ref();
