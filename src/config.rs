@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub server_id: Option<u32>,
     pub zstd_level: Option<i32>,
     pub log_format: Option<String>,
+    /// Delta: `soft` (tombstones, the default) or `hard` (deleted rows are removed).
+    pub deletes: Option<String>,
 }
 
 impl FileConfig {
@@ -113,7 +115,8 @@ impl FileConfig {
             heartbeat,
             server_id,
             zstd_level,
-            log_format
+            log_format,
+            deletes
         )
     }
 }
@@ -229,6 +232,8 @@ pub fn parse_size(key: &'static str, s: &Size) -> Result<usize, ConfigError> {
 pub const SINKS: &[&str] = &[
     #[cfg(feature = "parquet")]
     "parquet",
+    #[cfg(feature = "delta")]
+    "delta",
 ];
 
 /// Everything `replicate` needs, validated.
@@ -240,6 +245,8 @@ pub struct Settings {
     pub target: String,
     pub zstd_level: i32,
     pub log_json: bool,
+    /// Hard deletes (Delta).
+    pub hard_deletes: bool,
 }
 
 impl Settings {
@@ -326,6 +333,16 @@ impl Settings {
                 ))
             }
         };
+        let hard_deletes = match c.deletes.as_deref().unwrap_or("soft") {
+            "soft" => false,
+            "hard" => true,
+            other => {
+                return Err(key_err(
+                    "deletes",
+                    format!("expected soft or hard, got `{other}`"),
+                ))
+            }
+        };
         let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));
         if replica_server_id == 0 {
             return Err(key_err(
@@ -354,6 +371,7 @@ impl Settings {
             target,
             zstd_level,
             log_json,
+            hard_deletes,
         })
     }
 }

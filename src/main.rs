@@ -88,6 +88,9 @@ struct Common {
     /// text or json
     #[arg(long)]
     log_format: Option<String>,
+    /// Delta: soft (tombstones) or hard.
+    #[arg(long)]
+    deletes: Option<String>,
 }
 
 impl Common {
@@ -113,14 +116,18 @@ impl Common {
             server_id: self.server_id,
             zstd_level: self.zstd_level,
             log_format: self.log_format.clone(),
+            deletes: self.deletes.clone(),
         };
         Ok(base.overlay(flags))
     }
 }
 
 fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,binlake=info,binlake_sink=info,binlake_sink_parquet=info,binlake_sink_delta=info",
+        )
+    });
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -232,8 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &target,
                 &pipeline_name,
                 1,
+                false,
             )?;
-            match sink.open().await? {
+            match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
                     let lag = (pipeline::now_us() - cp.source_commit_us) as f64 / 1e6;
@@ -267,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &settings.target,
                 &settings.pipeline.name,
                 settings.zstd_level,
+                settings.hard_deletes,
             )?;
             tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %settings.target, pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
@@ -301,13 +310,23 @@ fn build_sink(
     target: &str,
     pipeline: &str,
     zstd_level: i32,
+    hard_deletes: bool,
 ) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
+    let _ = hard_deletes;
     match kind {
         #[cfg(feature = "parquet")]
         "parquet" => {
             let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
             cfg.zstd_level = zstd_level;
             Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
+        }
+        #[cfg(feature = "delta")]
+        "delta" => {
+            let mut cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
+            if hard_deletes {
+                cfg.deletes = binlake_sink_delta::Deletes::Hard;
+            }
+            Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),
     }

@@ -11,6 +11,11 @@
 //!   when the oldest buffered transaction has waited `max_latency`: a partial buffer never waits
 //!   longer than the time bound. With no data but an advancing position (changes to tables not
 //!   replicated), a position-only commit happens every `checkpoint_interval`.
+//! - Adaptive commit size: one commit runs at a time, in the background, while intake goes on.
+//!   A commit that falls due while another runs starts the moment it ends, with everything
+//!   buffered meanwhile: when the target is slow (a Delta MERGE into a big table) batches grow
+//!   instead of commits queueing, and a quiet table still commits within `max_latency`. Intake
+//!   waits only when the buffers reach twice the size bounds.
 //! - Transient sink errors are retried with backoff (the same commit, idempotent); transient
 //!   source errors reconnect in the source. Definite errors flush what is complete and stop.
 
@@ -250,7 +255,11 @@ pub async fn run(
         if caught_up_at.is_some() && cfg.exit_when_caught_up {
             break;
         }
-        let deadline = next_deadline(&st, &cfg);
+        let mut deadline = next_deadline(&st, &cfg);
+        if committer.busy() {
+            // look again soon: the next commit starts as soon as this one is done
+            deadline = deadline.min(Instant::now() + Duration::from_millis(20));
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => {
@@ -265,7 +274,9 @@ pub async fn run(
                         failure = Some(e);
                         break;
                     }
-                    if needs_size_flush(&st, &cfg) {
+                    // While a commit is in flight, batches keep growing (adaptive commit size);
+                    // only the memory cap makes intake wait for it.
+                    if needs_size_flush(&st, &cfg) && (!committer.busy() || over_memory_cap(&st, &cfg)) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
                     if let Some(t) = &target {
@@ -297,7 +308,9 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
-        if time_due(&st, &cfg) {
+        let done = committer.reap().await?;
+        note_done(&mut st, done);
+        if (time_due(&st, &cfg) || needs_size_flush(&st, &cfg)) && !committer.busy() {
             commit(&mut st, &cfg, &mut committer).await?;
         }
         if last_keepalive.elapsed() >= Duration::from_secs(10) {
@@ -411,6 +424,16 @@ fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .any(|t| now >= t + cfg.max_latency);
     data || (now >= st.last_commit + cfg.checkpoint_interval
         && st.position.as_ref().map(|p| p.to_string()) != st.started_position)
+}
+
+/// Buffers this large make intake wait for the commit in flight.
+fn over_memory_cap(st: &State, cfg: &PipelineConfig) -> bool {
+    let total: usize = st.buffers.values().map(|b| b.bytes).sum();
+    total >= cfg.max_batch_bytes.saturating_mul(2)
+        || st
+            .buffers
+            .values()
+            .any(|b| b.len() >= cfg.max_batch_rows.saturating_mul(2))
 }
 
 fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
@@ -731,6 +754,20 @@ impl Committer {
             }
         }));
         Ok(done)
+    }
+
+    /// A commit is running.
+    fn busy(&self) -> bool {
+        self.inflight.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Collects a commit that has finished, without waiting for one that has not.
+    async fn reap(&mut self) -> Result<Option<Done>, PipelineError> {
+        if self.inflight.as_ref().is_some_and(|h| h.is_finished()) {
+            self.wait().await
+        } else {
+            Ok(None)
+        }
     }
 
     async fn keepalive(&mut self) -> Result<(), PipelineError> {

@@ -287,3 +287,44 @@ pub fn terminate(child: Child, timeout: Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Polls the comparison with a given reader until equal or `timeout`: (equal, last report).
+#[cfg(feature = "delta")]
+pub fn wait_equal_reader(
+    m: &Maria,
+    target: &str,
+    table: &str,
+    reader: &str,
+    timeout: Duration,
+) -> (bool, String) {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        let (equal, text) = compare(m, target, table, &["--reader", reader]);
+        if equal {
+            return (true, text);
+        }
+        last = text;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (false, last)
+}
+
+/// Runs DuckDB SQL over a Delta table loaded by the Python `deltalake` reader, visible to the
+/// query as `t` (DuckDB's own delta extension would have to be downloaded).
+#[cfg(feature = "delta")]
+pub fn delta_q(table_path: &str, sql: &str) -> String {
+    let code = "import duckdb, sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1]).to_pyarrow_table()\nr = duckdb.sql(sys.argv[2]).fetchall()\nprint(r[0][0] if r else None)";
+    let out = Command::new("python3")
+        .args(["-c", code, table_path, sql])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "delta query failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim_end_matches('\n')
+        .to_string()
+}

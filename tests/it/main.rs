@@ -1,6 +1,8 @@
 //! binlake's integration tests: one binary, real servers started by `tests/scripts/`.
 mod bad_input;
 mod crash;
+#[cfg(feature = "delta")]
+mod delta;
 mod fixtures;
 mod harness;
 mod replicate;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const ZOO_DDL: &str = "
+pub const ZOO_DDL: &str = "
 CREATE DATABASE zoo;
 CREATE TABLE zoo.t (
   id INT PRIMARY KEY,
@@ -24,7 +24,7 @@ CREATE TABLE zoo.t (
   pt POINT, geo GEOMETRY
 );";
 
-const ZOO_ROWS: &str = "
+pub const ZOO_ROWS: &str = "
 SET time_zone = '+05:30';
 INSERT INTO zoo.t VALUES (1,
   -128, 0, -32768, 0, -8388608, 0, -2147483648, 0, -9223372036854775808, 0,

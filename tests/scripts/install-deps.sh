@@ -18,6 +18,7 @@ py_missing=()
 python3 -c 'import pyarrow' 2>/dev/null || py_missing+=(pyarrow)
 python3 -c 'import duckdb' 2>/dev/null || py_missing+=(duckdb)
 python3 -c 'import pytz' 2>/dev/null || py_missing+=(pytz)
+python3 -c 'import deltalake' 2>/dev/null || py_missing+=(deltalake)
 python3 -c 'import pymysqlreplication' 2>/dev/null || py_missing+=(mysql-replication)
 python3 -c 'import moto, flask' 2>/dev/null || py_missing+=('moto[server]')
 if [ ${#py_missing[@]} -gt 0 ]; then

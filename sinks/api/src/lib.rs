@@ -11,6 +11,8 @@
 //! - **Metadata columns.** Every batch carries the columns of [`metadata_fields`], with these names,
 //!   in every sink.
 
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -170,6 +172,10 @@ pub trait Sink: Send {
     /// Connects, verifies the target is usable, cleans up what an interrupted commit left behind,
     /// and returns the checkpoint of the last complete commit of `pipeline`, if any.
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError>;
+
+    /// Reads the last checkpoint without taking the target (for `binlake status` while a
+    /// pipeline runs).
+    async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError>;
 
     /// Makes the batches and the checkpoint durable in one atomic step.
     async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;

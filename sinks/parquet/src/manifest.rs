@@ -1,4 +1,5 @@
-//! The commit log: `_binlake/<pipeline>/log/<seq:020>.json`, one entry per commit.
+//! The Parquet sink's commit-log entries (see `binlake_sink::store` for the log itself) and its
+//! data-file names.
 //!
 //! An entry is the checkpoint plus the files its commit added. Entries are immutable and written
 //! create-if-absent, so the highest `seq` is the last complete commit.
@@ -22,14 +23,6 @@ pub struct FileEntry {
     pub max_version: u64,
 }
 
-pub fn log_name(seq: u64) -> String {
-    format!("{seq:020}.json")
-}
-
-pub fn parse_log_name(name: &str) -> Option<u64> {
-    name.strip_suffix(".json")?.parse().ok()
-}
-
 /// `part-<seq:020>-<n:04>-<pipeline>.parquet` -> seq, for files of `pipeline` only.
 pub fn data_file_seq(name: &str, pipeline: &str) -> Option<u64> {
     let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
@@ -41,15 +34,6 @@ pub fn data_file_seq(name: &str, pipeline: &str) -> Option<u64> {
 
 pub fn data_file_name(seq: u64, n: usize, pipeline: &str) -> String {
     format!("part-{seq:020}-{n:04}-{pipeline}.parquet")
-}
-
-/// The owner lease: which process writes this pipeline's part of the target.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Owner {
-    pub owner: String,
-    pub host: String,
-    pub pid: u32,
-    pub renewed_at_us: i64,
 }
 
 #[cfg(test)]

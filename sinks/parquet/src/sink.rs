@@ -1,13 +1,9 @@
 //! Writing Parquet files and the commit log (see the crate doc for the invariants).
 
-use std::sync::Arc;
-
 use arrow_array::RecordBatch;
+use binlake_sink::store::TargetLog;
 use binlake_sink::{Checkpoint, Commit, Sink, SinkError, REJECTS_TABLE};
-use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode};
 use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -15,41 +11,11 @@ use parquet::file::properties::WriterProperties;
 use tracing::{debug, info, warn};
 
 use crate::config::ParquetConfig;
-use crate::manifest::{
-    data_file_name, data_file_seq, log_name, parse_log_name, FileEntry, LogEntry, Owner,
-};
+use crate::manifest::{data_file_name, data_file_seq, FileEntry, LogEntry};
 
 pub struct ParquetSink {
     config: ParquetConfig,
-    store: Arc<dyn ObjectStore>,
-    root: Path,
-    last_seq: u64,
-    /// This process's identity in the owner lease.
-    me: String,
-    host: String,
-    lease_renewed: Option<std::time::Instant>,
-}
-
-/// A lease not renewed for this long belongs to a process that is gone.
-const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-fn classify(e: object_store::Error) -> SinkError {
-    use object_store::Error as E;
-    match e {
-        E::AlreadyExists { path, .. } | E::Precondition { path, .. } => SinkError::Conflict(format!("commit log entry {path} already exists")),
-        E::NotImplemented { operation, implementer } => {
-            SinkError::Definite(format!("the object store ({implementer}) does not support {operation}; binlake needs conditional put"))
-        }
-        E::PermissionDenied { path, source } | E::Unauthenticated { path, source } => SinkError::Definite(format!("access to {path} denied: {source}")),
-        other => SinkError::Transient(other.to_string()),
-    }
+    log: TargetLog,
 }
 
 impl ParquetSink {
@@ -57,118 +23,19 @@ impl ParquetSink {
         let (store, root) = config
             .store()
             .map_err(|e| SinkError::Definite(e.to_string()))?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
-        let me = format!("{host}/pid {}/started {}", std::process::id(), now_us());
-        Ok(ParquetSink {
-            config,
-            store,
-            root,
-            last_seq: 0,
-            me,
-            host,
-            lease_renewed: None,
-        })
-    }
-
-    fn path(&self, rel: &str) -> Path {
-        if self.root.as_ref().is_empty() {
-            Path::from(rel)
-        } else {
-            Path::from(format!("{}/{}", self.root, rel))
-        }
-    }
-
-    fn owner_path(&self) -> Path {
-        self.path(&format!("_binlake/{}/owner.json", self.config.pipeline))
-    }
-
-    /// Takes or renews the owner lease. Another process's lease younger than [`LEASE`] is a
-    /// conflict: two writers of one pipeline would delete each other's in-flight files.
-    async fn claim(&mut self) -> Result<(), SinkError> {
-        let path = self.owner_path();
-        match self.store.get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(classify)?;
-                if let Ok(o) = serde_json::from_slice::<Owner>(&bytes) {
-                    let age_s = (now_us() - o.renewed_at_us) as f64 / 1e6;
-                    // On this host we can see whether the owner still runs (kill -9, restart).
-                    let dead_here = o.host == self.host
-                        && !std::path::Path::new(&format!("/proc/{}", o.pid)).exists();
-                    if o.owner != self.me && age_s < LEASE.as_secs_f64() && !dead_here {
-                        return Err(SinkError::Conflict(format!(
-                            "pipeline `{}` in {} is held by {} (renewed {age_s:.0} s ago). Stop that process, or wait {} s after it died, or use another --pipeline",
-                            self.config.pipeline,
-                            self.config.target,
-                            o.owner,
-                            LEASE.as_secs()
-                        )));
-                    }
-                }
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(classify(e)),
-        }
-        let body = serde_json::to_vec(&Owner {
-            owner: self.me.clone(),
-            host: self.host.clone(),
-            pid: std::process::id(),
-            renewed_at_us: now_us(),
-        })
-        .map_err(|e| SinkError::Definite(e.to_string()))?;
-        self.put(&path, body, PutMode::Overwrite).await?;
-        self.lease_renewed = Some(std::time::Instant::now());
-        Ok(())
-    }
-
-    fn log_dir(&self) -> Path {
-        self.path(&format!("_binlake/{}/log", self.config.pipeline))
-    }
-
-    async fn put(&self, path: &Path, bytes: Vec<u8>, mode: PutMode) -> Result<(), SinkError> {
-        let opts = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        self.store
-            .put_opts(path, PutPayload::from(Bytes::from(bytes)), opts)
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn list(&self, prefix: &Path) -> Result<Vec<Path>, SinkError> {
-        self.store
-            .list(Some(prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .map_err(classify)
-    }
-
-    async fn read_entry(&self, p: &Path) -> Result<LogEntry, SinkError> {
-        let bytes = self
-            .store
-            .get(p)
-            .await
-            .map_err(classify)?
-            .bytes()
-            .await
-            .map_err(classify)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| SinkError::Definite(format!("corrupt commit log entry {p}: {e}")))
+        let log = TargetLog::new(store, root, &config.pipeline, &config.target);
+        Ok(ParquetSink { config, log })
     }
 
     /// The files this pipeline committed, from its log (for tests and maintenance).
     pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
-        let mut entries = self.list(&self.log_dir()).await?;
-        entries.sort();
-        let mut out = Vec::new();
-        for p in entries {
-            out.extend(self.read_entry(&p).await?.files);
-        }
-        Ok(out)
+        Ok(self
+            .log
+            .entries::<LogEntry>()
+            .await?
+            .into_iter()
+            .flat_map(|e| e.files)
+            .collect())
     }
 }
 
@@ -306,56 +173,48 @@ impl Sink for ParquetSink {
 
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         // 0. Become the one writer of this pipeline before touching anything.
-        self.claim().await?;
+        self.log.claim().await?;
         // 1. The last complete commit.
-        let names = self.list(&self.log_dir()).await?;
-        let last = names
-            .iter()
-            .filter_map(|p| p.filename().and_then(parse_log_name).map(|s| (s, p)))
-            .max_by_key(|(s, _)| *s);
-        let checkpoint = match last {
-            Some((seq, p)) => {
-                self.last_seq = seq;
-                Some(self.read_entry(p).await?.checkpoint)
-            }
-            None => None,
-        };
+        let checkpoint = self.log.latest::<LogEntry>().await?.map(|e| e.checkpoint);
+        let last_seq = self.log.last_seq;
         // 2. Remove what an interrupted commit of this pipeline left: its data files newer than
         //    its last log entry (file names carry the pipeline, so other pipelines' are untouched).
-        let all = self.list(&self.root).await?;
         let mut removed = 0;
-        for p in all {
+        for p in self.log.list(self.log.root()).await? {
             let s = p.as_ref();
             if s.contains("/_binlake/") || s.starts_with("_binlake/") {
                 continue;
             }
-            if let Some(seq) = p
-                .filename()
+            if p.filename()
                 .and_then(|n| data_file_seq(n, &self.config.pipeline))
+                .is_some_and(|seq| seq > last_seq)
             {
-                if seq > self.last_seq {
-                    self.store.delete(&p).await.map_err(classify)?;
-                    removed += 1;
-                }
+                self.log
+                    .store()
+                    .delete(&p)
+                    .await
+                    .map_err(binlake_sink::store::classify)?;
+                removed += 1;
             }
         }
         if removed > 0 {
-            warn!(removed, last_seq = self.last_seq, "removed data files of an interrupted commit; they will be rewritten from the checkpoint");
+            warn!(removed, last_seq, "removed data files of an interrupted commit; they will be rewritten from the checkpoint");
         }
-        info!(target = %self.config.target, last_seq = self.last_seq, resume = ?checkpoint.as_ref().map(|c| &c.position), "parquet sink opened");
+        info!(target = %self.config.target, last_seq, resume = ?checkpoint.as_ref().map(|c| &c.position), "parquet sink opened");
         Ok(checkpoint)
     }
 
+    async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        Ok(self.log.latest::<LogEntry>().await?.map(|e| e.checkpoint))
+    }
+
     async fn keepalive(&mut self) -> Result<(), SinkError> {
-        if self.lease_renewed.is_none_or(|t| t.elapsed() >= LEASE / 6) {
-            self.claim().await?;
-        }
-        Ok(())
+        self.log.keepalive().await
     }
 
     async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
-        self.keepalive().await?;
-        let seq = self.last_seq + 1;
+        self.log.keepalive().await?;
+        let seq = self.log.last_seq + 1;
         commit.checkpoint.seq = seq;
         // (path, table, batch, min_version, max_version) for every file of this commit
         let mut jobs: Vec<(String, String, RecordBatch, u64, u64)> =
@@ -407,32 +266,27 @@ impl Sink for ParquetSink {
             },
         ))
         .await?;
+        // Data first (in parallel), then the log entry that makes them committed.
+        let log = &self.log;
         let mut files = Vec::with_capacity(encoded.len());
-        let mut uploads = Vec::with_capacity(encoded.len());
+        let mut puts = Vec::with_capacity(encoded.len());
         for (f, bytes) in encoded {
-            uploads.push((self.path(&f.path), bytes));
+            let path = log.path(&f.path);
+            puts.push(async move { log.put(&path, bytes, PutMode::Overwrite).await });
             files.push(f);
         }
-        // Data first (in parallel), then the log entry that makes them committed.
-        let this = &*self;
-        let puts = uploads
-            .into_iter()
-            .map(|(p, b)| async move { this.put(&p, b, PutMode::Overwrite).await });
         futures::future::try_join_all(puts).await?;
-        let entry = LogEntry {
-            checkpoint: commit.checkpoint,
-            files,
-        };
-        let json =
-            serde_json::to_vec_pretty(&entry).map_err(|e| SinkError::Definite(e.to_string()))?;
-        let log_path = self.path(&format!(
-            "_binlake/{}/log/{}",
-            self.config.pipeline,
-            log_name(seq)
-        ));
-        self.put(&log_path, json, PutMode::Create).await?;
-        self.last_seq = seq;
-        debug!(seq, files = entry.files.len(), "parquet commit");
+        let nfiles = files.len();
+        self.log
+            .append(
+                seq,
+                &LogEntry {
+                    checkpoint: commit.checkpoint,
+                    files,
+                },
+            )
+            .await?;
+        debug!(seq, files = nfiles, "parquet commit");
         Ok(())
     }
 }

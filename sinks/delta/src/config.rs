@@ -1,0 +1,88 @@
+//! Delta sink configuration: parsed and validated without I/O.
+
+use std::collections::HashMap;
+
+use binlake_sink::SinkError;
+use url::Url;
+
+/// What a source DELETE does to the Delta table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    /// Keep the row with `_binlake_deleted = true` (the default; a backfill cannot resurrect it).
+    Soft,
+    /// Remove the row.
+    Hard,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeltaConfig {
+    /// A local directory, `file:///abs/dir`, or `s3://bucket/prefix`.
+    pub target: String,
+    pub pipeline: String,
+    pub deletes: Deletes,
+}
+
+impl DeltaConfig {
+    pub fn new(target: impl Into<String>, pipeline: impl Into<String>) -> Self {
+        DeltaConfig {
+            target: target.into(),
+            pipeline: pipeline.into(),
+            deletes: Deletes::Soft,
+        }
+    }
+
+    /// The target as a URL (local paths made absolute; the directory is created).
+    pub fn base_url(&self) -> Result<Url, SinkError> {
+        let bad = |m: String| SinkError::Definite(format!("target `{}`: {m}", self.target));
+        if self.target.starts_with("s3://") || self.target.starts_with("s3a://") {
+            let mut u = Url::parse(&self.target.replacen("s3a://", "s3://", 1))
+                .map_err(|e| bad(e.to_string()))?;
+            if !u.path().ends_with('/') {
+                let p = format!("{}/", u.path());
+                u.set_path(&p);
+            }
+            return Ok(u);
+        }
+        if let Some((scheme, _)) = self.target.split_once("://") {
+            if scheme != "file" {
+                return Err(bad(format!(
+                    "unsupported URL scheme `{scheme}` (expected a local path, file:// or s3://)"
+                )));
+            }
+        }
+        let dir = self.target.strip_prefix("file://").unwrap_or(&self.target);
+        std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
+        let abs = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+        Url::from_directory_path(&abs).map_err(|_| bad("not an absolute directory".into()))
+    }
+
+    /// `<target>/<db>/<table>/`
+    pub fn table_url(&self, db: &str, table: &str) -> Result<Url, SinkError> {
+        self.base_url()?
+            .join(&format!("{db}/{table}/"))
+            .map_err(|e| SinkError::Definite(e.to_string()))
+    }
+
+    /// Storage options for S3 from the usual AWS_* environment (endpoint override for
+    /// S3-compatible servers, plain HTTP allowed for a loopback endpoint).
+    pub fn storage_options(&self) -> HashMap<String, String> {
+        let mut o = HashMap::new();
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            if let Ok(v) = std::env::var(k) {
+                o.insert(k.to_string(), v);
+            }
+        }
+        if o.get("AWS_ENDPOINT_URL")
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            o.insert("AWS_ALLOW_HTTP".into(), "true".into());
+        }
+        o
+    }
+}

@@ -1,0 +1,201 @@
+//! The Delta Lake sink against real MariaDB, read back with the Python `deltalake` reader
+//! (an independent implementation) by `tests/scripts/compare.py --reader delta`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::replicate::{ZOO_DDL, ZOO_ROWS};
+
+const DELTA: [&str; 2] = ["--sink", "delta"];
+
+#[test]
+fn delta_type_zoo_replicates_exactly() {
+    let dir = TestDir::new("dzoo");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql(ZOO_DDL);
+    m.sql(ZOO_ROWS);
+    let target = dir.path("lake");
+    catch_up(&m, &target, "zoo.*", &DELTA);
+    assert_replica_equal(&m, &target, "zoo.t", &["--reader", "delta"]);
+    // UNSIGNED and DECIMAL(65,30) are widened, not altered: check two values in Delta's types
+    let t = delta_q(
+        &format!("{target}/zoo/t"),
+        "SELECT biu::VARCHAR || '|' || d65 FROM t WHERE id = 2",
+    );
+    assert_eq!(
+        t,
+        "18446744073709551615|99999999999999999999999999999999999.999999999999999999999999999999"
+    );
+}
+
+/// Inserts, updates and deletes of the same keys inside one transaction and across
+/// transactions; soft deletes keep tombstones, hard deletes remove rows; keyless tables append.
+#[test]
+fn delta_same_keys_soft_and_hard_deletes_and_keyless() {
+    let dir = TestDir::new("dkeys");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE k; CREATE TABLE k.t (id INT PRIMARY KEY, v VARCHAR(20)); CREATE TABLE k.log (msg VARCHAR(20));");
+    m.sql("BEGIN; INSERT INTO k.t VALUES (1,'a'),(2,'b'),(3,'c'); UPDATE k.t SET v='a2' WHERE id=1; DELETE FROM k.t WHERE id=2; INSERT INTO k.t VALUES (2,'b2'); COMMIT;");
+    m.sql("INSERT INTO k.log VALUES ('x'),('x'); INSERT INTO k.log VALUES ('y');");
+    let soft = dir.path("soft");
+    let hard = dir.path("hard");
+    catch_up(&m, &soft, "k.*", &DELTA);
+    catch_up(&m, &hard, "k.*", &["--sink", "delta", "--deletes", "hard"]);
+    for round in 0..2 {
+        m.sql(&format!("UPDATE k.t SET v = CONCAT(v, '{round}') WHERE id = 1; DELETE FROM k.t WHERE id = 3; INSERT INTO k.t VALUES ({}, 'n'); UPDATE k.t SET id = 10{round} WHERE id = 2;", 20 + round));
+        m.sql("INSERT INTO k.log VALUES ('z');");
+        catch_up(&m, &soft, "k.*", &DELTA);
+        catch_up(&m, &hard, "k.*", &["--sink", "delta", "--deletes", "hard"]);
+        assert_replica_equal(&m, &soft, "k.t", &["--reader", "delta"]);
+        assert_replica_equal(&m, &hard, "k.t", &["--reader", "delta"]);
+    }
+    // soft: the deleted keys are tombstones; hard: they are gone
+    assert_eq!(
+        delta_q(
+            &format!("{soft}/k/t"),
+            "SELECT count(*) FROM t WHERE _binlake_deleted"
+        ),
+        "2"
+    );
+    assert_eq!(
+        delta_q(
+            &format!("{hard}/k/t"),
+            "SELECT count(*) FROM t WHERE _binlake_deleted"
+        ),
+        "0"
+    );
+    // keyless: every change a row, each once
+    assert_eq!(
+        delta_q(
+            &format!("{soft}/k/log"),
+            "SELECT string_agg(msg, '' ORDER BY _binlake_version, msg) FROM t"
+        ),
+        "xxyzz"
+    );
+}
+
+/// A column added mid-stream (at the end and with AFTER) evolves the Delta schema.
+#[test]
+fn delta_add_column_mid_stream() {
+    let dir = TestDir::new("dadd");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT); INSERT INTO a.t VALUES (1, 1), (2, 2);");
+    let target = dir.path("lake");
+    let url = m.url();
+    let child = spawn_binlake(&[
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "a.*",
+        "--target",
+        &target,
+        "--start-at",
+        "earliest",
+        "--sink",
+        "delta",
+        "--max-latency",
+        "200ms",
+    ]);
+    m.sql("ALTER TABLE a.t ADD COLUMN note VARCHAR(10); INSERT INTO a.t VALUES (3, 3, 'three'); UPDATE a.t SET note = 'one' WHERE id = 1;");
+    m.sql("ALTER TABLE a.t ADD COLUMN early INT AFTER id; INSERT INTO a.t (id, early, v) VALUES (4, 44, 4); UPDATE a.t SET early = 11 WHERE id = 1;");
+    let (equal, last) = wait_equal_reader(&m, &target, "a.t", "delta", Duration::from_secs(60));
+    let out = terminate(child, Duration::from_secs(30));
+    assert!(equal, "{last}\n{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn delta_kill_9_during_stream() {
+    crate::crash::crash_test(&DELTA, 20_000);
+}
+
+#[test]
+fn delta_on_s3_resumes_from_the_table_txn() {
+    let dir = TestDir::new("ds3");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let moto_dir = dir.0.join("moto");
+    let out = Command::new("bash")
+        .arg(repo().join("tests/scripts/moto.sh"))
+        .arg("start")
+        .arg(&moto_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "moto did not start");
+    let endpoint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("bash")
+                .arg(repo().join("tests/scripts/moto.sh"))
+                .arg("stop")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _stop = Stop(moto_dir);
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let py = Command::new("python3")
+        .args(["-c", "import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket='lake')"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.t VALUES (1,'a'),(2,'b');");
+    let url = m.url();
+    let run = || {
+        let out = Command::new(binlake_bin())
+            .args([
+                "replicate",
+                "--source",
+                &url,
+                "--tables",
+                "s.*",
+                "--target",
+                "s3://lake/d",
+                "--start-at",
+                "earliest",
+                "--exit-when-caught-up",
+                "--sink",
+                "delta",
+            ])
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    run();
+    m.sql("UPDATE s.t SET v='bb' WHERE id=2; DELETE FROM s.t WHERE id=1; INSERT INTO s.t VALUES (3,'c');");
+    run();
+    let out = Command::new("python3")
+        .arg(repo().join("tests/scripts/compare.py"))
+        .args([
+            "--port",
+            &m.port.to_string(),
+            "--target",
+            "s3://lake/d",
+            "--table",
+            "s.t",
+            "--reader",
+            "delta",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
