@@ -253,6 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         cp.position,
                         pipeline::format_us(cp.source_commit_us)
                     );
+                    for (t, why) in &cp.quarantined {
+                        println!("  {t:<40} STOPPED: {why}");
+                    }
                     for (t, v) in &cp.tables {
                         println!("  {t:<40} version {v}");
                     }

@@ -32,7 +32,7 @@ use binlake_sink::{rejects_fields, Checkpoint, Commit, Sink, SinkError, TableId}
 use mysql_async::prelude::Queryable;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
@@ -160,6 +160,8 @@ struct State {
     last_commit_us: i64,
     summary: Summary,
     invalid_by_table: HashMap<String, u64>,
+    /// Tables stopped by a definite table error: their changes are skipped (see the checkpoint).
+    quarantined: BTreeMap<String, String>,
 }
 
 /// Runs until caught up (with `exit_when_caught_up`), `shutdown` resolves, or a definite error.
@@ -236,6 +238,10 @@ pub async fn run(
         last_commit_us: checkpoint.as_ref().map(|c| c.source_commit_us).unwrap_or(0),
         summary: Summary::default(),
         invalid_by_table: HashMap::new(),
+        quarantined: checkpoint
+            .as_ref()
+            .map(|c| c.quarantined.clone())
+            .unwrap_or_default(),
     };
     let mut caught_up_at: Option<BinlogPos> = None;
     let reached = |p: &BinlogPos, t: &BinlogPos| (p.file_index(), p.pos) >= (t.file_index(), t.pos);
@@ -504,6 +510,9 @@ fn take_group(
     meta: &TxnMeta,
 ) -> Result<(), PipelineError> {
     let name = format!("{}.{}", tm.db, tm.table);
+    if st.quarantined.contains_key(&name) {
+        return Ok(()); // stopped: see the checkpoint's `quarantined`
+    }
     if st
         .table_versions
         .get(&name)
@@ -708,6 +717,8 @@ struct Done {
     position: String,
     rows: usize,
     took: Duration,
+    /// Tables this commit had to stop (see [`PipelineError`] and `Checkpoint::quarantined`).
+    quarantined: Vec<(String, String)>,
 }
 
 impl Committer {
@@ -725,7 +736,7 @@ impl Committer {
 
     /// Starts `commit` after the previous one finished. Transient errors are retried inside,
     /// forever, with backoff: the pipeline waits for the target and loses nothing meanwhile.
-    async fn start(&mut self, commit: Commit) -> Result<Option<Done>, PipelineError> {
+    async fn start(&mut self, mut commit: Commit) -> Result<Option<Done>, PipelineError> {
         let done = self.wait().await?;
         let mut sink = self
             .sink
@@ -736,6 +747,7 @@ impl Committer {
             let position = commit.checkpoint.position.clone();
             let rows = commit.rows();
             let mut attempt = 0;
+            let mut quarantined = Vec::new();
             loop {
                 match sink.commit(commit.clone()).await {
                     Ok(()) => {
@@ -745,10 +757,24 @@ impl Committer {
                                 position,
                                 rows,
                                 took: started.elapsed(),
+                                quarantined,
                             }),
                         )
                     }
                     Err(e) if e.is_transient() => backoff("commit", &e, &mut attempt).await,
+                    // One table the target cannot take: stop that table, commit the others.
+                    Err(SinkError::Table { table, message })
+                        if commit.batches.iter().any(|b| b.table == table) =>
+                    {
+                        error!(table = %table, error = %message, "table stopped (quarantined); the other tables go on");
+                        commit.batches.retain(|b| b.table != table);
+                        commit.checkpoint.tables.remove(&table.to_string());
+                        commit
+                            .checkpoint
+                            .quarantined
+                            .insert(table.to_string(), message.clone());
+                        quarantined.push((table.to_string(), message));
+                    }
                     Err(e) => return (sink, Err(e)),
                 }
             }
@@ -781,6 +807,12 @@ impl Committer {
 
 fn note_done(st: &mut State, done: Option<Done>) {
     if let Some(d) = done {
+        for (t, why) in d.quarantined {
+            st.table_versions.remove(&t);
+            st.buffers.retain(|id, _| id.to_string() != t);
+            st.set_aside.retain(|b| b.id.to_string() != t);
+            st.quarantined.insert(t, why);
+        }
         debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
         st.committed_position = Some(d.position);
         st.summary.commits += 1;
@@ -822,6 +854,7 @@ async fn commit(
     st.rejects.clear();
     st.rejects_since = None;
     let checkpoint = Checkpoint {
+        quarantined: st.quarantined.clone(),
         pipeline: cfg.name.clone(),
         position: position.clone(),
         tables: st.table_versions.clone(),

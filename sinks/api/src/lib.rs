@@ -119,6 +119,10 @@ pub struct Checkpoint {
     /// Sequence number of the commit in the target (assigned by the sink).
     #[serde(default)]
     pub seq: u64,
+    /// Tables stopped by an error that retrying cannot fix (`db.table` -> the reason). Their
+    /// changes are skipped until the table is rebuilt; the other tables go on.
+    #[serde(default)]
+    pub quarantined: BTreeMap<String, String>,
 }
 
 /// What one commit carries.

@@ -155,6 +155,12 @@ impl DeltaSink {
                 .map_err(|e| delta_err(&name, "write", e))?;
             return Ok(());
         }
+        let existing = table
+            .snapshot()
+            .map_err(|e| delta_err(&name, "snapshot", e))?
+            .snapshot()
+            .arrow_schema();
+        check_evolution(tb, &existing, &batch.schema())?;
         let ctx = SessionContext::new();
         let source = ctx
             .read_batch(batch.clone())
@@ -243,6 +249,59 @@ impl DeltaSink {
             .map_err(|e| delta_err(REJECTS_TABLE, "write", e))?;
         Ok(())
     }
+}
+
+/// Same kind of Arrow type as far as Delta is concerned (readers may hand strings back as views).
+fn same_kind(a: &arrow_schema::DataType, b: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    let norm = |t: &D| match t {
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => D::Utf8,
+        D::Binary | D::LargeBinary | D::BinaryView => D::Binary,
+        D::Timestamp(u, Some(_)) => D::Timestamp(*u, Some("UTC".into())),
+        other => other.clone(),
+    };
+    norm(a) == norm(b)
+}
+
+/// Only additive schema changes are applied to an existing Delta table (MERGE adds the new
+/// columns). A column that stopped arriving (DROP or RENAME COLUMN) or changed type (MODIFY)
+/// stops this table with an error saying so, rather than leaving stale or misplaced values.
+fn check_evolution(
+    tb: &TableBatch,
+    existing: &arrow_schema::Schema,
+    incoming: &arrow_schema::Schema,
+) -> Result<(), SinkError> {
+    let stop = |message: String| {
+        Err(SinkError::Table {
+            table: tb.table.clone(),
+            message,
+        })
+    };
+    let gone: Vec<&str> = existing
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !n.starts_with("_binlake_") && incoming.field_with_name(n).is_err())
+        .collect();
+    if !gone.is_empty() {
+        return stop(format!(
+            "column(s) {gone:?} no longer arrive from the source (DROP COLUMN or RENAME COLUMN, now {:?}); the Delta sink does not rewrite tables for that yet. The table is stopped; the others go on. To resume it, rebuild the Delta table (delete it and replicate it again from a snapshot) ",
+            incoming.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with("_binlake_")).collect::<Vec<_>>()
+        ));
+    }
+    for f in incoming.fields() {
+        if let Ok(old) = existing.field_with_name(f.name()) {
+            if !same_kind(old.data_type(), f.data_type()) {
+                return stop(format!(
+                    "column `{}` changed type from {} to {} (MODIFY COLUMN); the Delta sink does not rewrite tables for that yet. The table is stopped; the others go on. To resume it, rebuild the Delta table",
+                    f.name(),
+                    old.data_type(),
+                    f.data_type()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn without_tombstones(batch: &RecordBatch) -> Result<RecordBatch, SinkError> {
