@@ -25,6 +25,8 @@ enum Cmd {
     Check(Common),
     /// Stream changes into the target until stopped (SIGINT/SIGTERM) or caught up.
     Replicate(Common),
+    /// Maintain a Delta target: compaction, log checkpoints, tombstone purge, vacuum.
+    Maintain(MaintainArgs),
     /// Print the checkpoint a target holds (position, tables, lag) without a running process.
     Status(Common),
     /// Decode a binlog file and print its events and rows (for debugging).
@@ -36,6 +38,21 @@ enum Cmd {
     },
     /// Print the MySQL -> Arrow type map as a Markdown table.
     Types,
+}
+
+#[derive(Args)]
+struct MaintainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Compaction's target file size, e.g. 128MiB.
+    #[arg(long, default_value = "128MiB")]
+    target_file_size: String,
+    /// Vacuum removes files no version younger than this needs, e.g. 168h.
+    #[arg(long, default_value = "168h")]
+    vacuum_retention: String,
+    /// Tombstones (deleted rows) older than this are purged, e.g. 7d is written 168h.
+    #[arg(long, default_value = "168h")]
+    tombstone_retention: String,
 }
 
 /// Flags shared by the commands; each has the config-file key of the same name.
@@ -227,6 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
+        Cmd::Maintain(m) => maintain(m).await,
         Cmd::Status(c) => {
             let fc = match c.file_config() {
                 Ok(f) => f,
@@ -301,6 +319,85 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+#[cfg(feature = "delta")]
+async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
+    use binlake::config::{parse_duration, parse_size};
+    let fc = match m.common.file_config() {
+        Ok(f) => f,
+        Err(e) => return config_error(e),
+    };
+    init_logs(fc.log_format.as_deref() == Some("json"));
+    if fc.sink.as_deref().unwrap_or("delta") != "delta" {
+        eprintln!("error: `maintain` works on Delta targets (--sink delta); Parquet compaction is not implemented yet");
+        return Ok(ExitCode::from(2));
+    }
+    let Some(target) = fc.target.clone() else {
+        return config_error(binlake::config::ConfigError::Key {
+            key: "target",
+            message: "required".into(),
+        });
+    };
+    let opts = match (|| -> Result<_, binlake::config::ConfigError> {
+        Ok(binlake_sink_delta::maintain::MaintainOptions {
+            target_file_size: parse_size(
+                "target_file_size",
+                &Size::Text(m.target_file_size.clone()),
+            )? as u64,
+            vacuum_retention: parse_duration("vacuum_retention", &m.vacuum_retention)?,
+            tombstone_retention: parse_duration("tombstone_retention", &m.tombstone_retention)?,
+        })
+    })() {
+        Ok(o) => o,
+        Err(e) => return config_error(e),
+    };
+    let patterns: Vec<String> = match &fc.tables {
+        None => vec![],
+        Some(Patterns::One(s)) => vec![s.clone()],
+        Some(Patterns::Many(v)) => v.clone(),
+    };
+    let filter = match binlake::filter::TableFilter::parse(&patterns) {
+        Ok(f) => f,
+        Err(e) => {
+            return config_error(binlake::config::ConfigError::Key {
+                key: "tables",
+                message: e.to_string(),
+            })
+        }
+    };
+    let cfg = binlake_sink_delta::DeltaConfig::new(
+        target,
+        fc.pipeline.clone().unwrap_or_else(|| "default".into()),
+    );
+    let mut failed = 0;
+    for t in binlake_sink_delta::maintain::tables(&cfg).await? {
+        let (db, name) = t.split_once('.').unwrap_or((&t, ""));
+        if !filter.matches(db, name) {
+            continue;
+        }
+        match binlake_sink_delta::maintain::maintain_table(&cfg, &t, &opts).await {
+            Ok(r) => println!(
+                "{:<40} compacted {} files into {}, purged {} tombstones, vacuumed {} files, now at version {}",
+                r.table, r.files_compacted, r.files_written, r.tombstones_purged, r.files_vacuumed, r.version
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {t}: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(not(feature = "delta"))]
+async fn maintain(_m: MaintainArgs) -> anyhow::Result<ExitCode> {
+    eprintln!("error: `maintain` works on Delta targets; this binary was built without the `delta` feature");
+    Ok(ExitCode::from(2))
 }
 
 fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {

@@ -261,3 +261,88 @@ fn delta_unsupported_schema_change_stops_only_that_table() {
         "1:1"
     );
 }
+
+/// `binlake maintain`: after many small commits, compaction leaves fewer files, tombstones past
+/// the retention are purged, a log checkpoint is written, and the table still equals the source.
+#[test]
+fn delta_maintain_compacts_purges_and_checkpoints() {
+    let dir = TestDir::new("dmaint");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE mt; CREATE TABLE mt.t (id INT PRIMARY KEY, v INT);");
+    let target = dir.path("lake");
+    for i in 0..6 {
+        m.sql(&format!(
+            "INSERT INTO mt.t VALUES ({i}, {i}), ({}, 0); DELETE FROM mt.t WHERE id = {};",
+            100 + i,
+            100 + i
+        ));
+        catch_up(&m, &target, "mt.*", &DELTA);
+    }
+    let table = format!("{target}/mt/t");
+    let files_before = delta_q(&table, "SELECT 1"); // table readable
+    assert_eq!(files_before, "1");
+    let count_files = |p: &str| python_files(p);
+    let before = count_files(&table);
+    assert_eq!(
+        delta_q(&table, "SELECT count(*) FROM t WHERE _binlake_deleted"),
+        "6"
+    );
+    let out = binlake(
+        &[
+            "maintain",
+            "--target",
+            &target,
+            "--sink",
+            "delta",
+            "--tombstone-retention",
+            "0s",
+            "--vacuum-retention",
+            "0s",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("mt.t") && report.contains("purged 6 tombstones"),
+        "{report}"
+    );
+    let after = count_files(&table);
+    assert!(
+        after < before,
+        "compaction: {before} files before, {after} after"
+    );
+    assert_eq!(
+        delta_q(&table, "SELECT count(*) FROM t WHERE _binlake_deleted"),
+        "0"
+    );
+    assert!(
+        std::fs::read_dir(format!("{table}/_delta_log"))
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("checkpoint")),
+        "no log checkpoint"
+    );
+    assert_replica_equal(&m, &target, "mt.t", &["--reader", "delta"]);
+    // replication goes on after maintenance
+    m.sql("UPDATE mt.t SET v = 42 WHERE id = 1; INSERT INTO mt.t VALUES (50, 50);");
+    catch_up(&m, &target, "mt.*", &DELTA);
+    assert_replica_equal(&m, &target, "mt.t", &["--reader", "delta"]);
+}
+
+/// Number of data files in the Delta table's current version.
+fn python_files(table: &str) -> usize {
+    let out = Command::new("python3")
+        .args(["-c", "import sys\nfrom deltalake import DeltaTable\nprint(len(DeltaTable(sys.argv[1]).file_uris()))", table])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

@@ -1,0 +1,154 @@
+//! `binlake maintain` for Delta targets: compaction of small files, Delta log checkpoints, purge of
+//! tombstones older than a retention, and vacuum of files no version needs any more.
+//!
+//! Safe beside a running `replicate`: every step is an ordinary Delta commit, and Delta's
+//! optimistic concurrency makes a maintenance commit and a MERGE that touch the same files retry
+//! or fail cleanly instead of corrupting the table. Tombstones are purged only when older than
+//! `tombstone_retention`, so a backfill still in flight can see them (see the README).
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use binlake_sink::store::classify;
+use binlake_sink::{SinkError, COL_COMMIT_TS, COL_DELETED};
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use tracing::info;
+
+use crate::config::DeltaConfig;
+
+#[derive(Debug, Clone)]
+pub struct MaintainOptions {
+    /// Compaction's target file size in bytes.
+    pub target_file_size: u64,
+    pub vacuum_retention: Duration,
+    pub tombstone_retention: Duration,
+}
+
+impl Default for MaintainOptions {
+    fn default() -> Self {
+        MaintainOptions {
+            target_file_size: 128 << 20,
+            vacuum_retention: Duration::from_secs(7 * 86400),
+            tombstone_retention: Duration::from_secs(7 * 86400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MaintainReport {
+    pub table: String,
+    pub files_compacted: u64,
+    pub files_written: u64,
+    pub tombstones_purged: usize,
+    pub files_vacuumed: usize,
+    pub version: i64,
+}
+
+fn err(table: &str, what: &str, e: deltalake::DeltaTableError) -> SinkError {
+    SinkError::Definite(format!("{table}: {what}: {e}"))
+}
+
+/// The Delta tables under the target: `<db>/<table>` folders with a `_delta_log`.
+pub async fn tables(config: &DeltaConfig) -> Result<Vec<String>, SinkError> {
+    let base = config.base_url()?;
+    let (store, root) = object_store::parse_url_opts(
+        &base,
+        config
+            .storage_options()
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+    )
+    .map_err(|e| SinkError::Definite(format!("target `{}`: {e}", config.target)))?;
+    let paths: Vec<object_store::path::Path> = store
+        .list(Some(&root))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(classify)?;
+    let prefix = root.as_ref().trim_end_matches('/').to_string();
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter_map(|p| {
+            let rel = p
+                .as_ref()
+                .strip_prefix(&prefix)
+                .unwrap_or(p.as_ref())
+                .trim_start_matches('/');
+            let (table, _) = rel.split_once("/_delta_log/")?;
+            let mut parts = table.split('/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(db), Some(t), None) if !db.starts_with('_') => Some(format!("{db}.{t}")),
+                _ => None,
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Maintains one table `db.table`.
+pub async fn maintain_table(
+    config: &DeltaConfig,
+    name: &str,
+    opts: &MaintainOptions,
+) -> Result<MaintainReport, SinkError> {
+    let (db, t) = name
+        .split_once('.')
+        .ok_or_else(|| SinkError::Definite(format!("`{name}`: expected db.table")))?;
+    let url = config.table_url(db, t)?;
+    let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options())
+        .await
+        .map_err(|e| err(name, "open", e))?;
+    let mut report = MaintainReport {
+        table: name.to_string(),
+        ..Default::default()
+    };
+
+    // 1. Purge tombstones older than the retention.
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(opts.tombstone_retention).unwrap_or(chrono::Duration::days(7));
+    use deltalake::datafusion::logical_expr::{col, lit};
+    use deltalake::datafusion::scalar::ScalarValue;
+    let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
+        Some(cutoff.timestamp_micros()),
+        Some("UTC".into()),
+    ));
+    let predicate = col(COL_DELETED).and(col(COL_COMMIT_TS).lt(cutoff_lit));
+    let (table, m) = table
+        .delete()
+        .with_predicate(predicate)
+        .await
+        .map_err(|e| err(name, "purge tombstones", e))?;
+    report.tombstones_purged = m.num_deleted_rows.unwrap_or(0);
+
+    // 2. Compact small files.
+    let size = NonZeroU64::new(opts.target_file_size.max(1 << 20)).expect("non-zero");
+    let (table, m) = table
+        .optimize()
+        .with_target_size(size)
+        .await
+        .map_err(|e| err(name, "optimize", e))?;
+    report.files_compacted = m.num_files_removed;
+    report.files_written = m.num_files_added;
+
+    // 3. A log checkpoint, so readers and writers replay less of the log.
+    deltalake::checkpoints::create_checkpoint(&table, None)
+        .await
+        .map_err(|e| err(name, "checkpoint", e))?;
+
+    // 4. Vacuum files no version within the retention needs.
+    let retention =
+        chrono::Duration::from_std(opts.vacuum_retention).unwrap_or(chrono::Duration::days(7));
+    let (table, m) = table
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .await
+        .map_err(|e| err(name, "vacuum", e))?;
+    report.files_vacuumed = m.files_deleted.len();
+    report.version = table.version().map_or(-1, |v| v as i64);
+    info!(table = %name, compacted = report.files_compacted, written = report.files_written, tombstones = report.tombstones_purged, vacuumed = report.files_vacuumed, version = report.version, "maintained");
+    Ok(report)
+}
