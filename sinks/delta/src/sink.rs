@@ -90,6 +90,19 @@ impl DeltaSink {
                 })?;
             }
         }
+        // No log yet: a table to create. Loading it would only log a kernel error.
+        let rel = url
+            .path()
+            .strip_prefix(self.base.path())
+            .unwrap_or("")
+            .trim_matches('/');
+        let log_prefix = self.log.path(&format!("{rel}/_delta_log"));
+        let has_log = !self.log.list(&log_prefix).await?.is_empty();
+        if !has_log {
+            return deltalake::DeltaTableBuilder::from_url(url)
+                .and_then(|b| b.with_storage_options(self.options.clone()).build())
+                .map_err(|e| delta_err(name, "open", e));
+        }
         DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
             .await
             .map_err(|e| delta_err(name, "open", e))
