@@ -186,6 +186,13 @@ impl DeltaSink {
             .map(|k| t(k).eq(s(k)))
             .reduce(|a, b| a.and(b))
             .expect("keyed table");
+        // The batch's key range on the target side lets the MERGE skip target files by their
+        // min/max statistics instead of reading the whole table. Target rows outside the range
+        // match no source row either way, so the result is the same.
+        let on = match key_range(&batch, &tb.primary_key) {
+            Some((lo, hi)) => on.and(t(&tb.primary_key[0]).between(lo, hi)),
+            None => on,
+        };
         let newer = s(COL_VERSION).gt(t(COL_VERSION));
         let cols: Vec<String> = batch
             .schema()
@@ -261,6 +268,31 @@ impl DeltaSink {
             .await
             .map_err(|e| delta_err(REJECTS_TABLE, "write", e))?;
         Ok(())
+    }
+}
+
+/// (min, max) of a single integer primary key in the batch, as literals.
+fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type};
+    use deltalake::datafusion::logical_expr::lit;
+    let [key] = pk else { return None };
+    let c = batch.column_by_name(key)?;
+    if c.null_count() > 0 || c.is_empty() {
+        return None;
+    }
+    macro_rules! range {
+        ($t:ty) => {{
+            let v = c.as_primitive::<$t>().values();
+            Some((lit(*v.iter().min()?), lit(*v.iter().max()?)))
+        }};
+    }
+    match c.data_type() {
+        arrow_schema::DataType::Int8 => range!(Int8Type),
+        arrow_schema::DataType::Int16 => range!(Int16Type),
+        arrow_schema::DataType::Int32 => range!(Int32Type),
+        arrow_schema::DataType::Int64 => range!(Int64Type),
+        _ => None,
     }
 }
 
