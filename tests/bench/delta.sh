@@ -34,7 +34,7 @@ for sink in parquet delta; do
   secs[$sink]=$(awk -v a="$s0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}')
   rss[$sink]=$(awk '{printf "%.0f", $1/1024}' "$W/$sink.rss")
 done
-n=$(python3 -c "import sys; from deltalake import DeltaTable; t=DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id']); print(t.num_rows, len(set(t.column('id').to_pylist())))" "$W/delta/bench/sbtest1")
+n=$(python3 -c "import os, sys; from deltalake import DeltaTable; t=DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id']); print(t.num_rows, len(set(t.column('id').to_pylist())), flush=True); os._exit(0)" "$W/delta/bench/sbtest1")
 [ "$n" = "$rows $rows" ] || { echo "Delta table holds '$n' rows/keys, expected $rows"; exit 1; }
 echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
 printf '%-8s %10s %8s %12s %10s\n' sink changes seconds changes/s "RSS MiB"

@@ -336,7 +336,7 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
 /// Number of data files in the Delta table's current version.
 fn python_files(table: &str) -> usize {
     let out = Command::new("python3")
-        .args(["-c", "import sys\nfrom deltalake import DeltaTable\nprint(len(DeltaTable(sys.argv[1]).file_uris()))", table])
+        .args(["-c", "import os, sys\nfrom deltalake import DeltaTable\nprint(len(DeltaTable(sys.argv[1]).file_uris()), flush=True)\nos._exit(0)", table])
         .output()
         .unwrap();
     assert!(

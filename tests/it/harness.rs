@@ -314,7 +314,7 @@ pub fn wait_equal_reader(
 /// query as `t` (DuckDB's own delta extension would have to be downloaded).
 #[cfg(feature = "delta")]
 pub fn delta_q(table_path: &str, sql: &str) -> String {
-    let code = "import duckdb, sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1]).to_pyarrow_table()\nr = duckdb.sql(sys.argv[2]).fetchall()\nprint(r[0][0] if r else None)";
+    let code = "import duckdb, os, sys\nfrom deltalake import DeltaTable\nt = DeltaTable(sys.argv[1]).to_pyarrow_table()\nr = duckdb.sql(sys.argv[2]).fetchall()\nprint(r[0][0] if r else None, flush=True)\nos._exit(0)";
     let out = Command::new("python3")
         .args(["-c", code, table_path, sql])
         .output()
