@@ -12,10 +12,11 @@
 //!   longer than the time bound. With no data but an advancing position (changes to tables not
 //!   replicated), a position-only commit happens every `checkpoint_interval`.
 //! - Adaptive commit size: one commit runs at a time, in the background, while intake goes on.
-//!   A commit that falls due while another runs starts the moment it ends, with everything
-//!   buffered meanwhile: when the target is slow (a Delta MERGE into a big table) batches grow
-//!   instead of commits queueing, and a quiet table still commits within `max_latency`. Intake
-//!   waits only when the buffers reach twice the size bounds.
+//!   A commit that falls due by time while another runs starts the moment it ends, with
+//!   everything buffered meanwhile: when the target is slow (a Delta MERGE into a big table)
+//!   batches grow instead of commits queueing, and a quiet table still commits within
+//!   `max_latency`. At the size bounds intake waits for the commit in flight, so memory holds
+//!   at most one batch being written and one filling.
 //! - Transient sink errors are retried with backoff (the same commit, idempotent); transient
 //!   source errors reconnect in the source. Definite errors flush what is complete and stop.
 
@@ -280,9 +281,9 @@ pub async fn run(
                         failure = Some(e);
                         break;
                     }
-                    // While a commit is in flight, batches keep growing (adaptive commit size);
-                    // only the memory cap makes intake wait for it.
-                    if needs_size_flush(&st, &cfg) && (!committer.busy() || over_memory_cap(&st, &cfg)) {
+                    // At the size bound intake waits for the commit in flight (memory stays
+                    // bounded: one batch buffered, one being written).
+                    if needs_size_flush(&st, &cfg) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
                     if let Some(t) = &target {
@@ -316,7 +317,9 @@ pub async fn run(
         }
         let done = committer.reap().await?;
         note_done(&mut st, done);
-        if (time_due(&st, &cfg) || needs_size_flush(&st, &cfg)) && !committer.busy() {
+        // A time-bound commit is deferred while another runs, and then takes everything
+        // buffered meanwhile: adaptive commit size.
+        if time_due(&st, &cfg) && !committer.busy() {
             commit(&mut st, &cfg, &mut committer).await?;
         }
         if last_keepalive.elapsed() >= Duration::from_secs(10) {
@@ -430,16 +433,6 @@ fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .any(|t| now >= t + cfg.max_latency);
     data || (now >= st.last_commit + cfg.checkpoint_interval
         && st.position.as_ref().map(|p| p.to_string()) != st.started_position)
-}
-
-/// Buffers this large make intake wait for the commit in flight.
-fn over_memory_cap(st: &State, cfg: &PipelineConfig) -> bool {
-    let total: usize = st.buffers.values().map(|b| b.bytes).sum();
-    total >= cfg.max_batch_bytes.saturating_mul(2)
-        || st
-            .buffers
-            .values()
-            .any(|b| b.len() >= cfg.max_batch_rows.saturating_mul(2))
 }
 
 fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
