@@ -16,7 +16,8 @@
 //!   everything buffered meanwhile: when the target is slow (a Delta MERGE into a big table)
 //!   batches grow instead of commits queueing, and a quiet table still commits within
 //!   `max_latency`. At the size bounds intake waits for the commit in flight, so memory holds
-//!   at most one batch being written and one filling.
+//!   at most one batch being written and one filling, unless the sink prefers large commits
+//!   (Delta): then the filling batch may grow to four times the bounds first.
 //! - Transient sink errors are retried with backoff (the same commit, idempotent); transient
 //!   source errors reconnect in the source. Definite errors flush what is complete and stop.
 
@@ -214,6 +215,7 @@ pub async fn run(
 
     // Bounded: with large transactions, 128 in flight is already ~100k rows of memory.
     let mut committer = Committer {
+        large: sink.prefers_large_commits(),
         sink: Some(sink),
         inflight: None,
     };
@@ -282,8 +284,9 @@ pub async fn run(
                         break;
                     }
                     // At the size bound intake waits for the commit in flight (memory stays
-                    // bounded: one batch buffered, one being written).
-                    if needs_size_flush(&st, &cfg) {
+                    // bounded: one batch buffered, one being written), unless the sink prefers
+                    // large commits: then the batch grows to 4x the bounds meanwhile.
+                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !committer.large || size_exceeds(&st, &cfg, 4)) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
                     if let Some(t) = &target {
@@ -319,7 +322,9 @@ pub async fn run(
         note_done(&mut st, done);
         // A time-bound commit is deferred while another runs, and then takes everything
         // buffered meanwhile: adaptive commit size.
-        if time_due(&st, &cfg) && !committer.busy() {
+        if (time_due(&st, &cfg) || (committer.large && needs_size_flush(&st, &cfg)))
+            && !committer.busy()
+        {
             commit(&mut st, &cfg, &mut committer).await?;
         }
         if last_keepalive.elapsed() >= Duration::from_secs(10) {
@@ -433,6 +438,16 @@ fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .any(|t| now >= t + cfg.max_latency);
     data || (now >= st.last_commit + cfg.checkpoint_interval
         && st.position.as_ref().map(|p| p.to_string()) != st.started_position)
+}
+
+/// Buffers past `factor` times the size bounds.
+fn size_exceeds(st: &State, cfg: &PipelineConfig, factor: usize) -> bool {
+    let total: usize = st.buffers.values().map(|b| b.bytes).sum();
+    total >= cfg.max_batch_bytes.saturating_mul(factor)
+        || st
+            .buffers
+            .values()
+            .any(|b| b.len() >= cfg.max_batch_rows.saturating_mul(factor))
 }
 
 fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
@@ -699,6 +714,8 @@ fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
 /// Runs commits in the background, one at a time and in order, so that encoding and writing a
 /// batch overlaps with taking in the next transactions (the source keeps decoding meanwhile).
 struct Committer {
+    /// The sink prefers fewer, larger commits (see `Sink::prefers_large_commits`).
+    large: bool,
     sink: Option<Box<dyn Sink>>,
     inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }

@@ -184,6 +184,13 @@ pub trait Sink: Send {
     /// Makes the batches and the checkpoint durable in one atomic step.
     async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
 
+    /// True when fewer, larger commits are much cheaper for this target (a MERGE rewrites
+    /// files): the pipeline then keeps filling the next batch while a commit runs, up to four
+    /// times the size bounds, instead of waiting at the bounds.
+    fn prefers_large_commits(&self) -> bool {
+        false
+    }
+
     /// Called about every 10 s while the pipeline runs, so a sink can renew what proves it is
     /// the target's one writer.
     async fn keepalive(&mut self) -> Result<(), SinkError> {

@@ -370,6 +370,10 @@ impl Sink for DeltaSink {
         "delta"
     }
 
+    fn prefers_large_commits(&self) -> bool {
+        true
+    }
+
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         self.log.claim().await?;
         let cp = self.log.latest::<Checkpoint>().await?;
