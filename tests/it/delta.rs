@@ -115,42 +115,8 @@ fn delta_kill_9_during_stream() {
 fn delta_on_s3_resumes_from_the_table_txn() {
     let dir = TestDir::new("ds3");
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
-    let moto_dir = dir.0.join("moto");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/scripts/moto.sh"))
-        .arg("start")
-        .arg(&moto_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "moto did not start");
-    let endpoint = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    struct Stop(std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(repo().join("tests/scripts/moto.sh"))
-                .arg("stop")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _stop = Stop(moto_dir);
-    let env = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
-    let py = Command::new("python3")
-        .args(["-c", "import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket='lake')"])
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
+    let moto = Moto::start(&dir.0.join("moto"), "lake");
+    let env = moto.env();
     m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.t VALUES (1,'a'),(2,'b');");
     let url = m.url();
     let run = || {

@@ -328,3 +328,57 @@ pub fn delta_q(table_path: &str, sql: &str) -> String {
         .trim_end_matches('\n')
         .to_string()
 }
+
+/// An S3-compatible server (moto) on loopback, stopped on drop, with one bucket.
+pub struct Moto {
+    dir: PathBuf,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start(dir: &Path, bucket: &str) -> Moto {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/scripts/moto.sh"))
+            .arg("start")
+            .arg(dir)
+            .output()
+            .expect("moto.sh");
+        assert!(out.status.success(), "moto did not start");
+        let moto = Moto {
+            dir: dir.to_path_buf(),
+            endpoint: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        };
+        let code = format!("import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket='{bucket}')");
+        let py = Command::new("python3")
+            .args(["-c", &code])
+            .envs(moto.env())
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        moto
+    }
+
+    /// The AWS_* environment that points a client at this server.
+    pub fn env(&self) -> [(&'static str, &str); 4] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/scripts/moto.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}

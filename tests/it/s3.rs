@@ -10,32 +10,8 @@ use crate::harness::*;
 fn s3_target_replicates_and_resumes() {
     let dir = TestDir::new("s3");
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
-    let moto_dir = dir.0.join("moto");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/scripts/moto.sh"))
-        .arg("start")
-        .arg(&moto_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "moto did not start");
-    let endpoint = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    struct Stop(std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(repo().join("tests/scripts/moto.sh"))
-                .arg("stop")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _stop = Stop(moto_dir);
-    let env = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let moto = Moto::start(&dir.0.join("moto"), "lake");
+    let env = moto.env();
     let py = |code: &str| {
         let out = Command::new("python3")
             .args(["-c", code])
@@ -49,7 +25,6 @@ fn s3_target_replicates_and_resumes() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    py("import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket='lake')");
 
     m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20), d DECIMAL(12,3)); INSERT INTO s.t VALUES (1,'a',1.5),(2,'b',-2.25),(3,'c',NULL);");
     let url = m.url();
