@@ -312,3 +312,85 @@ fn python_files(table: &str) -> usize {
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// Two binlake processes of one pipeline on the same S3 Delta target: the second fails with a
+/// clear error naming the holder, the first goes on, and nothing is lost or doubled.
+#[test]
+fn delta_two_writers_on_s3() {
+    let dir = TestDir::new("ds3two");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let moto = Moto::start(&dir.0.join("moto"), "lake");
+    m.sql("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); INSERT INTO w.t VALUES (1, 1), (2, 2);");
+    let url = m.url();
+    let args = [
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "w.*",
+        "--target",
+        "s3://lake/two",
+        "--start-at",
+        "earliest",
+        "--sink",
+        "delta",
+        "--max-latency",
+        "200ms",
+    ];
+    let first = Command::new(binlake_bin())
+        .args(args)
+        .envs(moto.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let compare_s3 = || {
+        Command::new("python3")
+            .arg(repo().join("tests/scripts/compare.py"))
+            .args([
+                "--port",
+                &m.port.to_string(),
+                "--target",
+                "s3://lake/two",
+                "--table",
+                "w.t",
+                "--reader",
+                "delta",
+            ])
+            .envs(moto.env())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let wait_equal = || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if compare_s3() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    };
+    assert!(wait_equal(), "first writer never caught up");
+    let second = Command::new(binlake_bin())
+        .args(args)
+        .arg("--exit-when-caught-up")
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("is held by"),
+        "{}",
+        stderr(&second)
+    );
+    m.sql("UPDATE w.t SET v = 20 WHERE id = 2; INSERT INTO w.t VALUES (3, 3); DELETE FROM w.t WHERE id = 1;");
+    assert!(
+        wait_equal(),
+        "first writer stopped after the second was refused"
+    );
+    let out = terminate(first, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
