@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
-use binlake_sink::{rejects_fields, Checkpoint, Commit, Sink, SinkError, TableId};
+use binlake_sink::{rejects_fields, Checkpoint, Commit, DdlKind, Sink, SinkError, TableId};
 use mysql_async::prelude::Queryable;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -279,6 +279,16 @@ pub async fn run(
                 Some(SourceMsg::Txn(txn)) => {
                     idle_since_last_txn = false;
                     let file_pos = txn.file_pos.clone();
+                    // TRUNCATE / DROP TABLE of a replicated table: everything before it is
+                    // committed, then the sink applies it, and only then does the position move
+                    // past it (a crash in between replays it; sinks apply it idempotently).
+                    let actions: Vec<(TableId, DdlKind)> = txn.ddl.iter().flat_map(table_ddl).filter(|(t, _)| src.filter.matches(&t.db, &t.table)).collect();
+                    if !actions.is_empty() {
+                        commit_and_wait(&mut st, &cfg, &mut committer).await?;
+                        for (table, kind) in actions {
+                            apply_ddl(&mut st, &mut committer, &table, kind, txn.version).await?;
+                        }
+                    }
                     if let Err(e) = take_txn(&mut st, &cfg, txn) {
                         failure = Some(e);
                         break;
@@ -455,6 +465,72 @@ fn needs_size_flush(st: &State, cfg: &PipelineConfig) -> bool {
     total >= cfg.max_batch_bytes || st.buffers.values().any(|b| b.len() >= cfg.max_batch_rows)
 }
 
+/// TRUNCATE and DROP TABLE statements: the tables they empty. Names may be quoted and
+/// qualified; unqualified names are in the statement's default database.
+pub fn table_ddl(d: &source::Ddl) -> Vec<(TableId, DdlKind)> {
+    let sql = d.sql.trim().trim_end_matches(';');
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let (kind, rest) = match upper
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["TRUNCATE", "TABLE", ..] => (DdlKind::Truncate, words[2..].join(" ")),
+        ["TRUNCATE", ..] => (DdlKind::Truncate, words[1..].join(" ")),
+        ["DROP", "TABLE", "IF", "EXISTS", ..] => (DdlKind::DropTable, words[4..].join(" ")),
+        ["DROP", "TABLE", ..] => (DdlKind::DropTable, words[2..].join(" ")),
+        _ => return Vec::new(),
+    };
+    rest.split(',')
+        .filter_map(|n| {
+            let n = n.split_whitespace().next()?; // drops RESTRICT / CASCADE / WAIT n
+            let parts: Vec<String> = n
+                .split('.')
+                .map(|p| p.trim_matches('`').to_string())
+                .collect();
+            match parts.as_slice() {
+                [t] if !t.is_empty() => Some((TableId::new(&d.db, t), kind)),
+                [db, t] => Some((TableId::new(db, t), kind)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+async fn apply_ddl(
+    st: &mut State,
+    committer: &mut Committer,
+    table: &TableId,
+    kind: DdlKind,
+    version: u64,
+) -> Result<(), PipelineError> {
+    let name = table.to_string();
+    if st.quarantined.contains_key(&name) {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        match committer.apply_ddl(table, kind, version).await {
+            Ok(()) => {
+                info!(table = %name, ?kind, version, "applied to the target");
+                return Ok(());
+            }
+            Err(PipelineError::Sink(e)) if e.is_transient() => {
+                backoff("DDL", &e, &mut attempt).await
+            }
+            Err(PipelineError::Sink(SinkError::Table { message, .. })) => {
+                error!(table = %name, error = %message, "table stopped (quarantined); the other tables go on");
+                st.table_versions.remove(&name);
+                st.quarantined.insert(name, message);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What every row of one transaction shares.
 struct TxnMeta {
     version: u64,
@@ -468,7 +544,7 @@ struct TxnMeta {
 fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<(), PipelineError> {
     st.summary.transactions += 1;
     for d in &txn.ddl {
-        info!(ddl = %d, gtid = ?txn.gtid, "DDL in the stream");
+        info!(ddl = %d.sql, db = %d.db, gtid = ?txn.gtid, "DDL in the stream");
     }
     let Transaction {
         gtid,
@@ -792,6 +868,22 @@ impl Committer {
         Ok(done)
     }
 
+    /// Applies a table DDL once nothing is in flight.
+    async fn apply_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), PipelineError> {
+        let done = self.wait().await?;
+        debug_assert!(done.is_none(), "commit_and_wait ran before");
+        let sink = self
+            .sink
+            .as_mut()
+            .expect("sink present when nothing is in flight");
+        Ok(sink.apply_table_ddl(table, kind, version).await?)
+    }
+
     /// A commit is running.
     fn busy(&self) -> bool {
         self.inflight.as_ref().is_some_and(|h| !h.is_finished())
@@ -905,4 +997,40 @@ async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
         .min(Duration::from_secs(30));
     warn!(error = %e, attempt = *attempt, wait_s = wait.as_secs(), "sink {what} failed; retrying");
     tokio::time::sleep(wait).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
+        table_ddl(&source::Ddl {
+            db: db.into(),
+            sql: sql.into(),
+        })
+    }
+
+    #[test]
+    fn table_ddl_finds_truncate_and_drop_targets() {
+        assert_eq!(
+            ddl("shop", "TRUNCATE TABLE orders"),
+            vec![(TableId::new("shop", "orders"), DdlKind::Truncate)]
+        );
+        assert_eq!(
+            ddl("shop", "truncate `crm`.`users`;"),
+            vec![(TableId::new("crm", "users"), DdlKind::Truncate)]
+        );
+        assert_eq!(
+            ddl(
+                "s",
+                "DROP TABLE IF EXISTS `a`, s2.b /* generated by server */"
+            ),
+            vec![
+                (TableId::new("s", "a"), DdlKind::DropTable),
+                (TableId::new("s2", "b"), DdlKind::DropTable)
+            ]
+        );
+        assert!(ddl("s", "ALTER TABLE t ADD c INT").is_empty());
+        assert!(ddl("s", "DROP DATABASE s").is_empty());
+    }
 }

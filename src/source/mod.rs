@@ -118,8 +118,16 @@ pub struct Transaction {
     /// End of the commit event in the server's binlog we read it from.
     pub file_pos: BinlogPos,
     pub changes: Vec<TableChange>,
-    /// DDL statements in this transaction (logged; schema changes come from table maps).
-    pub ddl: Vec<String>,
+    /// DDL statements in this transaction, with the database they ran in (column changes come
+    /// from table maps; TRUNCATE and DROP TABLE are applied from these).
+    pub ddl: Vec<Ddl>,
+}
+
+/// A statement from a Query event and the default database it ran in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ddl {
+    pub db: String,
+    pub sql: String,
 }
 
 /// What the source tells the pipeline.

@@ -33,7 +33,7 @@ struct Open {
     commit_us: Option<u64>,
     origin: u32,
     changes: Vec<TableChange>,
-    ddl: Vec<String>,
+    ddl: Vec<super::Ddl>,
 }
 
 struct State {
@@ -310,7 +310,7 @@ async fn handle_event(
             EventBody::PreviousGtids(set) if st.skip_until.is_some() || st.mysql.is_empty() => {
                 st.mysql = set;
             }
-            EventBody::Query { sql, .. } => {
+            EventBody::Query { sql, db, .. } => {
                 let words: Vec<String> = sql
                     .split_whitespace()
                     .take(2)
@@ -335,7 +335,7 @@ async fn handle_event(
                             origin: header.server_id,
                             ..Default::default()
                         });
-                        open.ddl.push(sql);
+                        open.ddl.push(super::Ddl { db, sql });
                         if !open.saw_begin {
                             return finish(cfg, st, &header, end, tx).await;
                         }

@@ -394,3 +394,71 @@ fn delta_two_writers_on_s3() {
     let out = terminate(first, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// TRUNCATE and DROP TABLE empty the Delta table (tombstones, or rows removed with hard deletes);
+/// rows written after a TRUNCATE stay. The Parquet sink cannot apply them yet: it stops that table
+/// and the others go on.
+#[test]
+fn delta_truncate_and_drop_table() {
+    let dir = TestDir::new("dtrunc");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE tr; CREATE TABLE tr.a (id INT PRIMARY KEY, v INT); CREATE TABLE tr.b (id INT PRIMARY KEY); CREATE TABLE tr.c (id INT PRIMARY KEY); INSERT INTO tr.a VALUES (1,1),(2,2); INSERT INTO tr.b VALUES (1); INSERT INTO tr.c VALUES (1);");
+    let soft = dir.path("soft");
+    let hard = dir.path("hard");
+    let pq = dir.path("parquet");
+    catch_up(&m, &soft, "tr.*", &DELTA);
+    catch_up(&m, &hard, "tr.*", &["--sink", "delta", "--deletes", "hard"]);
+    catch_up(&m, &pq, "tr.*", &[]);
+    m.sql("TRUNCATE TABLE tr.a; INSERT INTO tr.a VALUES (2, 20), (3, 30); DROP TABLE tr.b; INSERT INTO tr.c VALUES (2);");
+    catch_up(&m, &soft, "tr.*", &DELTA);
+    catch_up(&m, &hard, "tr.*", &["--sink", "delta", "--deletes", "hard"]);
+    for t in [&soft, &hard] {
+        assert_replica_equal(&m, t, "tr.a", &["--reader", "delta"]);
+        assert_replica_equal(&m, t, "tr.c", &["--reader", "delta"]);
+        assert_eq!(
+            delta_q(
+                &format!("{t}/tr/b"),
+                "SELECT count(*) FROM t WHERE NOT _binlake_deleted"
+            ),
+            "0",
+            "{t}"
+        );
+    }
+    assert_eq!(
+        delta_q(
+            &format!("{soft}/tr/a"),
+            "SELECT count(*) FROM t WHERE _binlake_deleted"
+        ),
+        "1"
+    ); // key 1
+    assert_eq!(
+        delta_q(&format!("{hard}/tr/a"), "SELECT count(*) FROM t"),
+        "2"
+    );
+    // Parquet: the truncated and dropped tables stop, tr.c goes on
+    let url = m.url();
+    let out = binlake(
+        &[
+            "replicate",
+            "--source",
+            &url,
+            "--tables",
+            "tr.*",
+            "--target",
+            &pq,
+            "--exit-when-caught-up",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("table stopped"), "{}", stderr(&out));
+    assert_replica_equal(&m, &pq, "tr.c", &[]);
+    let st = String::from_utf8_lossy(
+        &binlake(&["status", "--target", &pq], Duration::from_secs(30)).stdout,
+    )
+    .to_string();
+    assert!(
+        st.contains("tr.a") && st.contains("STOPPED") && st.contains("Truncate"),
+        "{st}"
+    );
+}

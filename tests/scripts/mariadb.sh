@@ -11,12 +11,15 @@ case "$cmd" in
 start)
   server_id=${3:-1}; shift 3 2>/dev/null || shift $#
   mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  # Its own tmpdir: temp files in a shared /tmp left by a killed server with a reused PID break
+  # the bootstrap of the next one.
+  mkdir -p "$dir/tmp"
   if [ ! -d "$dir/data/mysql" ]; then
-    mariadb-install-db --no-defaults --datadir="$dir/data" --user=root --auth-root-authentication-method=normal \
-      --skip-test-db >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
+    mariadb-install-db --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --user=root \
+      --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
   fi
   port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-  nohup "$MARIADBD" --no-defaults --datadir="$dir/data" --socket="$dir/sock" --port="$port" --bind-address=127.0.0.1 \
+  nohup "$MARIADBD" --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$dir/sock" --port="$port" --bind-address=127.0.0.1 \
     --user=root --server-id="$server_id" --log-bin="$dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL \
     --binlog-row-metadata=FULL --pid-file="$dir/mariadbd.pid" --log-error="$dir/error.log" \
     --innodb-buffer-pool-size=256M --innodb-log-file-size=256M --skip-name-resolve --max-connections=200 \

@@ -184,6 +184,22 @@ pub trait Sink: Send {
     /// Makes the batches and the checkpoint durable in one atomic step.
     async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
 
+    /// Applies a TRUNCATE or DROP TABLE that the source committed at `version`: afterwards the
+    /// table's current state is empty (rows written later, with higher versions, stay). Must be
+    /// idempotent. A sink that cannot do it returns [`SinkError::Table`], which stops that table.
+    async fn apply_table_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        let _ = version;
+        Err(SinkError::Table {
+            table: table.clone(),
+            message: format!("{kind:?} at the source: the {} sink does not apply it yet, so the replica would diverge. The table is stopped; rebuild it to resume", self.kind()),
+        })
+    }
+
     /// True when fewer, larger commits are much cheaper for this target (a MERGE rewrites
     /// files): the pipeline then keeps filling the next batch while a commit runs, up to four
     /// times the size bounds, instead of waiting at the bounds.
@@ -196,6 +212,13 @@ pub trait Sink: Send {
     async fn keepalive(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// A table-level DDL the sinks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdlKind {
+    Truncate,
+    DropTable,
 }
 
 /// Shared, cheap-to-clone text for the `_binlake_source` column.

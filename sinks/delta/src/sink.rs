@@ -374,6 +374,48 @@ impl Sink for DeltaSink {
         true
     }
 
+    /// Every row older than `version` becomes a tombstone (or, with hard deletes, is removed).
+    /// Idempotent: a replay finds those rows already at `version`.
+    async fn apply_table_ddl(
+        &mut self,
+        table: &binlake_sink::TableId,
+        kind: binlake_sink::DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        use deltalake::datafusion::logical_expr::lit;
+        use deltalake::datafusion::scalar::ScalarValue;
+        let name = table.to_string();
+        let t = self.load(&table.db, &table.table).await?;
+        if t.version().is_none() {
+            return Ok(()); // nothing replicated yet
+        }
+        let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
+        if self.config.deletes == Deletes::Hard {
+            t.delete()
+                .with_predicate(older)
+                .await
+                .map_err(|e| delta_err(&name, "truncate", e))?;
+        } else {
+            let now = binlake_sink::store::now_us();
+            t.update()
+                .with_predicate(older.and(col(Column::new_unqualified(COL_DELETED)).not()))
+                .with_update(Column::new_unqualified(COL_DELETED), lit(true))
+                .with_update(Column::new_unqualified(COL_VERSION), lit(version as i64))
+                .with_update(Column::new_unqualified(binlake_sink::COL_OP), lit("delete"))
+                .with_update(
+                    Column::new_unqualified(binlake_sink::COL_SYNCED_AT),
+                    lit(ScalarValue::TimestampMicrosecond(
+                        Some(now),
+                        Some("UTC".into()),
+                    )),
+                )
+                .await
+                .map_err(|e| delta_err(&name, "truncate", e))?;
+        }
+        info!(table = %name, ?kind, version, "table emptied in Delta");
+        Ok(())
+    }
+
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         self.log.claim().await?;
         let cp = self.log.latest::<Checkpoint>().await?;
