@@ -86,21 +86,12 @@ pub fn crash_test(sink_args: &[&str], rows: u64) {
     m.sql("CREATE DATABASE crash; CREATE TABLE crash.t (id BIGINT PRIMARY KEY, k INT NOT NULL, c VARCHAR(200) NOT NULL, KEY (k));");
     let target = dir.path("lake");
     let url = m.url();
-    let mut args = vec![
-        "replicate",
-        "--source",
+    let mut args = replicate_args(
         &url,
-        "--tables",
-        "crash.*",
-        "--target",
         &target,
-        "--start-at",
-        "earliest",
-        "--max-batch-rows",
-        "3000",
-        "--max-latency",
-        "200ms",
-    ];
+        "crash.*",
+        &["--max-batch-rows", "3000", "--max-latency", "200ms"],
+    );
     args.extend_from_slice(sink_args);
 
     // The workload runs in the background through the mariadb client.

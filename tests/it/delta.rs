@@ -82,22 +82,12 @@ fn delta_add_column_mid_stream() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql("CREATE DATABASE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT); INSERT INTO a.t VALUES (1, 1), (2, 2);");
     let target = dir.path("lake");
-    let url = m.url();
-    let child = spawn_binlake(&[
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "a.*",
-        "--target",
+    let child = spawn_replicate(
+        &m,
         &target,
-        "--start-at",
-        "earliest",
-        "--sink",
-        "delta",
-        "--max-latency",
-        "200ms",
-    ]);
+        "a.*",
+        &["--sink", "delta", "--max-latency", "200ms"],
+    );
     m.sql("ALTER TABLE a.t ADD COLUMN note VARCHAR(10); INSERT INTO a.t VALUES (3, 3, 'three'); UPDATE a.t SET note = 'one' WHERE id = 1;");
     m.sql("ALTER TABLE a.t ADD COLUMN early INT AFTER id; INSERT INTO a.t (id, early, v) VALUES (4, 44, 4); UPDATE a.t SET early = 11 WHERE id = 1;");
     let (equal, last) = wait_equal_reader(&m, &target, "a.t", "delta", Duration::from_secs(60));
@@ -143,27 +133,8 @@ fn delta_on_s3_resumes_from_the_table_txn() {
     run();
     m.sql("UPDATE s.t SET v='bb' WHERE id=2; DELETE FROM s.t WHERE id=1; INSERT INTO s.t VALUES (3,'c');");
     run();
-    let out = Command::new("python3")
-        .arg(repo().join("tests/scripts/compare.py"))
-        .args([
-            "--port",
-            &m.port.to_string(),
-            "--target",
-            "s3://lake/d",
-            "--table",
-            "s.t",
-            "--reader",
-            "delta",
-        ])
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (equal, report) = compare_env(&m, "s3://lake/d", "s.t", &["--reader", "delta"], &env);
+    assert!(equal, "{report}");
 }
 
 /// A RENAME COLUMN and a MODIFY COLUMN mid-stream: the Delta sink cannot apply them yet, so each
@@ -175,22 +146,12 @@ fn delta_unsupported_schema_change_stops_only_that_table() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql("CREATE DATABASE q; CREATE TABLE q.keep (id INT PRIMARY KEY, v INT); CREATE TABLE q.ren (id INT PRIMARY KEY, a INT); CREATE TABLE q.wid (id INT PRIMARY KEY, n INT); INSERT INTO q.keep VALUES (1,1); INSERT INTO q.ren VALUES (1,1); INSERT INTO q.wid VALUES (1,1);");
     let target = dir.path("lake");
-    let url = m.url();
-    let child = spawn_binlake(&[
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "q.*",
-        "--target",
+    let child = spawn_replicate(
+        &m,
         &target,
-        "--start-at",
-        "earliest",
-        "--sink",
-        "delta",
-        "--max-latency",
-        "200ms",
-    ]);
+        "q.*",
+        &["--sink", "delta", "--max-latency", "200ms"],
+    );
     let (equal, last) = wait_equal_reader(&m, &target, "q.ren", "delta", Duration::from_secs(60));
     assert!(equal, "{last}");
     m.sql("ALTER TABLE q.ren RENAME COLUMN a TO b; INSERT INTO q.ren VALUES (2, 2); INSERT INTO q.keep VALUES (2, 2);");
@@ -344,25 +305,8 @@ fn delta_two_writers_on_s3() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let compare_s3 = || {
-        Command::new("python3")
-            .arg(repo().join("tests/scripts/compare.py"))
-            .args([
-                "--port",
-                &m.port.to_string(),
-                "--target",
-                "s3://lake/two",
-                "--table",
-                "w.t",
-                "--reader",
-                "delta",
-            ])
-            .envs(moto.env())
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let env = moto.env();
+    let compare_s3 = || compare_env(&m, "s3://lake/two", "w.t", &["--reader", "delta"], &env).0;
     let wait_equal = || {
         let start = std::time::Instant::now();
         while start.elapsed() < Duration::from_secs(60) {

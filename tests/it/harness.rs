@@ -179,21 +179,38 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Replicates everything the server has into `target`, then exits (asserting success).
-pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output {
-    let url = m.url();
+/// `replicate --source <m> --tables <tables> --target <target> --start-at earliest`, then `extra`.
+pub fn replicate_args<'a>(
+    url: &'a str,
+    target: &'a str,
+    tables: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec![
         "replicate",
         "--source",
-        &url,
+        url,
         "--tables",
         tables,
         "--target",
         target,
         "--start-at",
         "earliest",
-        "--exit-when-caught-up",
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Starts a `replicate` that runs until stopped (see [`replicate_args`]).
+pub fn spawn_replicate(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Child {
+    let url = m.url();
+    spawn_binlake(&replicate_args(&url, target, tables, extra))
+}
+
+/// Replicates everything the server has into `target`, then exits (asserting success).
+pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output {
+    let url = m.url();
+    let mut args = replicate_args(&url, target, tables, &["--exit-when-caught-up"]);
     args.extend_from_slice(extra);
     let out = binlake(&args, Duration::from_secs(300));
     assert!(
@@ -206,6 +223,17 @@ pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output
 
 /// Runs the independent comparison: (equal, report).
 pub fn compare(m: &Maria, target: &str, table: &str, extra: &[&str]) -> (bool, String) {
+    compare_env(m, target, table, extra, &[])
+}
+
+/// [`compare`] with extra environment (the AWS_* of an S3 target).
+pub fn compare_env(
+    m: &Maria,
+    target: &str,
+    table: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let out = Command::new("python3")
         .arg(repo().join("tests/scripts/compare.py"))
         .args([
@@ -217,6 +245,7 @@ pub fn compare(m: &Maria, target: &str, table: &str, extra: &[&str]) -> (bool, S
             table,
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .output()
         .expect("run compare.py");
     let text = format!(

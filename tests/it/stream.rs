@@ -14,24 +14,19 @@ fn partial_buffer_is_committed_by_the_time_bound_and_sigterm_is_graceful() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql("CREATE DATABASE l; CREATE TABLE l.t (id INT PRIMARY KEY, v VARCHAR(10));");
     let target = dir.path("lake");
-    let url = m.url();
-    let child = spawn_binlake(&[
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "l.*",
-        "--target",
+    let child = spawn_replicate(
+        &m,
         &target,
-        "--start-at",
-        "earliest",
-        "--max-latency",
-        "300ms",
-        "--max-batch-rows",
-        "1000000",
-        "--max-batch-bytes",
-        "1GiB",
-    ]);
+        "l.*",
+        &[
+            "--max-latency",
+            "300ms",
+            "--max-batch-rows",
+            "1000000",
+            "--max-batch-bytes",
+            "1GiB",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
     m.sql("INSERT INTO l.t VALUES (1, 'one');");
     let waited = wait_until_equal(&m, &target, "l.t", Duration::from_secs(20))
@@ -70,22 +65,12 @@ fn source_crash_reconnects_and_resumes_without_loss() {
     let m = Maria::start(&dbdir, 1, &[]);
     m.sql("CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY, n INT NOT NULL);");
     let target = dir.path("lake");
-    let url = m.url();
-    let child = spawn_binlake(&[
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "r.*",
-        "--target",
+    let child = spawn_replicate(
+        &m,
         &target,
-        "--start-at",
-        "earliest",
-        "--max-latency",
-        "200ms",
-        "--heartbeat",
-        "500ms",
-    ]);
+        "r.*",
+        &["--max-latency", "200ms", "--heartbeat", "500ms"],
+    );
     for i in 0..20 {
         m.sql(&format!(
             "INSERT INTO r.t VALUES ({i}, {i}); UPDATE r.t SET n = n + 1 WHERE id = {};",
@@ -127,19 +112,7 @@ fn a_second_writer_is_refused_and_other_pipelines_coexist() {
     m.sql("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); CREATE TABLE w.u (id INT PRIMARY KEY); INSERT INTO w.t VALUES (1, 1); INSERT INTO w.u VALUES (1);");
     let target = dir.path("lake");
     let url = m.url();
-    let first = spawn_binlake(&[
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "w.t",
-        "--target",
-        &target,
-        "--start-at",
-        "earliest",
-        "--max-latency",
-        "200ms",
-    ]);
+    let first = spawn_replicate(&m, &target, "w.t", &["--max-latency", "200ms"]);
     wait_until_equal(&m, &target, "w.t", Duration::from_secs(30)).expect("first writer works");
     let second = binlake(
         &[
