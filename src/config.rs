@@ -71,6 +71,14 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Delta: `soft` (tombstones, the default) or `hard` (deleted rows are removed).
     pub deletes: Option<String>,
+    /// Delta: run maintenance from `replicate` this often (off when absent), e.g. `6h`.
+    pub maintain_every: Option<String>,
+    /// Delta maintenance: compaction's target file size, e.g. `128MiB`.
+    pub target_file_size: Option<Size>,
+    /// Delta maintenance: vacuum keeps files any version younger than this needs, e.g. `7d`.
+    pub vacuum_retention: Option<String>,
+    /// Delta maintenance: tombstones older than this are purged, e.g. `7d`.
+    pub tombstone_retention: Option<String>,
 }
 
 impl FileConfig {
@@ -116,7 +124,11 @@ impl FileConfig {
             server_id,
             zstd_level,
             log_format,
-            deletes
+            deletes,
+            maintain_every,
+            target_file_size,
+            vacuum_retention,
+            tombstone_retention
         )
     }
 }
@@ -185,6 +197,7 @@ pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigErro
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         _ => {
             return Err(key_err(
                 key,
@@ -247,6 +260,51 @@ pub struct Settings {
     pub log_json: bool,
     /// Hard deletes (Delta).
     pub hard_deletes: bool,
+    pub maintenance: Maintenance,
+}
+
+/// Table maintenance (Delta): `binlake maintain`, or a schedule inside `replicate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintenance {
+    /// How often `replicate` maintains its tables; `None`: never (run `binlake maintain`).
+    pub every: Option<Duration>,
+    pub target_file_size: u64,
+    pub vacuum_retention: Duration,
+    pub tombstone_retention: Duration,
+}
+
+impl Maintenance {
+    pub fn resolve(c: &FileConfig) -> Result<Maintenance, ConfigError> {
+        let every = match c.maintain_every.as_deref() {
+            None | Some("") | Some("off") | Some("never") => None,
+            Some(s) => {
+                let d = parse_duration("maintain_every", s)?;
+                if d < Duration::from_secs(1) {
+                    return Err(key_err("maintain_every", "must be at least 1s (or `off`)"));
+                }
+                Some(d)
+            }
+        };
+        let target_file_size = match &c.target_file_size {
+            Some(s) => parse_size("target_file_size", s)? as u64,
+            None => 128 << 20,
+        };
+        if target_file_size < 1 << 20 {
+            return Err(key_err("target_file_size", "must be at least 1MiB"));
+        }
+        Ok(Maintenance {
+            every,
+            target_file_size,
+            vacuum_retention: parse_duration(
+                "vacuum_retention",
+                c.vacuum_retention.as_deref().unwrap_or("7d"),
+            )?,
+            tombstone_retention: parse_duration(
+                "tombstone_retention",
+                c.tombstone_retention.as_deref().unwrap_or("7d"),
+            )?,
+        })
+    }
 }
 
 impl Settings {
@@ -343,6 +401,15 @@ impl Settings {
                 ))
             }
         };
+        let maintenance = Maintenance::resolve(c)?;
+        if maintenance.every.is_some() && sink != "delta" {
+            return Err(key_err(
+                "maintain_every",
+                format!(
+                    "scheduled maintenance is for the delta sink; this pipeline writes `{sink}`"
+                ),
+            ));
+        }
         let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));
         if replica_server_id == 0 {
             return Err(key_err(
@@ -372,6 +439,7 @@ impl Settings {
             zstd_level,
             log_json,
             hard_deletes,
+            maintenance,
         })
     }
 }

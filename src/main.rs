@@ -44,15 +44,6 @@ enum Cmd {
 struct MaintainArgs {
     #[command(flatten)]
     common: Common,
-    /// Compaction's target file size, e.g. 128MiB.
-    #[arg(long, default_value = "128MiB")]
-    target_file_size: String,
-    /// Vacuum removes files no version younger than this needs, e.g. 168h.
-    #[arg(long, default_value = "168h")]
-    vacuum_retention: String,
-    /// Tombstones (deleted rows) older than this are purged, e.g. 7d is written 168h.
-    #[arg(long, default_value = "168h")]
-    tombstone_retention: String,
 }
 
 /// Flags shared by the commands; each has the config-file key of the same name.
@@ -108,6 +99,18 @@ struct Common {
     /// Delta: soft (tombstones) or hard.
     #[arg(long)]
     deletes: Option<String>,
+    /// Delta: `replicate` runs maintenance this often, e.g. 6h (default: never).
+    #[arg(long)]
+    maintain_every: Option<String>,
+    /// Delta maintenance: compaction's target file size [default: 128MiB].
+    #[arg(long)]
+    target_file_size: Option<String>,
+    /// Delta maintenance: vacuum keeps files any version younger than this needs [default: 7d].
+    #[arg(long)]
+    vacuum_retention: Option<String>,
+    /// Delta maintenance: tombstones (deleted rows) older than this are purged [default: 7d].
+    #[arg(long)]
+    tombstone_retention: Option<String>,
 }
 
 impl Common {
@@ -134,6 +137,10 @@ impl Common {
             zstd_level: self.zstd_level,
             log_format: self.log_format.clone(),
             deletes: self.deletes.clone(),
+            maintain_every: self.maintain_every.clone(),
+            target_file_size: self.target_file_size.clone().map(Size::Text),
+            vacuum_retention: self.vacuum_retention.clone(),
+            tombstone_retention: self.tombstone_retention.clone(),
         };
         Ok(base.overlay(flags))
     }
@@ -141,8 +148,9 @@ impl Common {
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        // deltalake's MERGE warns about a missing scan metric on every merge: noise, not news.
         tracing_subscriber::EnvFilter::new(
-            "warn,binlake=info,binlake_sink=info,binlake_sink_parquet=info,binlake_sink_delta=info",
+            "warn,binlake=info,binlake_sink=info,binlake_sink_parquet=info,binlake_sink_delta=info,deltalake_core::operations::merge=error",
         )
     });
     let b = tracing_subscriber::fmt()
@@ -258,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &pipeline_name,
                 1,
                 false,
+                &binlake::config::Maintenance::resolve(&fc)?,
             )?;
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
@@ -297,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &settings.pipeline.name,
                 settings.zstd_level,
                 settings.hard_deletes,
+                &settings.maintenance,
             )?;
             tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %settings.target, pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
@@ -323,7 +333,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "delta")]
 async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
-    use binlake::config::{parse_duration, parse_size};
     let fc = match m.common.file_config() {
         Ok(f) => f,
         Err(e) => return config_error(e),
@@ -339,17 +348,8 @@ async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
             message: "required".into(),
         });
     };
-    let opts = match (|| -> Result<_, binlake::config::ConfigError> {
-        Ok(binlake_sink_delta::maintain::MaintainOptions {
-            target_file_size: parse_size(
-                "target_file_size",
-                &Size::Text(m.target_file_size.clone()),
-            )? as u64,
-            vacuum_retention: parse_duration("vacuum_retention", &m.vacuum_retention)?,
-            tombstone_retention: parse_duration("tombstone_retention", &m.tombstone_retention)?,
-        })
-    })() {
-        Ok(o) => o,
+    let opts = match binlake::config::Maintenance::resolve(&fc) {
+        Ok(m) => maintain_options(&m),
         Err(e) => return config_error(e),
     };
     let patterns: Vec<String> = match &fc.tables {
@@ -394,6 +394,17 @@ async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+#[cfg(feature = "delta")]
+fn maintain_options(
+    m: &binlake::config::Maintenance,
+) -> binlake_sink_delta::maintain::MaintainOptions {
+    binlake_sink_delta::maintain::MaintainOptions {
+        target_file_size: m.target_file_size,
+        vacuum_retention: m.vacuum_retention,
+        tombstone_retention: m.tombstone_retention,
+    }
+}
+
 #[cfg(not(feature = "delta"))]
 async fn maintain(_m: MaintainArgs) -> anyhow::Result<ExitCode> {
     eprintln!("error: `maintain` works on Delta targets; this binary was built without the `delta` feature");
@@ -411,8 +422,9 @@ fn build_sink(
     pipeline: &str,
     zstd_level: i32,
     hard_deletes: bool,
+    maintenance: &binlake::config::Maintenance,
 ) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
-    let _ = hard_deletes;
+    let _ = (hard_deletes, maintenance);
     match kind {
         #[cfg(feature = "parquet")]
         "parquet" => {
@@ -426,6 +438,9 @@ fn build_sink(
             if hard_deletes {
                 cfg.deletes = binlake_sink_delta::Deletes::Hard;
             }
+            cfg.maintenance = maintenance
+                .every
+                .map(|every| (every, maintain_options(maintenance)));
             Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),

@@ -132,22 +132,22 @@ fn unreachable_target_is_one_clear_error() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     let url = m.url();
     // an S3 endpoint where nothing listens
-    let mut child = std::process::Command::new(binlake_bin())
-        .args([
+    let mut child = spawn_binlake_env(
+        &[
             "replicate",
             "--source",
             &url,
             "--target",
             "s3://nobucket/lake",
             "--exit-when-caught-up",
-        ])
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "x")
-        .env("AWS_REGION", "us-east-1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
     let start = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(

@@ -260,6 +260,70 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
     assert_replica_equal(&m, &target, "mt.t", &["--reader", "delta"]);
 }
 
+/// `maintain_every` in `replicate`: maintenance runs in the background between commits while a
+/// workload with updates and deletes streams; every change still arrives, in order, within the
+/// latency bound, and the table ends compacted, checkpointed and equal to the source.
+#[test]
+fn delta_scheduled_maintenance_during_stream() {
+    let dir = TestDir::new("dsched");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE ms; CREATE TABLE ms.t (id INT PRIMARY KEY, v INT, s VARCHAR(20)); CREATE TABLE ms.u (id INT PRIMARY KEY, v INT);");
+    let target = dir.path("lake");
+    let child = spawn_replicate(
+        &m,
+        &target,
+        "ms.*",
+        &[
+            "--sink",
+            "delta",
+            "--max-latency",
+            "200ms",
+            "--maintain-every",
+            "2s",
+            "--tombstone-retention",
+            "0s",
+            "--vacuum-retention",
+            "0s",
+        ],
+    );
+    for i in 0..60 {
+        m.sql(&format!(
+            "INSERT INTO ms.t VALUES ({i}, {i}, 'r{i}'), ({}, 0, 'gone'); UPDATE ms.t SET v = v + 1 WHERE id < {i} AND id % 3 = 0; DELETE FROM ms.t WHERE id = {}; INSERT INTO ms.u VALUES ({i}, {i}) ON DUPLICATE KEY UPDATE v = v + 1;",
+            1000 + i,
+            1000 + i
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.sql("UPDATE ms.u SET v = -1 WHERE id = 7; DELETE FROM ms.t WHERE id = 5;");
+    let (t_equal, t_last) =
+        wait_equal_reader(&m, &target, "ms.t", "delta", Duration::from_secs(30));
+    let (u_equal, u_last) =
+        wait_equal_reader(&m, &target, "ms.u", "delta", Duration::from_secs(30));
+    let out = terminate(child, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(t_equal, "{t_last}\n{log}");
+    assert!(u_equal, "{u_last}\n{log}");
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("scheduled maintenance done"), "{log}");
+    assert!(!log.contains("scheduled maintenance failed"), "{log}");
+    let table = format!("{target}/ms/t");
+    assert!(
+        std::fs::read_dir(format!("{table}/_delta_log"))
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("checkpoint")),
+        "no log checkpoint"
+    );
+    // tombstones older than the (zero) retention were purged along the way
+    let tombstones: usize = delta_q(&table, "SELECT count(*) FROM t WHERE _binlake_deleted")
+        .parse()
+        .unwrap();
+    assert!(tombstones < 61, "{tombstones} tombstones left");
+}
+
 /// Number of data files in the Delta table's current version.
 fn python_files(table: &str) -> usize {
     let out = Command::new("python3")
@@ -298,13 +362,7 @@ fn delta_two_writers_on_s3() {
         "--max-latency",
         "200ms",
     ];
-    let first = Command::new(binlake_bin())
-        .args(args)
-        .envs(moto.env())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_binlake_env(&args, &moto.env());
     let env = moto.env();
     let compare_s3 = || compare_env(&m, "s3://lake/two", "w.t", &["--reader", "delta"], &env).0;
     let wait_equal = || {

@@ -162,17 +162,64 @@ pub fn binlake(args: &[&str], timeout: Duration) -> Output {
     }
 }
 
-pub fn spawn_binlake(args: &[&str]) -> Child {
-    Command::new(binlake_bin())
+/// A running binlake whose stdout and stderr are drained as it runs: a child that logs more than
+/// a pipe holds (64 KiB) must never block on a write the test is not reading yet.
+pub struct Running {
+    child: Child,
+    out: Vec<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+    /// SIGKILL.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()
+    }
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        let status = self.child.wait()?;
+        let mut bufs = self.out.drain(..).map(|h| h.join().unwrap_or_default());
+        Ok(Output {
+            status,
+            stdout: bufs.next().unwrap_or_default(),
+            stderr: bufs.next().unwrap_or_default(),
+        })
+    }
+}
+
+pub fn spawn_binlake(args: &[&str]) -> Running {
+    spawn_binlake_env(args, &[])
+}
+
+/// [`spawn_binlake`] with extra environment variables.
+pub fn spawn_binlake_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    // binlake's default log filter (its own info lines) unless the test run sets RUST_LOG
+    let mut child = Command::new(binlake_bin())
         .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn binlake")
+        .expect("spawn binlake");
+    fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    }
+    let out = vec![
+        drain(child.stdout.take().expect("piped")),
+        drain(child.stderr.take().expect("piped")),
+    ];
+    Running { child, out }
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -202,7 +249,7 @@ pub fn replicate_args<'a>(
 }
 
 /// Starts a `replicate` that runs until stopped (see [`replicate_args`]).
-pub fn spawn_replicate(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Child {
+pub fn spawn_replicate(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Running {
     let url = m.url();
     spawn_binlake(&replicate_args(&url, target, tables, extra))
 }
@@ -301,7 +348,7 @@ pub fn wait_until_equal(
 }
 
 /// Sends SIGTERM and waits for the exit.
-pub fn terminate(child: Child, timeout: Duration) -> Output {
+pub fn terminate(child: Running, timeout: Duration) -> Output {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -20,6 +20,8 @@ pub struct DeltaConfig {
     pub target: String,
     pub pipeline: String,
     pub deletes: Deletes,
+    /// Maintenance run by the sink itself, this often, in the background (`maintain_every`).
+    pub maintenance: Option<(std::time::Duration, crate::maintain::MaintainOptions)>,
 }
 
 impl DeltaConfig {
@@ -28,6 +30,7 @@ impl DeltaConfig {
             target: target.into(),
             pipeline: pipeline.into(),
             deletes: Deletes::Soft,
+            maintenance: None,
         }
     }
 

@@ -29,6 +29,22 @@ pub struct DeltaSink {
     log: TargetLog,
     base: Url,
     options: HashMap<String, String>,
+    /// One lock per table: a MERGE and a maintenance step of the same table never overlap, so
+    /// neither has to be retried for a conflict with the other.
+    locks: TableLocks,
+    /// The scheduled maintenance task, when one is running, and when the last one started.
+    maintenance: Option<tokio::task::JoinHandle<()>>,
+    last_maintenance: std::time::Instant,
+}
+
+#[derive(Clone, Default)]
+struct TableLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl TableLocks {
+    fn get(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(table.to_string()).or_default().clone()
+    }
 }
 
 fn delta_err(table: &str, what: &str, e: DeltaTableError) -> SinkError {
@@ -74,6 +90,9 @@ impl DeltaSink {
             log,
             base,
             options,
+            locks: TableLocks::default(),
+            maintenance: None,
+            last_maintenance: std::time::Instant::now(),
         })
     }
 
@@ -135,6 +154,8 @@ impl DeltaSink {
 
     async fn apply(&self, tb: &TableBatch) -> Result<(), SinkError> {
         let name = tb.table.to_string();
+        let lock = self.locks.get(&name);
+        let _held = lock.lock().await;
         let app_id = self.app_id(&name);
         let table = self.load(&tb.table.db, &tb.table.table).await?;
         let version = tb.max_version as i64;
@@ -271,6 +292,62 @@ impl DeltaSink {
     }
 }
 
+impl DeltaSink {
+    /// Starts a maintenance pass in the background when one is due and none is running. It runs
+    /// beside the commits, never inside one: it takes each table's lock only while it maintains
+    /// that table, so a commit waits at most for one table's maintenance, and a failure is
+    /// logged and retried at the next pass, never fatal to replication.
+    fn schedule_maintenance(&mut self, ours: Vec<String>) {
+        let Some((every, opts)) = self.config.maintenance.clone() else {
+            return;
+        };
+        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished())
+            || self.last_maintenance.elapsed() < every
+        {
+            return;
+        }
+        self.last_maintenance = std::time::Instant::now();
+        let config = self.config.clone();
+        let locks = self.locks.clone();
+        self.maintenance = Some(tokio::spawn(async move {
+            // The tables of this pipeline that exist in the target (another pipeline sharing the
+            // target maintains its own).
+            let tables = match crate::maintain::tables(&config).await {
+                Ok(t) => t
+                    .into_iter()
+                    .filter(|t| ours.contains(t))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled maintenance: cannot list tables; will retry at the next pass");
+                    return;
+                }
+            };
+            let started = std::time::Instant::now();
+            for t in &tables {
+                let lock = locks.get(t);
+                let _held = lock.lock().await;
+                if let Err(e) = crate::maintain::maintain_table(&config, t, &opts).await {
+                    tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass");
+                }
+            }
+            info!(
+                tables = tables.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "scheduled maintenance done"
+            );
+        }));
+    }
+}
+
+impl Drop for DeltaSink {
+    fn drop(&mut self) {
+        // Maintenance is only ever an ordinary Delta commit; stopping it midway loses nothing.
+        if let Some(h) = self.maintenance.take() {
+            h.abort();
+        }
+    }
+}
+
 /// (min, max) of a single integer primary key in the batch, as literals.
 fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
     use arrow_array::cast::AsArray;
@@ -385,6 +462,8 @@ impl Sink for DeltaSink {
         use deltalake::datafusion::logical_expr::lit;
         use deltalake::datafusion::scalar::ScalarValue;
         let name = table.to_string();
+        let lock = self.locks.get(&name);
+        let _held = lock.lock().await;
         let t = self.load(&table.db, &table.table).await?;
         if t.version().is_none() {
             return Ok(()); // nothing replicated yet
@@ -457,6 +536,8 @@ impl Sink for DeltaSink {
         }
         self.log.append(seq, &commit.checkpoint).await?;
         debug!(seq, tables = commit.batches.len(), "delta commit");
+        let tables: Vec<String> = commit.checkpoint.tables.keys().cloned().collect();
+        self.schedule_maintenance(tables);
         Ok(())
     }
 }
