@@ -184,9 +184,14 @@ pub trait Sink: Send {
     /// Makes the batches and the checkpoint durable in one atomic step.
     async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
 
-    /// Applies a TRUNCATE or DROP TABLE that the source committed at `version`: afterwards the
-    /// table's current state is empty (rows written later, with higher versions, stay). Must be
-    /// idempotent. A sink that cannot do it returns [`SinkError::Table`], which stops that table.
+    /// Applies a DDL statement that the source committed at `version`. TRUNCATE and DROP TABLE:
+    /// afterwards the table's current state is empty (rows written later, with higher versions,
+    /// stay). DROP and RENAME COLUMN: the stored rows lose the column, or carry its values under
+    /// the new name. Must be idempotent (a crash replays it). A sink that cannot do it returns
+    /// [`SinkError::Table`], which stops that table.
+    ///
+    /// The default: column changes are nothing to do for a sink whose files follow each table
+    /// map's shape (readers union the shapes by name); TRUNCATE and DROP TABLE stop the table.
     async fn apply_table_ddl(
         &mut self,
         table: &TableId,
@@ -194,6 +199,9 @@ pub trait Sink: Send {
         version: u64,
     ) -> Result<(), SinkError> {
         let _ = version;
+        if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
+            return Ok(());
+        }
         Err(SinkError::Table {
             table: table.clone(),
             message: format!("{kind:?} at the source: the {} sink does not apply it yet, so the replica would diverge. The table is stopped; rebuild it to resume", self.kind()),
@@ -214,11 +222,19 @@ pub trait Sink: Send {
     }
 }
 
-/// A table-level DDL the sinks apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A DDL statement the sinks apply at its place in the stream (after every change before it is
+/// committed, before the position moves past it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DdlKind {
     Truncate,
     DropTable,
+    /// `ALTER TABLE ... DROP COLUMN c`
+    DropColumn(String),
+    /// `RENAME COLUMN from TO to`, or `CHANGE COLUMN from to ...`
+    RenameColumn {
+        from: String,
+        to: String,
+    },
 }
 
 /// Shared, cheap-to-clone text for the `_binlake_source` column.

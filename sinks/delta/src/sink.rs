@@ -189,11 +189,73 @@ impl DeltaSink {
                 .map_err(|e| delta_err(&name, "write", e))?;
             return Ok(());
         }
-        let existing = table
+        let mut table = table;
+        let mut existing = table
             .snapshot()
             .map_err(|e| delta_err(&name, "snapshot", e))?
             .snapshot()
             .arrow_schema();
+        // A widening MODIFY COLUMN (INT to BIGINT, DECIMAL(10,2) to DECIMAL(20,4), ...): the
+        // stored values are rewritten exactly into the new type first, in a commit of their own
+        // (a replay finds the table already widened).
+        let widen: Vec<(String, arrow_schema::DataType)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                let old = existing.field_with_name(f.name()).ok()?;
+                (!same_kind(old.data_type(), f.data_type())
+                    && widens(old.data_type(), f.data_type()))
+                .then(|| (f.name().clone(), f.data_type().clone()))
+            })
+            .collect();
+        if !widen.is_empty() {
+            info!(table = %name, columns = ?widen, "widening columns (MODIFY COLUMN at the source): rewriting the table");
+            table = self
+                .rewrite(table, &name, "widen columns", |f| {
+                    let c = Expr::Column(Column::new_unqualified(f.name()));
+                    Some(match widen.iter().find(|(n, _)| n == f.name()) {
+                        Some((n, t)) => {
+                            deltalake::datafusion::logical_expr::cast(c, t.clone()).alias(n)
+                        }
+                        None => c,
+                    })
+                })
+                .await?;
+            existing = table
+                .snapshot()
+                .map_err(|e| delta_err(&name, "snapshot", e))?
+                .snapshot()
+                .arrow_schema();
+        }
+        // The source type in the column metadata changes with a MODIFY (VARCHAR(10) to
+        // VARCHAR(200) keeps the Delta type): a metadata-only commit keeps it true, and MERGE,
+        // which refuses to merge differing metadata, goes on.
+        for f in batch.schema().fields() {
+            let Ok(old) = existing.field_with_name(f.name()) else {
+                continue;
+            };
+            if old.metadata() == f.metadata() || !same_kind(old.data_type(), f.data_type()) {
+                continue;
+            }
+            let update: HashMap<String, deltalake::kernel::MetadataValue> = f
+                .metadata()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        deltalake::kernel::MetadataValue::String(v.clone()),
+                    )
+                })
+                .collect();
+            table = table
+                .update_field_metadata()
+                .with_field_name(f.name())
+                .with_metadata(update)
+                .await
+                .map_err(|e| delta_err(&name, "update column metadata", e))?;
+            debug!(table = %name, column = %f.name(), "column metadata updated");
+        }
         check_evolution(tb, &existing, &batch.schema())?;
         let ctx = SessionContext::new();
         let source = ctx
@@ -293,6 +355,105 @@ impl DeltaSink {
 }
 
 impl DeltaSink {
+    /// Rewrites the whole table in one commit (an overwrite with the new schema): `column` maps
+    /// each stored field to its expression in the new table (`None` drops it). Readers see the
+    /// old table or the new one, never a mix; the `txn` versions are kept.
+    async fn rewrite(
+        &self,
+        table: DeltaTable,
+        name: &str,
+        what: &str,
+        column: impl Fn(&arrow_schema::Field) -> Option<Expr>,
+    ) -> Result<DeltaTable, SinkError> {
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Table {
+            table: table_id(name),
+            message: format!("{what}: {e}"),
+        };
+        let schema = table
+            .snapshot()
+            .map_err(|e| delta_err(name, "snapshot", e))?
+            .snapshot()
+            .arrow_schema();
+        let exprs: Vec<Expr> = schema.fields().iter().filter_map(|f| column(f)).collect();
+        // deltalake's session: its planner executes the write's own plan nodes
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(name, what, e))?;
+        let provider = table.table_provider().await.map_err(df_err)?;
+        let plan = ctx
+            .read_table(provider)
+            .and_then(|df| df.select(exprs))
+            .map_err(df_err)?
+            .into_unoptimized_plan();
+        let started = std::time::Instant::now();
+        let table = table
+            .write(Vec::<RecordBatch>::new())
+            .with_input_plan(plan)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_session_state(Arc::new(ctx.state()))
+            .await
+            .map_err(|e| delta_err(name, what, e))?;
+        info!(table = %name, what, seconds = started.elapsed().as_secs_f64(), version = ?table.version(), "table rewritten");
+        Ok(table)
+    }
+
+    /// DROP COLUMN: the table is rewritten without it. Idempotent: a column already gone is
+    /// nothing to do.
+    async fn drop_column(&self, t: DeltaTable, name: &str, column: &str) -> Result<(), SinkError> {
+        let schema = t
+            .snapshot()
+            .map_err(|e| delta_err(name, "snapshot", e))?
+            .snapshot()
+            .arrow_schema();
+        let Some(stored) = find_column(&schema, column) else {
+            debug!(table = %name, column, "DROP COLUMN: not in the Delta table (already applied)");
+            return Ok(());
+        };
+        self.rewrite(t, name, "drop column", |f| {
+            (f.name() != &stored).then(|| Expr::Column(Column::new_unqualified(f.name())))
+        })
+        .await?;
+        info!(table = %name, column = %stored, "column dropped (DROP COLUMN at the source)");
+        Ok(())
+    }
+
+    /// RENAME COLUMN (or CHANGE COLUMN with a new name): the stored values move to the new name.
+    /// Idempotent: when the old name is gone and the new one exists, it was applied.
+    async fn rename_column(
+        &self,
+        t: DeltaTable,
+        name: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), SinkError> {
+        let schema = t
+            .snapshot()
+            .map_err(|e| delta_err(name, "snapshot", e))?
+            .snapshot()
+            .arrow_schema();
+        let old = find_column(&schema, from);
+        let new = schema.field_with_name(to).ok().map(|f| f.name().clone());
+        let Some(old) = old else {
+            debug!(table = %name, from, to, "RENAME COLUMN: old name not in the Delta table (already applied)");
+            return Ok(());
+        };
+        if new.is_some() && !old.eq_ignore_ascii_case(to) {
+            return Err(SinkError::Table {
+                table: table_id(name),
+                message: format!("RENAME COLUMN `{from}` TO `{to}`: the Delta table has both columns, so binlake cannot tell which values are current. The table is stopped; the others go on. To resume it, drop one of the two columns from the Delta table by hand (or rebuild the table)"),
+            });
+        }
+        self.rewrite(t, name, "rename column", |f| {
+            let c = Expr::Column(Column::new_unqualified(f.name()));
+            Some(if f.name() == &old { c.alias(to) } else { c })
+        })
+        .await?;
+        info!(table = %name, from = %old, to, "column renamed (RENAME COLUMN at the source)");
+        Ok(())
+    }
+
     /// Starts a maintenance pass in the background when one is due and none is running. It runs
     /// beside the commits, never inside one: it takes each table's lock only while it maintains
     /// that table, so a commit waits at most for one table's maintenance, and a failure is
@@ -348,6 +509,54 @@ impl Drop for DeltaSink {
     }
 }
 
+fn table_id(name: &str) -> binlake_sink::TableId {
+    let (db, t) = name.split_once('.').unwrap_or(("", name));
+    binlake_sink::TableId::new(db, t)
+}
+
+/// The stored column a DDL statement names: exact, else the one that matches ignoring case
+/// (MariaDB column names are case-insensitive).
+fn find_column(schema: &arrow_schema::Schema, name: &str) -> Option<String> {
+    let fields = schema.fields();
+    fields
+        .iter()
+        .find(|f| f.name() == name)
+        .or_else(|| fields.iter().find(|f| f.name().eq_ignore_ascii_case(name)))
+        .map(|f| f.name().clone())
+}
+
+/// Every value of `from` has an exact representation in `to` (what a widening MODIFY COLUMN
+/// does at the source).
+fn widens(from: &arrow_schema::DataType, to: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    let int_digits = |t: &D| match t {
+        D::Int8 => Some(3),
+        D::Int16 => Some(5),
+        D::Int32 => Some(10),
+        D::Int64 => Some(19),
+        _ => None,
+    };
+    let int_rank = |t: &D| match t {
+        D::Int8 => Some(1),
+        D::Int16 => Some(2),
+        D::Int32 => Some(3),
+        D::Int64 => Some(4),
+        _ => None,
+    };
+    match (from, to) {
+        (a, b) if int_rank(a).is_some() && int_rank(b).is_some() => int_rank(a) < int_rank(b),
+        (a, D::Decimal128(p, s)) if int_digits(a).is_some() => {
+            (*p as i32 - *s as i32) >= int_digits(a).unwrap_or(99)
+        }
+        (D::Decimal128(p1, s1), D::Decimal128(p2, s2)) => {
+            s2 >= s1 && (*p2 as i32 - *s2 as i32) >= (*p1 as i32 - *s1 as i32)
+        }
+        (D::Float32, D::Float64) => true,
+        (D::Date32, D::Timestamp(_, None)) => true,
+        _ => false,
+    }
+}
+
 /// (min, max) of a single integer primary key in the batch, as literals.
 fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
     use arrow_array::cast::AsArray;
@@ -385,9 +594,10 @@ fn same_kind(a: &arrow_schema::DataType, b: &arrow_schema::DataType) -> bool {
     norm(a) == norm(b)
 }
 
-/// Only additive schema changes are applied to an existing Delta table (MERGE adds the new
-/// columns). A column that stopped arriving (DROP or RENAME COLUMN) or changed type (MODIFY)
-/// stops this table with an error saying so, rather than leaving stale or misplaced values.
+/// What is left after the DDL statements and widenings were applied: added columns (MERGE adds
+/// them). A column that stopped arriving without a DROP or RENAME statement binlake understood,
+/// or a type change that is not a widening, stops this table with an error saying so, rather
+/// than leaving stale or misplaced values.
 fn check_evolution(
     tb: &TableBatch,
     existing: &arrow_schema::Schema,
@@ -407,7 +617,7 @@ fn check_evolution(
         .collect();
     if !gone.is_empty() {
         return stop(format!(
-            "column(s) {gone:?} no longer arrive from the source (DROP COLUMN or RENAME COLUMN, now {:?}); the Delta sink does not rewrite tables for that yet. The table is stopped; the others go on. To resume it, rebuild the Delta table (delete it and replicate it again from a snapshot) ",
+            "column(s) {gone:?} no longer arrive from the source (now {:?}), and no DROP or RENAME COLUMN statement in the binlog said what became of them, so binlake cannot tell a rename from a drop. The table is stopped; the others go on. To resume it, apply the change to the Delta table by hand (drop or rename the column) and restart, or rebuild the table",
             incoming.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with("_binlake_")).collect::<Vec<_>>()
         ));
     }
@@ -415,7 +625,7 @@ fn check_evolution(
         if let Ok(old) = existing.field_with_name(f.name()) {
             if !same_kind(old.data_type(), f.data_type()) {
                 return stop(format!(
-                    "column `{}` changed type from {} to {} (MODIFY COLUMN); the Delta sink does not rewrite tables for that yet. The table is stopped; the others go on. To resume it, rebuild the Delta table",
+                    "column `{}` changed type from {} to {} (MODIFY COLUMN), which is not a widening every stored value survives exactly. The table is stopped; the others go on. To resume it, rebuild the Delta table (or convert the column by hand and restart)",
                     f.name(),
                     old.data_type(),
                     f.data_type()
@@ -467,6 +677,13 @@ impl Sink for DeltaSink {
         let t = self.load(&table.db, &table.table).await?;
         if t.version().is_none() {
             return Ok(()); // nothing replicated yet
+        }
+        match &kind {
+            binlake_sink::DdlKind::DropColumn(c) => return self.drop_column(t, &name, c).await,
+            binlake_sink::DdlKind::RenameColumn { from, to } => {
+                return self.rename_column(t, &name, from, to).await
+            }
+            binlake_sink::DdlKind::Truncate | binlake_sink::DdlKind::DropTable => {}
         }
         let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
         if self.config.deletes == Deletes::Hard {

@@ -1,0 +1,344 @@
+//! The DDL statements a sink must apply at their place in the stream: TRUNCATE, DROP TABLE, and
+//! the column changes that TABLE_MAP metadata alone cannot tell apart (a RENAME COLUMN looks like a
+//! DROP plus an ADD in the next table map).
+//!
+//! Invariants:
+//! - Only what the statement says for sure is returned. A statement this parser does not
+//!   understand returns nothing, and the sink then sees the new shape in the next table map: an
+//!   added column evolves the table, a vanished or retyped column it cannot account for stops that
+//!   one table. Nothing is guessed from column positions or types.
+//! - Keywords are matched only outside quotes: a column named `` `index` `` is a column.
+//! - Executable comments (`/*!50100 ... */`, `/*M!100100 ... */`) are part of the statement, as
+//!   the server reads them; other comments are not.
+
+use binlake_sink::{DdlKind, TableId};
+
+use crate::source::Ddl;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// An unquoted word (keyword or name).
+    Word(String),
+    /// A backquoted identifier.
+    Quoted(String),
+    /// A string literal (its text is irrelevant here).
+    Str,
+    Punct(char),
+}
+
+impl Tok {
+    fn is_kw(&self, kw: &str) -> bool {
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(kw))
+    }
+    fn name(&self) -> Option<&str> {
+        match self {
+            Tok::Word(w) | Tok::Quoted(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+fn tokenize(sql: &str) -> Vec<Tok> {
+    let b: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '/' && b.get(i + 1) == Some(&'*') {
+            let exec = matches!(b.get(i + 2), Some('!'))
+                || (b.get(i + 2) == Some(&'M') && b.get(i + 3) == Some(&'!'));
+            if exec {
+                // executable comment: skip the marker and version, keep the content
+                i += if b[i + 2] == 'M' { 4 } else { 3 };
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            } else {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == '*' && b[i + 1] == '/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+        } else if c == '*' && b.get(i + 1) == Some(&'/') {
+            i += 2; // end of an executable comment
+        } else if c == '#' || (c == '-' && b.get(i + 1) == Some(&'-')) {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '`' {
+            let mut s = String::new();
+            i += 1;
+            while i < b.len() {
+                if b[i] == '`' {
+                    if b.get(i + 1) == Some(&'`') {
+                        s.push('`');
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                s.push(b[i]);
+                i += 1;
+            }
+            i += 1;
+            out.push(Tok::Quoted(s));
+        } else if c == '\'' || c == '"' {
+            i += 1;
+            while i < b.len() {
+                if b[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if b[i] == c {
+                    if b.get(i + 1) == Some(&c) {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push(Tok::Str);
+        } else if c.is_alphanumeric() || c == '_' || c == '$' {
+            let start = i;
+            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_' || b[i] == '$') {
+                i += 1;
+            }
+            out.push(Tok::Word(b[start..i].iter().collect()));
+        } else {
+            out.push(Tok::Punct(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A possibly qualified table name at `toks[*i]`; advances past it.
+fn table_name(toks: &[Tok], i: &mut usize, default_db: &str) -> Option<TableId> {
+    let first = toks.get(*i)?.name()?.to_string();
+    *i += 1;
+    if toks.get(*i) == Some(&Tok::Punct('.')) {
+        let second = toks.get(*i + 1)?.name()?.to_string();
+        *i += 2;
+        return Some(TableId::new(first, second));
+    }
+    Some(TableId::new(default_db, first))
+}
+
+/// The tables and column changes `d` applies, in statement order.
+pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
+    let toks = tokenize(&d.sql);
+    let mut i;
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
+    if kw(0, "TRUNCATE") {
+        i = if kw(1, "TABLE") { 2 } else { 1 };
+        return table_name(&toks, &mut i, &d.db)
+            .map(|t| vec![(t, DdlKind::Truncate)])
+            .unwrap_or_default();
+    }
+    if kw(0, "DROP") && kw(1, "TABLE") {
+        i = 2;
+        if kw(i, "IF") && kw(i + 1, "EXISTS") {
+            i += 2;
+        }
+        let mut out = Vec::new();
+        while let Some(t) = table_name(&toks, &mut i, &d.db) {
+            out.push((t, DdlKind::DropTable));
+            if toks.get(i) != Some(&Tok::Punct(',')) {
+                break;
+            }
+            i += 1;
+        }
+        return out;
+    }
+    if !kw(0, "ALTER") {
+        return Vec::new();
+    }
+    i = 1;
+    while kw(i, "ONLINE") || kw(i, "OFFLINE") || kw(i, "IGNORE") {
+        i += 1;
+    }
+    if !kw(i, "TABLE") {
+        return Vec::new();
+    }
+    i += 1;
+    if kw(i, "IF") && kw(i + 1, "EXISTS") {
+        i += 2;
+    }
+    let Some(table) = table_name(&toks, &mut i, &d.db) else {
+        return Vec::new();
+    };
+    if kw(i, "WAIT") {
+        i += 2;
+    } else if kw(i, "NOWAIT") {
+        i += 1;
+    }
+    // Split the rest into clauses at commas outside parentheses.
+    let mut clauses: Vec<&[Tok]> = Vec::new();
+    let (mut depth, mut start) = (0usize, i);
+    for (j, t) in toks.iter().enumerate().skip(i) {
+        match t {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth = depth.saturating_sub(1),
+            Tok::Punct(',') | Tok::Punct(';') if depth == 0 => {
+                clauses.push(&toks[start..j]);
+                start = j + 1;
+            }
+            _ => {}
+        }
+    }
+    clauses.push(&toks[start..]);
+    let mut out = Vec::new();
+    for c in clauses {
+        let k = |j: usize, w: &str| c.get(j).is_some_and(|t| t.is_kw(w));
+        let mut j;
+        if k(0, "DROP") {
+            j = 1;
+            let explicit = k(j, "COLUMN");
+            if explicit {
+                j += 1;
+            } else if [
+                "PRIMARY",
+                "INDEX",
+                "KEY",
+                "FOREIGN",
+                "CONSTRAINT",
+                "CHECK",
+                "PARTITION",
+                "PERIOD",
+                "SYSTEM",
+                "UNIQUE",
+                "FULLTEXT",
+                "SPATIAL",
+            ]
+            .iter()
+            .any(|w| k(j, w))
+            {
+                continue;
+            }
+            if k(j, "IF") && k(j + 1, "EXISTS") {
+                j += 2;
+            }
+            if let Some(col) = c.get(j).and_then(Tok::name) {
+                out.push((table.clone(), DdlKind::DropColumn(col.to_string())));
+            }
+        } else if k(0, "RENAME") && k(1, "COLUMN") {
+            j = 2;
+            if k(j, "IF") && k(j + 1, "EXISTS") {
+                j += 2;
+            }
+            if let (Some(from), true, Some(to)) = (
+                c.get(j).and_then(Tok::name),
+                k(j + 1, "TO"),
+                c.get(j + 2).and_then(Tok::name),
+            ) {
+                out.push((
+                    table.clone(),
+                    DdlKind::RenameColumn {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                    },
+                ));
+            }
+        } else if k(0, "CHANGE") {
+            j = 1;
+            if k(j, "COLUMN") {
+                j += 1;
+            }
+            if k(j, "IF") && k(j + 1, "EXISTS") {
+                j += 2;
+            }
+            if let (Some(from), Some(to)) = (
+                c.get(j).and_then(Tok::name),
+                c.get(j + 1).and_then(Tok::name),
+            ) {
+                if from != to {
+                    out.push((
+                        table.clone(),
+                        DdlKind::RenameColumn {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
+        table_ddl(&Ddl {
+            db: db.into(),
+            sql: sql.into(),
+        })
+    }
+
+    #[test]
+    fn truncate_and_drop_table() {
+        assert_eq!(
+            ddl("shop", "TRUNCATE TABLE orders"),
+            vec![(TableId::new("shop", "orders"), DdlKind::Truncate)]
+        );
+        assert_eq!(
+            ddl("shop", "truncate `crm`.`users`;"),
+            vec![(TableId::new("crm", "users"), DdlKind::Truncate)]
+        );
+        assert_eq!(
+            ddl(
+                "s",
+                "DROP TABLE IF EXISTS `a`, s2.b /* generated by server */"
+            ),
+            vec![
+                (TableId::new("s", "a"), DdlKind::DropTable),
+                (TableId::new("s2", "b"), DdlKind::DropTable)
+            ]
+        );
+        assert!(ddl("s", "ALTER TABLE t ADD c INT").is_empty());
+        assert!(ddl("s", "DROP DATABASE s").is_empty());
+    }
+
+    #[test]
+    fn column_drops_and_renames() {
+        let t = TableId::new("s", "t");
+        let drop = |c: &str| (t.clone(), DdlKind::DropColumn(c.into()));
+        let ren = |a: &str, b: &str| {
+            (
+                t.clone(),
+                DdlKind::RenameColumn {
+                    from: a.into(),
+                    to: b.into(),
+                },
+            )
+        };
+        assert_eq!(ddl("s", "ALTER TABLE t DROP COLUMN a"), vec![drop("a")]);
+        assert_eq!(
+            ddl(
+                "x",
+                "alter online table `s`.`t` drop `index`, drop index i1, DROP PRIMARY KEY, drop if exists b, ADD c INT DEFAULT 'x,y' AFTER d, DROP FOREIGN KEY fk"
+            ),
+            vec![drop("index"), drop("b")]
+        );
+        assert_eq!(
+            ddl(
+                "s",
+                "ALTER TABLE t RENAME COLUMN a TO b, CHANGE COLUMN c d DECIMAL(10,2) NOT NULL, CHANGE e e BIGINT, MODIFY f INT"
+            ),
+            vec![ren("a", "b"), ren("c", "d")]
+        );
+        assert_eq!(
+            ddl("s", "/* app */ ALTER TABLE t /*!50100 DROP COLUMN z */"),
+            vec![drop("z")]
+        );
+        assert!(ddl("s", "ALTER TABLE t RENAME TO u").is_empty());
+        assert!(ddl("s", "ALTER TABLE t COMMENT 'drop column a'").is_empty());
+    }
+}
