@@ -1,0 +1,136 @@
+"""Steady-state latency for the benchmark scripts: a paced workload, then commit-to-visible.
+
+  latency.py load  PORT RATE SECONDS        writes RATE row changes/s for SECONDS into bench.lat
+  latency.py delta TABLE_DIR LOAD_FILE      p50/p99 from the Delta log of the replica
+  latency.py parquet TARGET LOAD_FILE       p50/p99 from binlake's commit log of a Parquet lake
+
+Every transaction stamps its rows with `ts_us`, the client's clock just before COMMIT (one
+increasing value per transaction). Visible time: the Delta commit's `commitInfo.timestamp`, or the `committed_at_us` of
+binlake's commit log entry whose files hold the rows (Parquet). Same machine, same clock.
+"""
+import glob
+import json
+import os
+import random
+import sys
+import time
+
+TXN_ROWS = 100  # half new keys, half updates of existing keys
+
+
+def load(port, rate, seconds):
+    import pymysql
+
+    con = pymysql.connect(host="127.0.0.1", port=int(port), user="root", autocommit=False)
+    cur = con.cursor()
+    cur.execute("CREATE DATABASE IF NOT EXISTS bench")
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS bench.lat (id INT PRIMARY KEY, k INT NOT NULL, "
+        "c CHAR(60) NOT NULL, ts_us BIGINT NOT NULL)"
+    )
+    con.commit()
+    per_s = rate / TXN_ROWS  # transactions per second
+    n_txn = int(per_s * seconds)
+    next_id = 1
+    start = time.monotonic()
+    stamps = []
+    late = 0
+    for i in range(n_txn):
+        due = start + i / per_s
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 0.5:
+            late += 1
+        rows = []
+        for _ in range(TXN_ROWS // 2):
+            rows.append(next_id)
+            next_id += 1
+        if next_id > TXN_ROWS:
+            rows += random.sample(range(1, next_id - TXN_ROWS // 2), min(TXN_ROWS // 2, next_id - TXN_ROWS // 2 - 1))
+        ts = time.time_ns() // 1000
+        values = ",".join(f"({r},{random.randrange(1 << 20)},'{random.randrange(1 << 60):060d}',{ts})" for r in rows)
+        cur.execute(
+            f"INSERT INTO bench.lat (id, k, c, ts_us) VALUES {values} "
+            "ON DUPLICATE KEY UPDATE k = VALUES(k), c = VALUES(c), ts_us = VALUES(ts_us)"
+        )
+        con.commit()
+        stamps.append(ts)
+    took = time.monotonic() - start
+    changes = n_txn * TXN_ROWS
+    print(f"load: {changes} row changes in {n_txn} transactions over {took:.1f} s = {changes / took:.0f} changes/s (target {rate}); {late} transactions started > 0.5 s late", flush=True)
+    return stamps
+
+
+def percentiles(lat_ms):
+    lat_ms.sort()
+    pick = lambda q: lat_ms[min(len(lat_ms) - 1, int(q * len(lat_ms)))]
+    return pick(0.50), pick(0.99), lat_ms[-1]
+
+
+def report(name, stamps, versions):
+    """versions: [(visible_us, [parquet files added])] in commit order. binlake commits a prefix
+    of the source's transactions, so transaction `ts` is visible from the first version whose
+    files hold a stamp >= ts (its own rows may have been superseded by a later transaction of the
+    same batch)."""
+    import bisect
+
+    import pyarrow.parquet as pq
+
+    frontier = []  # (running max stamp, visible_us)
+    high = -1
+    for vis, files in versions:
+        for f in files:
+            col = pq.read_table(f, columns=["ts_us"]).column("ts_us")
+            if len(col):
+                high = max(high, max(col.to_pylist()))
+        if not frontier or high > frontier[-1][0]:
+            frontier.append((high, vis))
+    highs = [h for h, _ in frontier]
+    lat, missing = [], 0
+    for s in stamps:
+        i = bisect.bisect_left(highs, s)
+        if i == len(highs):
+            missing += 1
+        else:
+            lat.append((frontier[i][1] - s) / 1000.0)
+    p50, p99, mx = percentiles(lat)
+    print(f"{name}: {len(lat)} transactions, commit-to-visible p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {mx:.0f} ms; {missing} never visible", flush=True)
+    return 0 if not missing else 1
+
+
+def delta(table_dir, stamps):
+    versions = []
+    for path in sorted(glob.glob(os.path.join(table_dir, "_delta_log", "*.json"))):
+        vis, adds = None, []
+        for line in open(path):
+            a = json.loads(line)
+            if "commitInfo" in a:
+                vis = a["commitInfo"]["timestamp"] * 1000
+            if "add" in a:
+                adds.append(os.path.join(table_dir, a["add"]["path"]))
+        versions.append((vis, adds))
+    return report("delta", stamps, versions)
+
+
+def parquet(target, stamps):
+    commits = []
+    for path in glob.glob(os.path.join(target, "_binlake", "default", "log", "*.json")):
+        entry = json.load(open(path))
+        files = [os.path.join(target, f["path"]) for f in entry.get("files", []) if f["table"] == "bench.lat"]
+        commits.append((entry["checkpoint"]["committed_at_us"], files))
+    commits.sort()
+    return report("parquet", stamps, commits)
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "load":
+        stamps = load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        json.dump(stamps, open(sys.argv[5], "w"))
+        code = 0
+    else:
+        stamps = json.load(open(sys.argv[3]))
+        code = delta(sys.argv[2], stamps) if mode == "delta" else parquet(sys.argv[2], stamps)
+    sys.stdout.flush()
+    os._exit(code)
