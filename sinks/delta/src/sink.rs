@@ -180,13 +180,21 @@ impl DeltaSink {
             } else {
                 batch
             };
-            table
+            let mut write = table
                 .write(vec![rows])
                 .with_save_mode(SaveMode::Append)
                 .with_schema_mode(SchemaMode::Merge)
-                .with_commit_properties(props)
-                .await
-                .map_err(|e| delta_err(&name, "write", e))?;
+                .with_commit_properties(props);
+            if !keyless {
+                // Files of a few MB, each holding a narrow key range (rows arrive mostly in key
+                // order): a MERGE then rewrites only the files whose key range it touches, not
+                // one ever-growing file. `binlake maintain` compacts later, when it is quiet.
+                write = write.with_configuration([(
+                    "delta.targetFileSize",
+                    Some(MERGE_FILE_SIZE.to_string()),
+                )]);
+            }
+            write.await.map_err(|e| delta_err(&name, "write", e))?;
             return Ok(());
         }
         let mut table = table;
@@ -322,8 +330,9 @@ impl DeltaSink {
                 i
             })
             .map_err(|e| delta_err(&name, "merge", e))?;
+        let started = std::time::Instant::now();
         let (_, metrics) = merge.await.map_err(|e| delta_err(&name, "merge", e))?;
-        debug!(table = %name, inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, "merged");
+        debug!(table = %name, rows = batch.num_rows(), inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, copied = metrics.num_target_rows_copied, files_added = metrics.num_target_files_added, files_removed = metrics.num_target_files_removed, scan_ms = metrics.scan_time_ms, rewrite_ms = metrics.rewrite_time_ms, ms = started.elapsed().as_millis() as u64, "merged");
         Ok(())
     }
 
@@ -508,6 +517,9 @@ impl Drop for DeltaSink {
         }
     }
 }
+
+/// `delta.targetFileSize` of the tables binlake creates (MERGE splits its output at this size).
+const MERGE_FILE_SIZE: u64 = 8 << 20;
 
 fn table_id(name: &str) -> binlake_sink::TableId {
     let (db, t) = name.split_once('.').unwrap_or(("", name));
