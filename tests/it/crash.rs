@@ -24,12 +24,29 @@ impl Lcg {
     }
 }
 
-pub fn workload(rng: &mut Lcg, rows: u64) -> String {
+/// With `ddl`, the table's shape changes four times along the way (ADD COLUMN, CHANGE COLUMN to a
+/// new name and a longer VARCHAR, a widening MODIFY, DROP COLUMN), so kills also land around
+/// schema changes and their replays.
+pub fn workload(rng: &mut Lcg, rows: u64, ddl: bool) -> String {
     let mut sql = String::from("SET autocommit = 1;\n");
     let mut next_id = 1u64;
+    let mut c = "c";
+    let mut step = 0;
     while next_id <= rows {
+        if ddl && step < 4 && next_id > rows * (step + 1) / 5 {
+            sql.push_str(match step {
+                0 => "ALTER TABLE crash.t ADD COLUMN extra INT DEFAULT 7;\n",
+                1 => "ALTER TABLE crash.t CHANGE c c2 VARCHAR(300) NOT NULL;\n",
+                2 => "ALTER TABLE crash.t MODIFY k BIGINT NOT NULL;\n",
+                _ => "ALTER TABLE crash.t DROP COLUMN extra;\n",
+            });
+            if step == 1 {
+                c = "c2";
+            }
+            step += 1;
+        }
         let n = 1 + rng.below(500).min(rows - next_id);
-        sql.push_str("BEGIN;\nINSERT INTO crash.t (id, k, c) VALUES ");
+        sql.push_str(&format!("BEGIN;\nINSERT INTO crash.t (id, k, {c}) VALUES "));
         for i in 0..n {
             let id = next_id + i;
             if i > 0 {
@@ -46,7 +63,7 @@ pub fn workload(rng: &mut Lcg, rows: u64) -> String {
         if next_id > 50 {
             let a = 1 + rng.below(next_id - 40);
             sql.push_str(&format!(
-                "UPDATE crash.t SET k = k + 1, c = CONCAT(c, '+') WHERE id BETWEEN {a} AND {};\n",
+                "UPDATE crash.t SET k = k + 1, {c} = CONCAT({c}, '+') WHERE id BETWEEN {a} AND {};\n",
                 a + rng.below(30)
             ));
             let d = 1 + rng.below(next_id - 1);
@@ -55,7 +72,7 @@ pub fn workload(rng: &mut Lcg, rows: u64) -> String {
                 d + 7
             ));
             // the same key changed twice in one transaction
-            sql.push_str(&format!("UPDATE crash.t SET c = 'twice-1' WHERE id = {a}; UPDATE crash.t SET c = 'twice-2' WHERE id = {a};\n"));
+            sql.push_str(&format!("UPDATE crash.t SET {c} = 'twice-1' WHERE id = {a}; UPDATE crash.t SET {c} = 'twice-2' WHERE id = {a};\n"));
         }
         sql.push_str("COMMIT;\n");
     }
@@ -70,6 +87,11 @@ fn kill_9_during_stream_loses_and_doubles_nothing() {
 /// Kills binlake (SIGKILL) three times at random moments while a workload of `rows` inserts plus
 /// updates and deletes streams into the sink `sink_args` selects, then checks the replica.
 pub fn crash_test(sink_args: &[&str], rows: u64) {
+    crash_test_on(sink_args, rows, false)
+}
+
+/// [`crash_test`], with the target on S3 (a moto server) when `s3`.
+pub fn crash_test_on(sink_args: &[&str], rows: u64, s3: bool) {
     let seed = std::env::var("BINLAKE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -84,7 +106,13 @@ pub fn crash_test(sink_args: &[&str], rows: u64) {
     let dir = TestDir::new("crash");
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql("CREATE DATABASE crash; CREATE TABLE crash.t (id BIGINT PRIMARY KEY, k INT NOT NULL, c VARCHAR(200) NOT NULL, KEY (k));");
-    let target = dir.path("lake");
+    let moto = s3.then(|| Moto::start(&dir.0.join("moto"), "lake"));
+    let env: Vec<(&str, &str)> = moto.as_ref().map(|m| m.env().to_vec()).unwrap_or_default();
+    let target = if s3 {
+        "s3://lake/crash".to_string()
+    } else {
+        dir.path("lake")
+    };
     let url = m.url();
     let mut args = replicate_args(
         &url,
@@ -95,7 +123,7 @@ pub fn crash_test(sink_args: &[&str], rows: u64) {
     args.extend_from_slice(sink_args);
 
     // The workload runs in the background through the mariadb client.
-    let script = workload(&mut rng, rows);
+    let script = workload(&mut rng, rows, sink_args.contains(&"delta"));
     let mut client = Command::new("mariadb")
         .args([
             "--no-defaults",
@@ -113,7 +141,7 @@ pub fn crash_test(sink_args: &[&str], rows: u64) {
     let started = Instant::now();
     let mut kills = 0;
     while kills < 3 {
-        let mut b = spawn_binlake(&args);
+        let mut b = spawn_binlake_env(&args, &env);
         std::thread::sleep(Duration::from_millis(400 + rng.below(1600)));
         if let Some(status) = b.try_wait().unwrap() {
             let out = b.wait_with_output().unwrap();
@@ -126,15 +154,18 @@ pub fn crash_test(sink_args: &[&str], rows: u64) {
     }
     writer.join().unwrap().unwrap();
     assert!(client.wait().unwrap().success(), "workload failed");
-    let mut last = vec!["--max-batch-rows", "3000"];
+    let mut last = replicate_args(&url, &target, "crash.*", &["--exit-when-caught-up"]);
+    last.extend_from_slice(&["--max-batch-rows", "3000"]);
     last.extend_from_slice(sink_args);
-    catch_up(&m, &target, "crash.*", &last);
+    let out = binlake_env(&last, &env, Duration::from_secs(300));
+    assert!(out.status.success(), "final catch-up:\n{}", stderr(&out));
 
     let total = m.sql("SELECT COUNT(*) FROM crash.t");
     eprintln!("source rows: {}", total.trim());
     if sink_args.contains(&"delta") {
         // the Delta reader also fails if a key appears twice in the table
-        assert_replica_equal(&m, &target, "crash.t", &["--reader", "delta"]);
+        let (equal, report) = compare_env(&m, &target, "crash.t", &["--reader", "delta"], &env);
+        assert!(equal, "{report}");
         return;
     }
     assert_replica_equal(&m, &target, "crash.t", &[]);

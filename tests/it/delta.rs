@@ -29,6 +29,24 @@ fn delta_type_zoo_replicates_exactly() {
     );
 }
 
+/// The type zoo into a Delta target on S3 (moto).
+#[test]
+fn delta_type_zoo_on_s3() {
+    let dir = TestDir::new("dzoos3");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let moto = Moto::start(&dir.0.join("moto"), "lake");
+    let env = moto.env();
+    m.sql(ZOO_DDL);
+    m.sql(ZOO_ROWS);
+    let url = m.url();
+    let mut args = replicate_args(&url, "s3://lake/zoo", "zoo.*", &["--exit-when-caught-up"]);
+    args.extend_from_slice(&DELTA);
+    let out = binlake_env(&args, &env, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (equal, report) = compare_env(&m, "s3://lake/zoo", "zoo.t", &["--reader", "delta"], &env);
+    assert!(equal, "{report}");
+}
+
 /// Inserts, updates and deletes of the same keys inside one transaction and across
 /// transactions; soft deletes keep tombstones, hard deletes remove rows; keyless tables append.
 #[test]
@@ -99,6 +117,13 @@ fn delta_add_column_mid_stream() {
 #[test]
 fn delta_kill_9_during_stream() {
     crate::crash::crash_test(&DELTA, 20_000);
+}
+
+/// The same on S3 (moto): conditional puts for the Delta log and binlake's commit log, schema
+/// changes rewritten through the object store.
+#[test]
+fn delta_kill_9_during_stream_on_s3() {
+    crate::crash::crash_test_on(&DELTA, 10_000, true);
 }
 
 #[test]

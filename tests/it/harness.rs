@@ -144,7 +144,12 @@ impl Drop for Maria {
 
 /// Runs `binlake ARGS`, waiting at most `timeout`.
 pub fn binlake(args: &[&str], timeout: Duration) -> Output {
-    let mut child = spawn_binlake(args);
+    binlake_env(args, &[], timeout)
+}
+
+/// [`binlake`] with extra environment variables.
+pub fn binlake_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut child = spawn_binlake_env(args, env);
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
