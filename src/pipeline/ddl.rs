@@ -155,6 +155,25 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
         }
         return out;
     }
+    if kw(0, "RENAME") && kw(1, "TABLE") {
+        i = 2;
+        let mut out = Vec::new();
+        while let Some(from) = table_name(&toks, &mut i, &d.db) {
+            if !kw(i, "TO") {
+                break;
+            }
+            i += 1;
+            let Some(to) = table_name(&toks, &mut i, &d.db) else {
+                break;
+            };
+            out.push((from, DdlKind::RenameTable { to }));
+            if toks.get(i) != Some(&Tok::Punct(',')) {
+                break;
+            }
+            i += 1;
+        }
+        return out;
+    }
     if !kw(0, "ALTER") {
         return Vec::new();
     }
@@ -225,6 +244,11 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
             }
             if let Some(col) = c.get(j).and_then(Tok::name) {
                 out.push((table.clone(), DdlKind::DropColumn(col.to_string())));
+            }
+        } else if k(0, "RENAME") && !k(1, "COLUMN") && !k(1, "INDEX") && !k(1, "KEY") {
+            j = if k(1, "TO") || k(1, "AS") { 2 } else { 1 };
+            if let Some(to) = table_name(c, &mut j, &d.db) {
+                out.push((table.clone(), DdlKind::RenameTable { to }));
             }
         } else if k(0, "RENAME") && k(1, "COLUMN") {
             j = 2;
@@ -338,7 +362,33 @@ mod tests {
             ddl("s", "/* app */ ALTER TABLE t /*!50100 DROP COLUMN z */"),
             vec![drop("z")]
         );
-        assert!(ddl("s", "ALTER TABLE t RENAME TO u").is_empty());
+        assert_eq!(
+            ddl("s", "ALTER TABLE t RENAME TO u"),
+            vec![(
+                t.clone(),
+                DdlKind::RenameTable {
+                    to: TableId::new("s", "u")
+                }
+            )]
+        );
+        assert_eq!(
+            ddl("s", "RENAME TABLE t TO s2.u, `x` TO `y`"),
+            vec![
+                (
+                    t.clone(),
+                    DdlKind::RenameTable {
+                        to: TableId::new("s2", "u")
+                    }
+                ),
+                (
+                    TableId::new("s", "x"),
+                    DdlKind::RenameTable {
+                        to: TableId::new("s", "y")
+                    }
+                )
+            ]
+        );
+        assert!(ddl("s", "ALTER TABLE t RENAME INDEX a TO b").is_empty());
         assert!(ddl("s", "ALTER TABLE t COMMENT 'drop column a'").is_empty());
     }
 }

@@ -285,7 +285,7 @@ pub async fn run(
                     // TRUNCATE / DROP TABLE of a replicated table: everything before it is
                     // committed, then the sink applies it, and only then does the position move
                     // past it (a crash in between replays it; sinks apply it idempotently).
-                    let actions: Vec<(TableId, DdlKind)> = txn.ddl.iter().flat_map(table_ddl).filter(|(t, _)| src.filter.matches(&t.db, &t.table)).collect();
+                    let actions: Vec<(TableId, DdlKind)> = txn.ddl.iter().flat_map(table_ddl).filter(|(t, k)| src.filter.matches(&t.db, &t.table) || matches!(k, DdlKind::RenameTable { to } if src.filter.matches(&to.db, &to.table))).collect();
                     if !actions.is_empty() {
                         commit_and_wait(&mut st, &cfg, &mut committer).await?;
                         for (table, kind) in actions {
@@ -491,6 +491,12 @@ async fn apply_ddl(
             }
             Err(PipelineError::Sink(SinkError::Table { message, .. })) => {
                 error!(table = %name, error = %message, "table stopped (quarantined); the other tables go on");
+                if let DdlKind::RenameTable { to } = &kind {
+                    // the new name holds the same rows: a table starting empty there would be
+                    // a silently partial replica
+                    st.table_versions.remove(&to.to_string());
+                    st.quarantined.insert(to.to_string(), message.clone());
+                }
                 st.table_versions.remove(&name);
                 st.quarantined.insert(name, message);
                 return Ok(());

@@ -202,6 +202,9 @@ pub trait Sink: Send {
         if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
             return Ok(());
         }
+        if let DdlKind::RenameTable { to } = &kind {
+            return Err(rename_table_unsupported(self.kind(), table, to));
+        }
         Err(SinkError::Table {
             table: table.clone(),
             message: format!("{kind:?} at the source: the {} sink does not apply it yet, so the replica would diverge. The table is stopped; rebuild it to resume", self.kind()),
@@ -222,6 +225,14 @@ pub trait Sink: Send {
     }
 }
 
+/// The error of a sink that does not follow RENAME TABLE (it stops both names).
+pub fn rename_table_unsupported(sink: &str, table: &TableId, to: &TableId) -> SinkError {
+    SinkError::Table {
+        table: table.clone(),
+        message: format!("RENAME TABLE {table} TO {to} at the source: the {sink} sink does not follow table renames, and a table starting empty under the new name would be a partial replica. Both names are stopped; the other tables go on. To resume, rebuild the renamed table in the target"),
+    }
+}
+
 /// A DDL statement the sinks apply at its place in the stream (after every change before it is
 /// committed, before the position moves past it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +245,10 @@ pub enum DdlKind {
     RenameColumn {
         from: String,
         to: String,
+    },
+    /// `RENAME TABLE t TO to` or `ALTER TABLE t RENAME TO to`.
+    RenameTable {
+        to: TableId,
     },
 }
 

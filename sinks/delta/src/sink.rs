@@ -683,6 +683,9 @@ impl Sink for DeltaSink {
     ) -> Result<(), SinkError> {
         use deltalake::datafusion::logical_expr::lit;
         use deltalake::datafusion::scalar::ScalarValue;
+        if let binlake_sink::DdlKind::RenameTable { to } = &kind {
+            return Err(binlake_sink::rename_table_unsupported("delta", table, to));
+        }
         let name = table.to_string();
         let lock = self.locks.get(&name);
         let _held = lock.lock().await;
@@ -695,6 +698,7 @@ impl Sink for DeltaSink {
             binlake_sink::DdlKind::RenameColumn { from, to } => {
                 return self.rename_column(t, &name, from, to).await
             }
+            binlake_sink::DdlKind::RenameTable { .. } => unreachable!("handled above"),
             binlake_sink::DdlKind::Truncate | binlake_sink::DdlKind::DropTable => {}
         }
         let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
