@@ -79,6 +79,10 @@ pub struct FileConfig {
     pub vacuum_retention: Option<String>,
     /// Delta maintenance: tombstones older than this are purged, e.g. `7d`.
     pub tombstone_retention: Option<String>,
+    /// ClickHouse: `lz4` (the default) or `none` for inserts.
+    pub compression: Option<String>,
+    /// ClickHouse: prepended to the database names binlake creates.
+    pub database_prefix: Option<String>,
 }
 
 impl FileConfig {
@@ -128,7 +132,9 @@ impl FileConfig {
             maintain_every,
             target_file_size,
             vacuum_retention,
-            tombstone_retention
+            tombstone_retention,
+            compression,
+            database_prefix
         )
     }
 }
@@ -247,6 +253,8 @@ pub const SINKS: &[&str] = &[
     "parquet",
     #[cfg(feature = "delta")]
     "delta",
+    #[cfg(feature = "clickhouse")]
+    "clickhouse",
 ];
 
 /// Everything `replicate` needs, validated.
@@ -261,6 +269,10 @@ pub struct Settings {
     /// Hard deletes (Delta).
     pub hard_deletes: bool,
     pub maintenance: Maintenance,
+    /// ClickHouse: compress inserts with LZ4.
+    pub lz4: bool,
+    /// ClickHouse: database name prefix.
+    pub database_prefix: String,
 }
 
 /// Table maintenance (Delta): `binlake maintain`, or a schedule inside `replicate`.
@@ -402,6 +414,26 @@ impl Settings {
             }
         };
         let maintenance = Maintenance::resolve(c)?;
+        let lz4 = match c.compression.as_deref().unwrap_or("lz4") {
+            "lz4" => true,
+            "none" => false,
+            other => {
+                return Err(key_err(
+                    "compression",
+                    format!("expected lz4 or none, got `{other}`"),
+                ))
+            }
+        };
+        let database_prefix = c.database_prefix.clone().unwrap_or_default();
+        if !database_prefix
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            return Err(key_err(
+                "database_prefix",
+                format!("`{database_prefix}`: use letters, digits and _"),
+            ));
+        }
         if maintenance.every.is_some() && sink != "delta" {
             return Err(key_err(
                 "maintain_every",
@@ -440,6 +472,8 @@ impl Settings {
             log_json,
             hard_deletes,
             maintenance,
+            lz4,
+            database_prefix,
         })
     }
 }

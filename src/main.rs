@@ -111,6 +111,12 @@ struct Common {
     /// Delta maintenance: tombstones (deleted rows) older than this are purged [default: 7d].
     #[arg(long)]
     tombstone_retention: Option<String>,
+    /// ClickHouse: lz4 (default) or none, for inserts.
+    #[arg(long)]
+    compression: Option<String>,
+    /// ClickHouse: prefix for the database names binlake creates.
+    #[arg(long)]
+    database_prefix: Option<String>,
 }
 
 impl Common {
@@ -141,6 +147,8 @@ impl Common {
             target_file_size: self.target_file_size.clone().map(Size::Text),
             vacuum_retention: self.vacuum_retention.clone(),
             tombstone_retention: self.tombstone_retention.clone(),
+            compression: self.compression.clone(),
+            database_prefix: self.database_prefix.clone(),
         };
         Ok(base.overlay(flags))
     }
@@ -260,14 +268,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let target = fc.target.clone().context("--target is required")?;
             let pipeline_name = fc.pipeline.clone().unwrap_or_else(|| "default".into());
-            let mut sink = build_sink(
-                fc.sink.as_deref().unwrap_or("parquet"),
-                &target,
-                &pipeline_name,
-                1,
-                false,
-                &binlake::config::Maintenance::resolve(&fc)?,
-            )?;
+            let mut sink = build_sink(&SinkOpts {
+                kind: fc.sink.as_deref().unwrap_or("parquet"),
+                target: &target,
+                pipeline: &pipeline_name,
+                zstd_level: 1,
+                hard_deletes: false,
+                maintenance: &binlake::config::Maintenance::resolve(&fc)?,
+                lz4: fc.compression.as_deref() != Some("none"),
+                database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
+            })?;
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
@@ -300,15 +310,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return config_error(e),
             };
             init_logs(settings.log_json);
-            let sink = build_sink(
-                &settings.sink,
-                &settings.target,
-                &settings.pipeline.name,
-                settings.zstd_level,
-                settings.hard_deletes,
-                &settings.maintenance,
-            )?;
-            tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %settings.target, pipeline = %settings.pipeline.name, "binlake replicate");
+            let sink = build_sink(&SinkOpts {
+                kind: &settings.sink,
+                target: &settings.target,
+                pipeline: &settings.pipeline.name,
+                zstd_level: settings.zstd_level,
+                hard_deletes: settings.hard_deletes,
+                maintenance: &settings.maintenance,
+                lz4: settings.lz4,
+                database_prefix: &settings.database_prefix,
+            })?;
+            tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
                 settings.pipeline.clone(),
                 settings.source.clone(),
@@ -416,32 +428,46 @@ fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(2))
 }
 
-fn build_sink(
-    kind: &str,
-    target: &str,
-    pipeline: &str,
+struct SinkOpts<'a> {
+    kind: &'a str,
+    target: &'a str,
+    pipeline: &'a str,
     zstd_level: i32,
     hard_deletes: bool,
-    maintenance: &binlake::config::Maintenance,
-) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
-    let _ = (hard_deletes, maintenance);
-    match kind {
+    maintenance: &'a binlake::config::Maintenance,
+    lz4: bool,
+    database_prefix: &'a str,
+}
+
+fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
+    let (target, pipeline) = (o.target, o.pipeline);
+    match o.kind {
         #[cfg(feature = "parquet")]
         "parquet" => {
             let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
-            cfg.zstd_level = zstd_level;
+            cfg.zstd_level = o.zstd_level;
             Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
         }
         #[cfg(feature = "delta")]
         "delta" => {
             let mut cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
-            if hard_deletes {
+            if o.hard_deletes {
                 cfg.deletes = binlake_sink_delta::Deletes::Hard;
             }
-            cfg.maintenance = maintenance
+            cfg.maintenance = o
+                .maintenance
                 .every
-                .map(|every| (every, maintain_options(maintenance)));
+                .map(|every| (every, maintain_options(o.maintenance)));
             Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
+        }
+        #[cfg(feature = "clickhouse")]
+        "clickhouse" => {
+            let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
+            cfg.database_prefix = o.database_prefix.to_string();
+            if !o.lz4 {
+                cfg.compression = binlake_sink_clickhouse::Compression::None;
+            }
+            Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),
     }

@@ -150,6 +150,8 @@ struct Reject {
 }
 
 struct State {
+    /// Days the target can hold (dates and times outside are invalid values), if limited.
+    date_range: Option<(i32, i32)>,
     buffers: HashMap<TableId, TableBuffer>,
     /// Buffers of an older table shape, written before `buffers` by the next commit.
     set_aside: Vec<TableBuffer>,
@@ -217,6 +219,7 @@ pub async fn run(
     drop(conn);
 
     // Bounded: with large transactions, 128 in flight is already ~100k rows of memory.
+    let date_range = sink.date_range_days();
     let mut committer = Committer {
         large: sink.prefers_large_commits(),
         sink: Some(sink),
@@ -232,6 +235,7 @@ pub async fn run(
     ));
 
     let mut st = State {
+        date_range,
         buffers: HashMap::new(),
         set_aside: Vec::new(),
         rejects: Vec::new(),
@@ -506,6 +510,26 @@ async fn apply_ddl(
     }
 }
 
+/// A date or time outside the target's range becomes an invalid value (the policy decides).
+fn out_of_target_range(v: &mut Value, lo: i32, hi: i32) {
+    const US_PER_DAY: i64 = 86_400_000_000;
+    let day = match v {
+        Value::Date(d) => *d as i64,
+        Value::DateTime(us) | Value::Timestamp(us) => us.div_euclid(US_PER_DAY),
+        _ => return,
+    };
+    if day < lo as i64 || day > hi as i64 {
+        let (y, m, d) = crate::decode::rows::civil_from_days(
+            day.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        );
+        let text = format!("{y:04}-{m:02}-{d:02}");
+        *v = Value::Invalid {
+            reason: "outside the dates the target can hold",
+            text,
+        };
+    }
+}
+
 /// What every row of one transaction shares.
 struct TxnMeta {
     version: u64,
@@ -629,6 +653,9 @@ fn take_group(
     let mut accepted: Vec<BufRow> = Vec::with_capacity(rows.len());
     'rows: for mut row in rows {
         for (i, v) in row.values.iter_mut().enumerate() {
+            if let Some((lo, hi)) = st.date_range {
+                out_of_target_range(v, lo, hi);
+            }
             match v {
                 Value::Absent => {
                     let column = tm

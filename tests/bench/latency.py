@@ -3,10 +3,13 @@
   latency.py load  PORT RATE SECONDS        writes RATE row changes/s for SECONDS into bench.lat
   latency.py delta TABLE_DIR LOAD_FILE      p50/p99 from the Delta log of the replica
   latency.py parquet TARGET LOAD_FILE       p50/p99 from binlake's commit log of a Parquet lake
+  latency.py clickhouse URL DB LOAD_FILE    p50/p99 from the polls the load made (POLL_CLICKHOUSE)
 
 Every transaction stamps its rows with `ts_us`, the client's clock just before COMMIT (one
 increasing value per transaction). Visible time: the Delta commit's `commitInfo.timestamp`, or the `committed_at_us` of
-binlake's commit log entry whose files hold the rows (Parquet). Same machine, same clock.
+binlake's commit log entry whose files hold the rows (Parquet); for ClickHouse, which keeps no
+commit time, the load polls `max(ts_us)` of the `_current` view every 50 ms (POLL_CLICKHOUSE=URL
+and POLL_DB=database), so its figures carry up to 50 ms of polling error. Same machine, same clock.
 """
 import glob
 import json
@@ -29,6 +32,26 @@ def load(port, rate, seconds):
         "c CHAR(60) NOT NULL, ts_us BIGINT NOT NULL)"
     )
     con.commit()
+    polls = []
+    poll_stop = False
+    if os.environ.get("POLL_CLICKHOUSE"):
+        import threading
+        import urllib.parse
+        import urllib.request
+
+        def poll():
+            url = os.environ["POLL_CLICKHOUSE"].rstrip("/") + "/?" + urllib.parse.urlencode(
+                {"query": f"SELECT max(ts_us) FROM `{os.environ['POLL_DB']}`.lat_current"})
+            while not poll_stop:
+                try:
+                    v = urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10).read().strip()
+                    polls.append((time.time_ns() // 1000, int(v or 0)))
+                except Exception:
+                    pass
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
     per_s = rate / TXN_ROWS  # transactions per second
     n_txn = int(per_s * seconds)
     next_id = 1
@@ -57,6 +80,10 @@ def load(port, rate, seconds):
         con.commit()
         stamps.append(ts)
     took = time.monotonic() - start
+    if polls is not None and os.environ.get("POLL_CLICKHOUSE"):
+        time.sleep(5)
+        poll_stop = True
+        json.dump(polls, open(os.environ["POLL_OUT"], "w"))
     changes = n_txn * TXN_ROWS
     print(f"load: {changes} row changes in {n_txn} transactions over {took:.1f} s = {changes / took:.0f} changes/s (target {rate}); {late} transactions started > 0.5 s late", flush=True)
     return stamps
@@ -99,6 +126,27 @@ def report(name, stamps, versions):
     return 0 if not missing else 1
 
 
+def clickhouse_polls(polls_file, stamps):
+    """polls: [(time_us, max stamp visible)]: a version per poll that saw a new maximum."""
+    import bisect
+
+    frontier = []
+    for t, high in json.load(open(polls_file)):
+        if not frontier or high > frontier[-1][0]:
+            frontier.append((high, t))
+    highs = [h for h, _ in frontier]
+    lat, missing = [], 0
+    for s in stamps:
+        i = bisect.bisect_left(highs, s)
+        if i == len(highs):
+            missing += 1
+        else:
+            lat.append((frontier[i][1] - s) / 1000.0)
+    p50, p99, mx = percentiles(lat)
+    print(f"clickhouse: {len(lat)} transactions, commit-to-visible p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {mx:.0f} ms (polled every 50 ms); {missing} never visible", flush=True)
+    return 0 if not missing else 1
+
+
 def delta(table_dir, stamps):
     versions = []
     for path in sorted(glob.glob(os.path.join(table_dir, "_delta_log", "*.json"))):
@@ -131,6 +179,11 @@ if __name__ == "__main__":
         code = 0
     else:
         stamps = json.load(open(sys.argv[3]))
-        code = delta(sys.argv[2], stamps) if mode == "delta" else parquet(sys.argv[2], stamps)
+        if mode == "delta":
+            code = delta(sys.argv[2], stamps)
+        elif mode == "clickhouse":
+            code = clickhouse_polls(sys.argv[2], stamps)
+        else:
+            code = parquet(sys.argv[2], stamps)
     sys.stdout.flush()
     os._exit(code)

@@ -3,33 +3,42 @@
 # transactions/s of 50 inserts + 50 updates) for SECONDS (default 60) against MariaDB, replicated
 # live by `binlake replicate` with default settings (max_latency 1s) to each sink in turn. Prints
 # commit-to-visible p50/p99 per sink: source COMMIT (client clock) to the target version holding
-# the transaction (Delta commit timestamp; binlake's commit log time for Parquet).
+# the transaction (Delta commit timestamp; binlake's commit log time for Parquet; for ClickHouse,
+# polls of the `_current` view every 50 ms).
 # Target: p99 <= max_latency + 1 s.
 #   bash tests/bench/latency.sh            SINKS="parquet delta" RATE=5000 SECONDS_=60 KEEP=1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE=${RATE:-5000}
 DURATION=${SECONDS_:-60}
-SINKS=${SINKS:-parquet delta}
+SINKS=${SINKS:-parquet delta clickhouse}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/binlake/target}
 cargo build --release --quiet --features delta
 B=$CARGO_TARGET_DIR/release/binlake
 W=$(mktemp -d "${TMPDIR:-/tmp}/binlake-lat.XXXXXX")
-trap 'bash tests/scripts/mariadb.sh stop "$W/db" >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
+trap 'bash tests/scripts/mariadb.sh stop "$W/db" >/dev/null 2>&1 || true; bash tests/scripts/clickhouse.sh stop "$W/ch" >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
 P=$(bash tests/scripts/mariadb.sh start "$W/db" 1)
 echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); $RATE changes/s for $DURATION s; max_latency 1s"
 fail=0
 for sink in $SINKS; do
   mariadb --no-defaults -h127.0.0.1 -P"$P" -uroot -e "DROP DATABASE IF EXISTS bench"
+  target="$W/$sink"; extra=()
+  if [ "$sink" = clickhouse ]; then
+    target=$(bash tests/scripts/clickhouse.sh start "$W/ch"); extra=(--database-prefix lat_)
+    export POLL_CLICKHOUSE=$target POLL_DB=lat_bench POLL_OUT="$W/ch.polls"
+  fi
   "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" --tables 'bench.*' --sink "$sink" \
-    --target "$W/$sink" --start-at current 2>"$W/$sink.log" &
+    --target "$target" "${extra[@]}" --start-at current 2>"$W/$sink.log" &
   pid=$!
   sleep 2
   python3 tests/bench/latency.py load "$P" "$RATE" "$DURATION" "$W/$sink.stamps"
+  unset POLL_CLICKHOUSE
   sleep 5
   kill -TERM $pid; wait $pid || true
   if [ "$sink" = delta ]; then
     python3 tests/bench/latency.py delta "$W/delta/bench/lat" "$W/$sink.stamps" || fail=1
+  elif [ "$sink" = clickhouse ]; then
+    python3 tests/bench/latency.py clickhouse "$W/ch.polls" "$W/$sink.stamps" || fail=1
   else
     python3 tests/bench/latency.py parquet "$W/$sink" "$W/$sink.stamps" || fail=1
   fi

@@ -87,11 +87,23 @@ fn kill_9_during_stream_loses_and_doubles_nothing() {
 /// Kills binlake (SIGKILL) three times at random moments while a workload of `rows` inserts plus
 /// updates and deletes streams into the sink `sink_args` selects, then checks the replica.
 pub fn crash_test(sink_args: &[&str], rows: u64) {
-    crash_test_on(sink_args, rows, false)
+    crash_test_on(sink_args, rows, Where::Local)
 }
 
-/// [`crash_test`], with the target on S3 (a moto server) when `s3`.
-pub fn crash_test_on(sink_args: &[&str], rows: u64, s3: bool) {
+/// Where the crash test's target lives.
+#[derive(PartialEq)]
+pub enum Where {
+    Local,
+    /// A moto server.
+    S3,
+    /// A ClickHouse endpoint (`sink_args` select the clickhouse sink).
+    #[cfg(feature = "clickhouse")]
+    ClickHouse,
+}
+
+/// [`crash_test`] with the target `at`.
+pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
+    let s3 = at == Where::S3;
     let seed = std::env::var("BINLAKE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -108,11 +120,27 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, s3: bool) {
     m.sql("CREATE DATABASE crash; CREATE TABLE crash.t (id BIGINT PRIMARY KEY, k INT NOT NULL, c VARCHAR(200) NOT NULL, KEY (k));");
     let moto = s3.then(|| Moto::start(&dir.0.join("moto"), "lake"));
     let env: Vec<(&str, &str)> = moto.as_ref().map(|m| m.env().to_vec()).unwrap_or_default();
-    let target = if s3 {
-        "s3://lake/crash".to_string()
+    #[cfg(feature = "clickhouse")]
+    let ch = (at == Where::ClickHouse).then(|| ClickHouse::start(&dir.0.join("ch"), "crash"));
+    #[cfg(not(feature = "clickhouse"))]
+    let ch: Option<()> = None;
+    let mut sink_args = sink_args.to_vec();
+    let mut reader: Vec<&str> = if sink_args.contains(&"delta") {
+        vec!["--reader", "delta"]
     } else {
-        dir.path("lake")
+        vec![]
     };
+    let target = match &ch {
+        #[cfg(feature = "clickhouse")]
+        Some(ch) => {
+            sink_args.extend_from_slice(&["--database-prefix", &ch.prefix]);
+            reader = ch.reader();
+            ch.url.clone()
+        }
+        _ if s3 => "s3://lake/crash".to_string(),
+        _ => dir.path("lake"),
+    };
+    let sink_args = &sink_args[..];
     let url = m.url();
     let mut args = replicate_args(
         &url,
@@ -123,7 +151,8 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, s3: bool) {
     args.extend_from_slice(sink_args);
 
     // The workload runs in the background through the mariadb client.
-    let script = workload(&mut rng, rows, sink_args.contains(&"delta"));
+    // the Parquet lake keeps a file per shape (a renamed column stays under its old name there)
+    let script = workload(&mut rng, rows, !reader.is_empty());
     let mut client = Command::new("mariadb")
         .args([
             "--no-defaults",
@@ -162,9 +191,9 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, s3: bool) {
 
     let total = m.sql("SELECT COUNT(*) FROM crash.t");
     eprintln!("source rows: {}", total.trim());
-    if sink_args.contains(&"delta") {
-        // the Delta reader also fails if a key appears twice in the table
-        let (equal, report) = compare_env(&m, &target, "crash.t", &["--reader", "delta"], &env);
+    if !reader.is_empty() {
+        // the Delta and ClickHouse readers also fail if a key appears twice in the current state
+        let (equal, report) = compare_env(&m, &target, "crash.t", &reader, &env);
         assert!(equal, "{report}");
         return;
     }

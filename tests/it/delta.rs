@@ -123,7 +123,7 @@ fn delta_kill_9_during_stream() {
 /// changes rewritten through the object store.
 #[test]
 fn delta_kill_9_during_stream_on_s3() {
-    crate::crash::crash_test_on(&DELTA, 10_000, true);
+    crate::crash::crash_test_on(&DELTA, 10_000, crate::crash::Where::S3);
 }
 
 #[test]

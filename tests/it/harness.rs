@@ -463,3 +463,95 @@ impl Drop for Moto {
             .status();
     }
 }
+
+/// A ClickHouse endpoint: the chdb front started by `tests/scripts/clickhouse.sh`, or the real
+/// server `CLICKHOUSE_URL` names. Each test uses its own database prefix, so tests can share a
+/// real server.
+#[cfg(feature = "clickhouse")]
+pub struct ClickHouse {
+    dir: PathBuf,
+    pub url: String,
+    pub prefix: String,
+}
+
+#[cfg(feature = "clickhouse")]
+impl ClickHouse {
+    pub fn start(dir: &Path, test: &str) -> ClickHouse {
+        let url = Self::run("start", dir, None);
+        ClickHouse {
+            dir: dir.to_path_buf(),
+            url,
+            prefix: format!("t{}_{test}_", std::process::id()),
+        }
+    }
+
+    fn run(cmd: &str, dir: &Path, port: Option<&str>) -> String {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("tests/scripts/clickhouse.sh"))
+            .arg(cmd)
+            .arg(dir);
+        if let Some(p) = port {
+            c.env("PORT", p);
+        }
+        let out = c.output().expect("clickhouse.sh");
+        assert!(
+            out.status.success(),
+            "clickhouse.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn stop(&self) {
+        Self::run("stop", &self.dir, None);
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn restart(&self) {
+        let port = std::fs::read_to_string(self.dir.join("port")).unwrap_or_default();
+        Self::run("start", &self.dir, Some(port.trim()));
+    }
+
+    /// The replicate flags that point binlake at this server.
+    pub fn args(&self) -> Vec<&str> {
+        vec![
+            "--sink",
+            "clickhouse",
+            "--target",
+            &self.url,
+            "--database-prefix",
+            &self.prefix,
+        ]
+    }
+
+    /// The compare.py flags that read the `_current` views.
+    pub fn reader(&self) -> Vec<&str> {
+        vec!["--reader", "clickhouse", "--database-prefix", &self.prefix]
+    }
+
+    /// One value from a query (TabSeparated).
+    pub fn q(&self, sql: &str) -> String {
+        let code = "import sys, urllib.request, urllib.parse\nu = sys.argv[1].rstrip('/') + '/?' + urllib.parse.urlencode({'query': sys.argv[2]})\nprint(urllib.request.urlopen(urllib.request.Request(u, data=b'', method='POST')).read().decode().strip())";
+        let out = Command::new("python3")
+            .args(["-c", code, &self.url, sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+#[cfg(feature = "clickhouse")]
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/scripts/clickhouse.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}

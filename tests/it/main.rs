@@ -1,5 +1,7 @@
 //! binlake's integration tests: one binary, real servers started by `tests/scripts/`.
 mod bad_input;
+#[cfg(feature = "clickhouse")]
+mod clickhouse;
 mod crash;
 #[cfg(feature = "delta")]
 mod delta;

@@ -3,7 +3,8 @@
 binlake: PyMySQL for the source, pyarrow (or DuckDB running the README's current-state query) for
 the Parquet lake.
 
-usage: compare.py --port P --target DIR --table db.t [--reader pyarrow|duckdb] [--invalid-as-null]
+usage: compare.py --port P --target DIR|URL --table db.t [--reader pyarrow|duckdb|delta|clickhouse]
+                  [--database-prefix P] [--invalid-as-null]
 Exit 0 when equal; 1 with the first differences printed otherwise.
 """
 import argparse, datetime as dt, decimal, glob, math, os, sys
@@ -68,6 +69,28 @@ def replica_rows_delta(target, db, table, pk):
     return [r for r in rows if not r["_binlake_deleted"]], len(dt.file_uris())
 
 
+def replica_rows_clickhouse(target, db, table, pk, prefix=""):
+    """The `<table>_current` view (FINAL, no tombstones) over ClickHouse's HTTP interface."""
+    import base64, urllib.parse, urllib.request
+    import pyarrow.ipc as ipc
+    u = urllib.parse.urlsplit(target)
+    base = f"{u.scheme}://{u.hostname}:{u.port or 8123}/"
+    q = f"SELECT * FROM `{prefix}{db}`.`{table}_current` FORMAT ArrowStream"
+    # Strings as bytes: ClickHouse's String holds any bytes (BLOBs too); text is decoded when compared
+    params = {"query": q, "output_format_arrow_string_as_string": "0"}
+    req = urllib.request.Request(base + "?" + urllib.parse.urlencode(params), method="POST", data=b"")
+    if u.username:
+        cred = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+        req.add_header("Authorization", "Basic " + base64.b64encode(cred.encode()).decode())
+    with urllib.request.urlopen(req, timeout=60) as r:
+        data = r.read()
+    rows = ipc.open_stream(data).read_all().to_pylist() if data else []
+    keys = [tuple(r[k] for k in pk) for r in rows]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"{db}.{table}: a key appears twice in the _current view")
+    return rows, 1
+
+
 def norm_source(v, ftype, invalid_as_null):
     if v is None:
         return None
@@ -100,6 +123,9 @@ def equal(a, b, ftype):
         return math.isclose(float(a), float(b), rel_tol=2e-6, abs_tol=1e-30)
     if ftype == FT.DOUBLE:
         return math.isclose(float(a), float(b), rel_tol=1e-13)
+    if isinstance(a, str) and isinstance(b, bytes):
+        # ClickHouse's String is bytes; text columns hold UTF-8
+        b = b.decode("utf-8", "replace")
     if isinstance(a, decimal.Decimal) or isinstance(b, decimal.Decimal):
         # Delta holds DECIMAL wider than 38 digits as its exact text, UNSIGNED BIGINT as DECIMAL(20,0)
         return decimal.Decimal(str(a)) == decimal.Decimal(str(b))
@@ -111,7 +137,8 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--target", required=True)
     ap.add_argument("--table", required=True)
-    ap.add_argument("--reader", default="pyarrow", choices=["pyarrow", "duckdb", "delta"])
+    ap.add_argument("--reader", default="pyarrow", choices=["pyarrow", "duckdb", "delta", "clickhouse"])
+    ap.add_argument("--database-prefix", default="")
     ap.add_argument("--invalid-as-null", action="store_true")
     a = ap.parse_args()
     db, table = a.table.split(".", 1)
@@ -119,8 +146,11 @@ def main():
     if not pk:
         print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)
         return 2
-    read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
-    rep, nfiles = read(a.target, db, table, pk)
+    if a.reader == "clickhouse":
+        rep, nfiles = replica_rows_clickhouse(a.target, db, table, pk, a.database_prefix)
+    else:
+        read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
+        rep, nfiles = read(a.target, db, table, pk)
     src_by = {tuple(r[k] for k in pk): r for r in src}
     rep_by = {tuple(r[k] for k in pk): r for r in rep}
     diffs = []
@@ -136,6 +166,9 @@ def main():
                 diffs.append(f"key {k}: column {col} missing from the replica")
                 continue
             sv = norm_source(s[col], ftype, a.invalid_as_null)
+            if a.reader == "clickhouse" and isinstance(sv, (dt.date, dt.datetime)) and not (1900 <= sv.year <= 2299):
+                # outside ClickHouse's Date32/DateTime64 range: an invalid value, NULL by default policy
+                sv = None
             rv = norm_replica(r[col])
             ncmp += 1
             if not equal(sv, rv, ftype):

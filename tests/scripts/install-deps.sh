@@ -21,6 +21,8 @@ python3 -c 'import pytz' 2>/dev/null || py_missing+=(pytz)
 python3 -c 'import deltalake' 2>/dev/null || py_missing+=(deltalake)
 python3 -c 'import pymysqlreplication' 2>/dev/null || py_missing+=(mysql-replication)
 python3 -c 'import moto, flask' 2>/dev/null || py_missing+=('moto[server]')
+python3 -c 'import chdb' 2>/dev/null || py_missing+=(chdb)
+python3 -c 'import lz4.block' 2>/dev/null || py_missing+=(lz4)
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "installing Python packages: ${py_missing[*]}" >&2
   python3 -m pip install -q "${py_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true

@@ -211,6 +211,13 @@ pub trait Sink: Send {
         })
     }
 
+    /// The days (since 1970-01-01) of the dates and times the target can hold, when it cannot
+    /// hold every MySQL date. Values outside are invalid values: the `invalid_values` policy
+    /// decides (NULL, stop, or dead-letter), never a silent clamp.
+    fn date_range_days(&self) -> Option<(i32, i32)> {
+        None
+    }
+
     /// True when fewer, larger commits are much cheaper for this target (a MERGE rewrites
     /// files): the pipeline then keeps filling the next batch while a commit runs, up to four
     /// times the size bounds, instead of waiting at the bounds.

@@ -1,0 +1,96 @@
+//! ClickHouse sink configuration: parsed and validated without I/O.
+
+use binlake_sink::SinkError;
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// ClickHouse's LZ4 block compression for inserts (the default).
+    Lz4,
+    /// Plain bodies, for servers or proxies that cannot take compressed inserts.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClickHouseConfig {
+    /// `http(s)://[user[:password]@]host:port` (credentials are taken out of the URL).
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub pipeline: String,
+    /// Prepended to every database name binlake creates (`<prefix><db>`, `<prefix>binlake`).
+    pub database_prefix: String,
+    pub compression: Compression,
+}
+
+impl ClickHouseConfig {
+    /// Parses `target`; errors name what is wrong with it.
+    pub fn new(target: &str, pipeline: &str) -> Result<Self, SinkError> {
+        let bad = |m: String| SinkError::Definite(format!("target `{}`: {m}", redact(target)));
+        let mut u = Url::parse(target)
+            .map_err(|e| bad(format!("{e} (expected http://user:password@host:8123)")))?;
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Err(bad(format!("scheme `{}`: the ClickHouse sink speaks HTTP (http:// or https://, port 8123 or 8443)", u.scheme())));
+        }
+        if u.scheme() == "https" {
+            return Err(bad("https is not built into this binary yet; use http:// on a trusted network or a local TLS proxy".into()));
+        }
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = (!u.username().is_empty()).then(|| decode(u.username()));
+        let password = u.password().map(decode);
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.set_query(None);
+        Ok(ClickHouseConfig {
+            url: u.as_str().trim_end_matches('/').to_string(),
+            user,
+            password,
+            pipeline: pipeline.to_string(),
+            database_prefix: String::new(),
+            compression: Compression::Lz4,
+        })
+    }
+
+    /// The ClickHouse database of a source database.
+    pub fn database(&self, db: &str) -> String {
+        format!("{}{db}", self.database_prefix)
+    }
+
+    /// binlake's own database (checkpoints, dead letters).
+    pub fn meta_database(&self) -> String {
+        format!("{}binlake", self.database_prefix)
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        let c = ClickHouseConfig::new("http://bob:p%40ss@127.0.0.1:8123/", "p").unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:8123");
+        assert_eq!(c.user.as_deref(), Some("bob"));
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        assert!(ClickHouseConfig::new("tcp://h:9000", "p")
+            .unwrap_err()
+            .to_string()
+            .contains("HTTP"));
+    }
+}

@@ -1,0 +1,560 @@
+//! Writing batches to ClickHouse (see the crate doc for the invariants).
+
+use std::collections::HashMap;
+
+use arrow_array::RecordBatch;
+use binlake_sink::{
+    Checkpoint, Commit, DdlKind, Sink, SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION,
+    REJECTS_TABLE,
+};
+use bytes::Bytes;
+use clickhouse::Client;
+use tracing::{debug, info};
+
+use crate::config::{ClickHouseConfig, Compression};
+use crate::types::{column_type, to_insert, widens};
+
+pub struct ClickHouseSink {
+    config: ClickHouseConfig,
+    client: Client,
+    /// Columns (name, ClickHouse type) of the tables this process has seen, in order.
+    tables: HashMap<String, Vec<(String, String)>>,
+    last_seq: u64,
+}
+
+/// `name` as a ClickHouse identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// `s` as a ClickHouse string literal.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The server's error code (`Code: 60. DB::Exception: ...`), if the text has one.
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Codes worth retrying: the server is busy, overloaded, or restarting.
+const TRANSIENT_CODES: &[u32] = &[
+    3, 159, 160, 164, 202, 203, 209, 210, 236, 241, 242, 252, 285, 319, 394, 425, 439, 999,
+];
+/// Codes no retry fixes: credentials and permissions.
+const DEFINITE_CODES: &[u32] = &[192, 193, 194, 195, 497, 516];
+
+/// Classifies an error; `table` scopes schema and data errors to that table (it stops alone).
+fn classify(e: clickhouse::error::Error, what: &str, table: Option<&TableId>) -> SinkError {
+    use clickhouse::error::Error as E;
+    let text = e.to_string();
+    match &e {
+        E::Network(_) | E::TimedOut => {
+            return SinkError::Transient(format!(
+                "{what}: {text} (will retry until the server is back)"
+            ))
+        }
+        E::BadResponse(body) => match error_code(body) {
+            Some(c) if TRANSIENT_CODES.contains(&c) => {
+                return SinkError::Transient(format!("{what}: {text}"))
+            }
+            Some(c) if DEFINITE_CODES.contains(&c) => {
+                return SinkError::Definite(format!("{what}: {text}"))
+            }
+            Some(_) => {}
+            // no ClickHouse error in the body: a proxy's or server's 5xx page
+            None => return SinkError::Transient(format!("{what}: {text}")),
+        },
+        _ => {}
+    }
+    match table {
+        Some(t) => SinkError::Table {
+            table: t.clone(),
+            message: format!("{what}: {text}"),
+        },
+        None => SinkError::Definite(format!("{what}: {text}")),
+    }
+}
+
+impl ClickHouseSink {
+    pub fn new(config: ClickHouseConfig) -> Result<Self, SinkError> {
+        let mut client =
+            Client::default()
+                .with_url(&config.url)
+                .with_compression(match config.compression {
+                    Compression::Lz4 => clickhouse::Compression::Lz4,
+                    Compression::None => clickhouse::Compression::None,
+                });
+        if let Some(u) = &config.user {
+            client = client.with_user(u);
+        }
+        if let Some(p) = &config.password {
+            client = client.with_password(p);
+        }
+        Ok(ClickHouseSink {
+            config,
+            client,
+            tables: HashMap::new(),
+            last_seq: 0,
+        })
+    }
+
+    async fn exec(&self, sql: &str) -> Result<(), clickhouse::error::Error> {
+        debug!(sql, "clickhouse");
+        self.client.query_raw(sql).execute().await
+    }
+
+    async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Value>, clickhouse::error::Error> {
+        let bytes = self
+            .client
+            .query_raw(sql)
+            .fetch_bytes("JSONEachRow")?
+            .collect()
+            .await?;
+        Ok(bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect())
+    }
+
+    fn table_name(&self, t: &TableId) -> String {
+        format!(
+            "{}.{}",
+            ident(&self.config.database(&t.db)),
+            ident(&t.table)
+        )
+    }
+
+    fn view_name(&self, t: &TableId) -> String {
+        format!(
+            "{}.{}",
+            ident(&self.config.database(&t.db)),
+            ident(&format!("{}_current", t.table))
+        )
+    }
+
+    fn checkpoints(&self) -> String {
+        format!("{}.checkpoints", ident(&self.config.meta_database()))
+    }
+
+    async fn ensure_meta(&self) -> Result<(), SinkError> {
+        let db = ident(&self.config.meta_database());
+        let what = "creating binlake's checkpoint table";
+        self.exec(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+            .await
+            .map_err(|e| classify(e, what, None))?;
+        // One row per (pipeline, table), the newest commit winning; table '' holds the whole
+        // checkpoint (position, quarantined tables) as JSON.
+        self.exec(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (pipeline String, `table` String, seq UInt64, version UInt64, checkpoint String, committed_at_us Int64) ENGINE = ReplacingMergeTree(seq) ORDER BY (pipeline, `table`)",
+            self.checkpoints()
+        ))
+        .await
+        .map_err(|e| classify(e, what, None))
+    }
+
+    /// The table's columns in the server, in order (empty: no such table).
+    async fn server_columns(&self, t: &TableId) -> Result<Vec<(String, String)>, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT name, type FROM system.columns WHERE database = {} AND table = {} ORDER BY position",
+                lit(&self.config.database(&t.db)),
+                lit(&t.table)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table's columns", Some(t)))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("name")?.as_str()?.to_string(),
+                    r.get("type")?.as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    async fn replace_view(&self, t: &TableId, keyed: bool) -> Result<(), SinkError> {
+        let sql = if keyed {
+            format!(
+                "CREATE OR REPLACE VIEW {} AS SELECT * FROM {} FINAL WHERE {} = 0",
+                self.view_name(t),
+                self.table_name(t),
+                ident(COL_DELETED)
+            )
+        } else {
+            format!(
+                "CREATE OR REPLACE VIEW {} AS SELECT * FROM {}",
+                self.view_name(t),
+                self.table_name(t)
+            )
+        };
+        self.exec(&sql)
+            .await
+            .map_err(|e| classify(e, "creating the _current view", Some(t)))
+    }
+
+    /// Creates the table, or brings its columns to the batch's: columns added at the source are
+    /// added, widened types are modified. Anything else stops the table.
+    async fn ensure_table(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
+        let t = &tb.table;
+        let name = t.to_string();
+        let want: Vec<(String, String)> = tb
+            .batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                column_type(f)
+                    .map(|ty| (f.name().clone(), ty))
+                    .map_err(|m| SinkError::Table {
+                        table: t.clone(),
+                        message: format!("column `{}`: {m}", f.name()),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        if self.tables.get(&name) == Some(&want) {
+            return Ok(());
+        }
+        let keyed = !tb.primary_key.is_empty();
+        let mut have = self.server_columns(t).await?;
+        if have.is_empty() {
+            self.exec(&format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                ident(&self.config.database(&t.db))
+            ))
+            .await
+            .map_err(|e| classify(e, "creating the database", Some(t)))?;
+            let cols = want
+                .iter()
+                .map(|(n, ty)| format!("{} {ty}", ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let engine = if keyed {
+                format!(
+                    "ReplacingMergeTree({}, {}) ORDER BY ({})",
+                    ident(COL_VERSION),
+                    ident(COL_DELETED),
+                    tb.primary_key
+                        .iter()
+                        .map(|k| ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                "MergeTree ORDER BY tuple()".to_string()
+            };
+            self.exec(&format!(
+                "CREATE TABLE IF NOT EXISTS {} ({cols}) ENGINE = {engine}",
+                self.table_name(t)
+            ))
+            .await
+            .map_err(|e| classify(e, "creating the table", Some(t)))?;
+            info!(table = %name, keyed, "table created in ClickHouse");
+            self.replace_view(t, keyed).await?;
+            self.tables.insert(name, want);
+            return Ok(());
+        }
+        let mut altered = false;
+        // columns that no longer arrive, not explained by a DDL statement binlake applied
+        let gone: Vec<&str> = have
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !want.iter().any(|(w, _)| w == n))
+            .collect();
+        if !gone.is_empty() {
+            return Err(SinkError::Table {
+                table: t.clone(),
+                message: format!("column(s) {gone:?} no longer arrive from the source, and no DROP or RENAME COLUMN statement in the binlog said what became of them. The table is stopped; the others go on. To resume it, apply the change to the ClickHouse table by hand (ALTER TABLE ... DROP/RENAME COLUMN) and restart"),
+            });
+        }
+        for (i, (n, ty)) in want.iter().enumerate() {
+            match have.iter().find(|(h, _)| h == n) {
+                None => {
+                    let after = match i {
+                        0 => "FIRST".to_string(),
+                        _ => format!("AFTER {}", ident(&want[i - 1].0)),
+                    };
+                    self.exec(&format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty} {after}",
+                        self.table_name(t),
+                        ident(n)
+                    ))
+                    .await
+                    .map_err(|e| classify(e, "adding a column", Some(t)))?;
+                    info!(table = %name, column = %n, r#type = %ty, "column added");
+                    altered = true;
+                }
+                Some((_, old)) if old != ty => {
+                    if !widens(old, ty) {
+                        return Err(SinkError::Table {
+                            table: t.clone(),
+                            message: format!("column `{n}` changed type from {old} to {ty} (MODIFY COLUMN), which is not a widening every stored value survives exactly. The table is stopped; the others go on. To resume it, convert the column by hand (ALTER TABLE ... MODIFY COLUMN) and restart, or rebuild the table"),
+                        });
+                    }
+                    self.exec(&format!(
+                        "ALTER TABLE {} MODIFY COLUMN {} {ty}",
+                        self.table_name(t),
+                        ident(n)
+                    ))
+                    .await
+                    .map_err(|e| classify(e, "widening a column", Some(t)))?;
+                    info!(table = %name, column = %n, from = %old, to = %ty, "column widened");
+                    altered = true;
+                }
+                Some(_) => {}
+            }
+        }
+        if altered {
+            self.replace_view(t, keyed).await?;
+            have = self.server_columns(t).await?;
+        }
+        debug!(table = %name, columns = have.len(), "table ready");
+        self.tables.insert(name, want);
+        Ok(())
+    }
+
+    /// One INSERT per table and commit: ClickHouse makes an insert of up to
+    /// `max_insert_block_size` rows atomic, and the setting is raised to the batch's size.
+    async fn insert(
+        &self,
+        table: &TableId,
+        full_name: &str,
+        batch: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        let batch = to_insert(batch).map_err(|m| SinkError::Table {
+            table: table.clone(),
+            message: format!("{m}. The table is stopped; the others go on"),
+        })?;
+        let mut buf = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+        {
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+                .map_err(|e| SinkError::Definite(format!("{table}: Arrow IPC: {e}")))?;
+            w.write(&batch)
+                .and_then(|_| w.finish())
+                .map_err(|e| SinkError::Definite(format!("{table}: Arrow IPC: {e}")))?;
+        }
+        let cols = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| ident(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = (batch.num_rows() + 1).max(1_048_576).to_string();
+        let mut ins = self
+            .client
+            .insert_formatted_with(format!(
+                "INSERT INTO {full_name} ({cols}) FORMAT ArrowStream"
+            ))
+            .with_setting("max_insert_block_size", rows.clone())
+            .with_setting("min_insert_block_size_rows", rows)
+            .with_setting("min_insert_block_size_bytes", "0");
+        ins.send(Bytes::from(buf))
+            .await
+            .map_err(|e| classify(e, "insert", Some(table)))?;
+        ins.end()
+            .await
+            .map_err(|e| classify(e, "insert", Some(table)))?;
+        Ok(())
+    }
+
+    async fn insert_rejects(&self, rejects: &RecordBatch) -> Result<(), SinkError> {
+        let t = TableId::new(self.config.meta_database(), REJECTS_TABLE);
+        let name = format!(
+            "{}.{}",
+            ident(&self.config.meta_database()),
+            ident(REJECTS_TABLE)
+        );
+        let cols = rejects
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| column_type(f).map(|ty| format!("{} {ty}", ident(f.name()))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SinkError::Definite)?
+            .join(", ");
+        self.exec(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = MergeTree ORDER BY tuple()"
+        ))
+        .await
+        .map_err(|e| classify(e, "creating the dead-letter table", None))?;
+        self.insert(&t, &name, rejects).await
+    }
+
+    async fn write_checkpoint(&self, cp: &Checkpoint) -> Result<(), SinkError> {
+        let json = serde_json::to_string(cp).map_err(|e| SinkError::Definite(e.to_string()))?;
+        let mut rows = vec![serde_json::json!({
+            "pipeline": cp.pipeline, "table": "", "seq": cp.seq, "version": 0,
+            "checkpoint": json, "committed_at_us": cp.committed_at_us,
+        })];
+        for (t, v) in &cp.tables {
+            rows.push(serde_json::json!({
+                "pipeline": cp.pipeline, "table": t, "seq": cp.seq, "version": v,
+                "checkpoint": "", "committed_at_us": cp.committed_at_us,
+            }));
+        }
+        let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        let mut ins = self.client.insert_formatted_with(format!(
+            "INSERT INTO {} FORMAT JSONEachRow",
+            self.checkpoints()
+        ));
+        let what = "writing the checkpoint";
+        ins.send(Bytes::from(body))
+            .await
+            .map_err(|e| classify(e, what, None))?;
+        ins.end().await.map_err(|e| classify(e, what, None))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ClickHouseSink {
+    fn kind(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    fn date_range_days(&self) -> Option<(i32, i32)> {
+        Some(crate::types::DATE_RANGE_DAYS)
+    }
+
+    async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        self.ensure_meta().await?;
+        let cp = self.read_checkpoint().await?;
+        self.last_seq = cp.as_ref().map_or(0, |c| c.seq);
+        info!(target = %self.config.url, last_seq = self.last_seq, resume = ?cp.as_ref().map(|c| &c.position), "clickhouse sink opened");
+        Ok(cp)
+    }
+
+    async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        let rows = match self
+            .rows(&format!(
+                "SELECT checkpoint FROM {} FINAL WHERE pipeline = {} AND `table` = ''",
+                self.checkpoints(),
+                lit(&self.config.pipeline)
+            ))
+            .await
+        {
+            Ok(r) => r,
+            // no checkpoint table yet: nothing replicated
+            Err(clickhouse::error::Error::BadResponse(b))
+                if error_code(&b) == Some(60) || error_code(&b) == Some(81) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(classify(e, "reading the checkpoint", None)),
+        };
+        match rows
+            .first()
+            .and_then(|r| r.get("checkpoint")?.as_str().map(str::to_string))
+        {
+            None => Ok(None),
+            Some(j) => serde_json::from_str(&j).map(Some).map_err(|e| {
+                SinkError::Definite(format!(
+                    "the checkpoint in {} is not readable: {e}",
+                    self.checkpoints()
+                ))
+            }),
+        }
+    }
+
+    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+        let seq = self.last_seq + 1;
+        commit.checkpoint.seq = seq;
+        for tb in commit.batches.iter().filter(|b| b.batch.num_rows() > 0) {
+            if let Err(e) = self.ensure_table(tb).await {
+                self.tables.remove(&tb.table.to_string());
+                return Err(e);
+            }
+            let name = self.table_name(&tb.table);
+            self.insert(&tb.table, &name, &tb.batch).await?;
+            debug!(table = %tb.table, rows = tb.batch.num_rows(), "inserted");
+        }
+        if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
+            self.insert_rejects(r).await?;
+        }
+        // Written last: a crash before it replays the batches, which the version makes
+        // idempotent in every `_current` view.
+        self.write_checkpoint(&commit.checkpoint).await?;
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    async fn apply_table_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        let _ = version;
+        let name = table.to_string();
+        self.tables.remove(&name);
+        if let DdlKind::RenameTable { to } = &kind {
+            return Err(binlake_sink::rename_table_unsupported(
+                "clickhouse",
+                table,
+                to,
+            ));
+        }
+        let columns = self.server_columns(table).await?;
+        if columns.is_empty() {
+            return Ok(()); // nothing replicated yet
+        }
+        let full = self.table_name(table);
+        // Everything before the statement is committed (the pipeline waits for it), so the
+        // table holds only rows older than it: TRUNCATE and DROP remove exactly those.
+        let sql = match &kind {
+            DdlKind::Truncate => format!("TRUNCATE TABLE {full}"),
+            DdlKind::DropTable => format!("TRUNCATE TABLE {full}"),
+            DdlKind::DropColumn(c) => {
+                let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
+                else {
+                    return Ok(()); // already applied
+                };
+                format!("ALTER TABLE {full} DROP COLUMN IF EXISTS {}", ident(stored))
+            }
+            DdlKind::RenameColumn { from, to } => {
+                let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(from))
+                else {
+                    return Ok(()); // already applied
+                };
+                if columns.iter().any(|(n, _)| n == to) {
+                    return Err(SinkError::Table {
+                        table: table.clone(),
+                        message: format!("RENAME COLUMN `{from}` TO `{to}`: the ClickHouse table has both columns. The table is stopped; the others go on. Drop one of them by hand and restart"),
+                    });
+                }
+                format!(
+                    "ALTER TABLE {full} RENAME COLUMN IF EXISTS {} TO {}",
+                    ident(stored),
+                    ident(to)
+                )
+            }
+            DdlKind::RenameTable { .. } => unreachable!("handled above"),
+        };
+        self.exec(&sql)
+            .await
+            .map_err(|e| classify(e, "applying DDL", Some(table)))?;
+        if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
+            let engine = self
+                .rows(&format!(
+                    "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
+                    lit(&self.config.database(&table.db)),
+                    lit(&table.table)
+                ))
+                .await
+                .map_err(|e| classify(e, "reading the table engine", Some(table)))?;
+            let keyed = engine
+                .first()
+                .and_then(|r| r.get("engine")?.as_str())
+                .is_some_and(|e| e.contains("Replacing"));
+            self.replace_view(table, keyed).await?;
+        }
+        info!(table = %name, ?kind, "applied in ClickHouse");
+        Ok(())
+    }
+}
