@@ -434,12 +434,10 @@ impl Settings {
                 format!("`{database_prefix}`: use letters, digits and _"),
             ));
         }
-        if maintenance.every.is_some() && sink != "delta" {
+        if maintenance.every.is_some() && sink == "parquet" {
             return Err(key_err(
                 "maintain_every",
-                format!(
-                    "scheduled maintenance is for the delta sink; this pipeline writes `{sink}`"
-                ),
+                "scheduled maintenance is for the delta and clickhouse sinks; this pipeline writes parquet",
             ));
         }
         let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));

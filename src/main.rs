@@ -428,6 +428,8 @@ fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(2))
 }
 
+/// What the sinks are built from (each build reads the fields of the sinks it has).
+#[allow(dead_code)]
 struct SinkOpts<'a> {
     kind: &'a str,
     target: &'a str,
@@ -467,6 +469,10 @@ fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
             if !o.lz4 {
                 cfg.compression = binlake_sink_clickhouse::Compression::None;
             }
+            cfg.maintenance = o
+                .maintenance
+                .every
+                .map(|every| (every, o.maintenance.tombstone_retention));
             Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),

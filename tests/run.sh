@@ -11,6 +11,6 @@ cargo fmt --all -- --check
 # clippy on the crates without deltalake: checking deltalake+DataFusion would double CI's largest
 # build (the delta crate is linted by developers with --all-features)
 echo "== cargo clippy (release profile, warnings are errors)"
-cargo clippy --release -p binlake -p binlake-sink -p binlake-sink-parquet --all-targets -- -D warnings
+cargo clippy --release -p binlake -p binlake-sink -p binlake-sink-parquet -p binlake-sink-clickhouse --all-targets -- -D warnings
 echo "== cargo test (release)"
 cargo test --release --workspace --all-features -- --test-threads "${BINLAKE_TEST_THREADS:-2}"

@@ -27,9 +27,10 @@ fn ch_equal(m: &Maria, ch: &ClickHouse, table: &str, timeout: Duration) -> (bool
     }
 }
 
-fn spawn_ch(m: &Maria, ch: &ClickHouse, tables: &str) -> Running {
+fn spawn_ch(m: &Maria, ch: &ClickHouse, tables: &str, more: &[&str]) -> Running {
     let mut extra = ch.args()[4..].to_vec();
     extra.extend_from_slice(&["--sink", "clickhouse", "--max-latency", "200ms"]);
+    extra.extend_from_slice(more);
     spawn_replicate(m, &ch.url, tables, &extra)
 }
 
@@ -68,11 +69,18 @@ fn clickhouse_changes_and_schema_changes_mid_stream() {
         CREATE TABLE q.keep (id INT PRIMARY KEY, v INT); \
         CREATE TABLE q.tr (id INT PRIMARY KEY, v INT); \
         CREATE TABLE q.log (v INT); \
+        CREATE TABLE q.dropped (id INT PRIMARY KEY); INSERT INTO q.dropped VALUES (1), (2); \
         INSERT INTO q.c VALUES (1, 1, 'g1', 2147483647, 'short', 12345678.99, 10), (2, 2, 'g2', -5, 'b', -0.01, 20); \
         INSERT INTO q.bad VALUES (1, 1); INSERT INTO q.keep VALUES (1, 1); INSERT INTO q.tr VALUES (1, 1), (2, 2); \
         BEGIN; INSERT INTO q.keep VALUES (5, 5); UPDATE q.keep SET v = 6 WHERE id = 5; DELETE FROM q.keep WHERE id = 5; INSERT INTO q.keep VALUES (5, 7); COMMIT; \
         INSERT INTO q.log VALUES (1), (1);");
-    let child = spawn_ch(&m, &ch, "q.*");
+    // with scheduled maintenance (OPTIMIZE ... FINAL CLEANUP) running beside the stream
+    let child = spawn_ch(
+        &m,
+        &ch,
+        "q.*",
+        &["--maintain-every", "1s", "--tombstone-retention", "0s"],
+    );
     let (equal, last) = ch_equal(&m, &ch, "q.c", Duration::from_secs(60));
     assert!(equal, "{last}");
     m.sql("ALTER TABLE q.c ADD COLUMN added INT AFTER a; UPDATE q.c SET added = 5 WHERE id = 1;");
@@ -84,6 +92,8 @@ fn clickhouse_changes_and_schema_changes_mid_stream() {
     m.sql("ALTER TABLE q.bad MODIFY x VARCHAR(20); INSERT INTO q.bad VALUES (2, 'two');");
     m.sql("TRUNCATE TABLE q.tr; INSERT INTO q.tr VALUES (2, 20), (3, 30);");
     m.sql("UPDATE q.keep SET v = 20 WHERE id = 1; INSERT INTO q.keep VALUES (3, 3); DELETE FROM q.keep WHERE id = 5; INSERT INTO q.log VALUES (2);");
+    std::thread::sleep(Duration::from_millis(1500));
+    m.sql("DROP TABLE q.dropped; UPDATE q.keep SET v = 21 WHERE id = 1;");
     for t in ["q.c", "q.keep", "q.tr"] {
         let (equal, last) = ch_equal(&m, &ch, t, Duration::from_secs(60));
         assert!(equal, "{t}: {last}");
@@ -131,7 +141,7 @@ fn clickhouse_server_down_30s_then_back() {
         return;
     }
     m.sql("CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT);");
-    let child = spawn_ch(&m, &ch, "w.*");
+    let child = spawn_ch(&m, &ch, "w.*", &[]);
     for i in 0..20 {
         m.sql(&format!("INSERT INTO w.t VALUES ({i}, {i})"));
     }

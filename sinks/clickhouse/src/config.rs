@@ -21,6 +21,9 @@ pub struct ClickHouseConfig {
     /// Prepended to every database name binlake creates (`<prefix><db>`, `<prefix>binlake`).
     pub database_prefix: String,
     pub compression: Compression,
+    /// Background `OPTIMIZE TABLE ... FINAL` this often (`maintain_every`), with tombstones
+    /// purged by CLEANUP when this retention is zero.
+    pub maintenance: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl ClickHouseConfig {
@@ -53,6 +56,7 @@ impl ClickHouseConfig {
             pipeline: pipeline.to_string(),
             database_prefix: String::new(),
             compression: Compression::Lz4,
+            maintenance: None,
         })
     }
 

@@ -20,6 +20,8 @@ pub struct ClickHouseSink {
     /// Columns (name, ClickHouse type) of the tables this process has seen, in order.
     tables: HashMap<String, Vec<(String, String)>>,
     last_seq: u64,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
+    last_maintenance: std::time::Instant,
 }
 
 /// `name` as a ClickHouse identifier.
@@ -100,6 +102,8 @@ impl ClickHouseSink {
             client,
             tables: HashMap::new(),
             last_seq: 0,
+            maintenance: None,
+            last_maintenance: std::time::Instant::now(),
         })
     }
 
@@ -412,6 +416,112 @@ impl ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// Starts a maintenance pass in the background when one is due and none is running:
+    /// `OPTIMIZE TABLE ... FINAL` on each table of this pipeline that has more than one active
+    /// part (the threshold: something to merge), so `FINAL` reads stay cheap. With a zero
+    /// tombstone retention it adds `CLEANUP` (tombstones removed for good) where the server
+    /// allows it. Failures are logged and retried at the next pass, never fatal.
+    fn schedule_maintenance(&mut self, tables: Vec<TableId>) {
+        let Some((every, tombstones)) = self.config.maintenance else {
+            return;
+        };
+        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished())
+            || self.last_maintenance.elapsed() < every
+        {
+            return;
+        }
+        self.last_maintenance = std::time::Instant::now();
+        let this = ClickHouseSink {
+            config: self.config.clone(),
+            client: self.client.clone(),
+            tables: HashMap::new(),
+            last_seq: 0,
+            maintenance: None,
+            last_maintenance: self.last_maintenance,
+        };
+        self.maintenance = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut optimized = 0;
+            for t in &tables {
+                match this.maintain_table(t, tombstones.is_zero()).await {
+                    Ok(true) => optimized += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass")
+                    }
+                }
+            }
+            info!(
+                tables = tables.len(),
+                optimized,
+                seconds = started.elapsed().as_secs_f64(),
+                "scheduled maintenance done"
+            );
+        }));
+    }
+
+    /// One table's maintenance; true when it was optimized.
+    pub async fn maintain_table(&self, t: &TableId, cleanup: bool) -> Result<bool, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT count() AS parts, any(engine) AS engine FROM system.parts JOIN system.tables ON parts.database = tables.database AND parts.table = tables.name WHERE parts.active AND parts.database = {} AND parts.table = {}",
+                lit(&self.config.database(&t.db)),
+                lit(&t.table)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table's parts", Some(t)))?;
+        let parts = rows
+            .first()
+            .and_then(|r| {
+                r.get("parts")?
+                    .as_str()?
+                    .parse::<u64>()
+                    .ok()
+                    .or_else(|| r.get("parts")?.as_u64())
+            })
+            .unwrap_or(0);
+        if parts < 2 {
+            return Ok(false);
+        }
+        let full = self.table_name(t);
+        let replacing = rows
+            .first()
+            .and_then(|r| r.get("engine")?.as_str())
+            .is_some_and(|e| e.contains("Replacing"));
+        if cleanup && replacing {
+            let r = self
+                .exec(&format!(
+                    "ALTER TABLE {full} MODIFY SETTING allow_experimental_replacing_merge_with_cleanup = 1"
+                ))
+                .await;
+            if r.is_ok()
+                && self
+                    .exec(&format!("OPTIMIZE TABLE {full} FINAL CLEANUP"))
+                    .await
+                    .is_ok()
+            {
+                info!(table = %t, parts, "optimized (FINAL CLEANUP: tombstones removed)");
+                return Ok(true);
+            }
+            debug!(table = %t, "CLEANUP not allowed by this server; plain FINAL");
+        }
+        self.exec(&format!("OPTIMIZE TABLE {full} FINAL"))
+            .await
+            .map_err(|e| classify(e, "OPTIMIZE TABLE ... FINAL", Some(t)))?;
+        info!(table = %t, parts, "optimized (FINAL)");
+        Ok(true)
+    }
+}
+
+impl Drop for ClickHouseSink {
+    fn drop(&mut self) {
+        if let Some(h) = self.maintenance.take() {
+            h.abort();
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for ClickHouseSink {
     fn kind(&self) -> &'static str {
@@ -481,6 +591,13 @@ impl Sink for ClickHouseSink {
         // idempotent in every `_current` view.
         self.write_checkpoint(&commit.checkpoint).await?;
         self.last_seq = seq;
+        let tables: Vec<TableId> = commit
+            .checkpoint
+            .tables
+            .keys()
+            .filter_map(|t| t.split_once('.').map(|(d, n)| TableId::new(d, n)))
+            .collect();
+        self.schedule_maintenance(tables);
         Ok(())
     }
 
