@@ -30,7 +30,7 @@ rows=$(sql -N -e "SELECT COUNT(*) FROM bench.sbtest1"); changes=$((rows * 2))
 echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); ClickHouse at $CH"
 s0=$(date +%s.%N)
 /usr/bin/time -f "%M" -o "$W/rss" "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" --tables 'bench.*' \
-  --sink clickhouse --target "$CH" --database-prefix cb_ --start-at earliest --exit-when-caught-up 2>"$W/ch.log" || { tail "$W/ch.log"; exit 1; }
+  --sink clickhouse --target "$CH" --database-prefix cb_ ${CH_ARGS:-} --start-at earliest --exit-when-caught-up 2>"$W/ch.log" || { tail "$W/ch.log"; exit 1; }
 secs=$(awk -v a="$s0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}')
 rss=$(awk '{printf "%.0f", $1/1024}' "$W/rss")
 n=$(echo "" | chq "SELECT count() FROM cb_bench.sbtest1_current")
