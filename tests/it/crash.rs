@@ -194,7 +194,16 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
     if !reader.is_empty() {
         // the Delta and ClickHouse readers also fail if a key appears twice in the current state
         let (equal, report) = compare_env(&m, &target, "crash.t", &reader, &env);
-        assert!(equal, "{report}");
+        if !equal {
+            let mut st = vec!["status", "--target", &target];
+            st.extend_from_slice(sink_args);
+            let status = binlake_env(&st, &env, Duration::from_secs(60));
+            panic!(
+                "{report}\nstatus:\n{}\nfinal catch-up:\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                stderr(&out)
+            );
+        }
         return;
     }
     assert_replica_equal(&m, &target, "crash.t", &[]);

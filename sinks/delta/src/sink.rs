@@ -203,6 +203,15 @@ impl DeltaSink {
             .map_err(|e| delta_err(&name, "snapshot", e))?
             .snapshot()
             .arrow_schema();
+        // Rows from before a widening, replayed after a crash: cast up to the table's type
+        // (exact, by the same rule).
+        let batch = match narrower_than_table(&batch, &existing) {
+            Some(b) => b.map_err(|e| SinkError::Table {
+                table: tb.table.clone(),
+                message: format!("casting replayed rows to the widened type: {e}"),
+            })?,
+            None => batch,
+        };
         // A widening MODIFY COLUMN (INT to BIGINT, DECIMAL(10,2) to DECIMAL(20,4), ...): the
         // stored values are rewritten exactly into the new type first, in a commit of their own
         // (a replay finds the table already widened).
@@ -567,6 +576,39 @@ fn widens(from: &arrow_schema::DataType, to: &arrow_schema::DataType) -> bool {
         (D::Date32, D::Timestamp(_, None)) => true,
         _ => false,
     }
+}
+
+/// The batch with its columns cast up to the table's wider types, when some column is narrower
+/// than the table's (`None` when none is).
+fn narrower_than_table(
+    batch: &RecordBatch,
+    table: &arrow_schema::Schema,
+) -> Option<Result<RecordBatch, arrow_schema::ArrowError>> {
+    let schema = batch.schema();
+    let mut changed = false;
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        match table.field_with_name(f.name()) {
+            Ok(t)
+                if !same_kind(f.data_type(), t.data_type())
+                    && widens(f.data_type(), t.data_type()) =>
+            {
+                changed = true;
+                match arrow_cast::cast(c, t.data_type()) {
+                    Ok(c) => cols.push(c),
+                    Err(e) => return Some(Err(e)),
+                }
+                // the table's field, source type metadata included: these rows are older
+                fields.push(t.clone().with_nullable(f.is_nullable() || t.is_nullable()));
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    changed.then(|| RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols))
 }
 
 /// (min, max) of a single integer primary key in the batch, as literals.
