@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what binlake's demo, tests and benchmarks need and is missing: MariaDB server and client,
-# sysbench (Debian), a Rust toolchain check, and the Python readers/peers (PyPI). Idempotent.
+# sysbench and curl (Debian), a Rust toolchain check, and the Python readers/peers and the chdb
+# engine behind the ClickHouse test front (PyPI). Idempotent.
 set -euo pipefail
 need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v mariadb-binlog >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
