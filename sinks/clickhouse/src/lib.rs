@@ -11,8 +11,9 @@
 //! - The checkpoint (`<prefix>binlake.checkpoints`, a ReplacingMergeTree keyed by pipeline and
 //!   table, newest `seq` wins) is written after the data and read back at start. A crash between
 //!   the data and the checkpoint replays the batch, which the previous point makes harmless.
-//! - Keyless tables are plain MergeTree changelogs: every change a row (a replay can repeat rows
-//!   of the last batch; documented).
+//! - Keyless tables are plain MergeTree changelogs: every change a row. A replay is filtered by
+//!   the table's highest `_binlake_version` (inserts are atomic and hold whole transactions, so
+//!   rows at or below it are already in).
 //! - Errors are classified: network errors, timeouts, 5xx pages and the server's "busy" codes
 //!   are transient (the pipeline retries until the server is back); schema and data errors name
 //!   the table and stop only it; authentication errors stop the pipeline.

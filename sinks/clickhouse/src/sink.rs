@@ -19,6 +19,8 @@ pub struct ClickHouseSink {
     client: Client,
     /// Columns (name, ClickHouse type) of the tables this process has seen, in order.
     tables: HashMap<String, Vec<(String, String)>>,
+    /// Keyless tables: the highest `_binlake_version` they hold (read once per process).
+    applied: HashMap<String, u64>,
     last_seq: u64,
     maintenance: Option<tokio::task::JoinHandle<()>>,
     last_maintenance: std::time::Instant,
@@ -101,6 +103,7 @@ impl ClickHouseSink {
             config,
             client,
             tables: HashMap::new(),
+            applied: HashMap::new(),
             last_seq: 0,
             maintenance: None,
             last_maintenance: std::time::Instant::now(),
@@ -439,6 +442,7 @@ impl ClickHouseSink {
             config: self.config.clone(),
             client: self.client.clone(),
             tables: HashMap::new(),
+            applied: HashMap::new(),
             last_seq: 0,
             maintenance: None,
             last_maintenance: self.last_maintenance,
@@ -517,6 +521,42 @@ impl ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// The highest `_binlake_version` in a table (0 when empty).
+    async fn max_version(&self, t: &TableId) -> Result<u64, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT max({}) AS v FROM {}",
+                ident(COL_VERSION),
+                self.table_name(t)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table's last version", Some(t)))?;
+        Ok(rows
+            .first()
+            .and_then(|r| {
+                let v = r.get("v")?;
+                v.as_u64().or_else(|| v.as_str()?.parse().ok())
+            })
+            .unwrap_or(0))
+    }
+}
+
+/// The rows of `batch` whose `_binlake_version` is above `high`.
+fn newer_than(batch: &RecordBatch, high: u64) -> Result<RecordBatch, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    let v = batch
+        .column_by_name(COL_VERSION)
+        .ok_or("batch without _binlake_version")?
+        .as_primitive::<UInt64Type>();
+    if v.values().iter().all(|x| *x > high) {
+        return Ok(batch.clone());
+    }
+    let keep: arrow_array::BooleanArray = v.values().iter().map(|x| Some(*x > high)).collect();
+    arrow_select::filter::filter_record_batch(batch, &keep).map_err(|e| e.to_string())
+}
+
 impl Drop for ClickHouseSink {
     fn drop(&mut self) {
         if let Some(h) = self.maintenance.take() {
@@ -584,12 +624,32 @@ impl Sink for ClickHouseSink {
                 return Err(e);
             }
             let name = self.table_name(&tb.table);
+            if tb.primary_key.is_empty() {
+                // A keyless changelog has no version to collapse on: rows of transactions it
+                // already holds (a replay after a crash) are dropped here instead. Inserts are
+                // atomic per table and batches hold whole transactions, so the table's highest
+                // version says exactly which transactions are in.
+                let key = tb.table.to_string();
+                let high = match self.applied.get(&key) {
+                    Some(v) => *v,
+                    None => self.max_version(&tb.table).await?,
+                };
+                let batch = newer_than(&tb.batch, high).map_err(SinkError::Definite)?;
+                if batch.num_rows() > 0 {
+                    self.insert(&tb.table, &name, &batch).await?;
+                } else {
+                    debug!(table = %key, "keyless batch already in the table (replay); skipped");
+                }
+                self.applied.insert(key, high.max(tb.max_version));
+                continue;
+            }
             self.insert(&tb.table, &name, &tb.batch).await?;
             debug!(table = %tb.table, rows = tb.batch.num_rows(), "inserted");
         }
         if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
             self.insert_rejects(r).await?;
         }
+        binlake_sink::failpoint("after-data");
         // Written last: a crash before it replays the batches, which the version makes
         // idempotent in every `_current` view.
         self.write_checkpoint(&commit.checkpoint).await?;
@@ -613,6 +673,7 @@ impl Sink for ClickHouseSink {
         let _ = version;
         let name = table.to_string();
         self.tables.remove(&name);
+        self.applied.remove(&name);
         if let DdlKind::RenameTable { to } = &kind {
             return Err(binlake_sink::rename_table_unsupported(
                 "clickhouse",

@@ -809,6 +809,7 @@ impl Sink for DeltaSink {
         if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
             self.append_rejects(r, seq).await?;
         }
+        binlake_sink::failpoint("after-data");
         self.log.append(seq, &commit.checkpoint).await?;
         debug!(seq, tables = commit.batches.len(), "delta commit");
         let tables: Vec<String> = commit.checkpoint.tables.keys().cloned().collect();

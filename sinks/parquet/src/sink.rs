@@ -276,6 +276,7 @@ impl Sink for ParquetSink {
             files.push(f);
         }
         futures::future::try_join_all(puts).await?;
+        binlake_sink::failpoint("after-data");
         let nfiles = files.len();
         self.log
             .append(
