@@ -79,7 +79,7 @@ pub struct FileConfig {
     pub vacuum_retention: Option<String>,
     /// Delta maintenance: tombstones older than this are purged, e.g. `7d`.
     pub tombstone_retention: Option<String>,
-    /// ClickHouse: `lz4` (the default) or `none` for inserts.
+    /// ClickHouse: `auto` (the default: LZ4, none to a loopback server), `lz4` or `none`.
     pub compression: Option<String>,
     /// ClickHouse: prepended to the database names binlake creates.
     pub database_prefix: Option<String>,
@@ -270,7 +270,8 @@ pub struct Settings {
     pub hard_deletes: bool,
     pub maintenance: Maintenance,
     /// ClickHouse: compress inserts with LZ4.
-    pub lz4: bool,
+    /// ClickHouse: `Some(true)` LZ4, `Some(false)` none, `None` auto.
+    pub lz4: Option<bool>,
     /// ClickHouse: database name prefix.
     pub database_prefix: String,
 }
@@ -414,13 +415,14 @@ impl Settings {
             }
         };
         let maintenance = Maintenance::resolve(c)?;
-        let lz4 = match c.compression.as_deref().unwrap_or("lz4") {
-            "lz4" => true,
-            "none" => false,
+        let lz4 = match c.compression.as_deref().unwrap_or("auto") {
+            "auto" => None,
+            "lz4" => Some(true),
+            "none" => Some(false),
             other => {
                 return Err(key_err(
                     "compression",
-                    format!("expected lz4 or none, got `{other}`"),
+                    format!("expected auto, lz4 or none, got `{other}`"),
                 ))
             }
         };

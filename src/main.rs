@@ -111,7 +111,7 @@ struct Common {
     /// Delta maintenance: tombstones (deleted rows) older than this are purged [default: 7d].
     #[arg(long)]
     tombstone_retention: Option<String>,
-    /// ClickHouse: lz4 (default) or none, for inserts.
+    /// ClickHouse inserts: auto (default: LZ4, none to a loopback server), lz4 or none.
     #[arg(long)]
     compression: Option<String>,
     /// ClickHouse: prefix for the database names binlake creates.
@@ -275,7 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 zstd_level: 1,
                 hard_deletes: false,
                 maintenance: &binlake::config::Maintenance::resolve(&fc)?,
-                lz4: fc.compression.as_deref() != Some("none"),
+                lz4: None,
                 database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
             })?;
             match sink.read_checkpoint().await? {
@@ -437,7 +437,7 @@ struct SinkOpts<'a> {
     zstd_level: i32,
     hard_deletes: bool,
     maintenance: &'a binlake::config::Maintenance,
-    lz4: bool,
+    lz4: Option<bool>,
     database_prefix: &'a str,
 }
 
@@ -466,8 +466,10 @@ fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
         "clickhouse" => {
             let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
             cfg.database_prefix = o.database_prefix.to_string();
-            if !o.lz4 {
-                cfg.compression = binlake_sink_clickhouse::Compression::None;
+            match o.lz4 {
+                Some(true) => cfg.compression = binlake_sink_clickhouse::Compression::Lz4,
+                Some(false) => cfg.compression = binlake_sink_clickhouse::Compression::None,
+                None => {} // the sink's default: LZ4, none to a loopback server
             }
             cfg.maintenance = o
                 .maintenance

@@ -7,7 +7,8 @@ use url::Url;
 pub enum Compression {
     /// ClickHouse's LZ4 block compression for inserts (the default).
     Lz4,
-    /// Plain bodies, for servers or proxies that cannot take compressed inserts.
+    /// Plain bodies, for servers or proxies that cannot take compressed inserts, and for a
+    /// server on the same machine (compressing for loopback only costs both sides CPU).
     None,
 }
 
@@ -44,6 +45,12 @@ impl ClickHouseConfig {
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default()
         };
+        let loopback = match u.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
         let user = (!u.username().is_empty()).then(|| decode(u.username()));
         let password = u.password().map(decode);
         let _ = u.set_username("");
@@ -55,7 +62,12 @@ impl ClickHouseConfig {
             password,
             pipeline: pipeline.to_string(),
             database_prefix: String::new(),
-            compression: Compression::Lz4,
+            // LZ4 over a network; nothing to gain on loopback
+            compression: if loopback {
+                Compression::None
+            } else {
+                Compression::Lz4
+            },
             maintenance: None,
         })
     }
@@ -92,6 +104,9 @@ mod tests {
         assert_eq!(c.url, "http://127.0.0.1:8123");
         assert_eq!(c.user.as_deref(), Some("bob"));
         assert_eq!(c.password.as_deref(), Some("p@ss"));
+        assert_eq!(c.compression, Compression::None, "loopback");
+        let remote = ClickHouseConfig::new("http://ch.example:8123", "p").unwrap();
+        assert_eq!(remote.compression, Compression::Lz4);
         assert!(ClickHouseConfig::new("tcp://h:9000", "p")
             .unwrap_err()
             .to_string()
