@@ -100,38 +100,24 @@ def report(name, stamps, versions):
     of the source's transactions, so transaction `ts` is visible from the first version whose
     files hold a stamp >= ts (its own rows may have been superseded by a later transaction of the
     same batch)."""
-    import bisect
-
     import pyarrow.parquet as pq
 
-    frontier = []  # (running max stamp, visible_us)
-    high = -1
+    seen, high = [], -1
     for vis, files in versions:
         for f in files:
             col = pq.read_table(f, columns=["ts_us"]).column("ts_us")
             if len(col):
                 high = max(high, max(col.to_pylist()))
-        if not frontier or high > frontier[-1][0]:
-            frontier.append((high, vis))
-    highs = [h for h, _ in frontier]
-    lat, missing = [], 0
-    for s in stamps:
-        i = bisect.bisect_left(highs, s)
-        if i == len(highs):
-            missing += 1
-        else:
-            lat.append((frontier[i][1] - s) / 1000.0)
-    p50, p99, mx = percentiles(lat)
-    print(f"{name}: {len(lat)} transactions, commit-to-visible p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {mx:.0f} ms; {missing} never visible", flush=True)
-    return 0 if not missing else 1
+        seen.append((vis, high))
+    return from_frontier(name, stamps, seen)
 
 
-def clickhouse_polls(polls_file, stamps):
-    """polls: [(time_us, max stamp visible)]: a version per poll that saw a new maximum."""
+def from_frontier(name, stamps, seen, note=""):
+    """seen: [(time_us, highest stamp visible then)] in time order -> p50/p99 printed."""
     import bisect
 
     frontier = []
-    for t, high in json.load(open(polls_file)):
+    for t, high in seen:
         if not frontier or high > frontier[-1][0]:
             frontier.append((high, t))
     highs = [h for h, _ in frontier]
@@ -143,8 +129,13 @@ def clickhouse_polls(polls_file, stamps):
         else:
             lat.append((frontier[i][1] - s) / 1000.0)
     p50, p99, mx = percentiles(lat)
-    print(f"clickhouse: {len(lat)} transactions, commit-to-visible p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {mx:.0f} ms (polled every 50 ms); {missing} never visible", flush=True)
+    print(f"{name}: {len(lat)} transactions, commit-to-visible p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {mx:.0f} ms{note}; {missing} never visible", flush=True)
     return 0 if not missing else 1
+
+
+def clickhouse_polls(polls_file, stamps):
+    """polls: [(time_us, max stamp visible)] taken every 50 ms during the load."""
+    return from_frontier("clickhouse", stamps, [tuple(p) for p in json.load(open(polls_file))], " (polled every 50 ms)")
 
 
 def delta(table_dir, stamps):

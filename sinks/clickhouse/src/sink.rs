@@ -472,7 +472,7 @@ impl ClickHouseSink {
     pub async fn maintain_table(&self, t: &TableId, cleanup: bool) -> Result<bool, SinkError> {
         let rows = self
             .rows(&format!(
-                "SELECT count() AS parts, any(engine) AS engine FROM system.parts JOIN system.tables ON parts.database = tables.database AND parts.table = tables.name WHERE parts.active AND parts.database = {} AND parts.table = {}",
+                "SELECT count() AS parts FROM system.parts WHERE active AND database = {} AND table = {}",
                 lit(&self.config.database(&t.db)),
                 lit(&t.table)
             ))
@@ -480,23 +480,13 @@ impl ClickHouseSink {
             .map_err(|e| classify(e, "reading the table's parts", Some(t)))?;
         let parts = rows
             .first()
-            .and_then(|r| {
-                r.get("parts")?
-                    .as_str()?
-                    .parse::<u64>()
-                    .ok()
-                    .or_else(|| r.get("parts")?.as_u64())
-            })
+            .and_then(|r| json_u64(r.get("parts")?))
             .unwrap_or(0);
         if parts < 2 {
             return Ok(false);
         }
         let full = self.table_name(t);
-        let replacing = rows
-            .first()
-            .and_then(|r| r.get("engine")?.as_str())
-            .is_some_and(|e| e.contains("Replacing"));
-        if cleanup && replacing {
+        if cleanup && self.is_replacing(t).await? {
             let r = self
                 .exec(&format!(
                     "ALTER TABLE {full} MODIFY SETTING allow_experimental_replacing_merge_with_cleanup = 1"
@@ -522,6 +512,22 @@ impl ClickHouseSink {
 }
 
 impl ClickHouseSink {
+    /// The table is a ReplacingMergeTree (keyed), not a keyless changelog.
+    async fn is_replacing(&self, t: &TableId) -> Result<bool, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
+                lit(&self.config.database(&t.db)),
+                lit(&t.table)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table engine", Some(t)))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get("engine")?.as_str())
+            .is_some_and(|e| e.contains("Replacing")))
+    }
+
     /// The highest `_binlake_version` in a table (0 when empty).
     async fn max_version(&self, t: &TableId) -> Result<u64, SinkError> {
         let rows = self
@@ -534,12 +540,14 @@ impl ClickHouseSink {
             .map_err(|e| classify(e, "reading the table's last version", Some(t)))?;
         Ok(rows
             .first()
-            .and_then(|r| {
-                let v = r.get("v")?;
-                v.as_u64().or_else(|| v.as_str()?.parse().ok())
-            })
+            .and_then(|r| json_u64(r.get("v")?))
             .unwrap_or(0))
     }
+}
+
+/// A UInt64 from JSONEachRow (quoted by default, a number when the server is told not to).
+fn json_u64(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
 /// The rows of `batch` whose `_binlake_version` is above `high`.
@@ -721,18 +729,7 @@ impl Sink for ClickHouseSink {
             .await
             .map_err(|e| classify(e, "applying DDL", Some(table)))?;
         if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
-            let engine = self
-                .rows(&format!(
-                    "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
-                    lit(&self.config.database(&table.db)),
-                    lit(&table.table)
-                ))
-                .await
-                .map_err(|e| classify(e, "reading the table engine", Some(table)))?;
-            let keyed = engine
-                .first()
-                .and_then(|r| r.get("engine")?.as_str())
-                .is_some_and(|e| e.contains("Replacing"));
+            let keyed = self.is_replacing(table).await?;
             self.replace_view(table, keyed).await?;
         }
         info!(table = %name, ?kind, "applied in ClickHouse");
