@@ -8,6 +8,7 @@
 #   ROWS=1000000 bash tests/bench/clickhouse.sh        (KEEP=1 keeps the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/sbtest.sh
 ROWS=${ROWS:-1000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/binlake/target}
 cargo build --release --quiet
@@ -19,13 +20,8 @@ CH=$(bash tests/scripts/clickhouse.sh start "$W/ch")
 sql() { mariadb --no-defaults -h127.0.0.1 -P"$P" -uroot "$@"; }
 chq() { curl -sfS --data-binary @- "$CH/?query=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1]))' "$1")"; }
 sql -e "CREATE DATABASE bench; CREATE TABLE bench.sbtest1 (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL DEFAULT 0, c CHAR(120) NOT NULL DEFAULT '', pad CHAR(60) NOT NULL DEFAULT '', KEY k_1(k));"
-half=$((ROWS / 2)); chunks=$(( (half + 999) / 1000 ))
-{ for ((i = 0; i < chunks; i++)); do
-    echo "INSERT INTO bench.sbtest1 (k, c, pad) SELECT FLOOR(RAND()*1000000), REPEAT(LPAD(FLOOR(RAND()*1e10), 10, '0'), 12), REPEAT(LPAD(FLOOR(RAND()*1e10), 10, '0'), 6) FROM seq_1_to_1000;"
-  done
-  for ((i = 0; i < chunks; i++)); do
-    echo "UPDATE bench.sbtest1 SET k = k + 1, c = REVERSE(c) WHERE id > $((i * 1000)) AND id <= $((i * 1000 + 1000));"
-  done; } | sql bench
+half=$((ROWS / 2))
+sbtest_workload "$half" | sql bench
 rows=$(sql -N -e "SELECT COUNT(*) FROM bench.sbtest1"); changes=$((rows * 2))
 echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo); ClickHouse at $CH"
 s0=$(date +%s.%N)

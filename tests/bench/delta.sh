@@ -6,6 +6,7 @@
 #   ROWS=1000000 bash tests/bench/delta.sh        (KEEP=1 keeps the temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/sbtest.sh
 ROWS=${ROWS:-1000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/binlake/target}
 cargo build --release --quiet --features delta
@@ -15,14 +16,8 @@ trap 'bash tests/scripts/mariadb.sh stop "$W/db" >/dev/null 2>&1 || true; [ -n "
 P=$(bash tests/scripts/mariadb.sh start "$W/db" 1 --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 --innodb-autoinc-lock-mode=1)
 sql() { mariadb --no-defaults -h127.0.0.1 -P"$P" -uroot "$@"; }
 sql -e "CREATE DATABASE bench; CREATE TABLE bench.sbtest1 (id INT NOT NULL AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL DEFAULT 0, c CHAR(120) NOT NULL DEFAULT '', pad CHAR(60) NOT NULL DEFAULT '', KEY k_1(k));"
-chunks=$(( (ROWS + 999) / 1000 ))
 t0=$(date +%s.%N)
-{ for ((i = 0; i < chunks; i++)); do
-    echo "INSERT INTO bench.sbtest1 (k, c, pad) SELECT FLOOR(RAND()*1000000), REPEAT(LPAD(FLOOR(RAND()*1e10), 10, '0'), 12), REPEAT(LPAD(FLOOR(RAND()*1e10), 10, '0'), 6) FROM seq_1_to_1000;"
-  done
-  for ((i = 0; i < chunks; i++)); do
-    echo "UPDATE bench.sbtest1 SET k = k + 1, c = REVERSE(c) WHERE id > $((i * 1000)) AND id <= $((i * 1000 + 1000));"
-  done; } | sql bench
+sbtest_workload "$ROWS" | sql bench
 rows=$(sql -N -e "SELECT COUNT(*) FROM bench.sbtest1")
 changes=$((rows * 2))
 echo "generated $rows rows + $rows updates in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
