@@ -286,9 +286,10 @@ pub async fn run(
                 Some(SourceMsg::Txn(txn)) => {
                     idle_since_last_txn = false;
                     let file_pos = txn.file_pos.clone();
-                    // TRUNCATE / DROP TABLE of a replicated table: everything before it is
-                    // committed, then the sink applies it, and only then does the position move
-                    // past it (a crash in between replays it; sinks apply it idempotently).
+                    // TRUNCATE, DROP TABLE, DROP/RENAME COLUMN, RENAME TABLE of a replicated
+                    // table (see `ddl`): everything before it is committed, then the sink applies
+                    // it, and only then does the position move past it (a crash in between
+                    // replays it; sinks apply it idempotently).
                     let actions: Vec<(TableId, DdlKind)> = txn.ddl.iter().flat_map(table_ddl).filter(|(t, k)| src.filter.matches(&t.db, &t.table) || matches!(k, DdlKind::RenameTable { to } if src.filter.matches(&to.db, &to.table))).collect();
                     if !actions.is_empty() {
                         commit_and_wait(&mut st, &cfg, &mut committer).await?;

@@ -229,7 +229,7 @@ impl ClickHouseSink {
             return Ok(());
         }
         let keyed = !tb.primary_key.is_empty();
-        let mut have = self.server_columns(t).await?;
+        let have = self.server_columns(t).await?;
         if have.is_empty() {
             self.exec(&format!(
                 "CREATE DATABASE IF NOT EXISTS {}",
@@ -322,9 +322,8 @@ impl ClickHouseSink {
         }
         if altered {
             self.replace_view(t, keyed).await?;
-            have = self.server_columns(t).await?;
         }
-        debug!(table = %name, columns = have.len(), "table ready");
+        debug!(table = %name, columns = want.len(), "table ready");
         self.tables.insert(name, want);
         Ok(())
     }
