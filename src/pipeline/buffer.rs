@@ -5,8 +5,10 @@
 //! - A buffer holds whole transactions only (the pipeline adds a transaction's rows for a table in
 //!   one call), so a batch never splits a source transaction.
 //! - All rows of a buffer share one table shape; a shape change sets the buffer aside first.
-//! - Dedup keeps, per primary key, the last change in commit order, which is also the highest
-//!   `_binlake_version` (rows are appended in commit order). Keyless tables keep every row.
+//! - Dedup keeps, per primary key, the change with the highest `_binlake_version`; among changes
+//!   of one version (one transaction) the last. Stream rows arrive in commit order, so that is
+//!   the last change; a row arriving after a newer change of its key (a snapshot row read after
+//!   the stream applied one) never replaces it. Keyless tables keep every row.
 //! - Values go straight into the column builders: one copy of each string, no per-cell heap
 //!   object, so memory is about the size of the Arrow batch it becomes.
 
@@ -98,8 +100,12 @@ impl LastByKey {
         }
     }
 
-    /// Records row `idx`; returns true when the key is new to the buffer.
-    fn record(&mut self, values: &[Value], pk: &[usize], idx: u32) -> bool {
+    /// Records row `idx`; returns true when the key is new to the buffer. The row replaces the
+    /// key's earlier one unless that one has a higher version (`versions[i]` is row i's): changes
+    /// of one transaction share a version and the later one wins; a row that arrives after a
+    /// newer change of its key (a snapshot row after the stream's) does not.
+    fn record(&mut self, values: &[Value], pk: &[usize], idx: u32, versions: &[u64]) -> bool {
+        let newer = |old: u32| versions[idx as usize] >= versions[old as usize];
         match self {
             LastByKey::None => true,
             LastByKey::Int(m) => {
@@ -108,13 +114,26 @@ impl LastByKey {
                     Some(Value::UInt(v)) => *v as i128,
                     _ => i128::MIN,
                 };
-                m.insert(k, idx).is_none()
+                match m.get_mut(&k) {
+                    Some(slot) => {
+                        if newer(*slot) {
+                            *slot = idx;
+                        }
+                        false
+                    }
+                    None => {
+                        m.insert(k, idx);
+                        true
+                    }
+                }
             }
             LastByKey::Bytes(m, buf) => {
                 key_bytes(values, pk, buf);
                 match m.get_mut(buf.as_slice()) {
                     Some(slot) => {
-                        *slot = idx;
+                        if newer(*slot) {
+                            *slot = idx;
+                        }
                         false
                     }
                     None => {
@@ -360,10 +379,12 @@ impl TableBuffer {
         self.op.append_value(row.op.as_str());
         self.commit_ts.append_value(row.commit_us);
         self.source.append_value(&row.source);
-        if self
-            .last_by_key
-            .record(&row.values, &self.table.primary_key, self.rows as u32)
-        {
+        if self.last_by_key.record(
+            &row.values,
+            &self.table.primary_key,
+            self.rows as u32,
+            self.version.values_slice(),
+        ) {
             bytes += 32;
         }
         self.rows += 1;
@@ -485,6 +506,10 @@ mod tests {
             row(1, "a2", 20, false),
             row(3, "c", 20, false),
             row(2, "b", 30, true),
+            // an older version arriving late (a snapshot row after the stream's change) loses
+            row(3, "stale", 15, false),
+            // the same transaction changing a key twice: the later change wins
+            row(1, "a3", 20, false),
         ] {
             b.push(&r).unwrap();
         }
@@ -502,9 +527,9 @@ mod tests {
             .iter()
             .map(|s| s.unwrap())
             .collect();
-        assert_eq!(ids, vec![1, 3, 2]);
-        assert_eq!(vals, vec!["a2", "c", "b"]);
+        assert_eq!(ids, vec![3, 2, 1]);
+        assert_eq!(vals, vec!["c", "b", "a3"]);
         assert_eq!((tb.min_version, tb.max_version), (10, 30));
-        assert!(tb.batch.column(3).as_boolean().value(2));
+        assert!(tb.batch.column(3).as_boolean().value(1));
     }
 }
