@@ -55,6 +55,58 @@ fn clickhouse_type_zoo_replicates_exactly() {
     );
 }
 
+/// Dates ClickHouse cannot hold follow `invalid_values = "dead_letter"`: the row goes to the
+/// dead-letter table, exactly once even when binlake crashes after writing it and before its
+/// checkpoint (the replay brings it again).
+#[test]
+fn clickhouse_out_of_range_dates_dead_letter_once() {
+    let dir = TestDir::new("chdl");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let ch = ClickHouse::start(&dir.0.join("ch"), "dl");
+    m.sql("CREATE DATABASE dl; CREATE TABLE dl.t (id INT PRIMARY KEY, d DATE, ts DATETIME(6)); \
+        INSERT INTO dl.t VALUES (1, '2020-01-01', '2020-01-01 10:00:00'), (2, '1850-06-01', '2020-01-01 10:00:00'), (3, '2020-01-01', '2400-01-01 00:00:00'), (4, '1900-01-01', '2299-12-31 23:59:59.999999');");
+    let url = m.url();
+    let mut args = replicate_args(&url, &ch.url, "dl.*", &["--exit-when-caught-up"]);
+    args.extend(ch.args()[4..].iter().copied());
+    args.extend_from_slice(&["--sink", "clickhouse", "--invalid-values", "dead_letter"]);
+    let crashed = binlake_env(
+        &args,
+        &[("BINLAKE_FAILPOINT", "after-data")],
+        Duration::from_secs(120),
+    );
+    assert!(
+        stderr(&crashed).contains("failpoint after-data"),
+        "{}",
+        stderr(&crashed)
+    );
+    let out = binlake(&args, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rejects = ch.q(&format!(
+        "SELECT groupArray(reason) FROM (SELECT reason FROM {}binlake._binlake_rejects ORDER BY reason)",
+        ch.prefix
+    ));
+    assert!(
+        rejects.contains("1850-06-01") && rejects.contains("2400-01-01"),
+        "{rejects}"
+    );
+    assert_eq!(
+        ch.q(&format!(
+            "SELECT count() FROM {}binlake._binlake_rejects",
+            ch.prefix
+        )),
+        "2",
+        "each rejected row once"
+    );
+    // the rows ClickHouse can hold, the edges of its range included
+    assert_eq!(
+        ch.q(&format!(
+            "SELECT groupArray(toString(id) || ' ' || toString(d) || ' ' || toString(ts)) FROM (SELECT * FROM {}dl.t_current ORDER BY id)",
+            ch.prefix
+        )),
+        "['1 2020-01-01 2020-01-01 10:00:00.000000','4 1900-01-01 2299-12-31 23:59:59.999999']"
+    );
+}
+
 /// Inserts, updates and deletes of the same keys in one transaction and across transactions,
 /// a keyless table, then column changes mid-stream (ADD, DROP, RENAME, widening MODIFY, and
 /// INT to VARCHAR, which stops only its table), TRUNCATE, and a table that stays untouched.

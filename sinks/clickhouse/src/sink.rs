@@ -393,7 +393,41 @@ impl ClickHouseSink {
         ))
         .await
         .map_err(|e| classify(e, "creating the dead-letter table", None))?;
-        self.insert(&t, &name, rejects).await
+        // A replay after a crash brings the same rejects again: keep only rows above the highest
+        // version the dead-letter table holds for their source table (rejects of a transaction
+        // are written whole, in one insert).
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::UInt64Type;
+        let tables = rejects.column(0).as_string::<i32>();
+        let versions = rejects
+            .column_by_name(COL_VERSION)
+            .ok_or_else(|| SinkError::Definite("rejects without _binlake_version".into()))?
+            .as_primitive::<UInt64Type>();
+        let mut names: Vec<&str> = tables.iter().flatten().collect();
+        names.sort_unstable();
+        names.dedup();
+        let list = names.iter().map(|n| lit(n)).collect::<Vec<_>>().join(", ");
+        let rows = self
+            .rows(&format!(
+                "SELECT `table` AS t, max({}) AS v FROM {name} WHERE `table` IN ({list}) GROUP BY `table`",
+                ident(COL_VERSION)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the dead-letter table", None))?;
+        let high: HashMap<String, u64> = rows
+            .iter()
+            .filter_map(|r| Some((r.get("t")?.as_str()?.to_string(), json_u64(r.get("v")?)?)))
+            .collect();
+        let keep: arrow_array::BooleanArray = (0..rejects.num_rows())
+            .map(|i| Some(versions.value(i) > high.get(tables.value(i)).copied().unwrap_or(0)))
+            .collect();
+        let fresh = arrow_select::filter::filter_record_batch(rejects, &keep)
+            .map_err(|e| SinkError::Definite(e.to_string()))?;
+        if fresh.num_rows() == 0 {
+            debug!("dead-letter rows already written (replay); skipped");
+            return Ok(());
+        }
+        self.insert(&t, &name, &fresh).await
     }
 
     async fn write_checkpoint(&self, cp: &Checkpoint) -> Result<(), SinkError> {
