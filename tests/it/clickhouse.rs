@@ -8,12 +8,9 @@ use crate::harness::*;
 use crate::replicate::{ZOO_DDL, ZOO_ROWS};
 
 fn ch_catch_up(m: &Maria, ch: &ClickHouse, tables: &str) {
-    let url = m.url();
-    let mut args = replicate_args(&url, &ch.url, tables, &["--exit-when-caught-up"]);
-    args.extend(ch.args().into_iter().skip(4)); // --sink/--target given: keep the prefix
-    args.extend_from_slice(&["--sink", "clickhouse"]);
-    let out = binlake(&args, Duration::from_secs(300));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let mut extra = ch.args()[4..].to_vec(); // --target is given: keep the prefix
+    extra.extend_from_slice(&["--sink", "clickhouse"]);
+    catch_up(m, &ch.url, tables, &extra);
 }
 
 fn ch_equal(m: &Maria, ch: &ClickHouse, table: &str, timeout: Duration) -> (bool, String) {

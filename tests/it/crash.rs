@@ -198,11 +198,9 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
         "the failpoint did not fire:\n{}",
         stderr(&out)
     );
-    let mut last = replicate_args(&url, &target, "crash.*", &["--exit-when-caught-up"]);
-    last.extend_from_slice(&["--max-batch-rows", "3000"]);
+    let mut last = vec!["--max-batch-rows", "3000"];
     last.extend_from_slice(sink_args);
-    let out = binlake_env(&last, &env, Duration::from_secs(300));
-    assert!(out.status.success(), "final catch-up:\n{}", stderr(&out));
+    let out = catch_up_env(&m, &target, "crash.*", &last, &env);
 
     let total = m.sql("SELECT COUNT(*) FROM crash.t");
     eprintln!("source rows: {}", total.trim());

@@ -38,11 +38,7 @@ fn delta_type_zoo_on_s3() {
     let env = moto.env();
     m.sql(ZOO_DDL);
     m.sql(ZOO_ROWS);
-    let url = m.url();
-    let mut args = replicate_args(&url, "s3://lake/zoo", "zoo.*", &["--exit-when-caught-up"]);
-    args.extend_from_slice(&DELTA);
-    let out = binlake_env(&args, &env, Duration::from_secs(300));
-    assert!(out.status.success(), "{}", stderr(&out));
+    catch_up_env(&m, "s3://lake/zoo", "zoo.*", &DELTA, &env);
     let (equal, report) = compare_env(&m, "s3://lake/zoo", "zoo.t", &["--reader", "delta"], &env);
     assert!(equal, "{report}");
 }
@@ -133,28 +129,7 @@ fn delta_on_s3_resumes_from_the_table_txn() {
     let moto = Moto::start(&dir.0.join("moto"), "lake");
     let env = moto.env();
     m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.t VALUES (1,'a'),(2,'b');");
-    let url = m.url();
-    let run = || {
-        let out = Command::new(binlake_bin())
-            .args([
-                "replicate",
-                "--source",
-                &url,
-                "--tables",
-                "s.*",
-                "--target",
-                "s3://lake/d",
-                "--start-at",
-                "earliest",
-                "--exit-when-caught-up",
-                "--sink",
-                "delta",
-            ])
-            .envs(env)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
+    let run = || catch_up_env(&m, "s3://lake/d", "s.*", &DELTA, &env);
     run();
     m.sql("UPDATE s.t SET v='bb' WHERE id=2; DELETE FROM s.t WHERE id=1; INSERT INTO s.t VALUES (3,'c');");
     run();

@@ -261,10 +261,21 @@ pub fn spawn_replicate(m: &Maria, target: &str, tables: &str, extra: &[&str]) ->
 
 /// Replicates everything the server has into `target`, then exits (asserting success).
 pub fn catch_up(m: &Maria, target: &str, tables: &str, extra: &[&str]) -> Output {
+    catch_up_env(m, target, tables, extra, &[])
+}
+
+/// [`catch_up`] with extra environment variables (an S3 endpoint, a failpoint).
+pub fn catch_up_env(
+    m: &Maria,
+    target: &str,
+    tables: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let url = m.url();
     let mut args = replicate_args(&url, target, tables, &["--exit-when-caught-up"]);
     args.extend_from_slice(extra);
-    let out = binlake(&args, Duration::from_secs(300));
+    let out = binlake_env(&args, env, Duration::from_secs(300));
     assert!(
         out.status.success(),
         "binlake replicate failed:\n{}",

@@ -27,26 +27,7 @@ fn s3_target_replicates_and_resumes() {
     };
 
     m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20), d DECIMAL(12,3)); INSERT INTO s.t VALUES (1,'a',1.5),(2,'b',-2.25),(3,'c',NULL);");
-    let url = m.url();
-    let run = || {
-        let out = Command::new(binlake_bin())
-            .args([
-                "replicate",
-                "--source",
-                &url,
-                "--tables",
-                "s.*",
-                "--target",
-                "s3://lake/prefix",
-                "--start-at",
-                "earliest",
-                "--exit-when-caught-up",
-            ])
-            .envs(env)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    };
+    let run = || catch_up_env(&m, "s3://lake/prefix", "s.*", &[], &env);
     run();
     m.sql("UPDATE s.t SET v = 'bb' WHERE id = 2; DELETE FROM s.t WHERE id = 1; INSERT INTO s.t VALUES (4, 'd', 4.000);");
     run();
