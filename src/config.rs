@@ -83,6 +83,10 @@ pub struct FileConfig {
     pub compression: Option<String>,
     /// ClickHouse: prepended to the database names binlake creates.
     pub database_prefix: Option<String>,
+    /// Key ranges a snapshot reads at once (default 2).
+    pub snapshot_parallelism: Option<usize>,
+    /// Rows per snapshot chunk (default 20000).
+    pub snapshot_chunk_rows: Option<usize>,
 }
 
 impl FileConfig {
@@ -134,7 +138,9 @@ impl FileConfig {
             vacuum_retention,
             tombstone_retention,
             compression,
-            database_prefix
+            database_prefix,
+            snapshot_parallelism,
+            snapshot_chunk_rows
         )
     }
 }
@@ -350,7 +356,7 @@ impl Settings {
         let start_at: StartAt = c
             .start_at
             .as_deref()
-            .unwrap_or("current")
+            .unwrap_or("snapshot")
             .parse()
             .map_err(|m: String| key_err("start_at", m))?;
         let invalid_values: InvalidPolicy = c
@@ -465,6 +471,16 @@ impl Settings {
                 invalid_values,
                 exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
                 start_at,
+                snapshot: crate::snapshot::SnapshotConfig {
+                    parallelism: match c.snapshot_parallelism.unwrap_or(2) {
+                        0 => return Err(key_err("snapshot_parallelism", "must be at least 1")),
+                        n => n,
+                    },
+                    chunk_rows: match c.snapshot_chunk_rows.unwrap_or(20_000) {
+                        0 => return Err(key_err("snapshot_chunk_rows", "must be at least 1")),
+                        n => n,
+                    },
+                },
             },
             sink,
             target,

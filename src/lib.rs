@@ -11,4 +11,5 @@ pub mod filter;
 pub mod pipeline;
 pub mod position;
 pub mod schema;
+pub mod snapshot;
 pub mod source;

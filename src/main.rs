@@ -64,7 +64,8 @@ struct Common {
     /// Target: a directory or s3://bucket/prefix.
     #[arg(long)]
     target: Option<String>,
-    /// Without a checkpoint in the target: earliest, current, a GTID, or file:position.
+    /// Without a checkpoint in the target: snapshot (the default: existing rows, then changes),
+    /// earliest, current, a GTID, or file:position.
     #[arg(long)]
     start_at: Option<String>,
     /// Stop once everything the server had at start is applied.
@@ -117,6 +118,12 @@ struct Common {
     /// ClickHouse: prefix for the database names binlake creates.
     #[arg(long)]
     database_prefix: Option<String>,
+    /// Snapshots: key ranges read at once [default: 2].
+    #[arg(long)]
+    snapshot_parallelism: Option<usize>,
+    /// Snapshots: rows per chunk [default: 20000].
+    #[arg(long)]
+    snapshot_chunk_rows: Option<usize>,
 }
 
 impl Common {
@@ -149,6 +156,8 @@ impl Common {
             tombstone_retention: self.tombstone_retention.clone(),
             compression: self.compression.clone(),
             database_prefix: self.database_prefix.clone(),
+            snapshot_parallelism: self.snapshot_parallelism,
+            snapshot_chunk_rows: self.snapshot_chunk_rows,
         };
         Ok(base.overlay(flags))
     }

@@ -135,7 +135,7 @@ fn sign_extend(v: u64, bytes: u8) -> i64 {
     ((v << shift) as i64) >> shift
 }
 
-fn text_or_invalid(cs: Charset, bytes: &[u8]) -> Value {
+pub(crate) fn text_or_invalid(cs: Charset, bytes: &[u8]) -> Value {
     match decode_text(cs, bytes) {
         Ok(s) => Value::Str(s),
         Err(reason) => Value::Invalid {
@@ -427,7 +427,7 @@ fn valid_date(y: i32, m: u32, d: u32) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn date_value(y: i32, m: u32, d: u32) -> Value {
+pub(crate) fn date_value(y: i32, m: u32, d: u32) -> Value {
     match valid_date(y, m, d) {
         Ok(()) => Value::Date(days_from_civil(y, m, d)),
         Err(reason) => Value::Invalid {
@@ -437,7 +437,7 @@ fn date_value(y: i32, m: u32, d: u32) -> Value {
     }
 }
 
-fn datetime_value(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, frac: i64) -> Value {
+pub(crate) fn datetime_value(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, frac: i64) -> Value {
     if let Err(reason) = valid_date(y, mo, d) {
         return Value::Invalid {
             reason,

@@ -321,6 +321,10 @@ pub struct TableBuffer {
     rows: usize,
     min_version: u64,
     max_version: u64,
+    /// Highest version of a binlog change (snapshot rows excluded): what the checkpoint's
+    /// per-table version may advance to (a snapshot row's version says nothing about which
+    /// binlog changes of other keys are applied).
+    pub stream_max_version: u64,
     pub bytes: usize,
     pub oldest: Option<Instant>,
 }
@@ -350,6 +354,7 @@ impl TableBuffer {
             rows: 0,
             min_version: u64::MAX,
             max_version: 0,
+            stream_max_version: 0,
             bytes: 0,
             oldest: None,
         })
@@ -359,6 +364,8 @@ impl TableBuffer {
     pub fn same_shape(&self, tm: &Arc<TableMap>) -> bool {
         Arc::ptr_eq(&self.table, tm)
             || (self.table.columns == tm.columns && self.table.primary_key == tm.primary_key)
+            // a snapshot's table map (from the catalogue) vs the binlog's: same Arrow shape
+            || table_schema(tm) == self.schema
     }
 
     pub fn len(&self) -> usize {
@@ -390,6 +397,9 @@ impl TableBuffer {
         self.rows += 1;
         self.min_version = self.min_version.min(row.version);
         self.max_version = self.max_version.max(row.version);
+        if row.op != Op::Snapshot {
+            self.stream_max_version = self.stream_max_version.max(row.version);
+        }
         self.bytes += bytes;
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());

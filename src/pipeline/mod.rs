@@ -41,7 +41,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
+use crate::snapshot::{Chunk, SnapshotMsg, Snapshotter};
 use crate::source::{self, Flavor, SourceConfig, SourceError, SourceMsg, StartAt, Transaction};
+use binlake_sink::SnapshotProgress;
 use buffer::{key_bytes, BufRow, Op, TableBuffer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -77,6 +79,7 @@ pub struct PipelineConfig {
     pub invalid_values: InvalidPolicy,
     pub exit_when_caught_up: bool,
     pub start_at: StartAt,
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 #[derive(Debug, Error)]
@@ -169,6 +172,37 @@ struct State {
     invalid_by_table: HashMap<String, u64>,
     /// Tables stopped by a definite table error: their changes are skipped (see the checkpoint).
     quarantined: BTreeMap<String, String>,
+    snap: SnapState,
+}
+
+/// The pipeline's side of snapshots (see [`crate::snapshot`]).
+#[derive(Default)]
+struct SnapState {
+    /// In progress, as the next checkpoint records them.
+    progress: BTreeMap<String, SnapshotProgress>,
+    loaded: BTreeMap<String, i64>,
+    /// Per table being snapshotted: the highest version of a binlog change per key, so chunk
+    /// rows older than a change already taken are dropped.
+    changed: HashMap<String, HashMap<Vec<u8>, u64>>,
+    /// (binlog end, version) of recent transactions, to give a chunk read at P the version
+    /// right after the last transaction at or before P.
+    history: std::collections::VecDeque<((u64, u64), u64)>,
+    /// The last entry pruned from `history` (or the start position's version).
+    floor: ((u64, u64), u64),
+    /// How far the stream has read (binlog end of the last transaction or heartbeat).
+    stream_pos: Option<(u64, u64)>,
+    /// A chunk read at a point the stream has not reached yet.
+    pending: Option<crate::snapshot::Chunk>,
+    /// Keyless tables read at startup: the stream skips their transactions up to this point.
+    keyless_cut: HashMap<String, (u64, u64)>,
+    /// Rows read per table in this run, and when its reading started (for the progress view).
+    run_rows: HashMap<String, (u64, Instant)>,
+}
+
+const HISTORY_MAX: usize = 1 << 20;
+
+fn pos_key(p: &BinlogPos) -> (u64, u64) {
+    (p.file_index(), p.pos)
 }
 
 /// Runs until caught up (with `exit_when_caught_up`), `shutdown` resolves, or a definite error.
@@ -226,6 +260,7 @@ pub async fn run(
         inflight: None,
     };
     let (tx, mut rx) = mpsc::channel::<SourceMsg>(32);
+    let snap_opts = opts.clone();
     let src_task = tokio::spawn(source::stream::run(
         src.clone(),
         opts,
@@ -241,7 +276,8 @@ pub async fn run(
         rejects: Vec::new(),
         rejects_since: None,
         table_versions,
-        position: checkpoint.as_ref().map(|_| start.clone()),
+        // A fresh start may commit snapshot rows before the stream delivers a transaction.
+        position: Some(start.clone()),
         committed_position: checkpoint.as_ref().map(|c| c.position.clone()),
         started_position: checkpoint.as_ref().map(|c| c.position.clone()),
         last_commit: Instant::now(),
@@ -252,7 +288,32 @@ pub async fn run(
             .as_ref()
             .map(|c| c.quarantined.clone())
             .unwrap_or_default(),
+        snap: SnapState {
+            progress: checkpoint
+                .as_ref()
+                .map(|c| c.snapshots.clone())
+                .unwrap_or_default(),
+            loaded: checkpoint
+                .as_ref()
+                .map(|c| c.loaded.clone())
+                .unwrap_or_default(),
+            floor: ((0, 0), start.version()),
+            ..Default::default()
+        },
     };
+    let snapshotter = start_snapshots(
+        &mut st,
+        &cfg,
+        &src,
+        &snap_opts,
+        flavor,
+        &start,
+        checkpoint.is_none(),
+        &mut committer,
+    )
+    .await?;
+    let mut snapshotter = snapshotter;
+    let mut progress_view = crate::snapshot::ProgressView::new();
     let mut caught_up_at: Option<BinlogPos> = None;
     let reached = |p: &BinlogPos, t: &BinlogPos| (p.file_index(), p.pos) >= (t.file_index(), t.pos);
     tokio::pin!(shutdown);
@@ -268,7 +329,7 @@ pub async fn run(
         }
     }
     loop {
-        if caught_up_at.is_some() && cfg.exit_when_caught_up {
+        if caught_up_at.is_some() && cfg.exit_when_caught_up && !snapshots_busy(&st) {
             break;
         }
         let mut deadline = next_deadline(&st, &cfg);
@@ -297,7 +358,12 @@ pub async fn run(
                             apply_ddl(&mut st, &mut committer, &table, kind, txn.version).await?;
                         }
                     }
+                    st.snap.saw(&file_pos, Some(txn.version));
                     if let Err(e) = take_txn(&mut st, &cfg, txn) {
+                        failure = Some(e);
+                        break;
+                    }
+                    if let Err(e) = after_stream_moved(&mut st, &cfg) {
                         failure = Some(e);
                         break;
                     }
@@ -316,6 +382,11 @@ pub async fn run(
                 Some(SourceMsg::Idle { file_pos }) => {
                     // The server has nothing newer: whatever is buffered is all there is.
                     idle_since_last_txn = true;
+                    st.snap.saw(&file_pos, None);
+                    if let Err(e) = after_stream_moved(&mut st, &cfg) {
+                        failure = Some(e);
+                        break;
+                    }
                     if let Some(t) = &target {
                         if reached(&file_pos, t) {
                             caught_up_at = Some(file_pos);
@@ -334,7 +405,52 @@ pub async fn run(
                     break;
                 }
             },
+            msg = snapshotter.rx.recv(), if st.snap.pending.is_none() => match msg {
+                Some(SnapshotMsg::Planned { table, progress }) => {
+                    let name = table.to_string();
+                    if !st.quarantined.contains_key(&name) {
+                        st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
+                        st.snap.changed.entry(name.clone()).or_default();
+                        st.snap.progress.insert(name, progress);
+                    }
+                }
+                Some(SnapshotMsg::Chunk(chunk)) => {
+                    st.snap.pending = Some(chunk);
+                    if let Err(e) = after_stream_moved(&mut st, &cfg) {
+                        failure = Some(e);
+                        break;
+                    }
+                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !committer.large || size_exceeds(&st, &cfg, 4)) {
+                        commit(&mut st, &cfg, &mut committer).await?;
+                    }
+                }
+                Some(SnapshotMsg::Failed { table, error }) => {
+                    let name = table.to_string();
+                    error!(table = %name, %error, "snapshot failed: the table is stopped (quarantined); the other tables go on");
+                    st.snap.progress.remove(&name);
+                    st.snap.changed.remove(&name);
+                    st.table_versions.remove(&name);
+                    st.buffers.remove(&table);
+                    st.quarantined.insert(name, format!("snapshot failed: {error}"));
+                }
+                None => {}
+            },
             _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        if !st.snap.progress.is_empty() {
+            let now = Instant::now();
+            let rows: Vec<(String, u64, u64, f64)> = st
+                .snap
+                .progress
+                .iter()
+                .filter(|(_, p)| p.reason != KEYLESS)
+                .map(|(t, p)| {
+                    let (run, since) = st.snap.run_rows.get(t).copied().unwrap_or((0, now));
+                    let rate = run as f64 / now.duration_since(since).as_secs_f64().max(0.001);
+                    (t.clone(), p.rows, p.estimate.max(p.rows), rate)
+                })
+                .collect();
+            progress_view.show(&rows);
         }
         let done = committer.reap().await?;
         note_done(&mut st, done);
@@ -398,7 +514,7 @@ async fn resolve_start(
                 pos: 4,
             })
         }
-        StartAt::Current => match flavor {
+        StartAt::Current | StartAt::Snapshot => match flavor {
             Flavor::MariaDb => {
                 let s: Option<String> = conn
                     .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
@@ -539,6 +655,318 @@ struct TxnMeta {
     source: Arc<str>,
     /// The GTID (or file:pos) for errors and rejects.
     pos: String,
+    /// Binlog end of the transaction (keyless snapshots skip what they already hold).
+    file_pos: (u64, u64),
+}
+
+/// The progress marker of a keyless table read at startup (see [`crate::snapshot`]): it stays in
+/// the checkpoint until the stream has passed the read's binlog point.
+const KEYLESS: &str = "keyless";
+
+impl SnapState {
+    /// The stream has read up to `at` (a transaction with `version`, or a heartbeat).
+    fn saw(&mut self, at: &BinlogPos, version: Option<u64>) {
+        let p = pos_key(at);
+        if self.stream_pos.is_none_or(|s| s < p) {
+            self.stream_pos = Some(p);
+        }
+        if let Some(v) = version {
+            self.history.push_back((p, v));
+            // Without a snapshot in progress only the last entry matters: a chunk read later is
+            // read at a point at or after it.
+            let keep = if self.progress.is_empty() && self.pending.is_none() {
+                1
+            } else {
+                HISTORY_MAX
+            };
+            while self.history.len() > keep {
+                if let Some(e) = self.history.pop_front() {
+                    self.floor = e;
+                }
+            }
+        }
+    }
+
+    /// The version of rows read at binlog point `at`: right after the last transaction the
+    /// stream delivered at or before it. `None` until the stream has read that far;
+    /// `Some(Err)` when the history no longer reaches back to `at`.
+    fn version_at(&self, at: &BinlogPos) -> Option<Result<u64, String>> {
+        let p = pos_key(at);
+        if self.stream_pos.is_none_or(|s| s < p) {
+            return None;
+        }
+        let i = self.history.partition_point(|(q, _)| *q <= p);
+        if i > 0 {
+            return Some(Ok(self.history[i - 1].1 + 1));
+        }
+        if p >= self.floor.0 {
+            return Some(Ok(self.floor.1 + 1));
+        }
+        Some(Err(format!(
+            "a chunk read at {at} arrived after the stream's history moved past it"
+        )))
+    }
+}
+
+fn snapshots_busy(st: &State) -> bool {
+    st.snap.pending.is_some() || !st.snap.progress.is_empty()
+}
+
+/// After the stream moved: finishes keyless snapshots it has passed, and takes a pending chunk
+/// whose binlog point it has reached.
+fn after_stream_moved(st: &mut State, cfg: &PipelineConfig) -> Result<(), PipelineError> {
+    if !st.snap.keyless_cut.is_empty() {
+        let pos = st.snap.stream_pos.unwrap_or((0, 0));
+        let passed: Vec<String> = st
+            .snap
+            .keyless_cut
+            .iter()
+            .filter(|(_, &cut)| pos >= cut)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in passed {
+            st.snap.keyless_cut.remove(&t);
+            st.snap.progress.remove(&t);
+            st.snap.loaded.insert(t, now_us());
+        }
+    }
+    let Some(chunk) = st.snap.pending.take() else {
+        return Ok(());
+    };
+    match st.snap.version_at(&chunk.at) {
+        None => {
+            st.snap.pending = Some(chunk); // the stream has not read that far yet
+            Ok(())
+        }
+        Some(Ok(version)) => take_chunk(st, cfg, chunk, version),
+        Some(Err(message)) => {
+            // Cannot happen with a history of a million transactions unless a chunk waited for
+            // very long; read the table again rather than guess a version.
+            let name = chunk.table.to_string();
+            error!(table = %name, %message, "snapshot chunk dropped");
+            st.quarantined.insert(
+                name.clone(),
+                format!("snapshot: {message}; backfill the table to resume"),
+            );
+            st.snap.progress.remove(&name);
+            Ok(())
+        }
+    }
+}
+
+/// Buffers a chunk's rows with `version`, and records the chunk as read in the progress that
+/// the next checkpoint carries (with those rows).
+fn take_chunk(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    chunk: Chunk,
+    version: u64,
+) -> Result<(), PipelineError> {
+    let name = chunk.table.to_string();
+    if st.quarantined.contains_key(&name) || !st.snap.progress.contains_key(&name) {
+        return Ok(());
+    }
+    let tm = chunk.map.clone();
+    let read = chunk.rows.len() as u64;
+    let source: Arc<str> = Arc::from(format!(
+        "snapshot file={} pos={}",
+        chunk.at.file, chunk.at.pos
+    ));
+    let changed = st.snap.changed.get(&name);
+    let mut kb = Vec::new();
+    let mut dropped = 0u64;
+    let rows: Vec<BufRow> = chunk
+        .rows
+        .into_iter()
+        .filter_map(|values| {
+            if let Some(ch) = changed {
+                key_bytes(&values, &tm.primary_key, &mut kb);
+                if ch.get(&kb).is_some_and(|&v| v > version) {
+                    dropped += 1;
+                    return None; // the stream already has a newer change of this key
+                }
+            }
+            Some(BufRow {
+                values,
+                version,
+                op: Op::Snapshot,
+                deleted: false,
+                commit_us: chunk.read_at_us,
+                source: source.clone(),
+            })
+        })
+        .collect();
+    if dropped > 0 {
+        debug!(table = %name, dropped, "snapshot rows older than the stream's changes dropped");
+    }
+    let pos = format!("snapshot at {}", chunk.at);
+    if !rows.is_empty() {
+        take_rows(st, cfg, &tm, chunk.table.clone(), name.clone(), rows, &pos)?;
+    }
+    if let Some(r) = st.snap.run_rows.get_mut(&name) {
+        r.0 += read;
+    }
+    let Some(p) = st.snap.progress.get_mut(&name) else {
+        return Ok(());
+    };
+    p.rows += read;
+    if let Some(r) = p.ranges.get_mut(chunk.range) {
+        if chunk.after.is_some() {
+            r.after = chunk.after;
+        }
+        r.done |= chunk.done;
+    }
+    if p.ranges.iter().all(|r| r.done) {
+        let secs = (now_us() - p.started_at_us) as f64 / 1e6;
+        info!(table = %name, rows = p.rows, secs, reason = %p.reason, "snapshot finished");
+        st.snap.progress.remove(&name);
+        st.snap.changed.remove(&name);
+        st.snap.run_rows.remove(&name);
+        st.snap.loaded.insert(name, now_us());
+    }
+    Ok(())
+}
+
+/// Decides which tables need a snapshot: at a fresh start with `--start-at snapshot`, every
+/// selected table; on resume, the snapshots in progress and (with `snapshot`) the selected tables
+/// the target has never seen. Keyless tables are read here, before the stream, and committed;
+/// the others are queued for the readers.
+#[allow(clippy::too_many_arguments)]
+async fn start_snapshots(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    src: &SourceConfig,
+    opts: &mysql_async::Opts,
+    flavor: Flavor,
+    start: &Position,
+    fresh: bool,
+    committer: &mut Committer,
+) -> Result<Snapshotter, PipelineError> {
+    let snapshotter = Snapshotter::spawn(opts.clone(), cfg.snapshot.clone());
+    let mut new_tables = Vec::new();
+    if cfg.start_at == StartAt::Snapshot {
+        for t in crate::snapshot::list_tables(opts, &src.filter).await? {
+            let name = t.to_string();
+            let seen = st.table_versions.contains_key(&name)
+                || st.snap.loaded.contains_key(&name)
+                || st.snap.progress.contains_key(&name)
+                || st.quarantined.contains_key(&name);
+            if fresh || !seen {
+                new_tables.push(t);
+            }
+        }
+    }
+    if !new_tables.is_empty() && flavor == Flavor::Mysql {
+        return Err(SourceError::Definite(
+            "snapshots need MariaDB's Binlog_snapshot_position, which MySQL lacks: on MySQL use --start-at current (only new changes) or earliest".into(),
+        )
+        .into());
+    }
+    // keyless snapshots committed before a restart: the stream still skips up to their point
+    for (name, p) in &st.snap.progress {
+        if p.reason == KEYLESS {
+            let cut = p
+                .ranges
+                .first()
+                .and_then(|r| r.after.as_ref())
+                .and_then(|a| a.get("cut"))
+                .and_then(|c| c.as_str())
+                .and_then(|c| c.parse::<BinlogPos>().ok());
+            if let Some(cut) = cut {
+                st.snap.keyless_cut.insert(name.clone(), pos_key(&cut));
+            }
+        }
+    }
+    for (name, p) in st.snap.progress.clone() {
+        if p.reason != KEYLESS {
+            if let Some((db, t)) = name.split_once('.') {
+                st.snap.changed.entry(name.clone()).or_default();
+                st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
+                snapshotter.add(TableId::new(db, t), p);
+            }
+        }
+    }
+    if new_tables.is_empty() {
+        return Ok(snapshotter);
+    }
+    let mut conn = source::connect(opts).await?;
+    let mut keyless = 0;
+    for t in new_tables {
+        let name = t.to_string();
+        let Some(desc) = crate::snapshot::values::describe(&mut conn, &t.db, &t.table).await?
+        else {
+            continue;
+        };
+        if !desc.keyless() {
+            info!(table = %name, estimate = desc.estimate, "table gets an initial snapshot");
+            st.snap.changed.entry(name.clone()).or_default();
+            snapshotter.add(t, crate::snapshot::new_progress("initial", None));
+            continue;
+        }
+        let (tm, rows, at) = crate::snapshot::read_keyless(opts, &t).await?;
+        let version = keyless_version(&mut conn, start, &at).await?;
+        info!(table = %name, rows = rows.len(), at = %at, "keyless table read in one consistent snapshot");
+        let source: Arc<str> = Arc::from(format!("snapshot file={} pos={}", at.file, at.pos));
+        let now = now_us();
+        let n = rows.len() as u64;
+        let rows = rows
+            .into_iter()
+            .map(|values| BufRow {
+                values,
+                version,
+                op: Op::Snapshot,
+                deleted: false,
+                commit_us: now,
+                source: source.clone(),
+            })
+            .collect();
+        take_rows(
+            st,
+            cfg,
+            &tm,
+            t.clone(),
+            name.clone(),
+            rows,
+            &format!("snapshot at {at}"),
+        )?;
+        let mut p = crate::snapshot::new_progress(KEYLESS, None);
+        p.rows = n;
+        p.estimate = n;
+        p.ranges.push(binlake_sink::RangeProgress {
+            after: Some(serde_json::json!({ "cut": at.to_string() })),
+            done: true,
+            ..Default::default()
+        });
+        st.snap.progress.insert(name.clone(), p);
+        st.snap.keyless_cut.insert(name, pos_key(&at));
+        keyless += 1;
+    }
+    if keyless > 0 {
+        // one commit: a keyless snapshot cannot resume halfway (no key to continue after)
+        commit_and_wait(st, cfg, committer).await?;
+    }
+    Ok(snapshotter)
+}
+
+/// The version of a keyless read at `at` (before the stream runs, so from the server).
+async fn keyless_version(
+    conn: &mut mysql_async::Conn,
+    start: &Position,
+    at: &BinlogPos,
+) -> Result<u64, PipelineError> {
+    if let Position::File(_) = start {
+        return Ok(Position::File(at.clone()).version() + 1);
+    }
+    let gtid: Option<Option<String>> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (&at.file, at.pos))
+        .await
+        .map_err(|e| SourceError::from_mysql(e, "BINLOG_GTID_POS"))?;
+    Ok(
+        match gtid.flatten().as_deref().map(str::parse::<MariaGtidState>) {
+            Some(Ok(s)) if !s.is_empty() => Position::MariaDb(s).version() + 1,
+            _ => start.version() + 1,
+        },
+    )
 }
 
 fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<(), PipelineError> {
@@ -568,6 +996,7 @@ fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<()
             commit_us,
             source,
             pos: gtid.unwrap_or_else(|| file_pos.to_string()),
+            file_pos: pos_key(&file_pos),
         };
         // Consecutive changes of one statement share their table map: take them as a group, so
         // names, version checks and buffer lookups happen per group, not per row.
@@ -604,24 +1033,15 @@ fn take_group(
     {
         return Ok(()); // already in the target (a replay after restart)
     }
-    let id = TableId::new(&tm.db, &tm.table);
-    // A schema change for a table with buffered rows: those rows keep their old shape and are
-    // written, before the new ones, by the next commit.
-    if let Some(b) = st.buffers.get_mut(&id) {
-        if !b.same_shape(tm) {
-            let fresh = TableBuffer::new(id.clone(), tm.clone()).map_err(|message| {
-                PipelineError::Build {
-                    table: name.clone(),
-                    message,
-                }
-            })?;
-            let old = std::mem::replace(b, fresh);
-            if !old.is_empty() {
-                info!(table = %old.id, "table shape changed; older rows go out in their own batch");
-                st.set_aside.push(old);
-            }
-        }
+    if st
+        .snap
+        .keyless_cut
+        .get(&name)
+        .is_some_and(|&cut| meta.file_pos <= cut)
+    {
+        return Ok(()); // in the keyless snapshot read at startup
     }
+    let id = TableId::new(&tm.db, &tm.table);
     let mk = |values: Vec<Value>, op: Op, deleted: bool| BufRow {
         values,
         version: meta.version,
@@ -651,6 +1071,46 @@ fn take_group(
             }
         }
     }
+    if let Some(changed) = st.snap.changed.get_mut(&name) {
+        if !tm.primary_key.is_empty() {
+            for r in &rows {
+                key_bytes(&r.values, &tm.primary_key, &mut kb);
+                let v = changed.entry(kb.clone()).or_insert(0);
+                *v = (*v).max(r.version);
+            }
+        }
+    }
+    take_rows(st, cfg, tm, id, name, rows, &meta.pos)
+}
+
+/// Checks values against the invalid-value policy and the target's range, and buffers the rows
+/// (stream changes and snapshot rows alike).
+fn take_rows(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    tm: &Arc<TableMap>,
+    id: TableId,
+    name: String,
+    rows: Vec<BufRow>,
+    pos: &str,
+) -> Result<(), PipelineError> {
+    // A schema change for a table with buffered rows: those rows keep their old shape and are
+    // written, before the new ones, by the next commit.
+    if let Some(b) = st.buffers.get_mut(&id) {
+        if !b.same_shape(tm) {
+            let fresh = TableBuffer::new(id.clone(), tm.clone()).map_err(|message| {
+                PipelineError::Build {
+                    table: name.clone(),
+                    message,
+                }
+            })?;
+            let old = std::mem::replace(b, fresh);
+            if !old.is_empty() {
+                info!(table = %old.id, "table shape changed; older rows go out in their own batch");
+                st.set_aside.push(old);
+            }
+        }
+    }
     let mut accepted: Vec<BufRow> = Vec::with_capacity(rows.len());
     'rows: for mut row in rows {
         for (i, v) in row.values.iter_mut().enumerate() {
@@ -667,7 +1127,7 @@ fn take_group(
                     return Err(PipelineError::RowImage {
                         table: name,
                         column,
-                        position: meta.pos.clone(),
+                        position: pos.to_string(),
                     });
                 }
                 Value::Invalid { reason, text } => {
@@ -681,7 +1141,7 @@ fn take_group(
                             return Err(PipelineError::InvalidValue {
                                 table: name,
                                 column,
-                                position: meta.pos.clone(),
+                                position: pos.to_string(),
                                 reason,
                                 text: text.clone(),
                             });
@@ -689,7 +1149,7 @@ fn take_group(
                         InvalidPolicy::Null => {
                             *st.invalid_by_table.entry(name.clone()).or_default() += 1;
                             st.summary.invalid_nulled += 1;
-                            debug!(table = %name, %column, position = %meta.pos, reason = *reason, value = %text, "invalid value stored as NULL");
+                            debug!(table = %name, %column, position = %pos, reason = *reason, value = %text, "invalid value stored as NULL");
                             *v = Value::Null;
                         }
                         InvalidPolicy::DeadLetter => {
@@ -698,7 +1158,7 @@ fn take_group(
                             st.summary.rejected += 1;
                             st.rejects.push(Reject {
                                 table: name.clone(),
-                                position: meta.pos.clone(),
+                                position: pos.to_string(),
                                 reason,
                                 row_json: row_json(tm, &row.values),
                                 version: row.version,
@@ -916,6 +1376,8 @@ fn note_done(st: &mut State, done: Option<Done>) {
             st.table_versions.remove(&t);
             st.buffers.retain(|id, _| id.to_string() != t);
             st.set_aside.retain(|b| b.id.to_string() != t);
+            st.snap.progress.remove(&t);
+            st.snap.changed.remove(&t);
             st.quarantined.insert(t, why);
         }
         debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
@@ -945,10 +1407,13 @@ async fn commit(
     bufs.extend(st.buffers.drain().map(|(_, b)| b));
     for buf in bufs {
         let table = buf.id.to_string();
+        let stream_max = buf.stream_max_version;
         match buf.into_batch(synced) {
             Ok(Some(b)) => {
-                let v = st.table_versions.entry(b.table.to_string()).or_default();
-                *v = (*v).max(b.max_version);
+                if stream_max > 0 {
+                    let v = st.table_versions.entry(b.table.to_string()).or_default();
+                    *v = (*v).max(stream_max);
+                }
                 batches.push(b);
             }
             Ok(None) => {}
@@ -966,6 +1431,8 @@ async fn commit(
         source_commit_us: st.last_commit_us,
         committed_at_us: now_us(),
         seq: 0,
+        snapshots: st.snap.progress.clone(),
+        loaded: st.snap.loaded.clone(),
     };
     let done = committer
         .start(Commit {

@@ -148,6 +148,10 @@ pub enum SourceMsg {
 /// Where the stream starts when the target has no checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {
+    /// Snapshot every selected table, then stream from the snapshot's start (the default):
+    /// the replica starts with the tables' existing rows. Also: tables the target has never
+    /// seen get a snapshot when the pipeline resumes.
+    Snapshot,
     /// The oldest binlog the server still has.
     Earliest,
     /// The server's position now: only new changes.
@@ -161,6 +165,7 @@ impl std::str::FromStr for StartAt {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         match s {
+            "snapshot" => return Ok(StartAt::Snapshot),
             "earliest" => return Ok(StartAt::Earliest),
             "current" => return Ok(StartAt::Current),
             _ => {}
@@ -183,7 +188,7 @@ impl std::str::FromStr for StartAt {
             return Ok(StartAt::At(Position::File(p)));
         }
         Err(format!(
-            "`{s}`: expected earliest, current, a GTID (0-1-100 or uuid:1-5), or file:position"
+            "`{s}`: expected snapshot, earliest, current, a GTID (0-1-100 or uuid:1-5), or file:position"
         ))
     }
 }

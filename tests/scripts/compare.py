@@ -119,8 +119,9 @@ def norm_replica(v):
 def equal(a, b, ftype):
     if a is None or b is None:
         return a is None and b is None
+    # the source prints FLOAT with 6 significant digits: half a unit of the 6th digit is 5e-6
     if ftype == FT.FLOAT:
-        return math.isclose(float(a), float(b), rel_tol=2e-6, abs_tol=1e-30)
+        return math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-30)
     if ftype == FT.DOUBLE:
         return math.isclose(float(a), float(b), rel_tol=1e-13)
     if isinstance(a, str) and isinstance(b, bytes):

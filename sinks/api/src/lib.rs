@@ -123,6 +123,43 @@ pub struct Checkpoint {
     /// changes are skipped until the table is rebuilt; the other tables go on.
     #[serde(default)]
     pub quarantined: BTreeMap<String, String>,
+    /// Snapshots (initial loads and backfills) in progress, per table (`db.table`): how far each
+    /// key range has been read. Written with the rows it describes, so a restart continues
+    /// after the last chunk the target holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, SnapshotProgress>,
+    /// Tables whose last snapshot finished, with the wall-clock time (µs) it finished.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loaded: BTreeMap<String, i64>,
+}
+
+/// A table's snapshot in progress (see `binlake::snapshot`). Keys are opaque JSON to sinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// Why: `initial`, `backfill`, `schedule` or `repair`.
+    pub reason: String,
+    /// An extra predicate that limits the rows read (a backfill's `--where`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Key ranges read in parallel, in key order.
+    pub ranges: Vec<RangeProgress>,
+    /// Rows read so far, and the table's estimated row count when planned.
+    pub rows: u64,
+    pub estimate: u64,
+    pub started_at_us: i64,
+}
+
+/// One key range of a snapshot: keys `>= lo` (or from the start) and `< hi` (or to the end).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeProgress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lo: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hi: Option<serde_json::Value>,
+    /// The last key read and committed: the range resumes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+    pub done: bool,
 }
 
 /// What one commit carries.

@@ -158,11 +158,13 @@ impl DeltaSink {
         let _held = lock.lock().await;
         let app_id = self.app_id(&name);
         let table = self.load(&tb.table.db, &tb.table.table).await?;
-        let version = tb.max_version as i64;
-        if Self::applied(&table, &app_id, &name)
-            .await?
-            .is_some_and(|v| v >= version)
-        {
+        let applied = Self::applied(&table, &app_id, &name).await?;
+        // Snapshot rows carry the version of their read, which may sort below changes already
+        // applied (of other keys): such a batch is never skipped by the txn version. The MERGE
+        // keeps the newer row per key, so applying it again changes nothing.
+        let snapshot_rows = has_snapshot_rows(&tb.batch);
+        let version = (tb.max_version as i64).max(applied.unwrap_or(0));
+        if !snapshot_rows && applied.is_some_and(|v| v >= tb.max_version as i64) {
             debug!(table = %name, version, "batch already in the table (replay); skipped");
             return Ok(());
         }
@@ -816,4 +818,13 @@ impl Sink for DeltaSink {
         self.schedule_maintenance(tables);
         Ok(())
     }
+}
+
+/// True when the batch holds rows of a snapshot (`_binlake_op = 'snapshot'`).
+fn has_snapshot_rows(batch: &arrow_array::RecordBatch) -> bool {
+    use arrow_array::cast::AsArray;
+    batch
+        .column_by_name(binlake_sink::COL_OP)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .is_some_and(|ops| ops.iter().any(|o| o == Some("snapshot")))
 }

@@ -1,0 +1,698 @@
+//! Snapshots: reading tables' existing rows into the same stream of changes as the binlog
+//! (initial loads, backfills), without locks and without writing to the source.
+//!
+//! ## How a chunk joins the stream (the handoff argument)
+//! A keyed table is read in chunks by primary key (keyset paging: `WHERE key > last ORDER BY key
+//! LIMIT n`), each chunk in its own `START TRANSACTION WITH CONSISTENT SNAPSHOT`. Inside that
+//! transaction MariaDB reports `Binlog_snapshot_file/position` = P: the binlog point the InnoDB
+//! read view corresponds to. Every transaction at or before P is visible to the read, and none
+//! after it. This is what answers the "in the binlog but not yet visible" hazard: InnoDB commits
+//! *after* the binlog write, so the binlog head (or `@@gtid_binlog_pos`) read next to a snapshot
+//! may name a transaction the read cannot see yet; P never does, because the server computes it
+//! under the same lock that orders commits.
+//!
+//! The chunk's rows get the version `v(A) + 1`, where A is the last transaction the stream
+//! delivered at or before P (the pipeline keeps a short history of (binlog end, version) for
+//! this, and holds a chunk until its stream has read past P). Versions of binlog transactions are
+//! multiples of 2^16 (see [`crate::position`]), so `v(A) < v(A) + 1 < v(B)` for every B after P.
+//! Every sink keeps the highest version per key, so for each key the replica converges to:
+//! - the chunk's row when no transaction after P changed the key (the chunk is the truth), and
+//! - the stream's last change otherwise (it is newer than the chunk), whatever the order in
+//!   which the chunk and those changes arrive.
+//!
+//! Keys a transaction before P deleted are absent from the chunk; their tombstones stay. The
+//! stream reads on meanwhile from its own position (it never waits for the snapshot), so a long
+//! snapshot cannot outlive binlog retention. As in Netflix's DBLog, chunk rows whose key the
+//! stream has already changed with a higher version are dropped before they reach a buffer: the
+//! stream's row is newer, and a hard-deleting sink must not see the old row again.
+//!
+//! ## Resume
+//! The progress of each key range (the last key read) is put in the checkpoint when the chunk's
+//! rows are taken into the buffers, so the checkpoint that commits those rows also records them
+//! as read. After kill -9 the pipeline continues each range after its last committed key, with
+//! new chunks (and new, higher versions): nothing is skipped, and a row read twice is written
+//! with the version of its newest read.
+//!
+//! ## Tables without a primary key
+//! They cannot be paged or merged by key, so they are read in one consistent read at startup,
+//! before the stream starts, and committed in one commit; the stream then drops that table's
+//! transactions at or before the read's P. A backfill of such a table is refused (it would
+//! duplicate every row). A crash between a keyless snapshot's data and its checkpoint in a sink
+//! whose commits are not atomic across tables (Delta, ClickHouse) can leave its rows twice.
+//!
+//! ## Memory
+//! At most `parallelism` chunks are in flight between readers and the pipeline, each at most
+//! `chunk_rows` rows; the pipeline's size bounds apply to snapshot rows as to stream rows.
+//! The only state that grows with the snapshot's duration is the set of keys the stream changed
+//! in a table while it is being snapshotted (a few dozen bytes per changed key).
+
+pub mod values;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use binlake_sink::{RangeProgress, SnapshotProgress, TableId};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, Value as My};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use crate::decode::{ColType, TableMap, Value};
+use crate::position::BinlogPos;
+use crate::source::{self, SourceError};
+use values::{ident, key_cells, key_compare, key_json, SnapTable};
+
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// Key ranges read at once (`snapshot_parallelism`).
+    pub parallelism: usize,
+    /// Rows per chunk (`snapshot_chunk_rows`).
+    pub chunk_rows: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            parallelism: 2,
+            chunk_rows: 20_000,
+        }
+    }
+}
+
+/// Rows read in one consistent snapshot.
+#[derive(Debug)]
+pub struct Chunk {
+    pub table: TableId,
+    pub range: usize,
+    pub map: Arc<TableMap>,
+    pub rows: Vec<Vec<Value>>,
+    /// The last key read (JSON cells), where the range resumes.
+    pub after: Option<serde_json::Value>,
+    /// The range has no rows after this chunk.
+    pub done: bool,
+    /// `Binlog_snapshot_file/position` of the read.
+    pub at: BinlogPos,
+    pub read_at_us: i64,
+}
+
+/// What the readers tell the pipeline.
+#[derive(Debug)]
+pub enum SnapshotMsg {
+    /// A table was planned: its key ranges (progress to put in the checkpoint).
+    Planned {
+        table: TableId,
+        progress: SnapshotProgress,
+    },
+    Chunk(Chunk),
+    /// The table cannot be snapshotted (definite): the pipeline stops that table.
+    Failed {
+        table: TableId,
+        error: String,
+    },
+}
+
+/// Work for the readers.
+#[derive(Debug, Clone)]
+enum Work {
+    /// Plan a table's ranges (or take the ranges of a snapshot in progress).
+    Plan {
+        table: TableId,
+        progress: SnapshotProgress,
+    },
+    Range {
+        table: Arc<SnapTable>,
+        id: TableId,
+        range: usize,
+        progress: RangeProgress,
+        filter: Option<String>,
+    },
+}
+
+/// The readers: `parallelism` tasks taking work from one queue.
+pub struct Snapshotter {
+    queue: Arc<Mutex<VecDeque<Work>>>,
+    notify: Arc<Notify>,
+    pub rx: mpsc::Receiver<SnapshotMsg>,
+}
+
+impl Snapshotter {
+    pub fn spawn(opts: Opts, cfg: SnapshotConfig) -> Snapshotter {
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
+        let notify = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel(cfg.parallelism.max(1));
+        for worker in 0..cfg.parallelism.max(1) {
+            let (q, n, tx, opts, cfg) = (
+                queue.clone(),
+                notify.clone(),
+                tx.clone(),
+                opts.clone(),
+                cfg.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = reader(worker, q, n, tx, opts, cfg).await {
+                    warn!(worker, error = %e, "snapshot reader stopped");
+                }
+            });
+        }
+        Snapshotter { queue, notify, rx }
+    }
+
+    /// Plans `table` (a new snapshot, or one in progress to continue).
+    pub fn add(&self, table: TableId, progress: SnapshotProgress) {
+        self.queue
+            .lock()
+            .expect("queue")
+            .push_back(Work::Plan { table, progress });
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+}
+
+/// A new snapshot's progress before planning.
+pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
+    SnapshotProgress {
+        reason: reason.to_string(),
+        filter,
+        ranges: vec![],
+        rows: 0,
+        estimate: 0,
+        started_at_us: crate::pipeline::now_us(),
+    }
+}
+
+async fn session(opts: &Opts) -> Result<mysql_async::Conn, SourceError> {
+    let mut conn = source::connect(opts).await?;
+    for sql in [
+        "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| SourceError::from_mysql(e, "snapshot session"))?;
+    }
+    Ok(conn)
+}
+
+async fn reader(
+    worker: usize,
+    queue: Arc<Mutex<VecDeque<Work>>>,
+    notify: Arc<Notify>,
+    tx: mpsc::Sender<SnapshotMsg>,
+    opts: Opts,
+    cfg: SnapshotConfig,
+) -> Result<(), SourceError> {
+    let mut conn: Option<mysql_async::Conn> = None;
+    let mut attempt = 0u32;
+    loop {
+        let work = loop {
+            let w = queue.lock().expect("queue").pop_front();
+            match w {
+                Some(w) => break w,
+                None => {
+                    if tx.is_closed() {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match session(&opts).await {
+                Ok(c) => conn.insert(c),
+                Err(e) if e.is_transient() => {
+                    attempt += 1;
+                    warn!(worker, error = %e, attempt, "snapshot reader cannot connect; retrying");
+                    queue.lock().expect("queue").push_front(work);
+                    tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let result = match work.clone() {
+            Work::Plan { table, progress } => plan(c, &queue, &notify, &tx, table, progress, &cfg)
+                .await
+                .map(|_| ()),
+            Work::Range {
+                table,
+                id,
+                range,
+                progress,
+                filter,
+            } => read_range(c, &tx, &table, &id, range, progress, filter, &cfg).await,
+        };
+        match result {
+            Ok(()) => attempt = 0,
+            Err(Failure::Closed) => return Ok(()),
+            Err(Failure::Source(e)) if e.is_transient() => {
+                // The connection broke mid-chunk: that chunk was not sent; read it again.
+                attempt += 1;
+                warn!(worker, error = %e, attempt, "snapshot read failed; retrying");
+                conn = None;
+                queue.lock().expect("queue").push_front(work);
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
+            }
+            Err(Failure::Source(e)) => {
+                let table = match &work {
+                    Work::Plan { table, .. } => table.clone(),
+                    Work::Range { id, .. } => id.clone(),
+                };
+                if tx
+                    .send(SnapshotMsg::Failed {
+                        table,
+                        error: e.to_string(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                conn = None;
+            }
+        }
+    }
+}
+
+enum Failure {
+    Source(SourceError),
+    /// The pipeline is gone.
+    Closed,
+}
+
+impl From<SourceError> for Failure {
+    fn from(e: SourceError) -> Self {
+        Failure::Source(e)
+    }
+}
+
+/// Describes the table, splits it into key ranges (or takes the ranges of the progress), and
+/// queues the ranges not done.
+async fn plan(
+    conn: &mut mysql_async::Conn,
+    queue: &Mutex<VecDeque<Work>>,
+    notify: &Notify,
+    tx: &mpsc::Sender<SnapshotMsg>,
+    id: TableId,
+    mut progress: SnapshotProgress,
+    cfg: &SnapshotConfig,
+) -> Result<(), Failure> {
+    let Some(table) = values::describe(conn, &id.db, &id.table).await? else {
+        return Err(
+            SourceError::Definite(format!("table {id} does not exist at the source")).into(),
+        );
+    };
+    if let Some(c) = table
+        .map
+        .columns
+        .iter()
+        .find(|c| matches!(c.ty, ColType::Unsupported { .. }))
+    {
+        return Err(SourceError::Definite(format!(
+            "column `{}` of {id} has a type the snapshot cannot read",
+            c.name
+        ))
+        .into());
+    }
+    if table.keyless() {
+        return Err(SourceError::Definite(format!(
+            "{id} has no primary key: it is read once at startup (a backfill would duplicate its rows; rebuild the table in the target instead)"
+        ))
+        .into());
+    }
+    if progress.ranges.is_empty() {
+        let splits = split_points(conn, &table, &id, cfg, progress.filter.is_some()).await?;
+        let mut bounds: Vec<Option<serde_json::Value>> = vec![None];
+        bounds.extend(splits.into_iter().map(Some));
+        bounds.push(None);
+        progress.ranges = bounds
+            .windows(2)
+            .map(|w| RangeProgress {
+                lo: w[0].clone(),
+                hi: w[1].clone(),
+                after: None,
+                done: false,
+            })
+            .collect();
+        progress.estimate = table.estimate;
+        info!(table = %id, ranges = progress.ranges.len(), estimate = table.estimate, reason = %progress.reason, filter = ?progress.filter, "snapshot planned");
+    } else {
+        info!(table = %id, ranges = progress.ranges.iter().filter(|r| !r.done).count(), rows = progress.rows, "snapshot resumes after its last committed chunk");
+    }
+    let table = Arc::new(table);
+    {
+        let mut q = queue.lock().expect("queue");
+        for (i, r) in progress.ranges.iter().enumerate() {
+            if !r.done {
+                q.push_back(Work::Range {
+                    table: table.clone(),
+                    id: id.clone(),
+                    range: i,
+                    progress: r.clone(),
+                    filter: progress.filter.clone(),
+                });
+            }
+        }
+    }
+    notify.notify_waiters();
+    tx.send(SnapshotMsg::Planned {
+        table: id,
+        progress,
+    })
+    .await
+    .map_err(|_| Failure::Closed)
+}
+
+/// Keys that split the table into `parallelism` ranges of about equal size (none for a small
+/// table). A single integer key is split arithmetically; other keys by reading the key at
+/// evenly spaced offsets of the primary key.
+async fn split_points(
+    conn: &mut mysql_async::Conn,
+    table: &SnapTable,
+    id: &TableId,
+    cfg: &SnapshotConfig,
+    filtered: bool,
+) -> Result<Vec<serde_json::Value>, Failure> {
+    let n = cfg.parallelism.max(1) as u64;
+    if n < 2 || table.estimate < 2 * cfg.chunk_rows as u64 || filtered {
+        return Ok(vec![]);
+    }
+    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
+    let keys: Vec<_> = table.key_columns().collect();
+    let q = |e| SourceError::from_mysql(e, "planning a snapshot");
+    let k0 = &table.map.columns[table.map.primary_key[0]];
+    if keys.len() == 1 && matches!(k0.ty, ColType::Int { .. }) {
+        let k = ident(&keys[0].name);
+        let row: Option<(Option<i128>, Option<i128>)> = conn
+            .query_first(format!(
+                "SELECT CAST(MIN({k}) AS DECIMAL(20,0)), CAST(MAX({k}) AS DECIMAL(20,0)) FROM {from}"
+            ))
+            .await
+            .map_err(q)?;
+        let Some((Some(lo), Some(hi))) = row else {
+            return Ok(vec![]);
+        };
+        let unsigned = matches!(k0.ty, ColType::Int { unsigned: true, .. });
+        let mut out = Vec::new();
+        for i in 1..n as i128 {
+            let s = lo + (hi - lo) * i / n as i128;
+            if s > lo {
+                let cell = if unsigned {
+                    My::UInt(s as u64)
+                } else {
+                    My::Int(s as i64)
+                };
+                out.push(key_json(&[cell]));
+            }
+        }
+        out.dedup();
+        return Ok(out);
+    }
+    let cols = keys
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = Vec::new();
+    for i in 1..n {
+        let offset = table.estimate * i / n;
+        let row: Option<mysql_async::Row> = conn
+            .query_first(format!(
+                "SELECT {cols} FROM {from} ORDER BY {cols} LIMIT 1 OFFSET {offset}"
+            ))
+            .await
+            .map_err(q)?;
+        if let Some(r) = row {
+            out.push(key_json(&r.unwrap()));
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Reads one key range chunk by chunk until it is done.
+#[allow(clippy::too_many_arguments)]
+async fn read_range(
+    conn: &mut mysql_async::Conn,
+    tx: &mpsc::Sender<SnapshotMsg>,
+    table: &SnapTable,
+    id: &TableId,
+    range: usize,
+    mut progress: RangeProgress,
+    filter: Option<String>,
+    cfg: &SnapshotConfig,
+) -> Result<(), Failure> {
+    let keys: Vec<_> = table.key_columns().collect();
+    let cols = table
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order = keys
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
+    let key_idx = table.map.primary_key.clone();
+    let bad_key = |what: &str| {
+        Failure::Source(SourceError::Definite(format!(
+            "snapshot of {id}: the checkpoint's {what} key cannot be read back"
+        )))
+    };
+    loop {
+        let mut conds = Vec::new();
+        let mut params: Vec<My> = Vec::new();
+        match (&progress.after, &progress.lo) {
+            (Some(a), _) => {
+                let k = key_cells(a).ok_or_else(|| bad_key("last"))?;
+                let (sql, p) = key_compare(&keys, ">", &k);
+                conds.push(sql);
+                params.extend(p);
+            }
+            (None, Some(lo)) => {
+                let k = key_cells(lo).ok_or_else(|| bad_key("range start"))?;
+                let (sql, p) = key_compare(&keys, ">=", &k);
+                conds.push(sql);
+                params.extend(p);
+            }
+            (None, None) => {}
+        }
+        if let Some(hi) = &progress.hi {
+            let k = key_cells(hi).ok_or_else(|| bad_key("range end"))?;
+            let (sql, p) = key_compare(&keys, "<", &k);
+            conds.push(sql);
+            params.extend(p);
+        }
+        if let Some(f) = &filter {
+            conds.push(format!("({f})"));
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {cols} FROM {from}{where_} ORDER BY {order} LIMIT {}",
+            cfg.chunk_rows
+        );
+        let started = Instant::now();
+        let (rows, last_key, at) = read_chunk(conn, &sql, params, table, &key_idx).await?;
+        let n = rows.len();
+        let done = n < cfg.chunk_rows;
+        if let Some(k) = last_key {
+            progress.after = Some(k);
+        }
+        debug!(table = %id, range, rows = n, ms = started.elapsed().as_millis() as u64, at = %at, "snapshot chunk");
+        progress.done = done;
+        tx.send(SnapshotMsg::Chunk(Chunk {
+            table: id.clone(),
+            range,
+            map: table.map.clone(),
+            rows,
+            after: progress.after.clone(),
+            done,
+            at,
+            read_at_us: crate::pipeline::now_us(),
+        }))
+        .await
+        .map_err(|_| Failure::Closed)?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+type ChunkRead = (Vec<Vec<Value>>, Option<serde_json::Value>, BinlogPos);
+
+/// One chunk in one consistent snapshot: the rows, the last key, and the binlog point.
+async fn read_chunk(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+    params: Vec<My>,
+    table: &SnapTable,
+    key_idx: &[usize],
+) -> Result<ChunkRead, SourceError> {
+    let q = |e| SourceError::from_mysql(e, "reading a snapshot chunk");
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(q)?;
+    let at = snapshot_position(conn).await?;
+    let mut result = conn.exec_iter(sql, params).await.map_err(q)?;
+    let cols = &table.map.columns;
+    let mut rows = Vec::new();
+    let mut last: Option<Vec<My>> = None;
+    while let Some(row) = result.next().await.map_err(q)? {
+        let cells = row.unwrap();
+        let key: Vec<My> = key_idx.iter().map(|&i| cells[i].clone()).collect();
+        let values = cells
+            .into_iter()
+            .zip(cols)
+            .map(|(v, c)| values::cell(v, &c.ty))
+            .collect();
+        rows.push(values);
+        last = Some(key);
+    }
+    drop(result);
+    conn.query_drop("COMMIT").await.map_err(q)?;
+    Ok((rows, last.map(|k| key_json(&k)), at))
+}
+
+/// `Binlog_snapshot_file/position` inside a consistent-snapshot transaction.
+pub async fn snapshot_position(conn: &mut mysql_async::Conn) -> Result<BinlogPos, SourceError> {
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(|e| SourceError::from_mysql(e, "reading Binlog_snapshot_position"))?;
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    match (get("Binlog_snapshot_file"), get("Binlog_snapshot_position")) {
+        (Some(file), Some(pos)) if !file.is_empty() => Ok(BinlogPos {
+            file,
+            pos: pos.parse().unwrap_or(0),
+        }),
+        _ => Err(SourceError::Definite(
+            "the source does not report Binlog_snapshot_file/position (a MariaDB feature): snapshots need MariaDB with log_bin on. On MySQL, start with --start-at current and load existing rows yourself".into(),
+        )),
+    }
+}
+
+/// A keyless table read whole in one consistent snapshot (at startup, before the stream).
+pub async fn read_keyless(
+    opts: &Opts,
+    id: &TableId,
+) -> Result<(Arc<TableMap>, Vec<Vec<Value>>, BinlogPos), SourceError> {
+    let mut conn = session(opts).await?;
+    let table = values::describe(&mut conn, &id.db, &id.table)
+        .await?
+        .ok_or_else(|| SourceError::Definite(format!("table {id} does not exist")))?;
+    let cols = table
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {cols} FROM {}.{}", ident(&id.db), ident(&id.table));
+    let (rows, _, at) = read_chunk(&mut conn, &sql, vec![], &table, &[]).await?;
+    Ok((table.map.clone(), rows, at))
+}
+
+/// Base tables of the source that `filter` selects.
+pub async fn list_tables(
+    opts: &Opts,
+    filter: &crate::filter::TableFilter,
+) -> Result<Vec<TableId>, SourceError> {
+    let mut conn = source::connect(opts).await?;
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await
+        .map_err(|e| SourceError::from_mysql(e, "listing tables"))?;
+    Ok(rows
+        .into_iter()
+        .filter(|(d, t)| filter.matches(d, t))
+        .map(|(d, t)| TableId::new(d, t))
+        .collect())
+}
+
+/// Snapshot progress on a terminal (one line per table, redrawn), or log lines every 10 s.
+pub struct ProgressView {
+    tty: bool,
+    last_draw: Instant,
+    last_log: Instant,
+    lines: usize,
+}
+
+impl Default for ProgressView {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProgressView {
+    pub fn new() -> Self {
+        ProgressView {
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("BINLAKE_NO_PROGRESS").is_none(),
+            last_draw: Instant::now(),
+            last_log: Instant::now(),
+            lines: 0,
+        }
+    }
+
+    /// Shows `(table, rows done, estimate, rows/s since start)` for every table in progress.
+    pub fn show(&mut self, tables: &[(String, u64, u64, f64)]) {
+        use std::io::Write;
+        if self.tty {
+            if self.last_draw.elapsed() < Duration::from_millis(250) && !tables.is_empty() {
+                return;
+            }
+            self.last_draw = Instant::now();
+            let mut err = std::io::stderr().lock();
+            for _ in 0..self.lines {
+                let _ = write!(err, "\x1b[1A\x1b[2K");
+            }
+            for (t, done, est, rate) in tables {
+                let frac = if *est > 0 {
+                    (*done as f64 / *est as f64).min(1.0)
+                } else {
+                    0.0
+                };
+                let filled = (frac * 30.0) as usize;
+                let eta = if *rate > 0.0 && est > done {
+                    format!("{:.0}s", (est - done) as f64 / rate)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    err,
+                    "{t:<32} [{}{}] {done}/{est} rows  {:.0} rows/s  ETA {eta}",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled),
+                    rate
+                );
+            }
+            self.lines = tables.len();
+        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            for (t, done, est, rate) in tables {
+                let eta_s = if *rate > 0.0 && est > done {
+                    ((est - done) as f64 / rate) as u64
+                } else {
+                    0
+                };
+                info!(table = %t, rows = done, estimate = est, rows_per_s = *rate as u64, eta_s, "snapshot progress");
+            }
+        }
+    }
+}
