@@ -305,6 +305,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for (t, v) in &cp.tables {
                         println!("  {t:<40} version {v}");
                     }
+                    for (t, p) in &cp.snapshots {
+                        let ranges = p.ranges.iter().filter(|r| r.done).count();
+                        println!(
+                            "  {t:<40} SNAPSHOT {} in progress: {} of ~{} rows, {ranges}/{} ranges done",
+                            p.reason, p.rows, p.estimate, p.ranges.len()
+                        );
+                    }
+                    for (t, at) in &cp.loaded {
+                        println!(
+                            "  {t:<40} loaded (snapshot finished {})",
+                            pipeline::format_us(*at)
+                        );
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -9,4 +9,5 @@ mod fixtures;
 mod harness;
 mod replicate;
 mod s3;
+mod snapshot;
 mod stream;
