@@ -87,6 +87,20 @@ pub struct FileConfig {
     pub snapshot_parallelism: Option<usize>,
     /// Rows per snapshot chunk (default 20000).
     pub snapshot_chunk_rows: Option<usize>,
+    /// Where `replicate` listens for `binlake backfill` (off when absent), e.g. `127.0.0.1:7219`.
+    pub control_addr: Option<String>,
+    /// Scheduled backfills: `[[backfill]]` tables, schedule (cron, UTC) and an optional where.
+    pub backfill: Option<Vec<BackfillEntry>>,
+}
+
+/// One `[[backfill]]` entry of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillEntry {
+    pub tables: String,
+    pub schedule: String,
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
 }
 
 impl FileConfig {
@@ -140,7 +154,9 @@ impl FileConfig {
             compression,
             database_prefix,
             snapshot_parallelism,
-            snapshot_chunk_rows
+            snapshot_chunk_rows,
+            control_addr,
+            backfill
         )
     }
 }
@@ -471,6 +487,23 @@ impl Settings {
                 invalid_values,
                 exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
                 start_at,
+                control_addr: c.control_addr.clone(),
+                schedules: c
+                    .backfill
+                    .iter()
+                    .flatten()
+                    .map(|b| {
+                        Ok(crate::control::Scheduled {
+                            tables: b.tables.clone(),
+                            filter: b.filter.clone(),
+                            cron: b
+                                .schedule
+                                .parse()
+                                .map_err(|m: String| key_err("backfill.schedule", m))?,
+                            schedule: b.schedule.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ConfigError>>()?,
                 snapshot: crate::snapshot::SnapshotConfig {
                     parallelism: match c.snapshot_parallelism.unwrap_or(2) {
                         0 => return Err(key_err("snapshot_parallelism", "must be at least 1")),

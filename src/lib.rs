@@ -6,6 +6,7 @@
 //! metadata columns, and a sink (crate `binlake-sink-*`) writes them with the checkpoint.
 
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod filter;
 pub mod pipeline;

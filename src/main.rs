@@ -38,6 +38,19 @@ enum Cmd {
     },
     /// Print the MySQL -> Arrow type map as a Markdown table.
     Types,
+    /// Re-snapshot tables (or a key range) in a running `replicate`, which does the work (one
+    /// writer per target): it must run with `control_addr`.
+    Backfill {
+        /// Tables: globs over db.table, within the pipeline's tables.
+        #[arg(long)]
+        tables: String,
+        /// Only rows matching this SQL predicate (e.g. "id BETWEEN 1 AND 1000").
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// The running replicate's control_addr.
+        #[arg(long, default_value = "127.0.0.1:7219")]
+        control: String,
+    },
 }
 
 #[derive(Args)]
@@ -124,6 +137,9 @@ struct Common {
     /// Snapshots: rows per chunk [default: 20000].
     #[arg(long)]
     snapshot_chunk_rows: Option<usize>,
+    /// Listen here for `binlake backfill` (e.g. 127.0.0.1:7219; off by default).
+    #[arg(long)]
+    control_addr: Option<String>,
 }
 
 impl Common {
@@ -158,6 +174,8 @@ impl Common {
             database_prefix: self.database_prefix.clone(),
             snapshot_parallelism: self.snapshot_parallelism,
             snapshot_chunk_rows: self.snapshot_chunk_rows,
+            control_addr: self.control_addr.clone(),
+            backfill: None,
         };
         Ok(base.overlay(flags))
     }
@@ -270,6 +288,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Maintain(m) => maintain(m).await,
+        Cmd::Backfill {
+            tables,
+            filter,
+            control,
+        } => {
+            let req = binlake::control::BackfillRequest { tables, filter };
+            match binlake::control::request_backfill(&control, &req).await {
+                Ok(queued) => {
+                    for t in queued {
+                        println!("backfill queued: {t}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Cmd::Status(c) => {
             let fc = match c.file_config() {
                 Ok(f) => f,

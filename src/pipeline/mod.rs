@@ -80,6 +80,9 @@ pub struct PipelineConfig {
     pub exit_when_caught_up: bool,
     pub start_at: StartAt,
     pub snapshot: crate::snapshot::SnapshotConfig,
+    /// Where to listen for backfill requests (see [`crate::control`]).
+    pub control_addr: Option<String>,
+    pub schedules: Vec<crate::control::Scheduled>,
 }
 
 #[derive(Debug, Error)]
@@ -313,6 +316,25 @@ pub async fn run(
     )
     .await?;
     let mut snapshotter = snapshotter;
+    let (bf_tx, mut bf_rx) = mpsc::channel::<crate::control::Backfill>(8);
+    if let Some(addr) = &cfg.control_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            SourceError::Definite(format!("control_addr `{addr}`: cannot listen: {e}"))
+        })?;
+        info!(%addr, "listening for backfill requests");
+        tokio::spawn(crate::control::serve(
+            listener,
+            snap_opts.clone(),
+            src.filter.clone(),
+            bf_tx.clone(),
+        ));
+    }
+    tokio::spawn(crate::control::run_schedule(
+        cfg.schedules.clone(),
+        snap_opts.clone(),
+        src.filter.clone(),
+        bf_tx,
+    ));
     let mut progress_view = crate::snapshot::ProgressView::new();
     let mut caught_up_at: Option<BinlogPos> = None;
     let reached = |p: &BinlogPos, t: &BinlogPos| (p.file_index(), p.pos) >= (t.file_index(), t.pos);
@@ -435,6 +457,16 @@ pub async fn run(
                 }
                 None => {}
             },
+            Some(b) = bf_rx.recv() => {
+                let r = queue_backfill(&mut st, &snapshotter, &b);
+                match &r {
+                    Ok(t) => info!(tables = ?t, filter = ?b.filter, reason = b.reason, "backfill queued"),
+                    Err(e) => warn!(error = %e, reason = b.reason, "backfill refused"),
+                }
+                if let Some(reply) = b.reply {
+                    let _ = reply.send(r);
+                }
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         if !st.snap.progress.is_empty() {
@@ -706,6 +738,35 @@ impl SnapState {
             "a chunk read at {at} arrived after the stream's history moved past it"
         )))
     }
+}
+
+/// Queues a backfill's tables; it is in the next checkpoint (an empty plan, planned again after
+/// a restart).
+fn queue_backfill(
+    st: &mut State,
+    snapshotter: &Snapshotter,
+    b: &crate::control::Backfill,
+) -> Result<Vec<String>, String> {
+    for t in &b.tables {
+        let name = t.to_string();
+        if let Some(why) = st.quarantined.get(&name) {
+            return Err(format!("{name} is stopped ({why}); rebuild it instead"));
+        }
+        if st.snap.progress.contains_key(&name) {
+            return Err(format!("{name} has a snapshot in progress already"));
+        }
+    }
+    let mut queued = Vec::new();
+    for t in &b.tables {
+        let name = t.to_string();
+        let p = crate::snapshot::new_progress(b.reason, b.filter.clone());
+        st.snap.changed.entry(name.clone()).or_default();
+        st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
+        st.snap.progress.insert(name.clone(), p.clone());
+        snapshotter.add(t.clone(), p);
+        queued.push(name);
+    }
+    Ok(queued)
 }
 
 fn snapshots_busy(st: &State) -> bool {

@@ -1,0 +1,463 @@
+//! How other commands reach a running `replicate`: a small HTTP endpoint on `control_addr`
+//! (loopback by default, off unless configured), and the backfill schedule (`[[backfill]]`).
+//!
+//! `POST /backfill` with `{"tables": "shop.*", "where": "id < 1000"}` queues a snapshot of the
+//! matching tables in the running process, so the target keeps exactly one writer: the
+//! `binlake backfill` command is only a client. The reply lists the tables queued, or says why
+//! nothing was (no table matches, a table without a primary key, a predicate the source rejects).
+//!
+//! Invariants: a request is checked against the source before it is accepted (the tables exist
+//! and have a key, the predicate parses), and once accepted it is in the next checkpoint, so a
+//! crash after the reply does not lose it.
+
+use std::time::Duration;
+
+use binlake_sink::TableId;
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::filter::TableFilter;
+use crate::snapshot::values::{describe, ident};
+use crate::source;
+
+/// What `POST /backfill` carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackfillRequest {
+    pub tables: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// A backfill for the pipeline, checked against the source.
+#[derive(Debug)]
+pub struct Backfill {
+    pub tables: Vec<TableId>,
+    pub filter: Option<String>,
+    /// `backfill` (the command) or `schedule`.
+    pub reason: &'static str,
+    pub reply: Option<oneshot::Sender<Result<Vec<String>, String>>>,
+}
+
+/// Checks a request against the source: the tables it selects (within the pipeline's tables),
+/// each with a primary key, and the predicate.
+pub async fn check(
+    opts: &mysql_async::Opts,
+    pipeline_filter: &TableFilter,
+    req: &BackfillRequest,
+) -> Result<Vec<TableId>, String> {
+    let wanted = TableFilter::parse(&[req.tables.as_str()]).map_err(|e| e.to_string())?;
+    let all = crate::snapshot::list_tables(opts, pipeline_filter)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tables: Vec<TableId> = all
+        .into_iter()
+        .filter(|t| wanted.matches(&t.db, &t.table))
+        .collect();
+    if tables.is_empty() {
+        return Err(format!(
+            "no replicated table matches `{}` (the pipeline replicates only its `tables`)",
+            req.tables
+        ));
+    }
+    let mut conn = source::connect(opts).await.map_err(|e| e.to_string())?;
+    for t in &tables {
+        let d = describe(&mut conn, &t.db, &t.table)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{t} does not exist"))?;
+        if d.keyless() {
+            return Err(format!("{t} has no primary key: a backfill would duplicate its rows (rebuild the table in the target instead)"));
+        }
+        if let Some(w) = &req.filter {
+            conn.query_drop(format!(
+                "SELECT 1 FROM {}.{} WHERE ({w}) LIMIT 0",
+                ident(&t.db),
+                ident(&t.table)
+            ))
+            .await
+            .map_err(|e| format!("the predicate `{w}` fails on {t}: {e}"))?;
+        }
+    }
+    Ok(tables)
+}
+
+/// Serves the control endpoint until the pipeline is gone.
+pub async fn serve(
+    listener: TcpListener,
+    opts: mysql_async::Opts,
+    pipeline_filter: TableFilter,
+    tx: mpsc::Sender<Backfill>,
+) {
+    loop {
+        let Ok((sock, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (opts, filter, tx2) = (opts.clone(), pipeline_filter.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(sock, &opts, &filter, &tx2).await {
+                warn!(%peer, error = %e, "control request failed");
+            }
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn handle(
+    mut sock: TcpStream,
+    opts: &mysql_async::Opts,
+    filter: &TableFilter,
+    tx: &mpsc::Sender<Backfill>,
+) -> std::io::Result<()> {
+    let (head, body) = read_http(&mut sock).await?;
+    let first = head.lines().next().unwrap_or("");
+    let (code, reply) = if first.starts_with("POST /backfill ") {
+        match serde_json::from_slice::<BackfillRequest>(&body) {
+            Err(e) => (
+                400,
+                serde_json::json!({ "error": format!("bad request body: {e}") }),
+            ),
+            Ok(req) => match check(opts, filter, &req).await {
+                Err(e) => (400, serde_json::json!({ "error": e })),
+                Ok(tables) => {
+                    let (rtx, rrx) = oneshot::channel();
+                    let b = Backfill {
+                        tables,
+                        filter: req.filter.clone(),
+                        reason: "backfill",
+                        reply: Some(rtx),
+                    };
+                    if tx.send(b).await.is_err() {
+                        (
+                            503,
+                            serde_json::json!({ "error": "the pipeline is stopping" }),
+                        )
+                    } else {
+                        match rrx.await {
+                            Ok(Ok(q)) => (200, serde_json::json!({ "queued": q })),
+                            Ok(Err(e)) => (409, serde_json::json!({ "error": e })),
+                            Err(_) => (
+                                503,
+                                serde_json::json!({ "error": "the pipeline is stopping" }),
+                            ),
+                        }
+                    }
+                }
+            },
+        }
+    } else {
+        (
+            404,
+            serde_json::json!({ "error": "unknown request; this endpoint serves POST /backfill" }),
+        )
+    };
+    let body = reply.to_string();
+    let status = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Service Unavailable",
+    };
+    sock.write_all(
+        format!(
+            "HTTP/1.1 {code} {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    sock.shutdown().await
+}
+
+/// Reads one HTTP request or response: the head and a body of `Content-Length` bytes (or up to
+/// the end of the stream).
+async fn read_http(sock: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+        if n == 0 || buf.len() > 1 << 20 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "incomplete HTTP message",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut body = buf[head_end + 4..].to_vec();
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    match len {
+        Some(len) => {
+            while body.len() < len {
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            sock.read_to_end(&mut body).await?;
+        }
+    }
+    Ok((head, body))
+}
+
+/// The `binlake backfill` client: sends the request, returns the tables queued.
+pub async fn request_backfill(addr: &str, req: &BackfillRequest) -> Result<Vec<String>, String> {
+    let mut sock = TcpStream::connect(addr).await.map_err(|e| {
+        format!("cannot reach a running `binlake replicate` at {addr}: {e}. Start replicate with control_addr = \"{addr}\" (or --control-addr)")
+    })?;
+    let body = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    sock.write_all(
+        format!(
+            "POST /backfill HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (head, body) = read_http(&mut sock).await.map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("unexpected reply from {addr}: {e}: {head}"))?;
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(v["queued"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    } else {
+        Err(v["error"].as_str().unwrap_or("refused").to_string())
+    }
+}
+
+/// A five-field cron schedule (minute hour day-of-month month day-of-week), evaluated in UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cron {
+    minute: u64,
+    hour: u64,
+    dom: u64,
+    month: u64,
+    dow: u64,
+    dom_any: bool,
+    dow_any: bool,
+}
+
+impl std::str::FromStr for Cron {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        if f.len() != 5 {
+            return Err(format!(
+                "`{s}`: expected 5 fields (minute hour day-of-month month day-of-week)"
+            ));
+        }
+        let field = |t: &str, lo: u64, hi: u64, name: &str| -> Result<u64, String> {
+            let mut bits = 0u64;
+            for part in t.split(',') {
+                let (range, step) = match part.split_once('/') {
+                    Some((r, st)) => (
+                        r,
+                        st.parse::<u64>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| format!("`{s}`: bad step in the {name} field"))?,
+                    ),
+                    None => (part, 1),
+                };
+                let (a, b) = if range == "*" {
+                    (lo, hi)
+                } else if let Some((a, b)) = range.split_once('-') {
+                    (
+                        a.parse().map_err(|_| format!("`{s}`: bad {name} `{a}`"))?,
+                        b.parse().map_err(|_| format!("`{s}`: bad {name} `{b}`"))?,
+                    )
+                } else {
+                    let v: u64 = range
+                        .parse()
+                        .map_err(|_| format!("`{s}`: bad {name} `{range}`"))?;
+                    (v, if step > 1 { hi } else { v })
+                };
+                if a < lo || b > hi || a > b {
+                    return Err(format!("`{s}`: {name} must be within {lo}-{hi}"));
+                }
+                let mut v = a;
+                while v <= b {
+                    bits |= 1 << v;
+                    v += step;
+                }
+            }
+            Ok(bits)
+        };
+        let mut dow = field(f[4], 0, 7, "day-of-week")?;
+        if dow & (1 << 7) != 0 {
+            dow |= 1; // 7 is Sunday too
+        }
+        Ok(Cron {
+            minute: field(f[0], 0, 59, "minute")?,
+            hour: field(f[1], 0, 23, "hour")?,
+            dom: field(f[2], 1, 31, "day-of-month")?,
+            month: field(f[3], 1, 12, "month")?,
+            dow,
+            dom_any: f[2] == "*",
+            dow_any: f[4] == "*",
+        })
+    }
+}
+
+impl Cron {
+    /// The first matching minute strictly after `after_s` (seconds since the epoch, UTC).
+    pub fn next_after(&self, after_s: i64) -> i64 {
+        let mut t = (after_s.div_euclid(60) + 1) * 60;
+        // at most about four years of minutes (Feb 29)
+        for _ in 0..(4 * 366 * 24 * 60) {
+            let days = t.div_euclid(86_400);
+            let (_, m, d) = crate::decode::rows::civil_from_days(days as i32);
+            let sod = t.rem_euclid(86_400);
+            let (h, mi) = ((sod / 3600) as u64, (sod / 60 % 60) as u64);
+            let wd = (days + 4).rem_euclid(7) as u64; // 1970-01-01 was a Thursday
+            let day_ok = match (self.dom_any, self.dow_any) {
+                (true, true) => true,
+                (false, true) => self.dom & (1 << d) != 0,
+                (true, false) => self.dow & (1 << wd) != 0,
+                (false, false) => self.dom & (1 << d) != 0 || self.dow & (1 << wd) != 0,
+            };
+            if self.month & (1 << m) == 0 {
+                // skip to the first day of the next month
+                t = (days + 1) * 86_400;
+                continue;
+            }
+            if !day_ok {
+                t = (days + 1) * 86_400;
+                continue;
+            }
+            if self.hour & (1 << h) == 0 {
+                t = t - t.rem_euclid(3600) + 3600;
+                continue;
+            }
+            if self.minute & (1 << mi) != 0 {
+                return t;
+            }
+            t += 60;
+        }
+        i64::MAX
+    }
+}
+
+/// A scheduled backfill from the config.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub tables: String,
+    pub filter: Option<String>,
+    pub cron: Cron,
+    pub schedule: String,
+}
+
+/// Sends each scheduled backfill to the pipeline when it falls due.
+pub async fn run_schedule(
+    schedules: Vec<Scheduled>,
+    opts: mysql_async::Opts,
+    pipeline_filter: TableFilter,
+    tx: mpsc::Sender<Backfill>,
+) {
+    if schedules.is_empty() {
+        return;
+    }
+    let now = || crate::pipeline::now_us() / 1_000_000;
+    let mut next: Vec<i64> = schedules.iter().map(|s| s.cron.next_after(now())).collect();
+    for (s, n) in schedules.iter().zip(&next) {
+        info!(tables = %s.tables, schedule = %s.schedule, next = %crate::pipeline::format_us(n * 1_000_000), "backfill scheduled");
+    }
+    loop {
+        let (i, &due) = next
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| **t)
+            .expect("schedules");
+        let wait = (due - now()).max(0) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        if now() < due {
+            continue;
+        }
+        let s = &schedules[i];
+        let req = BackfillRequest {
+            tables: s.tables.clone(),
+            filter: s.filter.clone(),
+        };
+        match check(&opts, &pipeline_filter, &req).await {
+            Ok(tables) => {
+                let b = Backfill {
+                    tables,
+                    filter: s.filter.clone(),
+                    reason: "schedule",
+                    reply: None,
+                };
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(tables = %s.tables, schedule = %s.schedule, error = %e, "scheduled backfill skipped")
+            }
+        }
+        next[i] = s.cron.next_after(now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(y: i32, m: u32, d: u32, h: i64, mi: i64) -> i64 {
+        crate::decode::rows::days_from_civil(y, m, d) as i64 * 86_400 + h * 3600 + mi * 60
+    }
+
+    #[test]
+    fn cron_next() {
+        let c: Cron = "0 3 * * *".parse().unwrap();
+        assert_eq!(
+            c.next_after(at(2026, 11, 21, 9, 30)),
+            at(2026, 11, 22, 3, 0)
+        );
+        assert_eq!(
+            c.next_after(at(2026, 11, 21, 2, 59)),
+            at(2026, 11, 21, 3, 0)
+        );
+        let c: Cron = "*/15 * * * *".parse().unwrap();
+        assert_eq!(c.next_after(at(2026, 1, 1, 0, 0)), at(2026, 1, 1, 0, 15));
+        // Sundays at 04:30 (2026-11-22 is a Sunday); 7 means Sunday too
+        for s in ["30 4 * * 0", "30 4 * * 7"] {
+            let c: Cron = s.parse().unwrap();
+            assert_eq!(
+                c.next_after(at(2026, 11, 21, 9, 0)),
+                at(2026, 11, 22, 4, 30)
+            );
+        }
+        let c: Cron = "0 0 29 2 *".parse().unwrap();
+        assert_eq!(c.next_after(at(2026, 3, 1, 0, 0)), at(2028, 2, 29, 0, 0));
+        assert!("0 3 * *".parse::<Cron>().is_err());
+        assert!("61 3 * * *".parse::<Cron>().is_err());
+        assert!("0 3 * * 1-9".parse::<Cron>().is_err());
+    }
+}
