@@ -14,3 +14,4 @@ pub mod position;
 pub mod schema;
 pub mod snapshot;
 pub mod source;
+pub mod validate;

@@ -38,6 +38,9 @@ enum Cmd {
     },
     /// Print the MySQL -> Arrow type map as a Markdown table.
     Types,
+    /// Compare source and target chunk by chunk (counts and row checksums); exit 0 only when
+    /// everything matches. `--repair` backfills the differing key ranges in a running replicate.
+    Validate(ValidateArgs),
     /// Re-snapshot tables (or a key range) in a running `replicate`, which does the work (one
     /// writer per target): it must run with `control_addr`.
     Backfill {
@@ -51,6 +54,22 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7219")]
         control: String,
     },
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Backfill the differing key ranges through the running replicate's control_addr, wait
+    /// for them, and validate those tables again.
+    #[arg(long)]
+    repair: bool,
+    /// The running replicate's control_addr (for --repair).
+    #[arg(long, default_value = "127.0.0.1:7219")]
+    control: String,
+    /// Rows per compared chunk.
+    #[arg(long, default_value_t = 10_000)]
+    chunk: usize,
 }
 
 #[derive(Args)]
@@ -288,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Maintain(m) => maintain(m).await,
+        Cmd::Validate(v) => validate(v).await,
         Cmd::Backfill {
             tables,
             filter,
@@ -480,6 +500,110 @@ fn maintain_options(
 async fn maintain(_m: MaintainArgs) -> anyhow::Result<ExitCode> {
     eprintln!("error: `maintain` works on Delta targets; this binary was built without the `delta` feature");
     Ok(ExitCode::from(2))
+}
+
+async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let fc = match v.common.file_config() {
+        Ok(f) => f,
+        Err(e) => return config_error(e),
+    };
+    let settings = match Settings::resolve(&fc) {
+        Ok(s) => s,
+        Err(e) => return config_error(e),
+    };
+    init_logs(settings.log_json);
+    let mut sink = build_sink(&SinkOpts {
+        kind: &settings.sink,
+        target: &settings.target,
+        pipeline: &settings.pipeline.name,
+        zstd_level: settings.zstd_level,
+        hard_deletes: settings.hard_deletes,
+        maintenance: &settings.maintenance,
+        lz4: settings.lz4,
+        database_prefix: &settings.database_prefix,
+    })?;
+    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
+    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
+    let mut all_equal = true;
+    // unequal tables that a backfill cannot repair (rows only in the target, skipped tables)
+    let mut unrepairable = false;
+    let mut to_repair = Vec::new();
+    for t in &tables {
+        let r = binlake::validate::validate_table(&opts, sink.as_mut(), t, v.chunk).await?;
+        println!("{r}");
+        if !r.equal() {
+            all_equal = false;
+            if !r.only_in_target.is_empty() || r.skipped.is_some() {
+                unrepairable = true;
+            }
+            if !r.only_in_target.is_empty() {
+                println!("  {t}: rows only in the target are not removed by a backfill; rebuild the table to drop them");
+            }
+            if !r.different.is_empty() {
+                to_repair.push((t.clone(), r));
+            }
+        }
+    }
+    if !v.repair || to_repair.is_empty() {
+        return Ok(if all_equal {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    for (t, r) in &to_repair {
+        let desc = binlake::validate::describe_for_repair(&opts, t)
+            .await?
+            .context("table vanished")?;
+        let preds: Vec<String> = r
+            .different
+            .iter()
+            .filter_map(|c| binlake::validate::range_predicate(&desc, &c.lo, &c.hi))
+            .map(|p| format!("({p})"))
+            .collect();
+        let req = binlake::control::BackfillRequest {
+            tables: t.to_string(),
+            filter: Some(preds.join(" OR ")),
+        };
+        match binlake::control::request_backfill(&v.control, &req).await {
+            Ok(_) => println!(
+                "{t}: repair queued: {} key range(s) backfilled",
+                preds.len()
+            ),
+            Err(e) => {
+                eprintln!("error: {t}: repair refused: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    // wait for the backfills, then check those tables again
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let cp = sink.read_checkpoint().await?;
+        let busy = cp.as_ref().is_some_and(|c| {
+            to_repair
+                .iter()
+                .any(|(t, _)| c.snapshots.contains_key(&t.to_string()))
+        });
+        if !busy {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(1800) {
+            anyhow::bail!("the repair backfills did not finish within 30 minutes");
+        }
+    }
+    let mut equal = !unrepairable;
+    for (t, _) in &to_repair {
+        let r = binlake::validate::validate_table(&opts, sink.as_mut(), t, v.chunk).await?;
+        println!("after repair: {r}");
+        equal &= r.equal();
+    }
+    Ok(if equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {

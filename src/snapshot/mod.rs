@@ -181,7 +181,7 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
     }
 }
 
-async fn session(opts: &Opts) -> Result<mysql_async::Conn, SourceError> {
+pub(crate) async fn session(opts: &Opts) -> Result<mysql_async::Conn, SourceError> {
     let mut conn = source::connect(opts).await?;
     for sql in [
         "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL",
@@ -528,10 +528,10 @@ async fn read_range(
     }
 }
 
-type ChunkRead = (Vec<Vec<Value>>, Option<serde_json::Value>, BinlogPos);
+pub(crate) type ChunkRead = (Vec<Vec<Value>>, Option<serde_json::Value>, BinlogPos);
 
 /// One chunk in one consistent snapshot: the rows, the last key, and the binlog point.
-async fn read_chunk(
+pub(crate) async fn read_chunk(
     conn: &mut mysql_async::Conn,
     sql: &str,
     params: Vec<My>,

@@ -317,6 +317,17 @@ pub fn cell(v: My, ty: &ColType) -> Value {
         ),
         (My::Int(i), ColType::Bit { .. }) => Value::UInt(i as u64),
         (My::UInt(u), ColType::Bit { .. }) => Value::UInt(u),
+        // UTF-8 text: the result's own buffer becomes the string (no copy)
+        (
+            My::Bytes(b),
+            ColType::Text {
+                charset: Charset::Utf8,
+                ..
+            },
+        ) => match String::from_utf8(b) {
+            Ok(s) => Value::Str(s),
+            Err(e) => text_or_invalid(Charset::Utf8, e.as_bytes()),
+        },
         (My::Bytes(b), ColType::Text { charset, .. }) => text_or_invalid(*charset, &b),
         (My::Bytes(mut b), ColType::Binary { pad_to, .. }) => {
             if let Some(p) = pad_to {

@@ -41,7 +41,7 @@ for sink in $SINKS; do
 done
 for sink in $SINKS; do
   case $sink in
-  parquet) n=$(python3 -c "import duckdb, sys; print(duckdb.sql(\"SELECT count(DISTINCT id) FROM read_parquet('\" + sys.argv[1] + \"/bench/sbtest1/**/*.parquet')\").fetchone()[0])" "$W/parquet") ;;
+  parquet) n=$(python3 -c "import duckdb, sys; print(duckdb.sql(\"SELECT count(DISTINCT id) FROM read_parquet('\" + sys.argv[1] + \"/bench/sbtest1/**/*.parquet')\").fetchall()[0][0])" "$W/parquet") ;;
   delta) n=$(python3 -c "import os, sys; from deltalake import DeltaTable; t=DeltaTable(sys.argv[1]).to_pyarrow_table(columns=['id']); print(len(set(t.column('id').to_pylist())), flush=True); os._exit(0)" "$W/delta/bench/sbtest1") ;;
   *) n=$ROWS ;;
   esac

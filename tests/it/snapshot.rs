@@ -345,3 +345,142 @@ fn backfill_on_demand_and_on_schedule_while_streaming() {
         "{log}"
     );
 }
+
+/// Runs `binlake validate` (`extra` adds --repair etc.): (exit ok, stdout).
+fn validate(url: &str, sink_args: &[&str], extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["validate", "--source", url, "--tables", "shop.*"];
+    args.extend_from_slice(sink_args);
+    args.extend_from_slice(extra);
+    let out = binlake(&args, Duration::from_secs(300));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    (out.status.success(), text)
+}
+
+/// `validate` passes on a fresh replica, finds one row altered in the target behind binlake's
+/// back (naming its key), and `--repair` backfills that key range through the running
+/// replicate, after which `validate` and the independent comparison pass.
+fn validate_finds_and_repairs(
+    name: &str,
+    sink_args: &[&str],
+    target: &str,
+    reader: &[&str],
+    tamper: &dyn Fn(),
+) {
+    let dir = TestDir::new(name);
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    big_table(&m, 30_000);
+    let url = m.url();
+    let control = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "shop.*",
+        "--max-latency",
+        "300ms",
+        "--control-addr",
+        &control,
+    ];
+    args.extend_from_slice(sink_args);
+    let r = spawn_binlake(&args);
+    wait_loaded(sink_args, "shop.big", Duration::from_secs(120));
+    m.sql("UPDATE shop.big SET k = 5 WHERE id = 3; INSERT INTO shop.small VALUES (9, 'x');");
+    wait_equal(&m, target, "shop.big", reader, Duration::from_secs(60));
+    let (ok, text) = validate(&url, sink_args, &[]);
+    assert!(ok, "validate should pass on an equal replica:\n{text}");
+    assert!(
+        text.contains("shop.big: 3 chunks checked, 0 different"),
+        "{text}"
+    );
+
+    tamper();
+    let (ok, text) = validate(&url, sink_args, &[]);
+    assert!(!ok, "validate should find the altered row:\n{text}");
+    assert!(
+        text.contains("shop.big: 3 chunks checked, 1 different")
+            && text.contains("first differing keys: (17)"),
+        "{text}"
+    );
+    let (ok, text) = validate(&url, sink_args, &["--repair", "--control", &control]);
+    assert!(ok, "validate --repair should fix the row:\n{text}");
+    assert!(
+        text.contains("repair queued: 1 key range(s)") && text.contains("after repair: shop.big"),
+        "{text}"
+    );
+    wait_equal(&m, target, "shop.big", reader, Duration::from_secs(60));
+    let (ok, text) = validate(&url, sink_args, &[]);
+    assert!(ok, "{text}");
+    let out = terminate(r, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn python(code: &str, args: &[&str]) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn validate_finds_an_altered_row_and_repair_fixes_it_parquet() {
+    let dir = TestDir::new("val_pq_target");
+    let target = dir.path("lake");
+    let t2 = target.clone();
+    validate_finds_and_repairs("val_pq", &["--target", &target], &target, &[], &|| {
+        // rewrite the Parquet file holding id 17, as a careless job might
+        python(
+            "import glob, sys, pyarrow as pa, pyarrow.parquet as pq\n\
+             for f in glob.glob(sys.argv[1] + '/shop/big/*.parquet'):\n\
+             \x20   t = pq.read_table(f)\n\
+             \x20   ids = t.column('id').to_pylist()\n\
+             \x20   if 17 in ids:\n\
+             \x20       c = t.column('c').to_pylist(); c[ids.index(17)] = 'tampered'\n\
+             \x20       i = t.schema.get_field_index('c')\n\
+             \x20       t = t.set_column(i, t.schema.field(i), pa.array(c, t.schema.field(i).type))\n\
+             \x20       pq.write_table(t, f)\n",
+            &[&t2],
+        );
+    });
+}
+
+#[cfg(feature = "delta")]
+#[test]
+fn validate_finds_an_altered_row_and_repair_fixes_it_delta() {
+    let dir = TestDir::new("val_delta_target");
+    let target = dir.path("lake");
+    let path = format!("{target}/shop/big");
+    validate_finds_and_repairs(
+        "val_delta",
+        &["--sink", "delta", "--target", &target],
+        &target,
+        &["--reader", "delta"],
+        &|| {
+            python(
+                "import os, sys\nfrom deltalake import DeltaTable\nDeltaTable(sys.argv[1]).update(predicate='id = 17', updates={'c': \"'tampered'\"})\nos._exit(0)",
+                &[&path],
+            )
+        },
+    );
+}
+
+#[cfg(feature = "clickhouse")]
+#[test]
+fn validate_finds_an_altered_row_and_repair_fixes_it_clickhouse() {
+    let dir = TestDir::new("val_ch_server");
+    let ch = ClickHouse::start(&dir.0.join("ch"), "val");
+    let sql = format!(
+        "ALTER TABLE `{}shop`.`big` UPDATE c = 'tampered' WHERE id = 17 SETTINGS mutations_sync = 2",
+        ch.prefix
+    );
+    validate_finds_and_repairs("val_ch", &ch.args(), &ch.url, &ch.reader(), &|| {
+        ch.q(&sql);
+    });
+}

@@ -262,6 +262,16 @@ pub trait Sink: Send {
         false
     }
 
+    /// Every row the target holds for `table` (readers keep the highest `_binlake_version` per
+    /// key and drop tombstones), for `binlake validate`. Read-only: safe while a pipeline
+    /// writes. Empty when the table is not in the target.
+    async fn read_table(&mut self, table: &TableId) -> Result<Vec<RecordBatch>, SinkError> {
+        Err(SinkError::Definite(format!(
+            "the {} sink cannot read {table} back for validation",
+            self.kind()
+        )))
+    }
+
     /// Called about every 10 s while the pipeline runs, so a sink can renew what proves it is
     /// the target's one writer.
     async fn keepalive(&mut self) -> Result<(), SinkError> {

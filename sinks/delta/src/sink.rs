@@ -779,6 +779,30 @@ impl Sink for DeltaSink {
         Ok(cp)
     }
 
+    async fn read_table(
+        &mut self,
+        t: &binlake_sink::TableId,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let name = t.to_string();
+        let table = self.load(&t.db, &t.table).await?;
+        if table.version().is_none() {
+            return Ok(vec![]);
+        }
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(&name, "read", e))?;
+        let err = |e: deltalake::datafusion::error::DataFusionError| {
+            SinkError::Definite(format!("reading {name}: {e}"))
+        };
+        let provider = table.table_provider().await.map_err(err)?;
+        ctx.read_table(provider)
+            .map_err(err)?
+            .collect()
+            .await
+            .map_err(err)
+    }
+
     async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         self.log.latest::<Checkpoint>().await
     }

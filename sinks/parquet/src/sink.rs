@@ -204,6 +204,36 @@ impl Sink for ParquetSink {
         Ok(checkpoint)
     }
 
+    async fn read_table(
+        &mut self,
+        table: &binlake_sink::TableId,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let name = table.to_string();
+        let mut out = Vec::new();
+        for f in self.committed_files().await? {
+            if f.table != name {
+                continue;
+            }
+            let bytes = self
+                .log
+                .store()
+                .get(&self.log.path(&f.path))
+                .await
+                .map_err(binlake_sink::store::classify)?
+                .bytes()
+                .await
+                .map_err(binlake_sink::store::classify)?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|e| SinkError::Definite(format!("reading {}: {e}", f.path)))?;
+            for b in reader {
+                out.push(b.map_err(|e| SinkError::Definite(format!("reading {}: {e}", f.path)))?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         Ok(self.log.latest::<LogEntry>().await?.map(|e| e.checkpoint))
     }

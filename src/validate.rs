@@ -1,0 +1,533 @@
+//! `binlake validate`: proves the replica equals the source, chunk by chunk, and names what
+//! differs; `--repair` backfills exactly the differing key ranges through the running
+//! `replicate` (see [`crate::control`]).
+//!
+//! How:
+//! - The source is read by the snapshot reader (keyset chunks by primary key, each in one
+//!   consistent snapshot), so its values are exactly the values binlake replicates.
+//! - The target is read back by the sink ([`binlake_sink::Sink::read_table`]), reduced to its
+//!   current state (the highest version per key, no tombstones), and cast to the source's Arrow
+//!   types. Both sides format each value the same way (Arrow's display), hash each row, and
+//!   compare per chunk: row count and the XOR of row hashes, then the rows themselves.
+//! - In-flight lag is tolerated by comparing at a point the replica has reached: the target is
+//!   read only once its checkpoint covers the source position of the last chunk read. A chunk
+//!   that still differs is read again on both sides (up to three rounds), so a row changed
+//!   between the two reads is not reported; a difference that persists is.
+//! - Rows present only in the target are reported too (a missed delete); a backfill cannot
+//!   remove them, so `--repair` reports them for a rebuild instead.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::SchemaRef;
+use binlake_sink::{Sink, TableId, COL_DELETED, COL_VERSION};
+use mysql_async::prelude::Queryable;
+use mysql_async::Value as My;
+use thiserror::Error;
+use tracing::info;
+
+use crate::decode::Value;
+use crate::pipeline::buffer::{BufRow, Op, TableBuffer};
+use crate::position::{MariaGtidState, Position};
+use crate::snapshot::values::{describe, ident, key_cells, key_compare, SnapTable};
+use crate::source::SourceError;
+
+#[derive(Debug, Error)]
+pub enum ValidateError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("target: {0}")]
+    Sink(#[from] binlake_sink::SinkError),
+    #[error("{0}")]
+    Definite(String),
+}
+
+/// One chunk: its key range `(lo, hi]` (JSON key cells) and what each side holds in it.
+#[derive(Debug, Clone)]
+pub struct ChunkDiff {
+    pub lo: Option<serde_json::Value>,
+    pub hi: Option<serde_json::Value>,
+    /// Keys (as text) whose rows differ or are missing from the target.
+    pub keys: Vec<String>,
+    pub source_rows: usize,
+    pub target_rows: usize,
+}
+
+/// What `validate` found for one table.
+#[derive(Debug, Default)]
+pub struct TableReport {
+    pub table: String,
+    pub chunks: usize,
+    pub rows: usize,
+    pub different: Vec<ChunkDiff>,
+    /// Keys only in the target (as text).
+    pub only_in_target: Vec<String>,
+    pub skipped: Option<String>,
+}
+
+impl TableReport {
+    pub fn equal(&self) -> bool {
+        self.different.is_empty() && self.only_in_target.is_empty() && self.skipped.is_none()
+    }
+}
+
+impl std::fmt::Display for TableReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(why) = &self.skipped {
+            return write!(f, "{}: skipped: {why}", self.table);
+        }
+        write!(
+            f,
+            "{}: {} chunks checked, {} different; {} source rows",
+            self.table,
+            self.chunks,
+            self.different.len(),
+            self.rows
+        )?;
+        if !self.only_in_target.is_empty() {
+            write!(f, "; {} rows only in the target", self.only_in_target.len())?;
+        }
+        let first: Vec<&str> = self
+            .different
+            .iter()
+            .flat_map(|c| c.keys.iter())
+            .chain(self.only_in_target.iter())
+            .take(5)
+            .map(String::as_str)
+            .collect();
+        if !first.is_empty() {
+            write!(f, "; first differing keys: {}", first.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// One side of a chunk: key text -> row hash.
+type Rows = HashMap<String, u64>;
+
+fn hash_str(s: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Formats the data columns of `batch` (already in the source's types) into (key, row hash).
+fn rows_of(batch: &RecordBatch, ncols: usize, pk: &[usize], out: &mut Rows) -> Result<(), String> {
+    let opts = FormatOptions::default().with_null("\u{0}NULL");
+    let fmts = batch
+        .columns()
+        .iter()
+        .take(ncols)
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut row = String::new();
+    for i in 0..batch.num_rows() {
+        row.clear();
+        for f in &fmts {
+            row.push_str(&f.value(i).to_string());
+            row.push('\u{1f}');
+        }
+        let key = pk
+            .iter()
+            .map(|&k| fmts[k].value(i).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        out.insert(format!("({key})"), hash_str(&row));
+    }
+    Ok(())
+}
+
+/// The source rows of a chunk as an Arrow batch of the replicated schema (the same builders
+/// the pipeline uses, so the types are the ones the sinks were given).
+fn source_batch(id: &TableId, t: &SnapTable, rows: Vec<Vec<Value>>) -> Result<RecordBatch, String> {
+    let mut buf = TableBuffer::new(id.clone(), t.map.clone())?;
+    let src: Arc<str> = Arc::from("validate");
+    for mut values in rows {
+        for v in values.iter_mut() {
+            if matches!(v, Value::Invalid { .. }) {
+                *v = Value::Null; // what the default invalid_values policy stores
+            }
+        }
+        buf.push(&BufRow {
+            values,
+            version: 0,
+            op: Op::Snapshot,
+            deleted: false,
+            commit_us: 0,
+            source: src.clone(),
+        })?;
+    }
+    Ok(buf
+        .into_batch(0)?
+        .map(|b| b.batch)
+        .unwrap_or_else(|| RecordBatch::new_empty(crate::schema::table_schema(&t.map))))
+}
+
+/// The target's current state in the source's types: highest version per key, no tombstones.
+fn target_rows(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    ncols: usize,
+    pk: &[usize],
+) -> Result<Rows, String> {
+    // (row hash, version, deleted) per key, the highest version winning
+    let mut best: HashMap<String, (u64, u64, bool)> = HashMap::new();
+    for b in batches {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(ncols);
+        for f in schema.fields().iter().take(ncols) {
+            let c = match b.column_by_name(f.name()) {
+                Some(c) => arrow_cast::cast(c, f.data_type())
+                    .map_err(|e| format!("column {}: {e}", f.name()))?,
+                None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
+            };
+            cols.push(c);
+        }
+        let version = b
+            .column_by_name(COL_VERSION)
+            .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok());
+        let versions = version
+            .as_ref()
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned());
+        let deleted = b
+            .column_by_name(COL_DELETED)
+            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
+        let data = RecordBatch::try_new(
+            Arc::new(arrow_schema::Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .take(ncols)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )),
+            cols,
+        )
+        .map_err(|e| e.to_string())?;
+        let opts = FormatOptions::default().with_null("\u{0}NULL");
+        let fmts = data
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut row = String::new();
+        for i in 0..data.num_rows() {
+            row.clear();
+            for f in &fmts {
+                row.push_str(&f.value(i).to_string());
+                row.push('\u{1f}');
+            }
+            let key = format!(
+                "({})",
+                pk.iter()
+                    .map(|&k| fmts[k].value(i).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let v = versions.as_ref().map_or(0, |a| a.value(i));
+            let d = deleted
+                .as_ref()
+                .is_some_and(|a| a.is_valid(i) && a.value(i));
+            let h = hash_str(&row);
+            match best.get(&key) {
+                Some((_, bv, _)) if *bv > v => {}
+                _ => {
+                    best.insert(key, (h, v, d));
+                }
+            }
+        }
+    }
+    Ok(best
+        .into_iter()
+        .filter(|(_, (_, _, d))| !d)
+        .map(|(k, (h, _, _))| (k, h))
+        .collect())
+}
+
+/// The source's GTID position now, as the checkpoint would write it.
+async fn source_position(
+    conn: &mut mysql_async::Conn,
+) -> Result<Option<MariaGtidState>, ValidateError> {
+    let s: Option<String> = conn
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .map_err(|e| SourceError::from_mysql(e, "reading gtid_binlog_pos"))?;
+    Ok(s.and_then(|s| s.parse().ok())
+        .filter(|s: &MariaGtidState| !s.is_empty()))
+}
+
+/// Waits until the target's checkpoint covers `pos` (the replica has applied everything the
+/// source had when it was read).
+async fn wait_covered(
+    sink: &mut dyn Sink,
+    pos: &Option<MariaGtidState>,
+    timeout: Duration,
+) -> Result<(), ValidateError> {
+    let Some(pos) = pos else { return Ok(()) };
+    let start = Instant::now();
+    loop {
+        let cp = sink.read_checkpoint().await?;
+        let at = cp
+            .as_ref()
+            .and_then(|c| c.position.parse::<Position>().ok());
+        if let Some(Position::MariaDb(s)) = &at {
+            if pos.is_covered_by(s) {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(ValidateError::Definite(format!(
+                "the replica has not reached the source's position {pos} after {timeout:?} (at {}): is replicate running?",
+                cp.map(|c| c.position).unwrap_or_else(|| "no checkpoint".into())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Reads the source chunk by chunk: per chunk its range and rows (key -> hash).
+async fn read_source(
+    conn: &mut mysql_async::Conn,
+    id: &TableId,
+    t: &SnapTable,
+    chunk_rows: usize,
+    range: Option<(&Option<serde_json::Value>, &Option<serde_json::Value>)>,
+) -> Result<Vec<(ChunkDiff, Rows)>, ValidateError> {
+    let keys: Vec<_> = t.key_columns().collect();
+    let cols = t
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let order = keys
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
+    let schema = crate::schema::table_schema(&t.map);
+    let ncols = t.map.columns.len();
+    let (mut after, end) = match range {
+        Some((lo, hi)) => (lo.clone(), hi.clone()),
+        None => (None, None),
+    };
+    let bad = || ValidateError::Definite(format!("{id}: a key cannot be read back"));
+    let mut out = Vec::new();
+    loop {
+        let mut conds = Vec::new();
+        let mut params: Vec<My> = Vec::new();
+        if let Some(a) = &after {
+            let (sql, p) = key_compare(&keys, ">", &key_cells(a).ok_or_else(bad)?);
+            conds.push(sql);
+            params.extend(p);
+        }
+        if let Some(h) = &end {
+            let (sql, p) = key_compare(&keys, "<=", &key_cells(h).ok_or_else(bad)?);
+            conds.push(sql);
+            params.extend(p);
+        }
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!("SELECT {cols} FROM {from}{where_} ORDER BY {order} LIMIT {chunk_rows}");
+        let (rows, last, _at) =
+            crate::snapshot::read_chunk(conn, &sql, params, t, &t.map.primary_key).await?;
+        let n = rows.len();
+        if n == 0 && !out.is_empty() {
+            // the previous chunk was the last: it covers the rest of the range
+            if let Some((c, _)) = out.last_mut() {
+                let c: &mut ChunkDiff = c;
+                c.hi = if range.is_some() { end.clone() } else { None };
+            }
+            return Ok(out);
+        }
+        let batch = source_batch(id, t, rows).map_err(ValidateError::Definite)?;
+        debug_assert_eq!(batch.schema().fields().len(), schema.fields().len());
+        let mut r = Rows::new();
+        rows_of(&batch, ncols, &t.map.primary_key, &mut r).map_err(ValidateError::Definite)?;
+        let done = n < chunk_rows;
+        let hi = if done && range.is_some() {
+            end.clone()
+        } else if done {
+            None
+        } else {
+            last.clone()
+        };
+        out.push((
+            ChunkDiff {
+                lo: after.clone(),
+                hi,
+                keys: vec![],
+                source_rows: n,
+                target_rows: 0,
+            },
+            r,
+        ));
+        if done {
+            return Ok(out);
+        }
+        after = last;
+    }
+}
+
+/// Validates one table; `rounds` re-reads of differing chunks tolerate rows changed meanwhile.
+pub async fn validate_table(
+    opts: &mysql_async::Opts,
+    sink: &mut dyn Sink,
+    id: &TableId,
+    chunk_rows: usize,
+) -> Result<TableReport, ValidateError> {
+    let mut conn = crate::snapshot::session(opts).await?;
+    let mut report = TableReport {
+        table: id.to_string(),
+        ..Default::default()
+    };
+    let Some(t) = describe(&mut conn, &id.db, &id.table).await? else {
+        report.skipped = Some("not in the source".into());
+        return Ok(report);
+    };
+    if t.keyless() {
+        report.skipped = Some("no primary key (compare the row counts yourself)".into());
+        return Ok(report);
+    }
+    let schema = crate::schema::table_schema(&t.map);
+    let ncols = t.map.columns.len();
+    let pk = t.map.primary_key.clone();
+    let started = Instant::now();
+    let mut chunks = read_source(&mut conn, id, &t, chunk_rows, None).await?;
+    report.chunks = chunks.len();
+    report.rows = chunks.iter().map(|(c, _)| c.source_rows).sum();
+    let mut round = 0;
+    loop {
+        round += 1;
+        let pos = source_position(&mut conn).await?;
+        wait_covered(sink, &pos, Duration::from_secs(120)).await?;
+        let batches = sink.read_table(id).await?;
+        let mut target =
+            target_rows(&batches, &schema, ncols, &pk).map_err(ValidateError::Definite)?;
+        let mut different = Vec::new();
+        for (mut c, rows) in std::mem::take(&mut chunks) {
+            let mut keys: Vec<String> = Vec::new();
+            let mut in_target = 0;
+            for (k, h) in &rows {
+                match target.remove(k) {
+                    Some(th) => {
+                        in_target += 1;
+                        if th != *h {
+                            keys.push(k.clone());
+                        }
+                    }
+                    None => keys.push(k.clone()),
+                }
+            }
+            c.target_rows = in_target;
+            if !keys.is_empty() {
+                keys.sort();
+                c.keys = keys;
+                different.push((c, rows));
+            }
+        }
+        // Target keys no source chunk holds (deleted at the source, not in the target).
+        let extra: Vec<String> = if round == 1 || !different.is_empty() {
+            let mut v: Vec<String> = target.into_keys().collect();
+            v.sort();
+            v
+        } else {
+            vec![]
+        };
+        if (different.is_empty() && extra.is_empty()) || round == 3 {
+            report.different = different.into_iter().map(|(c, _)| c).collect();
+            report.only_in_target = extra;
+            break;
+        }
+        // Read what differs again on both sides: a row changed between the reads settles.
+        info!(table = %id, round, chunks = different.len(), extra = extra.len(), "differences found; reading them again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut again = Vec::new();
+        for (c, _) in &different {
+            again.extend(read_source(&mut conn, id, &t, chunk_rows, Some((&c.lo, &c.hi))).await?);
+        }
+        if !extra.is_empty() {
+            // the whole table again: the extra keys may have been inserted since
+            chunks = read_source(&mut conn, id, &t, chunk_rows, None).await?;
+            report.chunks = chunks.len();
+            report.rows = chunks.iter().map(|(c, _)| c.source_rows).sum();
+        } else {
+            chunks = again;
+        }
+    }
+    info!(table = %id, chunks = report.chunks, different = report.different.len(), secs = started.elapsed().as_secs_f64(), "validated");
+    Ok(report)
+}
+
+/// The SQL predicate of a chunk's key range `(lo, hi]`, with the key values as literals (for a
+/// backfill request).
+pub fn range_predicate(
+    t: &SnapTable,
+    lo: &Option<serde_json::Value>,
+    hi: &Option<serde_json::Value>,
+) -> Option<String> {
+    let keys: Vec<_> = t.key_columns().collect();
+    let mut conds = Vec::new();
+    for (b, op) in [(lo, ">"), (hi, "<=")] {
+        if let Some(k) = b {
+            let cells = key_cells(k)?;
+            let (sql, params) = key_compare(&keys, op, &cells);
+            conds.push(inline(&sql, &params)?);
+        }
+    }
+    if conds.is_empty() {
+        Some("1 = 1".into())
+    } else {
+        Some(conds.join(" AND "))
+    }
+}
+
+/// Replaces each `?` with the next parameter as an SQL literal.
+fn inline(sql: &str, params: &[My]) -> Option<String> {
+    let mut out = String::with_capacity(sql.len() + 16 * params.len());
+    let mut it = params.iter();
+    for ch in sql.chars() {
+        if ch == '?' {
+            out.push_str(&literal(it.next()?));
+        } else {
+            out.push(ch);
+        }
+    }
+    Some(out)
+}
+
+fn literal(v: &My) -> String {
+    match v {
+        My::NULL => "NULL".into(),
+        My::Int(i) => i.to_string(),
+        My::UInt(u) => u.to_string(),
+        My::Float(f) => format!("{f:e}"),
+        My::Double(f) => format!("{f:e}"),
+        My::Bytes(b) if b.is_empty() => "''".into(),
+        My::Bytes(b) => format!("X'{}'", crate::decode::rows::hex(b)),
+        My::Date(y, m, d, h, mi, s, us) => {
+            format!("'{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}'")
+        }
+        My::Time(neg, d, h, m, s, us) => format!(
+            "'{}{}:{m:02}:{s:02}.{us:06}'",
+            if *neg { "-" } else { "" },
+            *d as u64 * 24 + *h as u64
+        ),
+    }
+}
+
+/// Describes a table for `--repair` (the key columns' SQL).
+pub async fn describe_for_repair(
+    opts: &mysql_async::Opts,
+    id: &TableId,
+) -> Result<Option<SnapTable>, ValidateError> {
+    let mut conn = crate::source::connect(opts).await?;
+    Ok(describe(&mut conn, &id.db, &id.table).await?)
+}
