@@ -325,6 +325,8 @@ pub struct TableBuffer {
     /// per-table version may advance to (a snapshot row's version says nothing about which
     /// binlog changes of other keys are applied).
     pub stream_max_version: u64,
+    /// Only rows whose keys are new to the target (see `TableBatch::insert_only`).
+    pub insert_only: bool,
     pub bytes: usize,
     pub oldest: Option<Instant>,
 }
@@ -355,6 +357,7 @@ impl TableBuffer {
             min_version: u64::MAX,
             max_version: 0,
             stream_max_version: 0,
+            insert_only: true,
             bytes: 0,
             oldest: None,
         })
@@ -450,6 +453,7 @@ impl TableBuffer {
             primary_key,
             min_version: self.min_version,
             max_version: self.max_version,
+            insert_only: self.insert_only,
         }))
     }
 }

@@ -200,6 +200,8 @@ struct SnapState {
     keyless_cut: HashMap<String, (u64, u64)>,
     /// Rows read per table in this run, and when its reading started (for the progress view).
     run_rows: HashMap<String, (u64, Instant)>,
+    /// Tables whose initial snapshot started in this run (their rows may be appended).
+    fresh: std::collections::HashSet<String>,
 }
 
 const HISTORY_MAX: usize = 1 << 20;
@@ -836,15 +838,22 @@ fn take_chunk(
     let changed = st.snap.changed.get(&name);
     let mut kb = Vec::new();
     let mut dropped = 0u64;
+    // rows of an initial snapshot of this run whose keys no binlog change touched are new to
+    // the target: the sink may append them
+    let mut fresh = st.snap.fresh.contains(&name);
     let rows: Vec<BufRow> = chunk
         .rows
         .into_iter()
         .filter_map(|values| {
             if let Some(ch) = changed {
                 key_bytes(&values, &tm.primary_key, &mut kb);
-                if ch.get(&kb).is_some_and(|&v| v > version) {
-                    dropped += 1;
-                    return None; // the stream already has a newer change of this key
+                match ch.get(&kb) {
+                    Some(&v) if v > version => {
+                        dropped += 1;
+                        return None; // the stream already has a newer change of this key
+                    }
+                    Some(_) => fresh = false,
+                    None => {}
                 }
             }
             Some(BufRow {
@@ -862,7 +871,7 @@ fn take_chunk(
     }
     let pos = format!("snapshot at {}", chunk.at);
     if !rows.is_empty() {
-        take_rows(st, cfg, &tm, chunk.table.clone(), name.clone(), rows, &pos)?;
+        take_rows(st, cfg, &tm, chunk.table.clone(), name.clone(), rows, &pos, fresh)?;
     }
     if let Some(r) = st.snap.run_rows.get_mut(&name) {
         r.0 += read;
@@ -883,6 +892,7 @@ fn take_chunk(
         st.snap.progress.remove(&name);
         st.snap.changed.remove(&name);
         st.snap.run_rows.remove(&name);
+        st.snap.fresh.remove(&name);
         st.snap.loaded.insert(name, now_us());
     }
     Ok(())
@@ -961,6 +971,7 @@ async fn start_snapshots(
         if !desc.keyless() {
             info!(table = %name, estimate = desc.estimate, "table gets an initial snapshot");
             st.snap.changed.entry(name.clone()).or_default();
+            st.snap.fresh.insert(name.clone());
             snapshotter.add(t, crate::snapshot::new_progress("initial", None));
             continue;
         }
@@ -989,6 +1000,7 @@ async fn start_snapshots(
             name.clone(),
             rows,
             &format!("snapshot at {at}"),
+            false,
         )?;
         let mut p = crate::snapshot::new_progress(KEYLESS, None);
         p.rows = n;
@@ -1141,7 +1153,7 @@ fn take_group(
             }
         }
     }
-    take_rows(st, cfg, tm, id, name, rows, &meta.pos)
+    take_rows(st, cfg, tm, id, name, rows, &meta.pos, false)
 }
 
 /// Checks values against the invalid-value policy and the target's range, and buffers the rows
@@ -1154,6 +1166,7 @@ fn take_rows(
     name: String,
     rows: Vec<BufRow>,
     pos: &str,
+    fresh: bool,
 ) -> Result<(), PipelineError> {
     // A schema change for a table with buffered rows: those rows keep their old shape and are
     // written, before the new ones, by the next commit.
@@ -1250,6 +1263,9 @@ fn take_rows(
             e.insert(b)
         }
     };
+    if !fresh {
+        buf.insert_only = false;
+    }
     for row in &accepted {
         buf.push(row).map_err(|message| PipelineError::Build {
             table: name.clone(),

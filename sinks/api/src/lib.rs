@@ -101,6 +101,10 @@ pub struct TableBatch {
     pub primary_key: Vec<String>,
     pub min_version: u64,
     pub max_version: u64,
+    /// Every row is a key the target has never held (rows of an initial snapshot, read in this
+    /// run, whose keys no binlog change has touched): a sink may append instead of merging.
+    /// Never set for rows that a restart could bring again.
+    pub insert_only: bool,
 }
 
 /// Progress, stored in the target with the data.

@@ -152,7 +152,9 @@ impl DeltaSink {
             .map_err(|e| delta_err(name, "txn version", e))
     }
 
-    async fn apply(&self, tb: &TableBatch) -> Result<(), SinkError> {
+    /// `token` identifies the batch within its commit (`seq * 1024 + n`): a retried commit's
+    /// insert-only batch is recognised by it.
+    async fn apply(&self, tb: &TableBatch, token: i64) -> Result<(), SinkError> {
         let name = tb.table.to_string();
         let lock = self.locks.get(&name);
         let _held = lock.lock().await;
@@ -168,14 +170,29 @@ impl DeltaSink {
             debug!(table = %name, version, "batch already in the table (replay); skipped");
             return Ok(());
         }
+        // Rows whose keys the table has never held (an initial snapshot): appended, not merged.
+        // A commit retried after a transient error must not append them twice: its token says.
+        let append_id = format!("{app_id}-append");
+        let insert_only = tb.insert_only && table.version().is_some();
+        if insert_only
+            && Self::applied(&table, &append_id, &name)
+                .await?
+                .is_some_and(|t| t >= token)
+        {
+            debug!(table = %name, token, "insert-only batch already in the table (retry); skipped");
+            return Ok(());
+        }
         let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
             table: tb.table.clone(),
             message: format!("converting to Delta types: {e}"),
         })?;
-        let props = CommitProperties::default()
+        let mut props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, version));
+        if insert_only {
+            props = props.with_application_transaction(Transaction::new(&append_id, token));
+        }
         let keyless = tb.primary_key.is_empty();
-        if table.version().is_none() || keyless {
+        if table.version().is_none() || keyless || insert_only {
             // A new table (its first batch is already one row per key), or an append-only one.
             let rows = if self.config.deletes == Deletes::Hard && !keyless {
                 without_tombstones(&batch)?
@@ -826,8 +843,8 @@ impl Sink for DeltaSink {
         }
         let this = &*self;
         futures::future::try_join_all(per_table.into_iter().map(|group| async move {
-            for tb in group {
-                this.apply(tb).await?;
+            for (n, tb) in group.into_iter().enumerate() {
+                this.apply(tb, seq as i64 * 1024 + n as i64).await?;
             }
             Ok::<(), SinkError>(())
         }))
