@@ -835,7 +835,7 @@ fn take_chunk(
         "snapshot file={} pos={}",
         chunk.at.file, chunk.at.pos
     ));
-    let changed = st.snap.changed.get(&name);
+    let changed = st.snap.changed.get(&name).filter(|c| !c.is_empty());
     let mut kb = Vec::new();
     let mut dropped = 0u64;
     // rows of an initial snapshot of this run whose keys no binlog change touched are new to
@@ -871,7 +871,7 @@ fn take_chunk(
     }
     let pos = format!("snapshot at {}", chunk.at);
     if !rows.is_empty() {
-        take_rows(st, cfg, &tm, chunk.table.clone(), name.clone(), rows, &pos, fresh)?;
+        take_rows(st, cfg, &tm, rows, &pos, fresh)?;
     }
     if let Some(r) = st.snap.run_rows.get_mut(&name) {
         r.0 += read;
@@ -992,16 +992,7 @@ async fn start_snapshots(
                 source: source.clone(),
             })
             .collect();
-        take_rows(
-            st,
-            cfg,
-            &tm,
-            t.clone(),
-            name.clone(),
-            rows,
-            &format!("snapshot at {at}"),
-            false,
-        )?;
+        take_rows(st, cfg, &tm, rows, &format!("snapshot at {at}"), false)?;
         let mut p = crate::snapshot::new_progress(KEYLESS, None);
         p.rows = n;
         p.estimate = n;
@@ -1114,7 +1105,6 @@ fn take_group(
     {
         return Ok(()); // in the keyless snapshot read at startup
     }
-    let id = TableId::new(&tm.db, &tm.table);
     let mk = |values: Vec<Value>, op: Op, deleted: bool| BufRow {
         values,
         version: meta.version,
@@ -1153,7 +1143,7 @@ fn take_group(
             }
         }
     }
-    take_rows(st, cfg, tm, id, name, rows, &meta.pos, false)
+    take_rows(st, cfg, tm, rows, &meta.pos, false)
 }
 
 /// Checks values against the invalid-value policy and the target's range, and buffers the rows
@@ -1162,12 +1152,12 @@ fn take_rows(
     st: &mut State,
     cfg: &PipelineConfig,
     tm: &Arc<TableMap>,
-    id: TableId,
-    name: String,
     rows: Vec<BufRow>,
     pos: &str,
     fresh: bool,
 ) -> Result<(), PipelineError> {
+    let id = TableId::new(&tm.db, &tm.table);
+    let name = id.to_string();
     // A schema change for a table with buffered rows: those rows keep their old shape and are
     // written, before the new ones, by the next commit.
     if let Some(b) = st.buffers.get_mut(&id) {
