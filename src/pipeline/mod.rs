@@ -444,7 +444,10 @@ pub async fn run(
                         failure = Some(e);
                         break;
                     }
-                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !committer.large || size_exceeds(&st, &cfg, 4)) {
+                    // Snapshot rows appended (insert-only) gain nothing from large commits:
+                    // intake waits at the bounds, which keeps memory low.
+                    let large = committer.large && !st.buffers.values().all(|b| b.insert_only);
+                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !large || size_exceeds(&st, &cfg, 4)) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
                 }
@@ -708,11 +711,14 @@ impl SnapState {
             self.history.push_back((p, v));
             // Without a snapshot in progress only the last entry matters: a chunk read later is
             // read at a point at or after it.
-            let keep = if self.progress.is_empty() && self.pending.is_none() {
-                1
-            } else {
-                HISTORY_MAX
-            };
+            // (`changed` has an entry for every snapshot queued, planned or not: chunks of a
+            // table may be read before its plan reaches the pipeline)
+            let keep =
+                if self.progress.is_empty() && self.changed.is_empty() && self.pending.is_none() {
+                    1
+                } else {
+                    HISTORY_MAX
+                };
             while self.history.len() > keep {
                 if let Some(e) = self.history.pop_front() {
                     self.floor = e;

@@ -183,8 +183,13 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
 
 pub(crate) async fn session(opts: &Opts) -> Result<mysql_async::Conn, SourceError> {
     let mut conn = source::connect(opts).await?;
+    // Results come back as the stored bytes (decoded like the binlog's). Parameters go in as
+    // bytes too (character_set_client = binary): a key read back from a latin1 column is bound
+    // as `CONVERT(CAST(? AS BINARY) USING latin1)`, and a utf8mb4 client would first cut it at
+    // the first byte that is not valid UTF-8.
     for sql in [
         "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL",
+        "SET SESSION character_set_client = binary",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ] {
         conn.query_drop(sql)
@@ -344,6 +349,13 @@ async fn plan(
         info!(table = %id, ranges = progress.ranges.iter().filter(|r| !r.done).count(), rows = progress.rows, "snapshot resumes after its last committed chunk");
     }
     let table = Arc::new(table);
+    // The plan reaches the pipeline before any chunk of it (same channel, sent first).
+    tx.send(SnapshotMsg::Planned {
+        table: id.clone(),
+        progress: progress.clone(),
+    })
+    .await
+    .map_err(|_| Failure::Closed)?;
     {
         let mut q = queue.lock().expect("queue");
         for (i, r) in progress.ranges.iter().enumerate() {
@@ -359,12 +371,7 @@ async fn plan(
         }
     }
     notify.notify_waiters();
-    tx.send(SnapshotMsg::Planned {
-        table: id,
-        progress,
-    })
-    .await
-    .map_err(|_| Failure::Closed)
+    Ok(())
 }
 
 /// Keys that split the table into `parallelism` ranges of about equal size (none for a small

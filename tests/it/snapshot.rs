@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// `shop.big` with `rows` rows (sysbench-like columns plus a decimal and a time), and a small
-/// `shop.small` that only the stream fills.
+/// `shop.big` with `rows` rows (sysbench-like columns plus a decimal and a time), a small
+/// `shop.small` that only the stream fills, `shop.comp` with a composite key whose first column
+/// is latin1 text (paged in the column's collation), and a keyless `shop.nokey`.
 pub fn big_table(m: &Maria, rows: u64) {
     m.sql(&format!(
         "CREATE DATABASE shop; USE shop;
@@ -18,7 +19,14 @@ pub fn big_table(m: &Maria, rows: u64) {
          INSERT INTO shop.big (id, k, c, d, ts) SELECT seq, seq % 1000, CONCAT('row-', seq),
            seq / 100, '2024-01-01' + INTERVAL seq SECOND FROM seq_1_to_{rows};
          CREATE TABLE shop.small (id INT PRIMARY KEY, v VARCHAR(20));
-         INSERT INTO shop.small VALUES (1, 'before');"
+         INSERT INTO shop.small VALUES (1, 'before');
+         CREATE TABLE shop.comp (a VARCHAR(20) CHARACTER SET latin1 NOT NULL, b INT NOT NULL,
+           v TEXT, PRIMARY KEY (a, b));
+         INSERT INTO shop.comp SELECT CONCAT(ELT(1 + seq % 4, 'é', 'e', 'É', 'z'), seq % 97), seq,
+           REPEAT('v', seq % 20) FROM seq_1_to_{comp};
+         CREATE TABLE shop.nokey (x INT, y VARCHAR(10));
+         INSERT INTO shop.nokey SELECT seq, 'n' FROM seq_1_to_1000;",
+        comp = rows.min(50_000)
     ));
 }
 
@@ -128,6 +136,7 @@ pub fn snapshot_under_writes(name: &str, sink_args: &[&str], target: &str, reade
     m.sql("UPDATE shop.small SET v = 'after' WHERE id = 1;");
     wait_equal(&m, target, "shop.big", reader, Duration::from_secs(300));
     wait_equal(&m, target, "shop.small", reader, Duration::from_secs(60));
+    wait_equal(&m, target, "shop.comp", reader, Duration::from_secs(60));
     let out = terminate(r, Duration::from_secs(60));
     let log = stderr(&out);
     assert!(out.status.success(), "binlake failed:\n{log}");
@@ -248,6 +257,12 @@ fn kill_9_during_a_snapshot_resumes_from_the_last_chunk() {
     assert!(txns > 20, "the workload barely ran ({txns} transactions)");
     wait_equal(&m, &target, "shop.big", &[], Duration::from_secs(120));
     wait_equal(&m, &target, "shop.small", &[], Duration::from_secs(60));
+    wait_equal(&m, &target, "shop.comp", &[], Duration::from_secs(60));
+    // the keyless table was read once, at the first start: never again, never doubled
+    let n = duck(&format!(
+        "SELECT count(*) FROM read_parquet('{target}/shop/nokey/**/*.parquet')"
+    ));
+    assert_eq!(n, "1000", "keyless rows after four crashes");
     let out = terminate(r, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
 }

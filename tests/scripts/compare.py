@@ -153,7 +153,12 @@ def main():
         read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
         rep, nfiles = read(a.target, db, table, pk)
     src_by = {tuple(r[k] for k in pk): r for r in src}
-    rep_by = {tuple(r[k] for k in pk): r for r in rep}
+    # ClickHouse returns String keys as bytes: text keys are compared as text
+    text_key = [any(isinstance(r[k], str) for r in src[:1]) for k in pk]
+    def rep_key(r):
+        return tuple(r[k].decode("utf-8", "replace") if t and isinstance(r[k], bytes) else r[k]
+                     for k, t in zip(pk, text_key))
+    rep_by = {rep_key(r): r for r in rep}
     diffs = []
     for k in sorted(set(src_by) - set(rep_by), key=repr)[:10]:
         diffs.append(f"key {k}: in the source, missing from the replica")
