@@ -533,8 +533,12 @@ async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
         println!("{r}");
         if !r.equal() {
             all_equal = false;
-            if !r.only_in_target.is_empty() || r.skipped.is_some() {
+            if !r.only_in_target.is_empty() || r.skipped.is_some() || r.keyless {
                 unrepairable = true;
+            }
+            if r.keyless {
+                println!("  {t}: a table without a primary key cannot be repaired by a backfill; rebuild it");
+                continue;
             }
             if !r.only_in_target.is_empty() {
                 println!("  {t}: rows only in the target are not removed by a backfill; rebuild the table to drop them");

@@ -67,6 +67,8 @@ pub struct TableReport {
     /// Keys only in the target (as text).
     pub only_in_target: Vec<String>,
     pub skipped: Option<String>,
+    /// No primary key: compared as a multiset of rows; a backfill cannot repair it.
+    pub keyless: bool,
 }
 
 impl TableReport {
@@ -393,8 +395,7 @@ pub async fn validate_table(
         return Ok(report);
     };
     if t.keyless() {
-        report.skipped = Some("no primary key (compare the row counts yourself)".into());
-        return Ok(report);
+        return validate_keyless(&mut conn, sink, id, &t, report).await;
     }
     let schema = crate::schema::table_schema(&t.map);
     let ncols = t.map.columns.len();
@@ -464,6 +465,116 @@ pub async fn validate_table(
     }
     info!(table = %id, chunks = report.chunks, different = report.different.len(), secs = started.elapsed().as_secs_f64(), "validated");
     Ok(report)
+}
+
+/// A table without a key holds a changelog in the target (rows, and tombstones of deleted rows):
+/// its current state is the multiset of rows minus the multiset of tombstones, compared with the
+/// source's rows read in one consistent snapshot.
+async fn validate_keyless(
+    conn: &mut mysql_async::Conn,
+    sink: &mut dyn Sink,
+    id: &TableId,
+    t: &SnapTable,
+    mut report: TableReport,
+) -> Result<TableReport, ValidateError> {
+    report.keyless = true;
+    let cols = t
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {cols} FROM {}.{}", ident(&id.db), ident(&id.table));
+    let ncols = t.map.columns.len();
+    let schema = crate::schema::table_schema(&t.map);
+    for _round in 0..3 {
+        let (rows, _, _) = crate::snapshot::read_chunk(conn, &sql, vec![], t, &[]).await?;
+        report.rows = rows.len();
+        report.chunks = 1;
+        let mut counts: HashMap<u64, i64> = HashMap::new();
+        let batch = source_batch(id, t, rows).map_err(ValidateError::Definite)?;
+        count_rows(&batch, ncols, None, &mut counts, 1).map_err(ValidateError::Definite)?;
+        let pos = source_position(conn).await?;
+        wait_covered(sink, &pos, Duration::from_secs(120)).await?;
+        let mut target_n = 0i64;
+        for b in sink.read_table(id).await? {
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(ncols);
+            for f in schema.fields().iter().take(ncols) {
+                cols.push(match b.column_by_name(f.name()) {
+                    Some(c) => arrow_cast::cast(c, f.data_type()).map_err(|e| {
+                        ValidateError::Definite(format!("column {}: {e}", f.name()))
+                    })?,
+                    None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
+                });
+            }
+            let data = RecordBatch::try_new(
+                Arc::new(arrow_schema::Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .take(ncols)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )),
+                cols,
+            )
+            .map_err(|e| ValidateError::Definite(e.to_string()))?;
+            let deleted = b
+                .column_by_name(COL_DELETED)
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
+            target_n += count_rows(&data, ncols, deleted.as_ref(), &mut counts, -1)
+                .map_err(ValidateError::Definite)?;
+        }
+        let off: i64 = counts.values().map(|c| c.abs()).sum();
+        if off == 0 {
+            report.different.clear();
+            return Ok(report);
+        }
+        report.different = vec![ChunkDiff {
+            lo: None,
+            hi: None,
+            keys: vec![format!(
+                "({off} rows differ between the source's {} rows and the target's {target_n})",
+                report.rows
+            )],
+            source_rows: report.rows,
+            target_rows: target_n.max(0) as usize,
+        }];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(report)
+}
+
+/// Adds `sign` per row to its hash's count (a tombstone row counts the other way); returns the
+/// net number of rows.
+fn count_rows(
+    batch: &RecordBatch,
+    ncols: usize,
+    deleted: Option<&BooleanArray>,
+    counts: &mut HashMap<u64, i64>,
+    sign: i64,
+) -> Result<i64, String> {
+    let opts = FormatOptions::default().with_null("\u{0}NULL");
+    let fmts = batch
+        .columns()
+        .iter()
+        .take(ncols)
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut row = String::new();
+    let mut net = 0;
+    for i in 0..batch.num_rows() {
+        row.clear();
+        for f in &fmts {
+            row.push_str(&f.value(i).to_string());
+            row.push('\u{1f}');
+        }
+        let d = deleted.is_some_and(|a| a.is_valid(i) && a.value(i));
+        let s = if d { -sign } else { sign };
+        *counts.entry(hash_str(&row)).or_default() += s;
+        net += if d { -1 } else { 1 };
+    }
+    Ok(net)
 }
 
 /// The SQL predicate of a chunk's key range `(lo, hi]`, with the key values as literals (for a

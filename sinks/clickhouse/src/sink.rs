@@ -626,7 +626,7 @@ impl Sink for ClickHouseSink {
 
     async fn read_table(&mut self, t: &TableId) -> Result<Vec<RecordBatch>, SinkError> {
         let sql = format!(
-            "SELECT * FROM {} FINAL SETTINGS output_format_arrow_string_as_string = 1",
+            "SELECT * FROM {} SETTINGS output_format_arrow_string_as_string = 1",
             self.table_name(t)
         );
         let bytes = match self.client.query_raw(&sql).fetch_bytes("ArrowStream") {
