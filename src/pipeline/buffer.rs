@@ -453,6 +453,7 @@ impl TableBuffer {
             primary_key,
             min_version: self.min_version,
             max_version: self.max_version,
+            stream_max_version: self.stream_max_version,
             insert_only: self.insert_only,
         }))
     }

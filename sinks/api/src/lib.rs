@@ -101,6 +101,11 @@ pub struct TableBatch {
     pub primary_key: Vec<String>,
     pub min_version: u64,
     pub max_version: u64,
+    /// The highest version of a binlog change in the batch (0: snapshot rows only). Snapshot
+    /// rows carry the version of their read, which can be above binlog changes of other keys
+    /// still to be committed: a sink that remembers "applied up to version v" per table must
+    /// advance it to this, never to `max_version`.
+    pub stream_max_version: u64,
     /// Every row is a key the target has never held (rows of an initial snapshot, read in this
     /// run, whose keys no binlog change has touched): a sink may append instead of merging.
     /// Never set for rows that a restart could bring again.

@@ -320,7 +320,9 @@ impl ClickHouseSink {
                 Some(_) => {}
             }
         }
-        if altered {
+        // Also the first time this process writes the table: a kill between an ALTER and the
+        // view's re-creation (a view freezes its columns) left the view stale.
+        if altered || !self.tables.contains_key(&name) {
             self.replace_view(t, keyed).await?;
         }
         debug!(table = %name, columns = want.len(), "table ready");

@@ -165,7 +165,9 @@ impl DeltaSink {
         // applied (of other keys): such a batch is never skipped by the txn version. The MERGE
         // keeps the newer row per key, so applying it again changes nothing.
         let snapshot_rows = has_snapshot_rows(&tb.batch);
-        let version = (tb.max_version as i64).max(applied.unwrap_or(0));
+        // Advanced by binlog changes only: a snapshot row's version says nothing about changes
+        // of other keys that later commits still bring.
+        let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
         if !snapshot_rows && applied.is_some_and(|v| v >= tb.max_version as i64) {
             debug!(table = %name, version, "batch already in the table (replay); skipped");
             return Ok(());
