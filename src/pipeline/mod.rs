@@ -444,10 +444,10 @@ pub async fn run(
                         failure = Some(e);
                         break;
                     }
-                    // Snapshot rows appended (insert-only) gain nothing from large commits:
-                    // intake waits at the bounds, which keeps memory low.
-                    let large = committer.large && !st.buffers.values().all(|b| b.insert_only);
-                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !large || size_exceeds(&st, &cfg, 4)) {
+                    // Snapshot rows appended (insert-only) gain less from large commits than
+                    // merges do: they grow to twice the bounds, not four times (memory).
+                    let factor = if st.buffers.values().all(|b| b.insert_only) { 2 } else { 4 };
+                    if needs_size_flush(&st, &cfg) && (!committer.busy() || !committer.large || size_exceeds(&st, &cfg, factor)) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
                 }
