@@ -117,8 +117,14 @@ fn hash_str(s: &str) -> u64 {
     h.finish()
 }
 
-/// Formats the data columns of `batch` (already in the source's types) into (key, row hash).
-fn rows_of(batch: &RecordBatch, ncols: usize, pk: &[usize], out: &mut Rows) -> Result<(), String> {
+/// Calls `f(row, key text, row hash)` for every row of `batch`, whose first `ncols` columns are
+/// in the source's types: each value formatted by Arrow's display (the same on both sides).
+fn each_row(
+    batch: &RecordBatch,
+    ncols: usize,
+    pk: &[usize],
+    mut f: impl FnMut(usize, String, u64),
+) -> Result<(), String> {
     let opts = FormatOptions::default().with_null("\u{0}NULL");
     let fmts = batch
         .columns()
@@ -138,9 +144,30 @@ fn rows_of(batch: &RecordBatch, ncols: usize, pk: &[usize], out: &mut Rows) -> R
             .map(|&k| fmts[k].value(i).to_string())
             .collect::<Vec<_>>()
             .join(",");
-        out.insert(format!("({key})"), hash_str(&row));
+        f(i, format!("({key})"), hash_str(&row));
     }
     Ok(())
+}
+
+/// A batch read back from the target, its first `ncols` columns cast to the source's types by
+/// name (a column it lacks is NULL).
+fn in_source_types(
+    b: &RecordBatch,
+    schema: &SchemaRef,
+    ncols: usize,
+) -> Result<RecordBatch, String> {
+    let fields: Vec<_> = schema.fields().iter().take(ncols).cloned().collect();
+    let cols = fields
+        .iter()
+        .map(|f| match b.column_by_name(f.name()) {
+            Some(c) => {
+                arrow_cast::cast(c, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))
+            }
+            None => Ok(arrow_array::new_null_array(f.data_type(), b.num_rows())),
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
+        .map_err(|e| e.to_string())
 }
 
 /// The source rows of a chunk as an Arrow batch of the replicated schema (the same builders
@@ -179,68 +206,23 @@ fn target_rows(
     // (row hash, version, deleted) per key, the highest version winning
     let mut best: HashMap<String, (u64, u64, bool)> = HashMap::new();
     for b in batches {
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(ncols);
-        for f in schema.fields().iter().take(ncols) {
-            let c = match b.column_by_name(f.name()) {
-                Some(c) => arrow_cast::cast(c, f.data_type())
-                    .map_err(|e| format!("column {}: {e}", f.name()))?,
-                None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
-            };
-            cols.push(c);
-        }
-        let version = b
+        let data = in_source_types(b, schema, ncols)?;
+        let versions = b
             .column_by_name(COL_VERSION)
-            .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok());
-        let versions = version
-            .as_ref()
+            .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok())
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned());
         let deleted = b
             .column_by_name(COL_DELETED)
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
-        let data = RecordBatch::try_new(
-            Arc::new(arrow_schema::Schema::new(
-                schema
-                    .fields()
-                    .iter()
-                    .take(ncols)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )),
-            cols,
-        )
-        .map_err(|e| e.to_string())?;
-        let opts = FormatOptions::default().with_null("\u{0}NULL");
-        let fmts = data
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut row = String::new();
-        for i in 0..data.num_rows() {
-            row.clear();
-            for f in &fmts {
-                row.push_str(&f.value(i).to_string());
-                row.push('\u{1f}');
-            }
-            let key = format!(
-                "({})",
-                pk.iter()
-                    .map(|&k| fmts[k].value(i).to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+        each_row(&data, ncols, pk, |i, key, h| {
             let v = versions.as_ref().map_or(0, |a| a.value(i));
             let d = deleted
                 .as_ref()
                 .is_some_and(|a| a.is_valid(i) && a.value(i));
-            let h = hash_str(&row);
-            match best.get(&key) {
-                Some((_, bv, _)) if *bv > v => {}
-                _ => {
-                    best.insert(key, (h, v, d));
-                }
+            if best.get(&key).is_none_or(|(_, bv, _)| *bv <= v) {
+                best.insert(key, (h, v, d));
             }
-        }
+        })?;
     }
     Ok(best
         .into_iter()
@@ -352,7 +334,10 @@ async fn read_source(
         let batch = source_batch(id, t, rows).map_err(ValidateError::Definite)?;
         debug_assert_eq!(batch.schema().fields().len(), schema.fields().len());
         let mut r = Rows::new();
-        rows_of(&batch, ncols, &t.map.primary_key, &mut r).map_err(ValidateError::Definite)?;
+        each_row(&batch, ncols, &t.map.primary_key, |_, k, h| {
+            r.insert(k, h);
+        })
+        .map_err(ValidateError::Definite)?;
         let done = n < chunk_rows;
         let hi = if done && range.is_some() {
             end.clone()
@@ -498,27 +483,7 @@ async fn validate_keyless(
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;
         let mut target_n = 0i64;
         for b in sink.read_table(id).await? {
-            let mut cols: Vec<ArrayRef> = Vec::with_capacity(ncols);
-            for f in schema.fields().iter().take(ncols) {
-                cols.push(match b.column_by_name(f.name()) {
-                    Some(c) => arrow_cast::cast(c, f.data_type()).map_err(|e| {
-                        ValidateError::Definite(format!("column {}: {e}", f.name()))
-                    })?,
-                    None => arrow_array::new_null_array(f.data_type(), b.num_rows()),
-                });
-            }
-            let data = RecordBatch::try_new(
-                Arc::new(arrow_schema::Schema::new(
-                    schema
-                        .fields()
-                        .iter()
-                        .take(ncols)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )),
-                cols,
-            )
-            .map_err(|e| ValidateError::Definite(e.to_string()))?;
+            let data = in_source_types(&b, &schema, ncols).map_err(ValidateError::Definite)?;
             let deleted = b
                 .column_by_name(COL_DELETED)
                 .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
@@ -554,26 +519,12 @@ fn count_rows(
     counts: &mut HashMap<u64, i64>,
     sign: i64,
 ) -> Result<i64, String> {
-    let opts = FormatOptions::default().with_null("\u{0}NULL");
-    let fmts = batch
-        .columns()
-        .iter()
-        .take(ncols)
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut row = String::new();
     let mut net = 0;
-    for i in 0..batch.num_rows() {
-        row.clear();
-        for f in &fmts {
-            row.push_str(&f.value(i).to_string());
-            row.push('\u{1f}');
-        }
+    each_row(batch, ncols, &[], |i, _, h| {
         let d = deleted.is_some_and(|a| a.is_valid(i) && a.value(i));
-        let s = if d { -sign } else { sign };
-        *counts.entry(hash_str(&row)).or_default() += s;
+        *counts.entry(h).or_default() += if d { -sign } else { sign };
         net += if d { -1 } else { 1 };
-    }
+    })?;
     Ok(net)
 }
 
