@@ -236,7 +236,21 @@ async fn reader(
                     tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // the table cannot be read: the pipeline stops it (the others go on)
+                    let table = match &work {
+                        Work::Plan { table, .. } => table.clone(),
+                        Work::Range { id, .. } => id.clone(),
+                    };
+                    let failed = SnapshotMsg::Failed {
+                        table,
+                        error: e.to_string(),
+                    };
+                    if tx.send(failed).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
             },
         };
         let result = match work.clone() {
