@@ -33,7 +33,7 @@ use tracing::info;
 use crate::decode::Value;
 use crate::pipeline::buffer::{BufRow, Op, TableBuffer};
 use crate::position::{MariaGtidState, Position};
-use crate::snapshot::values::{describe, ident, key_cells, key_compare, SnapTable};
+use crate::snapshot::values::{describe, key_cells, key_compare, SnapTable};
 use crate::source::SourceError;
 
 #[derive(Debug, Error)]
@@ -280,46 +280,24 @@ async fn read_source(
     chunk_rows: usize,
     range: Option<(&Option<serde_json::Value>, &Option<serde_json::Value>)>,
 ) -> Result<Vec<(ChunkDiff, Rows)>, ValidateError> {
-    let keys: Vec<_> = t.key_columns().collect();
-    let cols = t
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let order = keys
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
     let schema = crate::schema::table_schema(&t.map);
     let ncols = t.map.columns.len();
     let (mut after, end) = match range {
         Some((lo, hi)) => (lo.clone(), hi.clone()),
         None => (None, None),
     };
-    let bad = || ValidateError::Definite(format!("{id}: a key cannot be read back"));
     let mut out = Vec::new();
     loop {
-        let mut conds = Vec::new();
-        let mut params: Vec<My> = Vec::new();
+        let mut bounds = Vec::new();
         if let Some(a) = &after {
-            let (sql, p) = key_compare(&keys, ">", &key_cells(a).ok_or_else(bad)?);
-            conds.push(sql);
-            params.extend(p);
+            bounds.push((">", a));
         }
         if let Some(h) = &end {
-            let (sql, p) = key_compare(&keys, "<=", &key_cells(h).ok_or_else(bad)?);
-            conds.push(sql);
-            params.extend(p);
+            bounds.push(("<=", h));
         }
-        let where_ = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
-        let sql = format!("SELECT {cols} FROM {from}{where_} ORDER BY {order} LIMIT {chunk_rows}");
+        let (sql, params) = t
+            .chunk_query(id, &bounds, None, Some(chunk_rows))
+            .ok_or_else(|| ValidateError::Definite(format!("{id}: a key cannot be read back")))?;
         let (rows, last, _at) =
             crate::snapshot::read_chunk(conn, &sql, params, t, &t.map.primary_key).await?;
         let n = rows.len();
@@ -463,13 +441,9 @@ async fn validate_keyless(
     mut report: TableReport,
 ) -> Result<TableReport, ValidateError> {
     report.keyless = true;
-    let cols = t
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("SELECT {cols} FROM {}.{}", ident(&id.db), ident(&id.table));
+    let (sql, _) = t
+        .chunk_query(id, &[], None, None)
+        .expect("no key to read back");
     let ncols = t.map.columns.len();
     let schema = crate::schema::table_schema(&t.map);
     for _round in 0..3 {

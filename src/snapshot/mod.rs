@@ -61,7 +61,7 @@ use tracing::{debug, info, warn};
 use crate::decode::{ColType, TableMap, Value};
 use crate::position::BinlogPos;
 use crate::source::{self, SourceError};
-use values::{ident, key_cells, key_compare, key_json, SnapTable};
+use values::{ident, key_json, SnapTable};
 
 #[derive(Debug, Clone)]
 pub struct SnapshotConfig {
@@ -467,61 +467,24 @@ async fn read_range(
     filter: Option<String>,
     cfg: &SnapshotConfig,
 ) -> Result<(), Failure> {
-    let keys: Vec<_> = table.key_columns().collect();
-    let cols = table
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let order = keys
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
     let key_idx = table.map.primary_key.clone();
-    let bad_key = |what: &str| {
-        Failure::Source(SourceError::Definite(format!(
-            "snapshot of {id}: the checkpoint's {what} key cannot be read back"
-        )))
-    };
     loop {
-        let mut conds = Vec::new();
-        let mut params: Vec<My> = Vec::new();
+        let mut bounds = Vec::new();
         match (&progress.after, &progress.lo) {
-            (Some(a), _) => {
-                let k = key_cells(a).ok_or_else(|| bad_key("last"))?;
-                let (sql, p) = key_compare(&keys, ">", &k);
-                conds.push(sql);
-                params.extend(p);
-            }
-            (None, Some(lo)) => {
-                let k = key_cells(lo).ok_or_else(|| bad_key("range start"))?;
-                let (sql, p) = key_compare(&keys, ">=", &k);
-                conds.push(sql);
-                params.extend(p);
-            }
+            (Some(a), _) => bounds.push((">", a)),
+            (None, Some(lo)) => bounds.push((">=", lo)),
             (None, None) => {}
         }
         if let Some(hi) = &progress.hi {
-            let k = key_cells(hi).ok_or_else(|| bad_key("range end"))?;
-            let (sql, p) = key_compare(&keys, "<", &k);
-            conds.push(sql);
-            params.extend(p);
+            bounds.push(("<", hi));
         }
-        if let Some(f) = &filter {
-            conds.push(format!("({f})"));
-        }
-        let where_ = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT {cols} FROM {from}{where_} ORDER BY {order} LIMIT {}",
-            cfg.chunk_rows
-        );
+        let (sql, params) = table
+            .chunk_query(id, &bounds, filter.as_deref(), Some(cfg.chunk_rows))
+            .ok_or_else(|| {
+                Failure::Source(SourceError::Definite(format!(
+                    "snapshot of {id}: a key in the checkpoint cannot be read back"
+                )))
+            })?;
         let started = Instant::now();
         let (rows, last_key, at) = read_chunk(conn, &sql, params, table, &key_idx).await?;
         let n = rows.len();
@@ -615,13 +578,9 @@ pub async fn read_keyless(
     let table = values::describe(&mut conn, &id.db, &id.table)
         .await?
         .ok_or_else(|| SourceError::Definite(format!("table {id} does not exist")))?;
-    let cols = table
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("SELECT {cols} FROM {}.{}", ident(&id.db), ident(&id.table));
+    let (sql, _) = table
+        .chunk_query(id, &[], None, None)
+        .expect("no key to read back");
     let (rows, _, at) = read_chunk(&mut conn, &sql, vec![], &table, &[]).await?;
     Ok((table.map.clone(), rows, at))
 }

@@ -22,6 +22,7 @@ use crate::decode::charset::{charset_by_name, Charset};
 use crate::decode::rows::{date_value, datetime_value, days_from_civil, text_or_invalid};
 use crate::decode::{ColType, ColumnMeta, TableMap, Value};
 use crate::source::SourceError;
+use binlake_sink::TableId;
 
 /// A column as the snapshot reads it: how to select it, and (for key columns) how to compare a
 /// bound key value with it in the column's collation.
@@ -48,6 +49,50 @@ impl SnapTable {
     }
     pub fn keyless(&self) -> bool {
         self.map.primary_key.is_empty()
+    }
+}
+
+impl SnapTable {
+    /// `SELECT <every column> FROM db.t [WHERE <bounds> AND (<filter>)] [ORDER BY <key> LIMIT n]`
+    /// and its parameters. A bound is an operator (`>`, `>=`, `<`, `<=`) and a key (JSON cells,
+    /// as the checkpoint holds it); `None` when a key cannot be read back.
+    pub fn chunk_query(
+        &self,
+        id: &TableId,
+        bounds: &[(&str, &serde_json::Value)],
+        filter: Option<&str>,
+        limit: Option<usize>,
+    ) -> Option<(String, Vec<My>)> {
+        let keys: Vec<&SnapColumn> = self.key_columns().collect();
+        let list = |cols: &mut dyn Iterator<Item = &SnapColumn>| {
+            cols.map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ")
+        };
+        let mut conds = Vec::new();
+        let mut params = Vec::new();
+        for (op, key) in bounds {
+            let (sql, p) = key_compare(&keys, op, &key_cells(key)?);
+            conds.push(sql);
+            params.extend(p);
+        }
+        if let Some(f) = filter {
+            conds.push(format!("({f})"));
+        }
+        let mut sql = format!(
+            "SELECT {} FROM {}.{}",
+            list(&mut self.columns.iter()),
+            ident(&id.db),
+            ident(&id.table)
+        );
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        if let Some(n) = limit {
+            sql.push_str(&format!(
+                " ORDER BY {} LIMIT {n}",
+                list(&mut keys.iter().copied())
+            ));
+        }
+        Some((sql, params))
     }
 }
 
