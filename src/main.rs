@@ -389,16 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return config_error(e),
             };
             init_logs(settings.log_json);
-            let sink = build_sink(&SinkOpts {
-                kind: &settings.sink,
-                target: &settings.target,
-                pipeline: &settings.pipeline.name,
-                zstd_level: settings.zstd_level,
-                hard_deletes: settings.hard_deletes,
-                maintenance: &settings.maintenance,
-                lz4: settings.lz4,
-                database_prefix: &settings.database_prefix,
-            })?;
+            let sink = settings_sink(&settings)?;
             tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
                 settings.pipeline.clone(),
@@ -512,16 +503,7 @@ async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return config_error(e),
     };
     init_logs(settings.log_json);
-    let mut sink = build_sink(&SinkOpts {
-        kind: &settings.sink,
-        target: &settings.target,
-        pipeline: &settings.pipeline.name,
-        zstd_level: settings.zstd_level,
-        hard_deletes: settings.hard_deletes,
-        maintenance: &settings.maintenance,
-        lz4: settings.lz4,
-        database_prefix: &settings.database_prefix,
-    })?;
+    let mut sink = settings_sink(&settings)?;
     let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
     let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
     let mut all_equal = true;
@@ -626,6 +608,20 @@ struct SinkOpts<'a> {
     maintenance: &'a binlake::config::Maintenance,
     lz4: Option<bool>,
     database_prefix: &'a str,
+}
+
+/// The sink a resolved configuration names.
+fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
+    build_sink(&SinkOpts {
+        kind: &settings.sink,
+        target: &settings.target,
+        pipeline: &settings.pipeline.name,
+        zstd_level: settings.zstd_level,
+        hard_deletes: settings.hard_deletes,
+        maintenance: &settings.maintenance,
+        lz4: settings.lz4,
+        database_prefix: &settings.database_prefix,
+    })
 }
 
 fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
