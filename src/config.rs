@@ -40,6 +40,43 @@ pub enum Patterns {
     Many(Vec<String>),
 }
 
+/// Sources: one URL, a list of URLs, or `[[source]]` tables with a `url` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Sources {
+    One(String),
+    Many(Vec<SourceEntry>),
+}
+
+/// One entry of a source list: a URL, or a `[[source]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SourceEntry {
+    Url(String),
+    Table(SourceTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTable {
+    pub url: String,
+}
+
+impl Sources {
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Sources::One(u) => vec![u.clone()],
+            Sources::Many(v) => v
+                .iter()
+                .map(|e| match e {
+                    SourceEntry::Url(u) => u.clone(),
+                    SourceEntry::Table(t) => t.url.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A byte size: an integer or text like `64MiB`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -53,7 +90,22 @@ pub enum Size {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub source: Option<String>,
+    /// One URL, a list, or `[[source]]` tables: servers of one replication topology.
+    pub source: Option<Sources>,
+    /// Several sources: `failover` (the default) or `active-active`.
+    pub mode: Option<String>,
+    /// Changes written by these server ids are dropped (two-way setups).
+    pub exclude_server_ids: Option<Vec<u32>>,
+    /// Changes of these MariaDB GTID domains are dropped.
+    pub exclude_gtid_domains: Option<Vec<u32>>,
+    /// Columns left out of the target: `[db.]table.column` globs.
+    pub exclude_columns: Option<Patterns>,
+    /// Columns replaced by a salted SHA-256 (hex): `[db.]table.column` globs.
+    pub mask: Option<Patterns>,
+    /// The salt of `mask` (use `${ENV}`); required with `mask`.
+    pub mask_salt: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`), e.g. `127.0.0.1:9187`.
+    pub metrics_addr: Option<String>,
     pub tables: Option<Patterns>,
     pub sink: Option<String>,
     pub target: Option<String>,
@@ -131,6 +183,13 @@ impl FileConfig {
         macro_rules! pick { ($($f:ident),*) => { FileConfig { $($f: other.$f.or(self.$f),)* } } }
         pick!(
             source,
+            mode,
+            exclude_server_ids,
+            exclude_gtid_domains,
+            exclude_columns,
+            mask,
+            mask_salt,
+            metrics_addr,
             tables,
             sink,
             target,
@@ -344,11 +403,23 @@ impl Maintenance {
 
 impl Settings {
     pub fn resolve(c: &FileConfig) -> Result<Settings, ConfigError> {
-        let url = c
-            .source
-            .clone()
-            .ok_or_else(|| key_err("source", "required: mysql://user:password@host:port"))?;
-        crate::source::parse_url(&url).map_err(|m| key_err("source", m))?;
+        let urls = c.source.as_ref().map(Sources::urls).unwrap_or_default();
+        if urls.is_empty() {
+            return Err(key_err(
+                "source",
+                "required: mysql://user:password@host:port",
+            ));
+        }
+        for u in &urls {
+            crate::source::parse_url(u).map_err(|m| key_err("source", m))?;
+        }
+        let url = urls[0].clone();
+        let mode: crate::source::SourceMode = c
+            .mode
+            .as_deref()
+            .unwrap_or("failover")
+            .parse()
+            .map_err(|m: String| key_err("mode", m))?;
         let patterns: Vec<String> = match &c.tables {
             None => vec![],
             Some(Patterns::One(s)) => vec![s.clone()],
@@ -474,6 +545,11 @@ impl Settings {
         Ok(Settings {
             source: SourceConfig {
                 url,
+                urls,
+                mode,
+                exclude_server_ids: c.exclude_server_ids.clone().unwrap_or_default(),
+                exclude_gtid_domains: c.exclude_gtid_domains.clone().unwrap_or_default(),
+                give_up_after: None,
                 replica_server_id,
                 heartbeat,
                 filter,
@@ -548,6 +624,25 @@ mod tests {
     }
 
     #[test]
+    fn several_sources() {
+        let c = FileConfig::parse(
+            "x.toml",
+            "target='/t'\nmode='active-active'\n[[source]]\nurl='mysql://a@h:1'\n[[source]]\nurl='mysql://b@h:2'",
+        )
+        .unwrap();
+        let s = Settings::resolve(&c).unwrap();
+        assert_eq!(s.source.urls, vec!["mysql://a@h:1", "mysql://b@h:2"]);
+        assert_eq!(s.source.mode, crate::source::SourceMode::ActiveActive);
+        let c = FileConfig::parse(
+            "x.toml",
+            "target='/t'\nsource=['mysql://a@h:1']\nmode='both'",
+        )
+        .unwrap();
+        let e = Settings::resolve(&c).unwrap_err().to_string();
+        assert!(e.contains("`mode`") && e.contains("active-active"), "{e}");
+    }
+
+    #[test]
     fn env_expansion_and_bad_values() {
         std::env::set_var("BINLAKE_TEST_PW", "s3cr\"et");
         let c = FileConfig::parse(
@@ -555,7 +650,10 @@ mod tests {
             "source = 'mysql://u:${BINLAKE_TEST_PW}@h:1'\ntarget='/tmp/x'\nmax_latency='fast'",
         )
         .unwrap();
-        assert_eq!(c.source.as_deref(), Some("mysql://u:s3cr\"et@h:1"));
+        assert_eq!(
+            c.source.as_ref().map(Sources::urls),
+            Some(vec!["mysql://u:s3cr\"et@h:1".to_string()])
+        );
         let e = Settings::resolve(&c).unwrap_err().to_string();
         assert!(e.contains("max_latency") && e.contains("fast"), "{e}");
         let e = FileConfig::parse("x.toml", "source = '${BINLAKE_NOPE_UNSET}'")

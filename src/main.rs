@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use binlake::config::{FileConfig, Patterns, Settings, Size};
+use binlake::config::{FileConfig, Patterns, Settings, Size, SourceEntry, Sources};
 use binlake::pipeline;
 use binlake::source;
 use clap::{Args, Parser, Subcommand};
@@ -84,9 +84,30 @@ struct Common {
     /// TOML config file; flags override its keys.
     #[arg(long)]
     config: Option<String>,
-    /// mysql://user:password@host:port
+    /// mysql://user:password@host:port; repeat for several servers of one topology.
     #[arg(long)]
-    source: Option<String>,
+    source: Vec<String>,
+    /// Several sources: failover (default) or active-active.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Drop changes written by these server ids (comma-separated; two-way setups).
+    #[arg(long, value_delimiter = ',')]
+    exclude_server_ids: Vec<u32>,
+    /// Drop changes of these MariaDB GTID domains (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_gtid_domains: Vec<u32>,
+    /// Columns left out of the target: [db.]table.column globs (repeat or comma-separate).
+    #[arg(long)]
+    exclude_columns: Vec<String>,
+    /// Columns replaced by a salted SHA-256: [db.]table.column globs.
+    #[arg(long)]
+    mask: Vec<String>,
+    /// Salt for --mask (prefer the config file with ${ENV}).
+    #[arg(long)]
+    mask_salt: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Tables to replicate: globs over db.table, `!` excludes (repeat or comma-separate).
     #[arg(long)]
     tables: Vec<String>,
@@ -168,7 +189,20 @@ impl Common {
             None => FileConfig::default(),
         };
         let flags = FileConfig {
-            source: self.source.clone(),
+            source: (!self.source.is_empty()).then(|| match self.source.as_slice() {
+                [one] => Sources::One(one.clone()),
+                many => Sources::Many(many.iter().cloned().map(SourceEntry::Url).collect()),
+            }),
+            mode: self.mode.clone(),
+            exclude_server_ids: (!self.exclude_server_ids.is_empty())
+                .then(|| self.exclude_server_ids.clone()),
+            exclude_gtid_domains: (!self.exclude_gtid_domains.is_empty())
+                .then(|| self.exclude_gtid_domains.clone()),
+            exclude_columns: (!self.exclude_columns.is_empty())
+                .then(|| Patterns::Many(self.exclude_columns.clone())),
+            mask: (!self.mask.is_empty()).then(|| Patterns::Many(self.mask.clone())),
+            mask_salt: self.mask_salt.clone(),
+            metrics_addr: self.metrics_addr.clone(),
             tables: (!self.tables.is_empty()).then(|| Patterns::Many(self.tables.clone())),
             sink: self.sink.clone(),
             target: self.target.clone(),
@@ -275,30 +309,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return config_error(e),
             };
             init_logs(fc.log_format.as_deref() == Some("json"));
-            let Some(url) = fc.source.clone() else {
+            let urls = fc.source.as_ref().map(Sources::urls).unwrap_or_default();
+            if urls.is_empty() {
                 return config_error(binlake::config::ConfigError::Key {
                     key: "source",
                     message: "required: mysql://user:password@host:port".into(),
                 });
-            };
-            let opts = match source::parse_url(&url) {
-                Ok(o) => o,
-                Err(m) => {
-                    return config_error(binlake::config::ConfigError::Key {
-                        key: "source",
-                        message: m,
-                    })
+            }
+            let mut failed = 0;
+            for url in &urls {
+                let opts = match source::parse_url(url) {
+                    Ok(o) => o,
+                    Err(m) => {
+                        return config_error(binlake::config::ConfigError::Key {
+                            key: "source",
+                            message: m,
+                        })
+                    }
+                };
+                if urls.len() > 1 {
+                    println!("== {}", source::redact(url));
                 }
-            };
-            let mut conn = source::connect(&opts)
-                .await
-                .with_context(|| format!("source {}", source::redact(&url)))?;
-            let report = source::preflight::run(&mut conn).await?;
-            print!("{report}");
-            if report.failed() {
+                let mut conn = source::connect(&opts)
+                    .await
+                    .with_context(|| format!("source {}", source::redact(url)))?;
+                let report = source::preflight::run(&mut conn).await?;
+                print!("{report}");
+                failed += report.failures().count();
+            }
+            if failed > 0 {
                 eprintln!(
-                    "error: {} check(s) failed; fix them and run `binlake check` again",
-                    report.failures().count()
+                    "error: {failed} check(s) failed; fix them and run `binlake check` again"
                 );
                 Ok(ExitCode::from(3))
             } else {

@@ -42,7 +42,9 @@ use tracing::{debug, error, info, warn};
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
 use crate::snapshot::{Chunk, SnapshotMsg, Snapshotter};
-use crate::source::{self, Flavor, SourceConfig, SourceError, SourceMsg, StartAt, Transaction};
+use crate::source::{
+    self, Flavor, SourceConfig, SourceError, SourceMode, SourceMsg, StartAt, Transaction,
+};
 use binlake_sink::SnapshotProgress;
 use buffer::{key_bytes, BufRow, Op, TableBuffer};
 
@@ -214,10 +216,67 @@ fn pos_key(p: &BinlogPos) -> (u64, u64) {
 pub async fn run(
     cfg: PipelineConfig,
     src: SourceConfig,
-    mut sink: Box<dyn Sink>,
+    sink: Box<dyn Sink>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, PipelineError> {
-    let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
+    tokio::pin!(shutdown);
+    let mut sink = sink;
+    let mut from = 0;
+    let mut total = Summary::default();
+    loop {
+        match run_once(&cfg, &src, sink, from, shutdown.as_mut()).await? {
+            Outcome::Done(s) => {
+                total.add(s);
+                return Ok(total);
+            }
+            Outcome::Restart {
+                sink: back,
+                from: next,
+                summary,
+                why,
+            } => {
+                info!(reason = %why, "restarting the pipeline from the target's checkpoint");
+                total.add(summary);
+                sink = back;
+                from = next;
+            }
+        }
+    }
+}
+
+/// How one run ended: done (caught up, stopped), or to be started again from the checkpoint on
+/// another source (failover) with the sink handed back.
+enum Outcome {
+    Done(Summary),
+    Restart {
+        sink: Box<dyn Sink>,
+        from: usize,
+        summary: Summary,
+        why: String,
+    },
+}
+
+impl Summary {
+    fn add(&mut self, o: Summary) {
+        self.transactions += o.transactions;
+        self.rows += o.rows;
+        self.commits += o.commits;
+        self.invalid_nulled += o.invalid_nulled;
+        self.rejected += o.rejected;
+        self.position = o.position.or(self.position.take());
+        self.caught_up = o.caught_up;
+    }
+}
+
+async fn run_once(
+    cfg: &PipelineConfig,
+    src: &SourceConfig,
+    mut sink: Box<dyn Sink>,
+    from: usize,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Outcome, PipelineError> {
+    let cfg = cfg.clone();
+    let mut src = src.clone();
     // At start a target that does not answer is more likely misconfigured than briefly down:
     // a few retries, then a clear error (once running, commits retry until it is back).
     let mut attempt = 0;
@@ -229,6 +288,26 @@ pub async fn run(
         }
     };
 
+    // Several sources: the first fit one from `from` on (up, passes preflight, and its binlog
+    // holds everything the checkpoint has applied: never backwards).
+    let mut via = 0;
+    if src.urls.len() > 1 {
+        let pos = match &checkpoint {
+            Some(c) => Some(
+                c.position
+                    .parse::<Position>()
+                    .map_err(|_| PipelineError::BadCheckpoint(c.position.clone()))?,
+            ),
+            None => None,
+        };
+        via = source::ha::choose(&src, pos.as_ref(), from).await?.0;
+        src.url = src.urls[via].clone();
+        if src.mode == SourceMode::Failover {
+            src.give_up_after = Some(2);
+        }
+        info!(source = %source::redact(&src.url), index = via, mode = ?src.mode, "reading from");
+    }
+    let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
     let mut conn = source::connect(&opts).await?;
     let report = source::preflight::run(&mut conn).await?;
     if report.failed() {
@@ -250,6 +329,12 @@ pub async fn run(
             (p, BTreeMap::new())
         }
     };
+    if src.urls.len() > 1 && matches!(start, Position::File(_)) {
+        return Err(SourceError::Definite(format!(
+            "several sources need GTIDs to fail over, but the start position {start} is a binlog file position; start from a GTID"
+        ))
+        .into());
+    }
     let target = if cfg.exit_when_caught_up {
         Some(source::current_file_pos(&mut conn).await?)
     } else {
@@ -266,13 +351,28 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel::<SourceMsg>(32);
     let snap_opts = opts.clone();
-    let src_task = tokio::spawn(source::stream::run(
-        src.clone(),
-        opts,
-        flavor,
-        start.clone(),
-        tx,
-    ));
+    let mut src_task = tokio::task::JoinSet::new();
+    if src.urls.len() > 1 && src.mode == SourceMode::ActiveActive {
+        src_task.spawn(source::ha::active_active(
+            src.clone(),
+            flavor,
+            start.clone(),
+            via,
+            tx,
+        ));
+    } else {
+        src_task.spawn(source::stream::run(
+            src.clone(),
+            opts,
+            flavor,
+            start.clone(),
+            via,
+            tx,
+        ));
+    }
+    // Binlog file positions (snapshot handoff, caught-up check) are those of this server.
+    let snap_via = via;
+    let mut restart: Option<(usize, String)> = None;
 
     let mut st = State {
         date_range,
@@ -319,19 +419,21 @@ pub async fn run(
     .await?;
     let mut snapshotter = snapshotter;
     let (bf_tx, mut bf_rx) = mpsc::channel::<crate::control::Backfill>(8);
+    // Tasks that end with this run (a restart listens again).
+    let mut aux = tokio::task::JoinSet::new();
     if let Some(addr) = &cfg.control_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             SourceError::Definite(format!("control_addr `{addr}`: cannot listen: {e}"))
         })?;
         info!(%addr, "listening for backfill requests");
-        tokio::spawn(crate::control::serve(
+        aux.spawn(crate::control::serve(
             listener,
             snap_opts.clone(),
             src.filter.clone(),
             bf_tx.clone(),
         ));
     }
-    tokio::spawn(crate::control::run_schedule(
+    aux.spawn(crate::control::run_schedule(
         cfg.schedules.clone(),
         snap_opts.clone(),
         src.filter.clone(),
@@ -340,7 +442,6 @@ pub async fn run(
     let mut progress_view = crate::snapshot::ProgressView::new();
     let mut caught_up_at: Option<BinlogPos> = None;
     let reached = |p: &BinlogPos, t: &BinlogPos| (p.file_index(), p.pos) >= (t.file_index(), t.pos);
-    tokio::pin!(shutdown);
     let mut last_log = Instant::now();
     let mut rows_at_last_log = 0u64;
     let mut failure: Option<PipelineError> = None;
@@ -363,7 +464,7 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            _ = &mut shutdown => {
+            _ = shutdown.as_mut() => {
                 info!("stop requested: committing what is complete, then exiting");
                 break;
             }
@@ -371,6 +472,7 @@ pub async fn run(
                 Some(SourceMsg::Txn(txn)) => {
                     idle_since_last_txn = false;
                     let file_pos = txn.file_pos.clone();
+                    let ours = txn.via == snap_via;
                     // TRUNCATE, DROP TABLE, DROP/RENAME COLUMN, RENAME TABLE of a replicated
                     // table (see `ddl`): everything before it is committed, then the sink applies
                     // it, and only then does the position move past it (a crash in between
@@ -382,7 +484,9 @@ pub async fn run(
                             apply_ddl(&mut st, &mut committer, &table, kind, txn.version).await?;
                         }
                     }
-                    st.snap.saw(&file_pos, Some(txn.version));
+                    if ours {
+                        st.snap.saw(&file_pos, Some(txn.version));
+                    }
                     if let Err(e) = take_txn(&mut st, &cfg, txn) {
                         failure = Some(e);
                         break;
@@ -397,13 +501,33 @@ pub async fn run(
                     if needs_size_flush(&st, &cfg) && (!committer.busy() || !committer.large || size_exceeds(&st, &cfg, 4)) {
                         commit(&mut st, &cfg, &mut committer).await?;
                     }
+                    if let Some(t) = target.as_ref().filter(|_| ours) {
+                        if reached(&file_pos, t) {
+                            caught_up_at = Some(file_pos);
+                        }
+                    }
+                }
+                Some(SourceMsg::Seen { via, file_pos, version }) if via == snap_via => {
+                    st.snap.saw(&file_pos, Some(version));
+                    if let Err(e) = after_stream_moved(&mut st, &cfg) {
+                        failure = Some(e);
+                        break;
+                    }
                     if let Some(t) = &target {
                         if reached(&file_pos, t) {
                             caught_up_at = Some(file_pos);
                         }
                     }
                 }
-                Some(SourceMsg::Idle { file_pos }) => {
+                Some(SourceMsg::Seen { .. }) => {}
+                Some(SourceMsg::Switched { via }) => {
+                    // Positions of another server from here on: start again from the checkpoint
+                    // there (snapshots, backfills and the caught-up check follow that server).
+                    restart = Some((via, format!("now following source #{via}")));
+                    break;
+                }
+                Some(SourceMsg::Idle { via, .. }) if via != snap_via => {}
+                Some(SourceMsg::Idle { file_pos, .. }) => {
                     // The server has nothing newer: whatever is buffered is all there is.
                     idle_since_last_txn = true;
                     st.snap.saw(&file_pos, None);
@@ -421,10 +545,15 @@ pub async fn run(
                     debug!(%error, attempt, "source reconnecting");
                 }
                 None => {
-                    match src_task.await {
-                        Ok(Err(e)) => failure = Some(e.into()),
-                        Ok(Ok(())) => {}
-                        Err(e) => failure = Some(SourceError::Definite(format!("source task failed: {e}")).into()),
+                    match src_task.join_next().await {
+                        // Failover: this server's stream gave up; the next fit one takes over.
+                        Some(Ok(Err(e))) if e.is_transient() && src.urls.len() > 1 => {
+                            warn!(source = %source::redact(&src.url), error = %e, "source lost; failing over");
+                            restart = Some(((snap_via + 1) % src.urls.len(), format!("failover: {e}")));
+                        }
+                        Some(Ok(Err(e))) => failure = Some(e.into()),
+                        Some(Ok(Ok(()))) | None => {}
+                        Some(Err(e)) => failure = Some(SourceError::Definite(format!("source task failed: {e}")).into()),
                     }
                     break;
                 }
@@ -525,12 +654,28 @@ pub async fn run(
     if let Some(e) = failure {
         return Err(e);
     }
+    if let Some((from, why)) = restart {
+        src_task.abort_all();
+        aux.abort_all();
+        drop(snapshotter);
+        st.summary.position = st.committed_position.clone();
+        let sink = committer
+            .sink
+            .take()
+            .expect("sink present when nothing is in flight");
+        return Ok(Outcome::Restart {
+            sink,
+            from,
+            summary: st.summary,
+            why,
+        });
+    }
     st.summary.caught_up = caught_up_at.is_some();
     st.summary.position = st.committed_position.clone();
     for (t, n) in &st.invalid_by_table {
         warn!(table = %t, count = n, policy = ?cfg.invalid_values, "invalid values handled by policy");
     }
-    Ok(st.summary)
+    Ok(Outcome::Done(st.summary))
 }
 
 async fn resolve_start(
@@ -1049,14 +1194,17 @@ fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<()
         version,
         commit_us,
         origin_server_id,
+        read_server_id,
         position,
         file_pos,
         changes,
         ..
     } = txn;
     if !changes.is_empty() {
+        // The origin server, the GTID, and where it was read: that server's binlog file and
+        // position (with several sources, `via` names which server's file).
         let source = Arc::from(format!(
-            "server_id={origin_server_id} gtid={} file={} pos={}",
+            "server_id={origin_server_id} gtid={} via={read_server_id} file={} pos={}",
             gtid.as_deref().unwrap_or("-"),
             file_pos.file,
             file_pos.pos

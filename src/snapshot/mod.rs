@@ -134,6 +134,8 @@ pub struct Snapshotter {
     queue: Arc<Mutex<VecDeque<Work>>>,
     notify: Arc<Notify>,
     pub rx: mpsc::Receiver<SnapshotMsg>,
+    /// The readers end with the snapshotter (a pipeline restart starts new ones).
+    _readers: tokio::task::JoinSet<()>,
 }
 
 impl Snapshotter {
@@ -141,6 +143,7 @@ impl Snapshotter {
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let notify = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(cfg.parallelism.max(1));
+        let mut readers = tokio::task::JoinSet::new();
         for worker in 0..cfg.parallelism.max(1) {
             let (q, n, tx, opts, cfg) = (
                 queue.clone(),
@@ -149,13 +152,18 @@ impl Snapshotter {
                 opts.clone(),
                 cfg.clone(),
             );
-            tokio::spawn(async move {
+            readers.spawn(async move {
                 if let Err(e) = reader(worker, q, n, tx, opts, cfg).await {
                     warn!(worker, error = %e, "snapshot reader stopped");
                 }
             });
         }
-        Snapshotter { queue, notify, rx }
+        Snapshotter {
+            queue,
+            notify,
+            rx,
+            _readers: readers,
+        }
     }
 
     /// Plans `table` (a new snapshot, or one in progress to continue).

@@ -9,6 +9,7 @@
 //! - Errors are classified: [`SourceError::is_transient`] ones are retried with backoff by
 //!   [`stream::run`]; the rest stop the pipeline with a message naming what to fix.
 
+pub mod ha;
 pub mod preflight;
 pub mod stream;
 
@@ -20,7 +21,7 @@ use thiserror::Error;
 
 use crate::decode::{DecodeError, RowChange, TableMap};
 use crate::filter::TableFilter;
-use crate::position::{BinlogPos, Position};
+use crate::position::{BinlogPos, MariaGtid, MysqlGtid, Position};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -113,6 +114,12 @@ pub struct Transaction {
     pub commit_us: i64,
     /// Server that originally wrote the transaction (the event header's server id).
     pub origin_server_id: u32,
+    /// The GTID, parsed (MariaDB or MySQL flavour), for deduplication across sources.
+    pub maria: Option<MariaGtid>,
+    pub mysql: Option<MysqlGtid>,
+    /// Index (in `SourceConfig::urls`) of the server it was read from, and that server's id.
+    pub via: usize,
+    pub read_server_id: u32,
     /// Position after this transaction: where to resume so that it is not read again.
     pub position: Position,
     /// End of the commit event in the server's binlog we read it from.
@@ -136,7 +143,20 @@ pub enum SourceMsg {
     Txn(Transaction),
     /// Nothing to deliver; the server is at `file_pos` (heartbeat or end of a skipped event).
     Idle {
+        via: usize,
         file_pos: BinlogPos,
+    },
+    /// A transaction already applied from another source, seen again in `via`'s binlog at
+    /// `file_pos` (active-active: the snapshot handoff needs every position of its server).
+    Seen {
+        via: usize,
+        file_pos: BinlogPos,
+        version: u64,
+    },
+    /// The pipeline now follows server `via` (failover, or a new snapshot server in
+    /// active-active mode): binlog file positions before this message belong to another server.
+    Switched {
+        via: usize,
     },
     /// The connection broke and is being re-established (for metrics and logs).
     Reconnecting {
@@ -193,9 +213,40 @@ impl std::str::FromStr for StartAt {
     }
 }
 
+/// How several sources (servers of one replication topology) are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceMode {
+    /// One server at a time; the next healthy one when it fails (the default).
+    Failover,
+    /// Every server at once; each transaction applied once, from whichever delivers it first.
+    ActiveActive,
+}
+
+impl std::str::FromStr for SourceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "failover" => Ok(SourceMode::Failover),
+            "active-active" | "active_active" => Ok(SourceMode::ActiveActive),
+            _ => Err(format!("`{s}`: expected failover or active-active")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
+    /// The server this run reads (and snapshots) from: one of `urls`.
     pub url: String,
+    /// Every server of the topology, in order of preference.
+    pub urls: Vec<String>,
+    pub mode: SourceMode,
+    /// Changes written by these servers (the GTID's / event's origin server id) are dropped.
+    pub exclude_server_ids: Vec<u32>,
+    /// Changes of these MariaDB GTID domains are dropped.
+    pub exclude_gtid_domains: Vec<u32>,
+    /// Reconnect attempts to one server before its stream gives up (None: forever). Several
+    /// sources set it, so that a dead server is left for another.
+    pub give_up_after: Option<u32>,
     /// Server id binlake registers with (must be unique among the source's replicas).
     pub replica_server_id: u32,
     pub heartbeat: Duration,

@@ -37,6 +37,11 @@ struct Open {
 }
 
 struct State {
+    /// Index of this server in `SourceConfig::urls`, and its server id (read at connect).
+    via: usize,
+    server_id: u32,
+    /// An event arrived since the last connection error (the server is healthy again).
+    delivered: bool,
     flavor: Flavor,
     maria: MariaGtidState,
     mysql: MysqlGtidSet,
@@ -56,9 +61,13 @@ pub async fn run(
     opts: Opts,
     flavor: Flavor,
     start: Position,
+    via: usize,
     tx: mpsc::Sender<SourceMsg>,
 ) -> Result<(), SourceError> {
     let mut st = State {
+        via,
+        server_id: 0,
+        delivered: false,
         flavor,
         maria: MariaGtidState::default(),
         mysql: MysqlGtidSet::default(),
@@ -70,9 +79,13 @@ pub async fn run(
     };
     let mut attempt = 0u32;
     loop {
-        match stream_once(&cfg, &opts, &mut st, &tx).await {
+        let r = stream_once(&cfg, &opts, &mut st, &tx).await;
+        if std::mem::take(&mut st.delivered) {
+            attempt = 0;
+        }
+        match r {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() => {
+            Err(e) if e.is_transient() && cfg.give_up_after.is_none_or(|n| attempt < n) => {
                 attempt += 1;
                 let wait = Duration::from_secs(1u64 << attempt.min(5).saturating_sub(1))
                     .min(Duration::from_secs(30));
@@ -102,6 +115,12 @@ async fn stream_once(
 ) -> Result<(), SourceError> {
     let mut conn = connect(opts).await?;
     super::load_collations(&mut conn).await;
+    st.server_id = conn
+        .query_first::<u32, _>("SELECT @@server_id")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let q = |e| SourceError::from_mysql(e, "preparing the binlog dump");
     let hb_ns = cfg
         .heartbeat
@@ -190,6 +209,8 @@ async fn stream_once(
         if !handle_event(cfg, st, &mut dec, &ev, tx).await? {
             return Ok(());
         }
+        // a delivered event proves the server healthy again: the give-up count starts over
+        st.delivered = true;
     }
 }
 
@@ -344,7 +365,13 @@ async fn handle_event(
             }
             EventBody::Xid(_) => return finish(cfg, st, &header, end, tx).await,
             EventBody::Heartbeat { .. } if header.log_pos != 0 && st.open.is_none() => {
-                return Ok(tx.send(SourceMsg::Idle { file_pos: end }).await.is_ok());
+                return Ok(tx
+                    .send(SourceMsg::Idle {
+                        via: st.via,
+                        file_pos: end,
+                    })
+                    .await
+                    .is_ok());
             }
             EventBody::Incident { code, message } => {
                 return Err(SourceError::Definite(format!("the source logged an incident (code {code}: {message}) at {end}: changes may be missing from the binlog; re-snapshot the affected tables")));
@@ -356,7 +383,7 @@ async fn handle_event(
 }
 
 async fn finish(
-    _cfg: &SourceConfig,
+    cfg: &SourceConfig,
     st: &mut State,
     header: &EventHeader,
     end: BinlogPos,
@@ -390,18 +417,34 @@ async fn finish(
     };
     let version = position.version();
     st.last = position.clone();
+    let origin_server_id = open.maria.map(|g| g.server).unwrap_or(open.origin);
+    // Origin filters (two-way setups): the transaction still moves the position, its changes
+    // are dropped.
+    let excluded = cfg.exclude_server_ids.contains(&origin_server_id)
+        || open
+            .maria
+            .is_some_and(|g| cfg.exclude_gtid_domains.contains(&g.domain));
+    let (changes, ddl) = if excluded {
+        (Vec::new(), Vec::new())
+    } else {
+        (open.changes, open.ddl)
+    };
     let txn = Transaction {
+        maria: open.maria,
+        mysql: open.mysql.clone(),
+        via: st.via,
+        read_server_id: st.server_id,
         gtid: gtid_text,
         version,
         commit_us: open
             .commit_us
             .map(|u| u as i64)
             .unwrap_or(header.timestamp as i64 * 1_000_000),
-        origin_server_id: open.maria.map(|g| g.server).unwrap_or(open.origin),
+        origin_server_id,
         position,
         file_pos: end,
-        changes: open.changes,
-        ddl: open.ddl,
+        changes,
+        ddl,
     };
     Ok(tx.send(SourceMsg::Txn(txn)).await.is_ok())
 }

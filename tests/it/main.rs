@@ -6,6 +6,7 @@ mod crash;
 #[cfg(feature = "delta")]
 mod delta;
 mod fixtures;
+mod ha;
 mod harness;
 mod replicate;
 mod s3;

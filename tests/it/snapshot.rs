@@ -32,6 +32,11 @@ pub fn big_table(m: &Maria, rows: u64) {
 
 /// Starts `workload.py` on `shop.big` until `stop` exists (or `secs`).
 pub fn start_workload(m: &Maria, stop: &str, secs: u64, seed: u64) -> Child {
+    start_workload_keys(m, stop, secs, seed, 1_000_000)
+}
+
+/// [`start_workload`] on a table whose keys go up to `max_id`.
+pub fn start_workload_keys(m: &Maria, stop: &str, secs: u64, seed: u64, max_id: u64) -> Child {
     Command::new("python3")
         .arg(repo().join("tests/scripts/workload.py"))
         .args([
@@ -45,6 +50,8 @@ pub fn start_workload(m: &Maria, stop: &str, secs: u64, seed: u64) -> Child {
             &seed.to_string(),
             "--stop-file",
             stop,
+            "--max-id",
+            &max_id.to_string(),
         ])
         .stdout(Stdio::piped())
         .spawn()

@@ -1,0 +1,262 @@
+//! High availability against a real topology: a MariaDB primary and two GTID replicas (three
+//! local `mariadbd`, `log_slave_updates`, strict GTID mode). binlake reads the replicas while a
+//! workload writes to the primary; the server binlake reads is killed with SIGKILL, binlake
+//! itself is killed, a replica is left lagging behind; the replica must end equal to the primary
+//! with no change lost, and no change applied twice (no two rows with the same key and version in
+//! the Parquet files, which keep every change).
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::snapshot::{start_workload_keys, stop_workload};
+
+const HA_FLAGS: &[&str] = &["--log-slave-updates", "--gtid-strict-mode=1"];
+
+pub struct Topology {
+    pub primary: Maria,
+    pub r1: Maria,
+    pub r2: Maria,
+}
+
+/// Starts a primary and two replicas of it, and `shop.big` (20,000 rows) on the primary.
+pub fn topology(dir: &TestDir) -> Topology {
+    let primary = Maria::start(&dir.0.join("p"), 1, HA_FLAGS);
+    let r1 = Maria::start(&dir.0.join("r1"), 2, HA_FLAGS);
+    let r2 = Maria::start(&dir.0.join("r2"), 3, HA_FLAGS);
+    for r in [&r1, &r2] {
+        // the replica's own setup statements would collide with the primary's GTIDs
+        r.sql(&format!(
+            "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
+             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root',
+               MASTER_USE_GTID = slave_pos;
+             START SLAVE;",
+            primary.port
+        ));
+    }
+    primary.sql(
+        "CREATE DATABASE shop; USE shop;
+         CREATE TABLE shop.big (id BIGINT PRIMARY KEY, k INT NOT NULL, c VARCHAR(120) NOT NULL,
+           pad CHAR(60) NOT NULL DEFAULT 'pad');
+         INSERT INTO shop.big (id, k, c) SELECT seq, seq % 1000, CONCAT('row-', seq)
+           FROM seq_1_to_20000;",
+    );
+    let t = Topology { primary, r1, r2 };
+    t.wait_replicas(&[&t.r1, &t.r2]);
+    t
+}
+
+impl Topology {
+    /// Waits until the replicas have applied everything the primary has.
+    pub fn wait_replicas(&self, replicas: &[&Maria]) {
+        let want = self
+            .primary
+            .sql("SELECT @@gtid_binlog_pos")
+            .trim()
+            .to_string();
+        let start = Instant::now();
+        for r in replicas {
+            loop {
+                let have = r.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+                if have == want {
+                    break;
+                }
+                let status = r.sql("SHOW SLAVE STATUS\\G");
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "replica at {have}, primary at {want}:\n{status}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// No key has two rows with the same version: no change was applied twice.
+fn assert_no_change_twice(target: &str) {
+    let dup = duck(&format!(
+        "SELECT count(*) FROM (SELECT id, _binlake_version FROM read_parquet('{target}/shop/big/**/*.parquet') GROUP BY ALL HAVING count(*) > 1)"
+    ));
+    assert_eq!(dup, "0", "changes applied twice");
+}
+
+fn ha_args<'a>(t: &'a [String; 3], mode: &'a str, target: &'a str) -> Vec<&'a str> {
+    vec![
+        "replicate",
+        "--source",
+        &t[0],
+        "--source",
+        &t[1],
+        "--source",
+        &t[2],
+        "--mode",
+        mode,
+        "--tables",
+        "shop.*",
+        "--target",
+        target,
+        "--max-latency",
+        "300ms",
+        "--heartbeat",
+        "200ms",
+    ]
+}
+
+/// Waits until the Parquet replica holds a row changed by `marker` on the primary.
+fn wait_marker(target: &str, id: i64, k: i64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        // (no file yet: DuckDB fails, and we look again)
+        let got = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import duckdb, sys; print(duckdb.sql(sys.argv[1]).fetchall()[0][0])",
+                &format!(
+                    "SELECT max(k) FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE id = {id}"
+                ),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if got == k.to_string() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the change (id {id}, k {k}) did not arrive in {timeout:?} (have {got})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn failover_skips_a_lagging_replica_and_loses_nothing() {
+    let dir = TestDir::new("ha_failover");
+    let t = topology(&dir);
+    let urls = [t.r1.url(), t.r2.url(), t.primary.url()];
+    let target = dir.path("lake");
+    let stop = dir.path("stop");
+    let w = start_workload_keys(&t.primary, &stop, 600, 21, 20_000);
+    let args = ha_args(&urls, "failover", &target);
+    let mut logs = String::new();
+
+    let r = spawn_binlake(&args);
+    t.primary
+        .sql("INSERT INTO shop.big (id, k, c) VALUES (-99999999, 5001, 'marker')");
+    wait_marker(&target, -99999999, 5001, Duration::from_secs(60));
+    // r2 stops replicating: it falls behind and must not be chosen
+    t.r2.sql("STOP SLAVE");
+    std::thread::sleep(Duration::from_secs(2));
+    t.r1.kill();
+    t.primary
+        .sql("UPDATE shop.big SET k = 5002 WHERE id = -99999999");
+    wait_marker(&target, -99999999, 5002, Duration::from_secs(60));
+    // binlake dies too; the restart must not pick r1 (dead) or r2 (behind)
+    let mut r = r;
+    r.kill().unwrap();
+    logs.push_str(&stderr(&r.wait_with_output().unwrap()));
+    let r = spawn_binlake(&args);
+    t.primary
+        .sql("UPDATE shop.big SET k = 5003 WHERE id = -99999999");
+    wait_marker(&target, -99999999, 5003, Duration::from_secs(60));
+    let txns = stop_workload(w, &stop);
+    assert!(txns > 20, "the workload barely ran ({txns} transactions)");
+    wait_equal_to(&t.primary, &target, Duration::from_secs(120));
+    let out = terminate(r, Duration::from_secs(60));
+    logs.push_str(&stderr(&out));
+    assert!(out.status.success(), "binlake failed:\n{logs}");
+    assert!(logs.contains("failing over"), "{logs}");
+    assert!(
+        logs.contains("behind") && logs.contains(&format!("127.0.0.1:{}", t.r2.port)),
+        "the lagging replica was not reported as behind:\n{logs}"
+    );
+    assert_no_change_twice(&target);
+    // everything after r1's death came from the primary (r2 was behind, r1 dead)
+    let vias = duck(&format!(
+        "SELECT string_agg(DISTINCT regexp_extract(_binlake_source, 'via=([0-9]+)', 1), ',' ORDER BY regexp_extract(_binlake_source, 'via=([0-9]+)', 1)) FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE _binlake_op <> 'snapshot'"
+    ));
+    assert_eq!(vias, "1,2", "servers read from");
+    t.r2.sql("START SLAVE");
+}
+
+#[test]
+fn active_active_survives_a_dead_server_without_gaps_or_doubles() {
+    let dir = TestDir::new("ha_aa");
+    let t = topology(&dir);
+    let urls = [t.r1.url(), t.r2.url(), t.primary.url()];
+    let target = dir.path("lake");
+    let stop = dir.path("stop");
+    let w = start_workload_keys(&t.primary, &stop, 600, 22, 20_000);
+    let args = ha_args(&urls, "active-active", &target);
+    let mut logs = String::new();
+
+    let r = spawn_binlake(&args);
+    t.primary
+        .sql("INSERT INTO shop.big (id, k, c) VALUES (-99999999, 6001, 'marker')");
+    wait_marker(&target, -99999999, 6001, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    t.r1.kill();
+    // long enough for r1's reader to give up (two reconnects): the pipeline then follows
+    // another server's positions
+    std::thread::sleep(Duration::from_secs(6));
+    t.primary
+        .sql("UPDATE shop.big SET k = 6002 WHERE id = -99999999");
+    wait_marker(&target, -99999999, 6002, Duration::from_secs(60));
+    let mut r = r;
+    r.kill().unwrap();
+    logs.push_str(&stderr(&r.wait_with_output().unwrap()));
+    let r = spawn_binlake(&args);
+    t.primary
+        .sql("UPDATE shop.big SET k = 6003 WHERE id = -99999999");
+    wait_marker(&target, -99999999, 6003, Duration::from_secs(60));
+    let txns = stop_workload(w, &stop);
+    assert!(txns > 20, "the workload barely ran ({txns} transactions)");
+    wait_equal_to(&t.primary, &target, Duration::from_secs(120));
+    let out = terminate(r, Duration::from_secs(60));
+    logs.push_str(&stderr(&out));
+    assert!(out.status.success(), "binlake failed:\n{logs}");
+    assert!(logs.contains("source lost"), "{logs}");
+    assert_no_change_twice(&target);
+    // transactions were taken from more than one server
+    let vias = duck(&format!(
+        "SELECT count(DISTINCT regexp_extract(_binlake_source, 'via=([0-9]+)', 1)) FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE _binlake_op <> 'snapshot'"
+    ));
+    assert!(
+        vias.parse::<u32>().unwrap() >= 2,
+        "read from {vias} server(s)"
+    );
+}
+
+#[test]
+fn several_sources_without_gtid_positions_are_refused() {
+    let dir = TestDir::new("ha_nogtid");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let target = dir.path("lake");
+    let url = m.url();
+    let out = binlake(
+        &[
+            "replicate",
+            "--source",
+            &url,
+            "--source",
+            &url,
+            "--tables",
+            "shop.*",
+            "--target",
+            &target,
+            "--start-at",
+            "binlog.000001:4",
+            "--exit-when-caught-up",
+        ],
+        Duration::from_secs(60),
+    );
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("GTID"), "{e}");
+}
+
+/// Polls the comparison against the primary until equal.
+fn wait_equal_to(m: &Maria, target: &str, timeout: Duration) {
+    if let Err(last) = wait_until_equal(m, target, "shop.big", timeout) {
+        panic!("replica differs from the primary:\n{last}");
+    }
+}
