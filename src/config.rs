@@ -355,6 +355,8 @@ pub struct Settings {
     pub lz4: Option<bool>,
     /// ClickHouse: database name prefix.
     pub database_prefix: String,
+    /// Where to serve Prometheus metrics.
+    pub metrics_addr: Option<String>,
 }
 
 /// Table maintenance (Delta): `binlake maintain`, or a schedule inside `replicate`.
@@ -564,6 +566,24 @@ impl Settings {
                 exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
                 start_at,
                 control_addr: c.control_addr.clone(),
+                columns: {
+                    let list = |p: &Option<Patterns>| match p {
+                        None => vec![],
+                        Some(Patterns::One(s)) => vec![s.clone()],
+                        Some(Patterns::Many(v)) => v.clone(),
+                    };
+                    crate::columns::ColumnRules::parse(
+                        &list(&c.exclude_columns),
+                        &list(&c.mask),
+                        c.mask_salt.as_deref(),
+                    )
+                    .map_err(|e| match &e {
+                        crate::columns::ColumnRuleError::Pattern { key, .. } => {
+                            key_err(key, e.to_string())
+                        }
+                        _ => key_err("mask_salt", e.to_string()),
+                    })?
+                },
                 schedules: c
                     .backfill
                     .iter()
@@ -599,6 +619,7 @@ impl Settings {
             maintenance,
             lz4,
             database_prefix,
+            metrics_addr: c.metrics_addr.clone(),
         })
     }
 }

@@ -552,7 +552,14 @@ async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut unrepairable = false;
     let mut to_repair = Vec::new();
     for t in &tables {
-        let r = binlake::validate::validate_table(&opts, sink.as_mut(), t, v.chunk).await?;
+        let r = binlake::validate::validate_table(
+            &opts,
+            sink.as_mut(),
+            t,
+            v.chunk,
+            &settings.pipeline.columns,
+        )
+        .await?;
         println!("{r}");
         if !r.equal() {
             all_equal = false;
@@ -622,7 +629,14 @@ async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     let mut equal = !unrepairable;
     for (t, _) in &to_repair {
-        let r = binlake::validate::validate_table(&opts, sink.as_mut(), t, v.chunk).await?;
+        let r = binlake::validate::validate_table(
+            &opts,
+            sink.as_mut(),
+            t,
+            v.chunk,
+            &settings.pipeline.columns,
+        )
+        .await?;
         println!("after repair: {r}");
         equal &= r.equal();
     }

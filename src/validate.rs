@@ -172,10 +172,14 @@ fn in_source_types(
 
 /// The source rows of a chunk as an Arrow batch of the replicated schema (the same builders
 /// the pipeline uses, so the types are the ones the sinks were given).
-fn source_batch(id: &TableId, t: &SnapTable, rows: Vec<Vec<Value>>) -> Result<RecordBatch, String> {
-    let mut buf = TableBuffer::new(id.clone(), t.map.clone())?;
+fn source_batch(id: &TableId, sh: &Shape, rows: Vec<Vec<Value>>) -> Result<RecordBatch, String> {
+    let mut buf = TableBuffer::new(id.clone(), sh.map.clone())?;
     let src: Arc<str> = Arc::from("validate");
-    for mut values in rows {
+    for values in rows {
+        let mut values = match &sh.plan {
+            Some(p) => sh.rules.apply(p, values),
+            None => values,
+        };
         for v in values.iter_mut() {
             if matches!(v, Value::Invalid { .. }) {
                 *v = Value::Null; // what the default invalid_values policy stores
@@ -193,7 +197,33 @@ fn source_batch(id: &TableId, t: &SnapTable, rows: Vec<Vec<Value>>) -> Result<Re
     Ok(buf
         .into_batch(0)?
         .map(|b| b.batch)
-        .unwrap_or_else(|| RecordBatch::new_empty(crate::schema::table_schema(&t.map))))
+        .unwrap_or_else(|| RecordBatch::new_empty(crate::schema::table_schema(&sh.map))))
+}
+
+/// The replicated shape of a source table: its map after the column rules (excluded columns
+/// gone, masked ones hashed), which is what the target holds.
+struct Shape<'a> {
+    map: Arc<crate::decode::TableMap>,
+    plan: Option<crate::columns::Plan>,
+    rules: &'a crate::columns::ColumnRules,
+}
+
+impl<'a> Shape<'a> {
+    fn new(
+        t: &SnapTable,
+        rules: &'a crate::columns::ColumnRules,
+    ) -> Result<Shape<'a>, ValidateError> {
+        let plan = rules
+            .plan(&t.map)
+            .map_err(|e| ValidateError::Definite(e.to_string()))?;
+        Ok(Shape {
+            map: plan
+                .as_ref()
+                .map_or_else(|| t.map.clone(), |p| p.table.clone()),
+            plan,
+            rules,
+        })
+    }
 }
 
 /// The target's current state in the source's types: highest version per key, no tombstones.
@@ -277,11 +307,12 @@ async fn read_source(
     conn: &mut mysql_async::Conn,
     id: &TableId,
     t: &SnapTable,
+    sh: &Shape<'_>,
     chunk_rows: usize,
     range: Option<(&Option<serde_json::Value>, &Option<serde_json::Value>)>,
 ) -> Result<Vec<(ChunkDiff, Rows)>, ValidateError> {
-    let schema = crate::schema::table_schema(&t.map);
-    let ncols = t.map.columns.len();
+    let schema = crate::schema::table_schema(&sh.map);
+    let ncols = sh.map.columns.len();
     let (mut after, end) = match range {
         Some((lo, hi)) => (lo.clone(), hi.clone()),
         None => (None, None),
@@ -309,10 +340,10 @@ async fn read_source(
             }
             return Ok(out);
         }
-        let batch = source_batch(id, t, rows).map_err(ValidateError::Definite)?;
+        let batch = source_batch(id, sh, rows).map_err(ValidateError::Definite)?;
         debug_assert_eq!(batch.schema().fields().len(), schema.fields().len());
         let mut r = Rows::new();
-        each_row(&batch, ncols, &t.map.primary_key, |_, k, h| {
+        each_row(&batch, ncols, &sh.map.primary_key, |_, k, h| {
             r.insert(k, h);
         })
         .map_err(ValidateError::Definite)?;
@@ -347,6 +378,7 @@ pub async fn validate_table(
     sink: &mut dyn Sink,
     id: &TableId,
     chunk_rows: usize,
+    rules: &crate::columns::ColumnRules,
 ) -> Result<TableReport, ValidateError> {
     let mut conn = crate::snapshot::session(opts).await?;
     let mut report = TableReport {
@@ -357,14 +389,15 @@ pub async fn validate_table(
         report.skipped = Some("not in the source".into());
         return Ok(report);
     };
+    let sh = Shape::new(&t, rules)?;
     if t.keyless() {
-        return validate_keyless(&mut conn, sink, id, &t, report).await;
+        return validate_keyless(&mut conn, sink, id, &t, &sh, report).await;
     }
-    let schema = crate::schema::table_schema(&t.map);
-    let ncols = t.map.columns.len();
-    let pk = t.map.primary_key.clone();
+    let schema = crate::schema::table_schema(&sh.map);
+    let ncols = sh.map.columns.len();
+    let pk = sh.map.primary_key.clone();
     let started = Instant::now();
-    let mut chunks = read_source(&mut conn, id, &t, chunk_rows, None).await?;
+    let mut chunks = read_source(&mut conn, id, &t, &sh, chunk_rows, None).await?;
     report.chunks = chunks.len();
     report.rows = chunks.iter().map(|(c, _)| c.source_rows).sum();
     let mut round = 0;
@@ -415,11 +448,13 @@ pub async fn validate_table(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut again = Vec::new();
         for (c, _) in &different {
-            again.extend(read_source(&mut conn, id, &t, chunk_rows, Some((&c.lo, &c.hi))).await?);
+            again.extend(
+                read_source(&mut conn, id, &t, &sh, chunk_rows, Some((&c.lo, &c.hi))).await?,
+            );
         }
         if !extra.is_empty() {
             // the whole table again: the extra keys may have been inserted since
-            chunks = read_source(&mut conn, id, &t, chunk_rows, None).await?;
+            chunks = read_source(&mut conn, id, &t, &sh, chunk_rows, None).await?;
             report.chunks = chunks.len();
             report.rows = chunks.iter().map(|(c, _)| c.source_rows).sum();
         } else {
@@ -438,20 +473,21 @@ async fn validate_keyless(
     sink: &mut dyn Sink,
     id: &TableId,
     t: &SnapTable,
+    sh: &Shape<'_>,
     mut report: TableReport,
 ) -> Result<TableReport, ValidateError> {
     report.keyless = true;
     let (sql, _) = t
         .chunk_query(id, &[], None, None)
         .expect("no key to read back");
-    let ncols = t.map.columns.len();
-    let schema = crate::schema::table_schema(&t.map);
+    let ncols = sh.map.columns.len();
+    let schema = crate::schema::table_schema(&sh.map);
     for _round in 0..3 {
         let (rows, _, _) = crate::snapshot::read_chunk(conn, &sql, vec![], t, &[]).await?;
         report.rows = rows.len();
         report.chunks = 1;
         let mut counts: HashMap<u64, i64> = HashMap::new();
-        let batch = source_batch(id, t, rows).map_err(ValidateError::Definite)?;
+        let batch = source_batch(id, sh, rows).map_err(ValidateError::Definite)?;
         count_rows(&batch, ncols, None, &mut counts, 1).map_err(ValidateError::Definite)?;
         let pos = source_position(conn).await?;
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;

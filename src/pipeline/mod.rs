@@ -85,6 +85,8 @@ pub struct PipelineConfig {
     /// Where to listen for backfill requests (see [`crate::control`]).
     pub control_addr: Option<String>,
     pub schedules: Vec<crate::control::Scheduled>,
+    /// Columns excluded or masked (see [`crate::columns`]).
+    pub columns: crate::columns::ColumnRules,
 }
 
 #[derive(Debug, Error)]
@@ -107,6 +109,8 @@ pub enum PipelineError {
         column: String,
         position: String,
     },
+    #[error(transparent)]
+    Columns(#[from] crate::columns::ColumnRuleError),
     #[error("table {table}: cannot build a batch: {message}")]
     Build { table: String, message: String },
     #[error("cannot open the target: {0}")]
@@ -178,6 +182,8 @@ struct State {
     /// Tables stopped by a definite table error: their changes are skipped (see the checkpoint).
     quarantined: BTreeMap<String, String>,
     snap: SnapState,
+    /// Column rules per table: the source table map they were made for, and the plan.
+    plans: HashMap<String, (Arc<TableMap>, Option<crate::columns::Plan>)>,
 }
 
 /// The pipeline's side of snapshots (see [`crate::snapshot`]).
@@ -405,6 +411,7 @@ async fn run_once(
             floor: ((0, 0), start.version()),
             ..Default::default()
         },
+        plans: HashMap::new(),
     };
     let snapshotter = start_snapshots(
         &mut st,
@@ -1312,6 +1319,33 @@ fn take_rows(
 ) -> Result<(), PipelineError> {
     let id = TableId::new(&tm.db, &tm.table);
     let name = id.to_string();
+    // Column rules: the target's shape of this table, and its rows in that shape.
+    let (tm, rows) = if cfg.columns.is_empty() {
+        (tm.clone(), rows)
+    } else {
+        let plan = match st.plans.get(&name) {
+            Some((src, plan)) if Arc::ptr_eq(src, tm) => plan.clone(),
+            _ => {
+                let plan = cfg.columns.plan(tm)?;
+                st.plans.insert(name.clone(), (tm.clone(), plan.clone()));
+                plan
+            }
+        };
+        match plan {
+            None => (tm.clone(), rows),
+            Some(p) => {
+                let rows = rows
+                    .into_iter()
+                    .map(|mut r| {
+                        r.values = cfg.columns.apply(&p, std::mem::take(&mut r.values));
+                        r
+                    })
+                    .collect();
+                (p.table.clone(), rows)
+            }
+        }
+    };
+    let tm = &tm;
     // A schema change for a table with buffered rows: those rows keep their old shape and are
     // written, before the new ones, by the next commit.
     if let Some(b) = st.buffers.get_mut(&id) {

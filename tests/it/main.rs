@@ -5,6 +5,7 @@ mod clickhouse;
 mod crash;
 #[cfg(feature = "delta")]
 mod delta;
+mod filters;
 mod fixtures;
 mod ha;
 mod harness;
