@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod decode;
 pub mod filter;
+pub mod metrics;
 pub mod pipeline;
 pub mod position;
 pub mod schema;

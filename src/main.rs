@@ -388,20 +388,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
-                    let lag = (pipeline::now_us() - cp.source_commit_us) as f64 / 1e6;
+                    let now = pipeline::now_us();
+                    let lag = (now - cp.source_commit_us) as f64 / 1e6;
+                    // the lag when the checkpoint was written: source commit to applied
+                    let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
                     println!(
-                        "pipeline: {}\ncommit:   {} at {}\nposition: {}\nlast source commit: {} ({lag:.1} s before now)",
+                        "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}\nlast source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
                         cp.pipeline,
                         cp.seq,
                         pipeline::format_us(cp.committed_at_us),
+                        (now - cp.committed_at_us) as f64 / 1e6,
                         cp.position,
                         pipeline::format_us(cp.source_commit_us)
                     );
+                    match &cp.last_error {
+                        Some((at, e)) => println!("last error: {} {e}", pipeline::format_us(*at)),
+                        None => println!("last error: none"),
+                    }
                     for (t, why) in &cp.quarantined {
-                        println!("  {t:<40} STOPPED: {why}");
+                        println!("  {t:<40} STOPPED (error): {why}");
                     }
                     for (t, v) in &cp.tables {
-                        println!("  {t:<40} version {v}");
+                        match cp.table_commit_us.get(t) {
+                            Some(&c) => println!(
+                                "  {t:<40} version {v}, last change committed at the source {} ({:.1} s before now)",
+                                pipeline::format_us(c),
+                                (now - c) as f64 / 1e6
+                            ),
+                            None => println!("  {t:<40} version {v}"),
+                        }
                     }
                     for (t, p) in &cp.snapshots {
                         let ranges = p.ranges.iter().filter(|r| r.done).count();
@@ -431,6 +446,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             init_logs(settings.log_json);
             let sink = settings_sink(&settings)?;
+            if let Some(addr) = &settings.metrics_addr {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => {
+                        tokio::spawn(binlake::metrics::serve(l));
+                    }
+                    Err(e) => {
+                        return config_error(binlake::config::ConfigError::Key {
+                            key: "metrics_addr",
+                            message: format!("`{addr}`: cannot listen: {e}"),
+                        })
+                    }
+                }
+            }
             tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
                 settings.pipeline.clone(),

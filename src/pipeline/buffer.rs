@@ -329,6 +329,11 @@ pub struct TableBuffer {
     pub insert_only: bool,
     pub bytes: usize,
     pub oldest: Option<Instant>,
+    /// The newest binlog change buffered: (version, source commit µs, provenance), for the
+    /// watermarks.
+    pub last_change: Option<(u64, i64, Arc<str>)>,
+    /// Source transactions with binlog changes in the buffer (for metrics).
+    pub txns: u64,
 }
 
 impl TableBuffer {
@@ -360,6 +365,8 @@ impl TableBuffer {
             insert_only: true,
             bytes: 0,
             oldest: None,
+            last_change: None,
+            txns: 0,
         })
     }
 
@@ -402,6 +409,20 @@ impl TableBuffer {
         self.max_version = self.max_version.max(row.version);
         if row.op != Op::Snapshot {
             self.stream_max_version = self.stream_max_version.max(row.version);
+            if self
+                .last_change
+                .as_ref()
+                .is_none_or(|(v, _, _)| *v != row.version)
+            {
+                self.txns += 1;
+            }
+            if self
+                .last_change
+                .as_ref()
+                .is_none_or(|(v, _, _)| *v <= row.version)
+            {
+                self.last_change = Some((row.version, row.commit_us, row.source.clone()));
+            }
         }
         self.bytes += bytes;
         if self.oldest.is_none() {

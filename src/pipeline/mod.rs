@@ -184,6 +184,9 @@ struct State {
     snap: SnapState,
     /// Column rules per table: the source table map they were made for, and the plan.
     plans: HashMap<String, (Arc<TableMap>, Option<crate::columns::Plan>)>,
+    /// Source commit time of the last change applied, per table (checkpointed).
+    table_commit_us: BTreeMap<String, i64>,
+    last_error: Option<(i64, String)>,
 }
 
 /// The pipeline's side of snapshots (see [`crate::snapshot`]).
@@ -412,6 +415,11 @@ async fn run_once(
             ..Default::default()
         },
         plans: HashMap::new(),
+        table_commit_us: checkpoint
+            .as_ref()
+            .map(|c| c.table_commit_us.clone())
+            .unwrap_or_default(),
+        last_error: checkpoint.as_ref().and_then(|c| c.last_error.clone()),
     };
     let snapshotter = start_snapshots(
         &mut st,
@@ -453,6 +461,7 @@ async fn run_once(
     let mut rows_at_last_log = 0u64;
     let mut failure: Option<PipelineError> = None;
     let mut idle_since_last_txn = false;
+    let mut snap_metrics = false;
     let mut last_keepalive = Instant::now();
 
     if let Some(t) = &target {
@@ -550,6 +559,8 @@ async fn run_once(
                 }
                 Some(SourceMsg::Reconnecting { error, attempt }) => {
                     debug!(%error, attempt, "source reconnecting");
+                    crate::metrics::get().reconnect();
+                    st.last_error = Some((now_us(), format!("source: {error}")));
                 }
                 None => {
                     match src_task.join_next().await {
@@ -610,6 +621,17 @@ async fn run_once(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
+        crate::metrics::get().freshness(st.last_commit_us, idle_since_last_txn);
+        if !st.snap.progress.is_empty() || snap_metrics {
+            snap_metrics = !st.snap.progress.is_empty();
+            crate::metrics::get().snapshots(
+                &st.snap
+                    .progress
+                    .iter()
+                    .map(|(t, p)| (t.clone(), p.rows, p.estimate.max(p.rows)))
+                    .collect::<Vec<_>>(),
+            );
+        }
         if !st.snap.progress.is_empty() {
             let now = Instant::now();
             let rows: Vec<(String, u64, u64, f64)> = st
@@ -656,7 +678,16 @@ async fn run_once(
             rows_at_last_log = rows;
         }
     }
-    // Commit what is complete, whatever ended the loop.
+    // Commit what is complete, whatever ended the loop (with the error that ended it, for
+    // `binlake status`).
+    if let Some(e) = &failure {
+        st.last_error = Some((now_us(), e.to_string()));
+        crate::metrics::get().error(false);
+    }
+    if let Some((_, why)) = &restart {
+        st.last_error = Some((now_us(), why.clone()));
+        crate::metrics::get().error(true);
+    }
     commit_and_wait(&mut st, &cfg, &mut committer).await?;
     if let Some(e) = failure {
         return Err(e);
@@ -1193,6 +1224,7 @@ async fn keyless_version(
 
 fn take_txn(st: &mut State, cfg: &PipelineConfig, txn: Transaction) -> Result<(), PipelineError> {
     st.summary.transactions += 1;
+    crate::metrics::get().transactions(1);
     for d in &txn.ddl {
         info!(ddl = %d.sql, db = %d.db, gtid = ?txn.gtid, "DDL in the stream");
     }
@@ -1472,6 +1504,60 @@ fn row_json(tm: &TableMap, values: &[Value]) -> String {
     serde_json::Value::Object(m).to_string()
 }
 
+/// One watermark row (see [`binlake_sink::watermark_fields`]).
+struct Mark {
+    table: String,
+    gtid: Option<String>,
+    version: u64,
+    commit_us: i64,
+}
+
+/// The GTID in a `_binlake_source` text (`... gtid=0-1-42 ...`).
+fn gtid_of(source: &str) -> Option<String> {
+    source
+        .split(' ')
+        .find_map(|w| w.strip_prefix("gtid="))
+        .filter(|g| *g != "-")
+        .map(str::to_string)
+}
+
+fn watermarks_batch(
+    pipeline: &str,
+    position: &str,
+    marks: &[Mark],
+    applied_us: i64,
+) -> Option<RecordBatch> {
+    let mut pl = StringBuilder::new();
+    let mut t = StringBuilder::new();
+    let mut g = StringBuilder::new();
+    let mut p = StringBuilder::new();
+    let mut v = UInt64Builder::new();
+    let mut c = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut a = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for m in marks {
+        pl.append_value(pipeline);
+        t.append_value(&m.table);
+        g.append_option(m.gtid.as_deref());
+        p.append_value(position);
+        v.append_value(m.version);
+        c.append_value(m.commit_us);
+        a.append_value(applied_us);
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new(binlake_sink::watermark_fields())),
+        vec![
+            Arc::new(pl.finish()),
+            Arc::new(t.finish()),
+            Arc::new(g.finish()),
+            Arc::new(p.finish()),
+            Arc::new(v.finish()),
+            Arc::new(c.finish()),
+            Arc::new(a.finish()),
+        ],
+    )
+    .ok()
+}
+
 fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
     if rejects.is_empty() {
         return None;
@@ -1518,6 +1604,9 @@ struct Committer {
 type CommitOutcome = (Box<dyn Sink>, Result<Done, SinkError>);
 
 struct Done {
+    /// What the commit applied per table, for metrics, and the checkpoint's version.
+    applied: Vec<crate::metrics::Applied>,
+    version: u64,
     position: String,
     rows: usize,
     took: Duration,
@@ -1540,7 +1629,12 @@ impl Committer {
 
     /// Starts `commit` after the previous one finished. Transient errors are retried inside,
     /// forever, with backoff: the pipeline waits for the target and loses nothing meanwhile.
-    async fn start(&mut self, mut commit: Commit) -> Result<Option<Done>, PipelineError> {
+    async fn start(
+        &mut self,
+        mut commit: Commit,
+        applied: Vec<crate::metrics::Applied>,
+        version: u64,
+    ) -> Result<Option<Done>, PipelineError> {
         let done = self.wait().await?;
         let mut sink = self
             .sink
@@ -1558,6 +1652,8 @@ impl Committer {
                         return (
                             sink,
                             Ok(Done {
+                                applied,
+                                version,
                                 position,
                                 rows,
                                 took: started.elapsed(),
@@ -1636,6 +1732,7 @@ fn note_done(st: &mut State, done: Option<Done>) {
             st.quarantined.insert(t, why);
         }
         debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
+        crate::metrics::get().committed(&d.applied, d.took.as_micros() as u64, now_us(), d.version);
         st.committed_position = Some(d.position);
         st.summary.commits += 1;
     }
@@ -1660,9 +1757,27 @@ async fn commit(
     let mut batches = Vec::new();
     let mut bufs: Vec<TableBuffer> = std::mem::take(&mut st.set_aside);
     bufs.extend(st.buffers.drain().map(|(_, b)| b));
+    let mut marks: Vec<Mark> = Vec::new();
+    let mut applied = Vec::new();
     for buf in bufs {
         let table = buf.id.to_string();
         let stream_max = buf.stream_max_version;
+        applied.push(crate::metrics::Applied {
+            table: table.clone(),
+            rows: buf.len() as u64,
+            transactions: buf.txns,
+            bytes: buf.bytes as u64,
+            last_commit_us: buf.last_change.as_ref().map_or(0, |c| c.1),
+        });
+        if let Some((version, commit_us, source)) = &buf.last_change {
+            st.table_commit_us.insert(table.clone(), *commit_us);
+            marks.push(Mark {
+                table: table.clone(),
+                gtid: gtid_of(source),
+                version: *version,
+                commit_us: *commit_us,
+            });
+        }
         match buf.into_batch(synced) {
             Ok(Some(b)) => {
                 if stream_max > 0 {
@@ -1675,6 +1790,13 @@ async fn commit(
             Err(message) => return Err(PipelineError::Build { table, message }),
         }
     }
+    marks.push(Mark {
+        table: "*".into(),
+        gtid: None,
+        version: st.position.as_ref().map_or(0, |p| p.version()),
+        commit_us: st.last_commit_us,
+    });
+    let watermarks = watermarks_batch(&cfg.name, &position, &marks, synced);
     let rejects = rejects_batch(&st.rejects);
     st.rejects.clear();
     st.rejects_since = None;
@@ -1688,13 +1810,20 @@ async fn commit(
         seq: 0,
         snapshots: st.snap.progress.clone(),
         loaded: st.snap.loaded.clone(),
+        table_commit_us: st.table_commit_us.clone(),
+        last_error: st.last_error.clone(),
     };
     let done = committer
-        .start(Commit {
-            batches,
-            rejects,
-            checkpoint,
-        })
+        .start(
+            Commit {
+                batches,
+                rejects,
+                watermarks,
+                checkpoint,
+            },
+            applied,
+            st.position.as_ref().map_or(0, |p| p.version()),
+        )
         .await?;
     note_done(st, done);
     st.started_position = Some(position);

@@ -9,6 +9,7 @@ mod filters;
 mod fixtures;
 mod ha;
 mod harness;
+mod observe;
 mod replicate;
 mod s3;
 mod snapshot;

@@ -33,6 +33,26 @@ pub const COL_SOURCE: &str = "_binlake_source";
 /// `invalid_values = "dead_letter"`).
 pub const REJECTS_TABLE: &str = "_binlake_rejects";
 
+/// Name of the watermarks table: per table, the last applied GTID and its source commit time.
+pub const WATERMARKS_TABLE: &str = "_binlake_watermarks";
+
+/// The schema of the watermarks table. One row per table a commit changed (`table` = `db.tbl`),
+/// plus one row with `table` = `*` for the pipeline as a whole; the latest row per
+/// (`pipeline`, `table`) (highest `applied_at`) is the current watermark. `position` is the
+/// pipeline's checkpoint position of that commit: every table is consistent up to it.
+pub fn watermark_fields() -> Vec<Field> {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    vec![
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("table", DataType::Utf8, false),
+        Field::new("gtid", DataType::Utf8, true),
+        Field::new("position", DataType::Utf8, false),
+        Field::new(COL_VERSION, DataType::UInt64, false),
+        Field::new("source_commit_ts", ts(), false),
+        Field::new("applied_at", ts(), false),
+    ]
+}
+
 /// The metadata columns appended to every replicated table, in this order.
 pub fn metadata_fields() -> Vec<Field> {
     vec![
@@ -140,6 +160,13 @@ pub struct Checkpoint {
     /// Tables whose last snapshot finished, with the wall-clock time (µs) it finished.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub loaded: BTreeMap<String, i64>,
+    /// Per table (`db.table`): source commit time (µs) of the last change applied, for per-table
+    /// lag in `binlake status`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_commit_us: BTreeMap<String, i64>,
+    /// The last error the pipeline retried or failed over from (wall-clock µs, message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<(i64, String)>,
 }
 
 /// A table's snapshot in progress (see `binlake::snapshot`). Keys are opaque JSON to sinks.
@@ -177,6 +204,8 @@ pub struct Commit {
     pub batches: Vec<TableBatch>,
     /// Dead-letter rows (schema [`rejects_fields`]).
     pub rejects: Option<RecordBatch>,
+    /// Watermark rows (schema [`watermark_fields`]), written with the data.
+    pub watermarks: Option<RecordBatch>,
     pub checkpoint: Checkpoint,
 }
 

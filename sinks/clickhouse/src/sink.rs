@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use arrow_array::RecordBatch;
 use binlake_sink::{
     Checkpoint, Commit, DdlKind, Sink, SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION,
-    REJECTS_TABLE,
+    REJECTS_TABLE, WATERMARKS_TABLE,
 };
 use bytes::Bytes;
 use clickhouse::Client;
@@ -24,6 +24,8 @@ pub struct ClickHouseSink {
     last_seq: u64,
     maintenance: Option<tokio::task::JoinHandle<()>>,
     last_maintenance: std::time::Instant,
+    /// The watermarks table exists (created once per process).
+    watermarks_ready: std::sync::atomic::AtomicBool,
 }
 
 /// `name` as a ClickHouse identifier.
@@ -107,6 +109,7 @@ impl ClickHouseSink {
             last_seq: 0,
             maintenance: None,
             last_maintenance: std::time::Instant::now(),
+            watermarks_ready: Default::default(),
         })
     }
 
@@ -375,6 +378,39 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// `binlake._binlake_watermarks`: a ReplacingMergeTree on (pipeline, table) keeping the
+    /// latest `applied_at`, so `FINAL` (or argMax) gives the current watermark per table and a
+    /// replayed insert changes nothing.
+    async fn insert_watermarks(&self, rows: &RecordBatch) -> Result<(), SinkError> {
+        let t = TableId::new(self.config.meta_database(), WATERMARKS_TABLE);
+        let name = format!(
+            "{}.{}",
+            ident(&self.config.meta_database()),
+            ident(WATERMARKS_TABLE)
+        );
+        if !self
+            .watermarks_ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let cols = rows
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| column_type(f).map(|ty| format!("{} {ty}", ident(f.name()))))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(SinkError::Definite)?
+                .join(", ");
+            self.exec(&format!(
+                "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = ReplacingMergeTree(applied_at) ORDER BY (pipeline, `table`)"
+            ))
+            .await
+            .map_err(|e| classify(e, "creating the watermarks table", None))?;
+            self.watermarks_ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.insert(&t, &name, rows).await
+    }
+
     async fn insert_rejects(&self, rejects: &RecordBatch) -> Result<(), SinkError> {
         let t = TableId::new(self.config.meta_database(), REJECTS_TABLE);
         let name = format!(
@@ -481,6 +517,7 @@ impl ClickHouseSink {
             last_seq: 0,
             maintenance: None,
             last_maintenance: self.last_maintenance,
+            watermarks_ready: Default::default(),
         };
         self.maintenance = Some(tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -719,6 +756,9 @@ impl Sink for ClickHouseSink {
         }
         if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
             self.insert_rejects(r).await?;
+        }
+        if let Some(w) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
+            self.insert_watermarks(w).await?;
         }
         binlake_sink::failpoint("after-data");
         // Written last: a crash before it replays the batches, which the version makes

@@ -8,6 +8,7 @@ use arrow_array::RecordBatch;
 use binlake_sink::store::{classify, TargetLog};
 use binlake_sink::{
     Checkpoint, Commit, Sink, SinkError, TableBatch, COL_DELETED, COL_VERSION, REJECTS_TABLE,
+    WATERMARKS_TABLE,
 };
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::logical_expr::{col, Expr};
@@ -366,21 +367,22 @@ impl DeltaSink {
         Ok(())
     }
 
-    async fn append_rejects(&self, rejects: &RecordBatch, seq: u64) -> Result<(), SinkError> {
-        let app_id = self.app_id(REJECTS_TABLE);
+    /// Appends to one of binlake's own tables (`_binlake_rejects`, `_binlake_watermarks`) at
+    /// `<target>/<name>`, once per commit `seq` (its `txn` version makes a replay a no-op).
+    async fn append_meta(&self, name: &str, rows: &RecordBatch, seq: u64) -> Result<(), SinkError> {
+        let app_id = self.app_id(name);
         let url = self
             .base
-            .join(&format!("{REJECTS_TABLE}/"))
+            .join(&format!("{name}/"))
             .map_err(|e| SinkError::Definite(e.to_string()))?;
-        let table = self.open_table(url, REJECTS_TABLE).await?;
-        if Self::applied(&table, &app_id, REJECTS_TABLE)
+        let table = self.open_table(url, name).await?;
+        if Self::applied(&table, &app_id, name)
             .await?
             .is_some_and(|v| v >= seq as i64)
         {
             return Ok(());
         }
-        let batch =
-            to_delta(rejects).map_err(|e| SinkError::Definite(format!("{REJECTS_TABLE}: {e}")))?;
+        let batch = to_delta(rows).map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, seq as i64));
         table
@@ -388,7 +390,7 @@ impl DeltaSink {
             .with_save_mode(SaveMode::Append)
             .with_commit_properties(props)
             .await
-            .map_err(|e| delta_err(REJECTS_TABLE, "write", e))?;
+            .map_err(|e| delta_err(name, "write", e))?;
         Ok(())
     }
 }
@@ -852,7 +854,10 @@ impl Sink for DeltaSink {
         }))
         .await?;
         if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
-            self.append_rejects(r, seq).await?;
+            self.append_meta(REJECTS_TABLE, r, seq).await?;
+        }
+        if let Some(w) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
+            self.append_meta(WATERMARKS_TABLE, w, seq).await?;
         }
         binlake_sink::failpoint("after-data");
         self.log.append(seq, &commit.checkpoint).await?;

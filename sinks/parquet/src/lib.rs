@@ -4,6 +4,7 @@
 //! ```text
 //! <db>/<table>/part-<seq>-<n>-<pipeline>.parquet   data + metadata columns, ZSTD
 //! _binlake_rejects/part-<seq>-0-<pipeline>.parquet dead-letter rows
+//! _binlake_watermarks/part-<seq>-0-<pipeline>.parquet per table: last applied GTID, commit time
 //! _binlake/<pipeline>/log/<seq>.json               the commit log: one entry per commit = the checkpoint
 //! _binlake/<pipeline>/owner.json                   the owner lease (one writer per pipeline)
 //! ```

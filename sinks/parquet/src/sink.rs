@@ -2,7 +2,7 @@
 
 use arrow_array::RecordBatch;
 use binlake_sink::store::TargetLog;
-use binlake_sink::{Checkpoint, Commit, Sink, SinkError, REJECTS_TABLE};
+use binlake_sink::{Checkpoint, Commit, Sink, SinkError, REJECTS_TABLE, WATERMARKS_TABLE};
 use object_store::{ObjectStoreExt, PutMode};
 use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::arrow::ArrowWriter;
@@ -273,6 +273,15 @@ impl Sink for ParquetSink {
                 data_file_name(seq, 0, &self.config.pipeline)
             );
             jobs.push((rel, REJECTS_TABLE.into(), rej.clone(), 0, 0));
+        }
+        // the watermarks travel in the same manifest entry as the data they describe
+        if let Some(wm) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
+            let rel = format!(
+                "{}/{}",
+                WATERMARKS_TABLE,
+                data_file_name(seq, 0, &self.config.pipeline)
+            );
+            jobs.push((rel, WATERMARKS_TABLE.into(), wm.clone(), 0, 0));
         }
         // Encoding is CPU work: one blocking task per file, in parallel, off the async workers.
         let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
