@@ -560,6 +560,7 @@ async fn run_once(
                 Some(SourceMsg::Reconnecting { error, attempt }) => {
                     debug!(%error, attempt, "source reconnecting");
                     crate::metrics::get().reconnect();
+                    crate::metrics::get().error(true);
                     st.last_error = Some((now_us(), format!("source: {error}")));
                 }
                 None => {
@@ -1667,6 +1668,7 @@ impl Committer {
                         if commit.batches.iter().any(|b| b.table == table) =>
                     {
                         error!(table = %table, error = %message, "table stopped (quarantined); the other tables go on");
+                        crate::metrics::get().error(false);
                         commit.batches.retain(|b| b.table != table);
                         commit.checkpoint.tables.remove(&table.to_string());
                         commit
@@ -1847,6 +1849,7 @@ async fn commit_and_wait(
 /// pipeline waits for the target to come back and loses nothing meanwhile.
 async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
     *attempt += 1;
+    crate::metrics::get().error(true);
     let wait = Duration::from_secs(1u64 << (*attempt).min(5).saturating_sub(1))
         .min(Duration::from_secs(30));
     warn!(error = %e, attempt = *attempt, wait_s = wait.as_secs(), "sink {what} failed; retrying");
