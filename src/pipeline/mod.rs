@@ -961,8 +961,11 @@ fn queue_backfill(
     Ok(queued)
 }
 
+/// A snapshot is queued, planned, or has a chunk waiting. (`changed` has an entry from the
+/// moment a snapshot is queued: its plan may still be in the snapshotter's channel, behind a
+/// chunk the pipeline holds.)
 fn snapshots_busy(st: &State) -> bool {
-    st.snap.pending.is_some() || !st.snap.progress.is_empty()
+    st.snap.pending.is_some() || !st.snap.progress.is_empty() || !st.snap.changed.is_empty()
 }
 
 /// After the stream moved: finishes keyless snapshots it has passed, and takes a pending chunk
@@ -1002,6 +1005,7 @@ fn after_stream_moved(st: &mut State, cfg: &PipelineConfig) -> Result<(), Pipeli
                 format!("snapshot: {message}; backfill the table to resume"),
             );
             st.snap.progress.remove(&name);
+            st.snap.changed.remove(&name);
             Ok(())
         }
     }
