@@ -20,13 +20,7 @@ cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true; bash tests/scr
 trap cleanup EXIT
 sql() { mariadb --no-defaults --default-character-set=utf8mb4 -h127.0.0.1 -P"$port" -uroot "$@"; }
 echo "== sample data: shop.customers (1,000 rows), shop.orders (20,000 rows)"
-sql -e "
-CREATE DATABASE shop; USE shop;
-CREATE TABLE shop.customers (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, email VARCHAR(200), country CHAR(2), created_at DATETIME(6) NOT NULL);
-CREATE TABLE shop.orders (id BIGINT PRIMARY KEY AUTO_INCREMENT, customer_id INT NOT NULL, amount DECIMAL(12,2) NOT NULL,
-  status ENUM('new','paid','shipped','cancelled') NOT NULL, placed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), note JSON);
-INSERT INTO shop.customers SELECT seq, CONCAT('Customer ', seq), CONCAT('c', seq, '@example.com'), ELT(1 + seq % 4, 'DE', 'FR', 'US', 'JP'), NOW(6) - INTERVAL seq HOUR FROM seq_1_to_1000;
-INSERT INTO shop.orders (customer_id, amount, status, note) SELECT 1 + seq % 1000, ROUND(5 + (seq * 7919 % 50000) / 100, 2), ELT(1 + seq % 4, 'new','paid','shipped','cancelled'), JSON_OBJECT('channel', IF(seq % 3 = 0, 'web', 'app')) FROM seq_1_to_20000;"
+sql <"$root/examples/demo.sql"
 echo "== binlake check"
 "$BINLAKE" check --source "mysql://binlake:binlake@127.0.0.1:$port"
 echo "== binlake replicate into $lake (in the background)"

@@ -48,6 +48,14 @@ pub struct Plan {
     pub kept: Arc<Vec<Kept>>,
 }
 
+/// The rule for one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Kept,
+    Excluded,
+    Masked,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ColumnRules {
     exclude: Vec<Pattern>,
@@ -108,6 +116,17 @@ impl ColumnRules {
 
     pub fn is_empty(&self) -> bool {
         self.exclude.is_empty() && self.mask.is_empty()
+    }
+
+    /// What happens to one column.
+    pub fn column_rule(&self, db: &str, table: &str, column: &str) -> Rule {
+        if hit(&self.exclude, db, table, column) {
+            Rule::Excluded
+        } else if hit(&self.mask, db, table, column) {
+            Rule::Masked
+        } else {
+            Rule::Kept
+        }
     }
 
     /// The target shape of `tm`, or `None` when no rule touches it.

@@ -8,6 +8,7 @@
 pub mod columns;
 pub mod config;
 pub mod control;
+pub mod dbt;
 pub mod decode;
 pub mod filter;
 pub mod metrics;

@@ -41,6 +41,12 @@ enum Cmd {
     /// Compare source and target chunk by chunk (counts and row checksums); exit 0 only when
     /// everything matches. `--repair` backfills the differing key ranges in a running replicate.
     Validate(ValidateArgs),
+    /// dbt: generate sources (and, for lakes, current-state staging models) for the tables
+    /// binlake keeps.
+    Dbt {
+        #[command(subcommand)]
+        cmd: DbtCmd,
+    },
     /// Re-snapshot tables (or a key range) in a running `replicate`, which does the work (one
     /// writer per target): it must run with `control_addr`.
     Backfill {
@@ -54,6 +60,24 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:7219")]
         control: String,
     },
+}
+
+#[derive(Subcommand)]
+enum DbtCmd {
+    /// Write models/binlake/_binlake__sources.yml (one source per database: tables, columns with
+    /// their MySQL type and comment, the metadata columns, freshness), and for Parquet and Delta
+    /// the current-state models stg_<db>__<table> with unique/not_null key tests, plus
+    /// macros/binlake.sql. Reads the source's catalogue; the same flags as `replicate`.
+    Sources(DbtArgs),
+}
+
+#[derive(Args)]
+struct DbtArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The dbt project directory to write into.
+    #[arg(long, default_value = ".")]
+    project_dir: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -348,6 +372,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Maintain(m) => maintain(m).await,
+        Cmd::Dbt {
+            cmd: DbtCmd::Sources(a),
+        } => dbt_sources(a).await,
         Cmd::Validate(v) => validate(v).await,
         Cmd::Backfill {
             tables,
@@ -763,4 +790,47 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or(());
+}
+
+/// `binlake dbt sources`: reads the source's catalogue and writes the dbt files.
+async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
+    let fc = match a.common.file_config() {
+        Ok(f) => f,
+        Err(e) => return config_error(e),
+    };
+    let settings = match Settings::resolve(&fc) {
+        Ok(s) => s,
+        Err(e) => return config_error(e),
+    };
+    init_logs(settings.log_json);
+    let lake = |t: &str| -> String {
+        if t.contains("://") && !t.starts_with("file://") {
+            return t.trim_end_matches('/').to_string();
+        }
+        let p = t.strip_prefix("file://").unwrap_or(t);
+        std::path::absolute(p)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| p.to_string())
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let target = match settings.sink.as_str() {
+        "parquet" => binlake::dbt::DbtTarget::Parquet(lake(&settings.target)),
+        "delta" => binlake::dbt::DbtTarget::Delta(lake(&settings.target)),
+        _ => binlake::dbt::DbtTarget::ClickHouse {
+            prefix: settings.database_prefix.clone(),
+        },
+    };
+    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
+    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
+    if tables.is_empty() {
+        eprintln!("error: no source table matches `tables`");
+        return Ok(ExitCode::from(2));
+    }
+    let described = binlake::dbt::describe(&opts, &tables, &settings.pipeline.columns).await?;
+    let files = binlake::dbt::render(&described, &target, settings.pipeline.max_latency);
+    for p in binlake::dbt::write(&a.project_dir, &files)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

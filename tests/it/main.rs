@@ -3,6 +3,7 @@ mod bad_input;
 #[cfg(feature = "clickhouse")]
 mod clickhouse;
 mod crash;
+mod dbt;
 #[cfg(feature = "delta")]
 mod delta;
 mod filters;

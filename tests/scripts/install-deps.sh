@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what binlake's demo, tests and benchmarks need and is missing: MariaDB server and client,
-# sysbench and curl (Debian), a Rust toolchain check, and the Python readers/peers and the chdb
-# engine behind the ClickHouse test front (PyPI). Idempotent.
+# sysbench and curl (Debian), a Rust toolchain check, and the Python readers/peers, the chdb
+# engine behind the ClickHouse test front and dbt-duckdb (PyPI). Idempotent.
 set -euo pipefail
 need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
@@ -25,6 +25,9 @@ python3 -c 'import pymysqlreplication' 2>/dev/null || py_missing+=(mysql-replica
 python3 -c 'import moto, flask' 2>/dev/null || py_missing+=('moto[server]')
 python3 -c 'import chdb' 2>/dev/null || py_missing+=(chdb)
 python3 -c 'import lz4.block' 2>/dev/null || py_missing+=(lz4)
+# dbt for the dbt example's test. dbt-core 1.11+ fetches a parser wheel from GitHub at install
+# time, which only PyPI-reachable machines cannot do: 1.10 installs from PyPI alone.
+python3 -c 'import dbt.adapters.duckdb' 2>/dev/null || py_missing+=('dbt-core>=1.10,<1.11' 'dbt-duckdb>=1.9,<1.11')
 if [ ${#py_missing[@]} -gt 0 ]; then
   echo "installing Python packages: ${py_missing[*]}" >&2
   python3 -m pip install -q "${py_missing[@]}" 2>&1 | grep -v "Running pip as the 'root' user" || true
