@@ -478,7 +478,7 @@ impl Settings {
             "checkpoint_interval",
             c.checkpoint_interval.as_deref().unwrap_or("10s"),
         )?;
-        let heartbeat = parse_duration("heartbeat", c.heartbeat.as_deref().unwrap_or("1s"))?;
+        let heartbeat = parse_duration("heartbeat", c.heartbeat.as_deref().unwrap_or("200ms"))?;
         if heartbeat < Duration::from_millis(100) {
             return Err(key_err("heartbeat", "must be at least 100ms"));
         }
