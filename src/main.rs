@@ -463,15 +463,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replicate(c) => {
-            let fc = match c.file_config() {
-                Ok(f) => f,
-                Err(e) => return config_error(e),
-            };
-            let settings = match Settings::resolve(&fc) {
+            let settings = match resolve(&c) {
                 Ok(s) => s,
-                Err(e) => return config_error(e),
+                Err(code) => return Ok(code),
             };
-            init_logs(settings.log_json);
             let sink = settings_sink(&settings)?;
             if let Some(addr) = &settings.metrics_addr {
                 match tokio::net::TcpListener::bind(addr).await {
@@ -589,16 +584,26 @@ async fn maintain(_m: MaintainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(2))
 }
 
+/// The flags and config file resolved to settings, logs set up; a bad config is exit code 2.
+fn resolve(c: &Common) -> Result<Settings, ExitCode> {
+    let settings = c.file_config().and_then(|fc| Settings::resolve(&fc));
+    match settings {
+        Ok(s) => {
+            init_logs(s.log_json);
+            Ok(s)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let fc = match v.common.file_config() {
-        Ok(f) => f,
-        Err(e) => return config_error(e),
-    };
-    let settings = match Settings::resolve(&fc) {
+    let settings = match resolve(&v.common) {
         Ok(s) => s,
-        Err(e) => return config_error(e),
+        Err(code) => return Ok(code),
     };
-    init_logs(settings.log_json);
     let mut sink = settings_sink(&settings)?;
     let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
     let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
@@ -794,15 +799,10 @@ async fn shutdown_signal() {
 
 /// `binlake dbt sources`: reads the source's catalogue and writes the dbt files.
 async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
-    let fc = match a.common.file_config() {
-        Ok(f) => f,
-        Err(e) => return config_error(e),
-    };
-    let settings = match Settings::resolve(&fc) {
+    let settings = match resolve(&a.common) {
         Ok(s) => s,
-        Err(e) => return config_error(e),
+        Err(code) => return Ok(code),
     };
-    init_logs(settings.log_json);
     let lake = |t: &str| -> String {
         if t.contains("://") && !t.starts_with("file://") {
             return t.trim_end_matches('/').to_string();

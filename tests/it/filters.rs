@@ -2,7 +2,7 @@
 //! masked with a salted SHA-256, and changes dropped by origin (server id, GTID domain) so that a
 //! two-way setup does not loop. `validate` applies the same column rules.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -67,26 +67,13 @@ fn column_rules_and_origin_filters_apply_to_snapshot_and_stream() {
          INSERT INTO shop.audit_log VALUES (2, 'logout');",
     );
     let want = source_users(&m);
-    let start = Instant::now();
-    loop {
-        let got = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import duckdb, sys; print(duckdb.sql(sys.argv[1]).fetchall()[0][0])",
-                &format!("SELECT count(*) FROM read_parquet('{target}/shop/users/**/*.parquet') WHERE id = 1000"),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if got == "1" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "stream change not replicated"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_duck(
+        &format!(
+            "SELECT count(*) FROM read_parquet('{target}/shop/users/**/*.parquet') WHERE id = 1000"
+        ),
+        "1",
+        Duration::from_secs(60),
+    );
     // masked: every email (snapshot and stream rows) is sha256(salt || email); NULL stays NULL
     // (string_agg skips the NULL-email row's pair, as GROUP_CONCAT does)
     assert_eq!(target_users(&target), want);
@@ -120,20 +107,13 @@ fn column_rules_and_origin_filters_apply_to_snapshot_and_stream() {
     m.sql("SET SESSION server_id = 77; INSERT INTO shop.users VALUES (2000, 'loop@example.com', 'pw', 'n');");
     m.sql("SET SESSION gtid_domain_id = 5; INSERT INTO shop.users VALUES (2001, 'dom@example.com', 'pw', 'n');");
     m.sql("INSERT INTO shop.users VALUES (2002, 'marker@example.com', 'pw', 'n');");
-    let start = Instant::now();
-    loop {
-        let n = duck(&format!(
+    wait_duck(
+        &format!(
             "SELECT count(*) FROM read_parquet('{target}/shop/users/**/*.parquet') WHERE id = 2002"
-        ));
-        if n == "1" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "marker not replicated"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ),
+        "1",
+        Duration::from_secs(60),
+    );
     let dropped = duck(&format!(
         "SELECT count(*) FROM read_parquet('{target}/shop/users/**/*.parquet') WHERE id IN (2000, 2001)"
     ));

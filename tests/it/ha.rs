@@ -101,31 +101,15 @@ fn ha_args<'a>(t: &'a [String; 3], mode: &'a str, target: &'a str) -> Vec<&'a st
     ]
 }
 
-/// Waits until the Parquet replica holds a row changed by `marker` on the primary.
+/// Waits until the Parquet replica holds the change (id, k) made on the primary.
 fn wait_marker(target: &str, id: i64, k: i64, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        // (no file yet: DuckDB fails, and we look again)
-        let got = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import duckdb, sys; print(duckdb.sql(sys.argv[1]).fetchall()[0][0])",
-                &format!(
-                    "SELECT max(k) FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE id = {id}"
-                ),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if got == k.to_string() {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "the change (id {id}, k {k}) did not arrive in {timeout:?} (have {got})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_duck(
+        &format!(
+            "SELECT max(k) FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE id = {id}"
+        ),
+        &k.to_string(),
+        timeout,
+    );
 }
 
 #[test]

@@ -343,6 +343,31 @@ pub fn duck(sql: &str) -> String {
         .to_string()
 }
 
+/// Polls a DuckDB query until its first value is `want` (a query that fails, say because no file
+/// exists yet, is tried again); panics with the last value after `timeout`.
+pub fn wait_duck(sql: &str, want: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = Command::new("python3")
+            .args([
+                "-c",
+                "import duckdb, sys; print(duckdb.sql(sys.argv[1]).fetchall()[0][0])",
+                sql,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "after {timeout:?}: {got:?}, expected {want:?} from\n{sql}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls the independent comparison until the replica equals the source (or `timeout`).
 pub fn wait_until_equal(
     m: &Maria,

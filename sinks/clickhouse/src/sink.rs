@@ -382,43 +382,40 @@ impl ClickHouseSink {
     /// latest `applied_at`, so `FINAL` (or argMax) gives the current watermark per table and a
     /// replayed insert changes nothing.
     async fn insert_watermarks(&self, rows: &RecordBatch) -> Result<(), SinkError> {
-        let t = TableId::new(self.config.meta_database(), WATERMARKS_TABLE);
-        let name = format!(
-            "{}.{}",
-            ident(&self.config.meta_database()),
-            ident(WATERMARKS_TABLE)
-        );
+        let (t, name) = self.meta_table(WATERMARKS_TABLE);
         if !self
             .watermarks_ready
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            let cols = rows
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| column_type(f).map(|ty| format!("{} {ty}", ident(f.name()))))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(SinkError::Definite)?
-                .join(", ");
-            self.exec(&format!(
-                "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = ReplacingMergeTree(applied_at) ORDER BY (pipeline, `table`)"
-            ))
-            .await
-            .map_err(|e| classify(e, "creating the watermarks table", None))?;
+            self.create_meta_table(
+                &name,
+                rows,
+                "ReplacingMergeTree(applied_at) ORDER BY (pipeline, `table`)",
+                "creating the watermarks table",
+            )
+            .await?;
             self.watermarks_ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         self.insert(&t, &name, rows).await
     }
 
-    async fn insert_rejects(&self, rejects: &RecordBatch) -> Result<(), SinkError> {
-        let t = TableId::new(self.config.meta_database(), REJECTS_TABLE);
-        let name = format!(
-            "{}.{}",
-            ident(&self.config.meta_database()),
-            ident(REJECTS_TABLE)
-        );
-        let cols = rejects
+    /// One of binlake's own tables in the meta database: its id and quoted name.
+    fn meta_table(&self, table: &str) -> (TableId, String) {
+        let db = self.config.meta_database();
+        let name = format!("{}.{}", ident(&db), ident(table));
+        (TableId::new(db, table), name)
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` with the columns of `rows` and the given engine clause.
+    async fn create_meta_table(
+        &self,
+        name: &str,
+        rows: &RecordBatch,
+        engine: &str,
+        what: &str,
+    ) -> Result<(), SinkError> {
+        let cols = rows
             .schema()
             .fields()
             .iter()
@@ -427,10 +424,21 @@ impl ClickHouseSink {
             .map_err(SinkError::Definite)?
             .join(", ");
         self.exec(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = MergeTree ORDER BY tuple()"
+            "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = {engine}"
         ))
         .await
-        .map_err(|e| classify(e, "creating the dead-letter table", None))?;
+        .map_err(|e| classify(e, what, None))
+    }
+
+    async fn insert_rejects(&self, rejects: &RecordBatch) -> Result<(), SinkError> {
+        let (t, name) = self.meta_table(REJECTS_TABLE);
+        self.create_meta_table(
+            &name,
+            rejects,
+            "MergeTree ORDER BY tuple()",
+            "creating the dead-letter table",
+        )
+        .await?;
         // A replay after a crash brings the same rejects again: keep only rows above the highest
         // version the dead-letter table holds for their source table (rejects of a transaction
         // are written whole, in one insert).
