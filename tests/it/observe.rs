@@ -122,7 +122,8 @@ fn trickle_latency_watermarks_metrics_and_status() {
     );
     assert_eq!(txns, Some(3.0), "{text}");
     let lag = metric(&text, "binlake_table_lag_seconds{table=\"shop.t\"}").unwrap();
-    assert!((0.0..2.0).contains(&lag), "{text}");
+    // MariaDB's binlog stamps commits in whole seconds: up to 1 s more than the real latency
+    assert!((0.0..3.0).contains(&lag), "{text}");
     assert_eq!(
         metric(&text, "binlake_lag_seconds"),
         Some(0.0),
