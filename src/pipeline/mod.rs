@@ -213,6 +213,8 @@ struct SnapState {
     run_rows: HashMap<String, (u64, Instant)>,
     /// Tables whose initial snapshot started in this run (their rows may be appended).
     fresh: std::collections::HashSet<String>,
+    /// The highest version given to snapshot rows (checkpointed).
+    last_version: u64,
 }
 
 const HISTORY_MAX: usize = 1 << 20;
@@ -412,6 +414,7 @@ async fn run_once(
                 .map(|c| c.loaded.clone())
                 .unwrap_or_default(),
             floor: ((0, 0), start.version()),
+            last_version: checkpoint.as_ref().map_or(0, |c| c.snapshot_version),
             ..Default::default()
         },
         plans: HashMap::new(),
@@ -911,6 +914,25 @@ impl SnapState {
         }
     }
 
+    /// The version of a chunk whose read follows transaction A (`base` = v(A) + 1): above every
+    /// snapshot version given after A before, so a later read (a backfill repairing a change the
+    /// binlog never carried) wins over an earlier one of the same key, and below the next
+    /// transaction's version (the 2^16 sub-versions a GTID version leaves free). File-position
+    /// versions reserve no sub-versions: there every read after A gets `base`.
+    fn next_snapshot_version(&mut self, base: u64) -> u64 {
+        let a = base - 1;
+        let block_end = a | ((1 << crate::position::VERSION_SUB_BITS) - 1);
+        let v = if a.trailing_zeros() < crate::position::VERSION_SUB_BITS {
+            base
+        } else if self.last_version >= base && self.last_version <= block_end {
+            (self.last_version + 1).min(block_end)
+        } else {
+            base
+        };
+        self.last_version = self.last_version.max(v);
+        v
+    }
+
     /// The version of rows read at binlog point `at`: right after the last transaction the
     /// stream delivered at or before it. `None` until the stream has read that far;
     /// `Some(Err)` when the history no longer reaches back to `at`.
@@ -994,7 +1016,10 @@ fn after_stream_moved(st: &mut State, cfg: &PipelineConfig) -> Result<(), Pipeli
             st.snap.pending = Some(chunk); // the stream has not read that far yet
             Ok(())
         }
-        Some(Ok(version)) => take_chunk(st, cfg, chunk, version),
+        Some(Ok(base)) => {
+            let version = st.snap.next_snapshot_version(base);
+            take_chunk(st, cfg, chunk, version)
+        }
         Some(Err(message)) => {
             // Cannot happen with a history of a million transactions unless a chunk waited for
             // very long; read the table again rather than guess a version.
@@ -1816,6 +1841,7 @@ async fn commit(
         seq: 0,
         snapshots: st.snap.progress.clone(),
         loaded: st.snap.loaded.clone(),
+        snapshot_version: st.snap.last_version,
         table_commit_us: st.table_commit_us.clone(),
         last_error: st.last_error.clone(),
     };
@@ -1858,4 +1884,28 @@ async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
         .min(Duration::from_secs(30));
     warn!(error = %e, attempt = *attempt, wait_s = wait.as_secs(), "sink {what} failed; retrying");
     tokio::time::sleep(wait).await;
+}
+
+#[cfg(test)]
+mod snapshot_version_tests {
+    use super::SnapState;
+
+    #[test]
+    fn later_reads_at_the_same_point_win_and_stay_below_the_next_transaction() {
+        let mut s = SnapState::default();
+        let a = 7u64 << 16; // a GTID version
+        assert_eq!(s.next_snapshot_version(a + 1), a + 1);
+        assert_eq!(s.next_snapshot_version(a + 1), a + 2, "a later read wins");
+        assert_eq!(s.next_snapshot_version(a + 1), a + 3);
+        // after the next transaction, the block starts again
+        let b = 8u64 << 16;
+        assert_eq!(s.next_snapshot_version(b + 1), b + 1);
+        // a full block saturates below the next transaction
+        s.last_version = a | 0xffff;
+        assert_eq!(s.next_snapshot_version(a + 1), a | 0xffff);
+        // file-position versions reserve nothing
+        let mut f = SnapState::default();
+        assert_eq!(f.next_snapshot_version(1235), 1235);
+        assert_eq!(f.next_snapshot_version(1235), 1235);
+    }
 }

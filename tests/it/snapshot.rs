@@ -344,6 +344,28 @@ fn backfill_on_demand_and_on_schedule_while_streaming() {
     ));
     assert_eq!(again, "99", "the backfill should re-read ids 1..99 only");
 
+    // Hidden again, and backfilled again with no binlog change in between: both backfills read at
+    // the same binlog point, and the later read must still win (it gets a higher sub-version).
+    hidden_update(&m, "c = 'hidden twice'", "id BETWEEN 10 AND 19");
+    let out = binlake(
+        &[
+            "backfill",
+            "--control",
+            &control,
+            "--tables",
+            "shop.big",
+            "--where",
+            "id < 100",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_equal(&m, &target, "shop.big", &[], Duration::from_secs(60));
+    let tie = duck(&format!(
+        "SELECT count(*) FROM (SELECT id, _binlake_version FROM read_parquet('{target}/shop/big/**/*.parquet') WHERE id BETWEEN 10 AND 19 GROUP BY ALL HAVING count(*) > 1)"
+    ));
+    assert_eq!(tie, "0", "two reads of one key share a version");
+
     // a bad request gets a clear refusal and changes nothing
     let out = binlake(
         &["backfill", "--control", &control, "--tables", "shop.nope"],

@@ -132,6 +132,10 @@ pub struct TableBatch {
     pub insert_only: bool,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 /// Progress, stored in the target with the data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -164,6 +168,10 @@ pub struct Checkpoint {
     /// lag in `binlake status`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub table_commit_us: BTreeMap<String, i64>,
+    /// The highest `_binlake_version` given to snapshot rows: later reads at the same binlog
+    /// point get higher versions (a backfill must win over the rows it repairs), across restarts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_version: u64,
     /// The last error the pipeline retried or failed over from (wall-clock µs, message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<(i64, String)>,
