@@ -15,6 +15,9 @@
 //! delivered at or before P (the pipeline keeps a short history of (binlog end, version) for
 //! this, and holds a chunk until its stream has read past P). Versions of binlog transactions are
 //! multiples of 2^16 (see [`crate::position`]), so `v(A) < v(A) + 1 < v(B)` for every B after P.
+//! A later chunk taken after the same A gets the next sub-version (`v(A) + 2`, ...; the highest
+//! is checkpointed): two reads of one key at the same binlog point, say a backfill repairing a
+//! change the binlog never carried, then order by when they were read, and the later one wins.
 //! Every sink keeps the highest version per key, so for each key the replica converges to:
 //! - the chunk's row when no transaction after P changed the key (the chunk is the truth), and
 //! - the stream's last change otherwise (it is newer than the chunk), whatever the order in
