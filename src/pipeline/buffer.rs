@@ -409,19 +409,14 @@ impl TableBuffer {
         self.max_version = self.max_version.max(row.version);
         if row.op != Op::Snapshot {
             self.stream_max_version = self.stream_max_version.max(row.version);
-            if self
-                .last_change
-                .as_ref()
-                .is_none_or(|(v, _, _)| *v != row.version)
-            {
-                self.txns += 1;
-            }
-            if self
-                .last_change
-                .as_ref()
-                .is_none_or(|(v, _, _)| *v <= row.version)
-            {
-                self.last_change = Some((row.version, row.commit_us, row.source.clone()));
+            // rows of one transaction share a version: this updates once per transaction
+            match &self.last_change {
+                Some((v, _, _)) if *v == row.version => {}
+                Some((v, _, _)) if *v > row.version => self.txns += 1,
+                _ => {
+                    self.txns += 1;
+                    self.last_change = Some((row.version, row.commit_us, row.source.clone()));
+                }
             }
         }
         self.bytes += bytes;

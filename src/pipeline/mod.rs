@@ -465,6 +465,7 @@ async fn run_once(
     let mut failure: Option<PipelineError> = None;
     let mut idle_since_last_txn = false;
     let mut snap_metrics = false;
+    let mut last_snap_metrics = Instant::now();
     let mut last_keepalive = Instant::now();
 
     if let Some(t) = &target {
@@ -626,7 +627,10 @@ async fn run_once(
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         crate::metrics::get().freshness(st.last_commit_us, idle_since_last_txn);
-        if !st.snap.progress.is_empty() || snap_metrics {
+        if (!st.snap.progress.is_empty() || snap_metrics)
+            && last_snap_metrics.elapsed() >= Duration::from_millis(500)
+        {
+            last_snap_metrics = Instant::now();
             snap_metrics = !st.snap.progress.is_empty();
             crate::metrics::get().snapshots(
                 &st.snap
@@ -636,7 +640,7 @@ async fn run_once(
                     .collect::<Vec<_>>(),
             );
         }
-        if !st.snap.progress.is_empty() {
+        if !st.snap.progress.is_empty() && progress_view.due() {
             let now = Instant::now();
             let rows: Vec<(String, u64, u64, f64)> = st
                 .snap

@@ -642,6 +642,15 @@ impl ProgressView {
     }
 
     /// Shows `(table, rows done, estimate, rows/s since start)` for every table in progress.
+    /// Whether [`ProgressView::show`] would draw or log now (callers skip building the rows).
+    pub fn due(&self) -> bool {
+        if self.tty {
+            self.last_draw.elapsed() >= Duration::from_millis(250)
+        } else {
+            self.last_log.elapsed() >= Duration::from_secs(10)
+        }
+    }
+
     pub fn show(&mut self, tables: &[(String, u64, u64, f64)]) {
         use std::io::Write;
         if self.tty {
