@@ -302,25 +302,45 @@ async fn run_once(
     // Several sources: the first fit one from `from` on (up, passes preflight, and its binlog
     // holds everything the checkpoint has applied: never backwards).
     let mut via = 0;
-    if src.urls.len() > 1 {
-        let pos = match &checkpoint {
-            Some(c) => Some(
-                c.position
-                    .parse::<Position>()
-                    .map_err(|_| PipelineError::BadCheckpoint(c.position.clone()))?,
-            ),
-            None => None,
-        };
-        via = source::ha::choose(&src, pos.as_ref(), from).await?.0;
+    let checkpoint_pos = match &checkpoint {
+        Some(c) => Some(
+            c.position
+                .parse::<Position>()
+                .map_err(|_| PipelineError::BadCheckpoint(c.position.clone()))?,
+        ),
+        None => None,
+    };
+    let several = src.urls.len() > 1;
+    if several {
+        via = source::ha::choose(&src, checkpoint_pos.as_ref(), from)
+            .await?
+            .0;
         src.url = src.urls[via].clone();
         if src.mode == SourceMode::Failover {
             src.give_up_after = Some(2);
         }
         info!(source = %source::redact(&src.url), index = via, mode = ?src.mode, "reading from");
     }
-    let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
-    let mut conn = source::connect(&opts).await?;
-    let report = source::preflight::run(&mut conn).await?;
+    let (opts, mut conn, report) = loop {
+        let opts = source::parse_url(&src.url).map_err(SourceError::Definite)?;
+        let attempt = async {
+            let mut conn = source::connect(&opts).await?;
+            let report = source::preflight::run(&mut conn).await?;
+            Ok::<_, SourceError>((conn, report))
+        };
+        match attempt.await {
+            Ok((conn, report)) => break (opts, conn, report),
+            // the chosen server died in between: the next fit one
+            Err(e) if several && e.is_transient() => {
+                warn!(source = %source::redact(&src.url), error = %e, "source lost before reading; choosing another");
+                via = source::ha::choose(&src, checkpoint_pos.as_ref(), via + 1)
+                    .await?
+                    .0;
+                src.url = src.urls[via].clone();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if report.failed() {
         return Err(SourceError::Preflight(report.to_string()).into());
     }
