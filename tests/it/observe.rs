@@ -45,7 +45,11 @@ con.commit()
 t0 = time.time()
 q = f"SELECT count(*) FROM read_parquet('{target}/shop/t/**/*.parquet') WHERE id = {id_}"
 while time.time() - t0 < 30:
-    if duckdb.sql(q).fetchall()[0][0] > 0:
+    try:
+        seen = duckdb.sql(q).fetchall()[0][0] > 0
+    except duckdb.IOException:  # no file yet
+        seen = False
+    if seen:
         print((time.time() - t0) * 1000)
         sys.exit(0)
     time.sleep(0.02)
@@ -198,4 +202,35 @@ fn watermarks_in_clickhouse() {
         ch.prefix
     ));
     assert_eq!(got, gtid);
+}
+
+/// The issue's own case: a change per minute. After a quiet minute (heartbeats only), a change
+/// is visible within `max_latency` (default 1 s) + 1 s: no buffer waits to be full, and nothing
+/// went stale while the source was quiet.
+#[test]
+fn a_change_after_a_quiet_minute_is_visible_within_max_latency_plus_1s() {
+    let dir = TestDir::new("observe_minute");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(20));");
+    let target = dir.path("lake");
+    let url = m.url();
+    let r = spawn_binlake(&[
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "shop.*",
+        "--target",
+        &target,
+    ]);
+    let ms = commit_to_visible_ms(&m, &target, 1);
+    eprintln!("first change: visible after {ms:.0} ms");
+    for i in 2..4 {
+        std::thread::sleep(Duration::from_secs(61));
+        let ms = commit_to_visible_ms(&m, &target, i);
+        eprintln!("change after a quiet minute: visible after {ms:.0} ms");
+        assert!(ms < 2000.0, "took {ms:.0} ms (max_latency 1s + 1s)");
+    }
+    let out = terminate(r, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
