@@ -289,6 +289,22 @@ fn hidden_update(m: &Maria, set: &str, cond: &str) {
     ));
 }
 
+/// `binlake backfill --tables shop.big --where "id < 100"` through `control`.
+fn backfill_ids_below_100(control: &str) -> std::process::Output {
+    binlake(
+        &[
+            "backfill",
+            "--control",
+            control,
+            "--tables",
+            "shop.big",
+            "--where",
+            "id < 100",
+        ],
+        Duration::from_secs(60),
+    )
+}
+
 /// `binlake backfill` reaches the running `replicate` (its control_addr), which re-reads only
 /// the requested key range of one table while the other tables stream; a `[[backfill]]`
 /// schedule in the config does the same by itself.
@@ -318,18 +334,7 @@ fn backfill_on_demand_and_on_schedule_while_streaming() {
     assert!(!equal, "the hidden change should not be in the replica yet");
     // other tables keep streaming meanwhile
     m.sql("INSERT INTO shop.small VALUES (5, 'streamed');");
-    let out = binlake(
-        &[
-            "backfill",
-            "--control",
-            &control,
-            "--tables",
-            "shop.big",
-            "--where",
-            "id < 100",
-        ],
-        Duration::from_secs(60),
-    );
+    let out = backfill_ids_below_100(&control);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("backfill queued: shop.big"),
@@ -359,18 +364,7 @@ fn backfill_on_demand_and_on_schedule_while_streaming() {
     // Hidden again, and backfilled again with no binlog change in between: both backfills read at
     // the same binlog point, and the later read must still win (it gets a higher sub-version).
     hidden_update(&m, "c = 'hidden twice'", "id BETWEEN 10 AND 19");
-    let out = binlake(
-        &[
-            "backfill",
-            "--control",
-            &control,
-            "--tables",
-            "shop.big",
-            "--where",
-            "id < 100",
-        ],
-        Duration::from_secs(60),
-    );
+    let out = backfill_ids_below_100(&control);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_equal(&m, &target, "shop.big", &[], Duration::from_secs(60));
     let tie = duck(&format!(
