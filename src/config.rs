@@ -609,6 +609,7 @@ impl Settings {
                         0 => return Err(key_err("snapshot_chunk_rows", "must be at least 1")),
                         n => n,
                     },
+                    columnar: None,
                 },
             },
             sink,

@@ -11,13 +11,22 @@
 //!   the stream applied one) never replaces it. Keyless tables keep every row.
 //! - Values go straight into the column builders: one copy of each string, no per-cell heap
 //!   object, so memory is about the size of the Arrow batch it becomes.
+//! - Snapshot chunks may arrive already columnar ([`ColumnChunk`], built by a reader task):
+//!   the buffer then holds a list of segments in arrival order (rows pushed one by one are
+//!   finished into a segment before a chunk is added), and row indexes for dedup count across
+//!   segments, so the dedup rule above is the same for both kinds of input.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::builder::*;
-use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array, UInt64Array,
+};
 use arrow_buffer::i256;
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use binlake_sink::{TableBatch, TableId};
@@ -72,6 +81,65 @@ pub fn key_bytes(values: &[Value], pk: &[usize], out: &mut Vec<u8>) {
             }
             Some(other) => out.extend_from_slice(format!("{other:?}").as_bytes()),
             None => out.push(0),
+        }
+        out.push(0xff);
+    }
+}
+
+/// True when [`key_bytes_at`] can read this key from Arrow columns: integer, text and binary
+/// key columns (the others are keyed by their `Value`'s debug text, which only rows have).
+pub fn columnar_key(tm: &TableMap) -> bool {
+    use crate::decode::ColType;
+    tm.primary_key.iter().all(|&i| {
+        matches!(
+            tm.columns.get(i).map(|c| &c.ty),
+            Some(ColType::Int { .. } | ColType::Text { .. } | ColType::Binary { .. })
+        )
+    })
+}
+
+/// An integer key cell as the signed or unsigned 64-bit value the decoder gives it.
+enum IntCell {
+    I(i64),
+    U(u64),
+}
+
+fn int_at(a: &dyn Array, row: usize) -> Option<IntCell> {
+    use arrow_schema::DataType as D;
+    Some(match a.data_type() {
+        D::Int8 => IntCell::I(a.as_primitive::<Int8Type>().value(row) as i64),
+        D::Int16 => IntCell::I(a.as_primitive::<Int16Type>().value(row) as i64),
+        D::Int32 => IntCell::I(a.as_primitive::<Int32Type>().value(row) as i64),
+        D::Int64 => IntCell::I(a.as_primitive::<Int64Type>().value(row)),
+        D::UInt8 => IntCell::U(a.as_primitive::<UInt8Type>().value(row) as u64),
+        D::UInt16 => IntCell::U(a.as_primitive::<UInt16Type>().value(row) as u64),
+        D::UInt32 => IntCell::U(a.as_primitive::<UInt32Type>().value(row) as u64),
+        D::UInt64 => IntCell::U(a.as_primitive::<UInt64Type>().value(row)),
+        _ => return None,
+    })
+}
+
+/// [`key_bytes`] of row `row` of Arrow columns (the same bytes for the same key, so rows and
+/// columns dedup against each other). Only for keys [`columnar_key`] accepts.
+pub fn key_bytes_at(cols: &[ArrayRef], pk: &[usize], row: usize, out: &mut Vec<u8>) {
+    out.clear();
+    for &i in pk {
+        let a = cols[i].as_ref();
+        if a.is_null(row) {
+            out.extend_from_slice(b"Null");
+        } else if let Some(v) = int_at(a, row) {
+            match v {
+                IntCell::I(v) => out.extend_from_slice(&v.to_le_bytes()),
+                IntCell::U(v) => out.extend_from_slice(&v.to_le_bytes()),
+            }
+        } else if let Some(s) = a.as_string_opt::<i32>() {
+            let s = s.value(row).as_bytes();
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s);
+        } else if let Some(b) = a.as_binary_opt::<i32>() {
+            let b = b.value(row);
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(b);
         }
         out.push(0xff);
     }
@@ -145,6 +213,43 @@ impl LastByKey {
         }
     }
 
+    /// [`Self::record`] for row `row` of Arrow columns (global index `idx`).
+    fn record_at(
+        &mut self,
+        cols: &[ArrayRef],
+        pk: &[usize],
+        row: usize,
+        idx: u32,
+        versions: &[u64],
+    ) {
+        let newer = |old: u32| versions[idx as usize] >= versions[old as usize];
+        let slot = match self {
+            LastByKey::None => return,
+            LastByKey::Int(m) => {
+                let k = match int_at(cols[pk[0]].as_ref(), row) {
+                    _ if cols[pk[0]].is_null(row) => i128::MIN,
+                    Some(IntCell::I(v)) => v as i128,
+                    Some(IntCell::U(v)) => v as i128,
+                    None => i128::MIN,
+                };
+                m.entry(k).or_insert(idx)
+            }
+            LastByKey::Bytes(m, buf) => {
+                key_bytes_at(cols, pk, row, buf);
+                match m.get_mut(buf.as_slice()) {
+                    Some(slot) => slot,
+                    None => {
+                        m.insert(buf.clone(), idx);
+                        return;
+                    }
+                }
+            }
+        };
+        if *slot != idx && newer(*slot) {
+            *slot = idx;
+        }
+    }
+
     fn len(&self) -> Option<usize> {
         match self {
             LastByKey::None => None,
@@ -165,7 +270,7 @@ impl LastByKey {
 }
 
 /// A typed column builder fed with decoded values.
-enum Col {
+pub(crate) enum Col {
     I8(Int8Builder),
     I16(Int16Builder),
     I32(Int32Builder),
@@ -185,7 +290,7 @@ enum Col {
 }
 
 impl Col {
-    fn new(dt: &DataType) -> Result<Col, String> {
+    pub(crate) fn new(dt: &DataType) -> Result<Col, String> {
         Ok(match dt {
             DataType::Int8 => Col::I8(Int8Builder::new()),
             DataType::Int16 => Col::I16(Int16Builder::new()),
@@ -210,7 +315,7 @@ impl Col {
     }
 
     /// Appends one value; returns its approximate size in bytes.
-    fn append(&mut self, v: &Value) -> Result<usize, String> {
+    pub(crate) fn append(&mut self, v: &Value) -> Result<usize, String> {
         macro_rules! put {
             ($b:expr, $($pat:pat => $val:expr),+) => {
                 match v {
@@ -271,7 +376,7 @@ impl Col {
         }
     }
 
-    fn finish(&mut self) -> Result<ArrayRef, String> {
+    pub(crate) fn finish(&mut self) -> Result<ArrayRef, String> {
         Ok(match self {
             Col::I8(b) => Arc::new(b.finish()),
             Col::I16(b) => Arc::new(b.finish()),
@@ -307,6 +412,63 @@ impl Col {
     }
 }
 
+/// Snapshot rows already in columns: the table's data columns in their Arrow types (no
+/// metadata columns), as [`TableBuffer::push`] would have built them from the same values.
+#[derive(Debug)]
+pub struct ColumnChunk {
+    pub columns: Vec<ArrayRef>,
+    pub rows: usize,
+    /// Approximate size, counted as `push` counts it.
+    pub bytes: usize,
+}
+
+/// Builds a [`ColumnChunk`] value by value (a snapshot reader's side of the buffer).
+pub struct ChunkBuilder {
+    cols: Vec<Col>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl ChunkBuilder {
+    pub fn new(table: &TableMap) -> Result<Self, String> {
+        let schema = table_schema(table);
+        let cols = schema
+            .fields()
+            .iter()
+            .take(table.columns.len())
+            .map(|f| Col::new(f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
+            .collect::<Result<_, _>>()?;
+        Ok(ChunkBuilder {
+            cols,
+            rows: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Appends the value of column `i` of the current row.
+    pub fn append(&mut self, i: usize, v: &Value) -> Result<(), String> {
+        self.bytes += self.cols[i].append(v)?;
+        Ok(())
+    }
+
+    /// Ends the current row.
+    pub fn end_row(&mut self) {
+        self.rows += 1;
+    }
+
+    pub fn finish(mut self) -> Result<ColumnChunk, String> {
+        Ok(ColumnChunk {
+            columns: self
+                .cols
+                .iter_mut()
+                .map(|c| c.finish())
+                .collect::<Result<_, _>>()?,
+            rows: self.rows,
+            bytes: self.bytes,
+        })
+    }
+}
+
 pub struct TableBuffer {
     pub id: TableId,
     pub table: Arc<TableMap>,
@@ -318,6 +480,11 @@ pub struct TableBuffer {
     commit_ts: TimestampMicrosecondBuilder,
     source: StringBuilder,
     last_by_key: LastByKey,
+    /// Finished parts in arrival order (all columns but `_binlake_synced_at`); the builders
+    /// hold the rows after the last segment.
+    segments: Vec<Vec<ArrayRef>>,
+    /// Every row's version, across segments (dedup compares them).
+    versions: Vec<u64>,
     rows: usize,
     min_version: u64,
     max_version: u64,
@@ -358,6 +525,8 @@ impl TableBuffer {
             commit_ts: TimestampMicrosecondBuilder::new(),
             source: StringBuilder::new(),
             last_by_key,
+            segments: Vec::new(),
+            versions: Vec::new(),
             rows: 0,
             min_version: u64::MAX,
             max_version: 0,
@@ -392,6 +561,7 @@ impl TableBuffer {
             bytes += c.append(v)?;
         }
         self.version.append_value(row.version);
+        self.versions.push(row.version);
         self.deleted.append_value(row.deleted);
         self.op.append_value(row.op.as_str());
         self.commit_ts.append_value(row.commit_us);
@@ -400,7 +570,7 @@ impl TableBuffer {
             &row.values,
             &self.table.primary_key,
             self.rows as u32,
-            self.version.values_slice(),
+            &self.versions,
         ) {
             bytes += 32;
         }
@@ -426,12 +596,69 @@ impl TableBuffer {
         Ok(())
     }
 
-    /// Builds the batch (dedup applied); consumes the buffer.
-    pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
-        if self.rows == 0 {
-            return Ok(None);
+    /// Adds snapshot rows that a reader already put in columns, all with `version`, read at
+    /// `commit_us` (µs), with provenance `source`. Same effect as pushing them one by one.
+    pub fn push_columns(
+        &mut self,
+        chunk: ColumnChunk,
+        version: u64,
+        commit_us: i64,
+        source: &str,
+    ) -> Result<(), String> {
+        let n = chunk.rows;
+        if n == 0 {
+            return Ok(());
         }
-        let n = self.rows;
+        if chunk.columns.len() != self.cols.len()
+            || chunk
+                .columns
+                .iter()
+                .zip(self.schema.fields().iter())
+                .any(|(c, f)| c.data_type() != f.data_type())
+        {
+            return Err("snapshot columns do not match the table's Arrow types".into());
+        }
+        self.finish_segment()?;
+        let first = self.rows;
+        self.versions.resize(first + n, version);
+        let mut new_keys = 0;
+        let pk = self.table.primary_key.clone();
+        for r in 0..n {
+            let before = self.last_by_key.len();
+            self.last_by_key
+                .record_at(&chunk.columns, &pk, r, (first + r) as u32, &self.versions);
+            if self.last_by_key.len() != before {
+                new_keys += 1;
+            }
+        }
+        let mut seg = chunk.columns;
+        seg.push(Arc::new(UInt64Array::from_value(version, n)));
+        seg.push(Arc::new(BooleanArray::from(vec![false; n])));
+        seg.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(Op::Snapshot.as_str(), n),
+        )));
+        seg.push(Arc::new(
+            TimestampMicrosecondArray::from_value(commit_us, n).with_timezone("UTC"),
+        ));
+        seg.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(source, n),
+        )));
+        self.segments.push(seg);
+        self.rows += n;
+        self.min_version = self.min_version.min(version);
+        self.max_version = self.max_version.max(version);
+        self.bytes += chunk.bytes + n * (48 + source.len()) + new_keys * 32;
+        if self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Moves the rows in the builders into a segment.
+    fn finish_segment(&mut self) -> Result<(), String> {
+        if self.version.is_empty() {
+            return Ok(());
+        }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for c in self.cols.iter_mut() {
             arrays.push(c.finish()?);
@@ -440,10 +667,34 @@ impl TableBuffer {
         arrays.push(Arc::new(self.deleted.finish()));
         arrays.push(Arc::new(self.op.finish()));
         arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
+        arrays.push(Arc::new(self.source.finish()));
+        self.segments.push(arrays);
+        Ok(())
+    }
+
+    /// Builds the batch (dedup applied); consumes the buffer.
+    pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let n = self.rows;
+        self.finish_segment()?;
+        let mut arrays: Vec<ArrayRef> = if self.segments.len() == 1 {
+            self.segments.pop().expect("one segment")
+        } else {
+            (0..self.segments[0].len())
+                .map(|i| {
+                    let parts: Vec<&dyn Array> =
+                        self.segments.iter().map(|s| s[i].as_ref()).collect();
+                    arrow_select::concat::concat(&parts).map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let source = arrays.pop().expect("source column");
         let mut synced = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         synced.append_value_n(synced_at_us, n);
         arrays.push(Arc::new(synced.finish()));
-        arrays.push(Arc::new(self.source.finish()));
+        arrays.push(source);
         let mut batch =
             RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| e.to_string())?;
         // Dedup: keep the last change per key, in commit order.
@@ -517,6 +768,104 @@ mod tests {
             primary_key: vec![0],
             full_metadata: true,
         })
+    }
+
+    #[test]
+    fn columns_key_like_rows_and_dedup_against_them() {
+        use crate::decode::charset::Charset;
+        // the same key bytes from values and from the columns built from them
+        let tm = |ty: ColType| {
+            let mut t = (*table()).clone();
+            t.columns[0].ty = ty;
+            t.primary_key = vec![0, 1];
+            Arc::new(t)
+        };
+        for (ty, v) in [
+            (
+                ColType::Int {
+                    bytes: 2,
+                    unsigned: false,
+                },
+                Value::Int(-7),
+            ),
+            (
+                ColType::Int {
+                    bytes: 8,
+                    unsigned: true,
+                },
+                Value::UInt(u64::MAX),
+            ),
+            (
+                ColType::Text {
+                    len_bytes: 1,
+                    charset: Charset::Utf8,
+                },
+                Value::Str("ké".into()),
+            ),
+            (
+                ColType::Binary {
+                    len_bytes: 1,
+                    pad_to: None,
+                },
+                Value::Bin(vec![0, 255]),
+            ),
+        ] {
+            let t = tm(ty);
+            assert!(columnar_key(&t));
+            let row = vec![v, Value::Str("x".into())];
+            let mut b = ChunkBuilder::new(&t).unwrap();
+            for (i, v) in row.iter().enumerate() {
+                b.append(i, v).unwrap();
+            }
+            b.end_row();
+            let c = b.finish().unwrap();
+            let (mut a, mut k) = (Vec::new(), Vec::new());
+            key_bytes(&row, &t.primary_key, &mut a);
+            key_bytes_at(&c.columns, &t.primary_key, 0, &mut k);
+            assert_eq!(a, k, "{:?}", t.columns[0].ty);
+        }
+        // rows, then a chunk, then rows: one row per key, the highest version (last on a tie)
+        let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
+        let src: Arc<str> = Arc::from("s");
+        let row = |id: i64, v: &str, version: u64| BufRow {
+            values: vec![Value::Int(id), Value::Str(v.into())],
+            version,
+            op: Op::Update,
+            deleted: false,
+            commit_us: 0,
+            source: src.clone(),
+        };
+        b.push(&row(1, "stream-new", 1 << 20)).unwrap();
+        b.push(&row(2, "stream-old", 1)).unwrap();
+        let mut cb = ChunkBuilder::new(&table()).unwrap();
+        for (id, v) in [(1, "snap"), (2, "snap"), (3, "snap")] {
+            cb.append(0, &Value::Int(id)).unwrap();
+            cb.append(1, &Value::Str(v.into())).unwrap();
+            cb.end_row();
+        }
+        b.push_columns(cb.finish().unwrap(), 1 << 16, 0, "snapshot")
+            .unwrap();
+        b.push(&row(3, "stream-after", 1 << 16)).unwrap();
+        let tb = b.into_batch(0).unwrap().unwrap();
+        let mut got: Vec<(i32, String, String)> = (0..tb.batch.num_rows())
+            .map(|i| {
+                (
+                    tb.batch.column(0).as_primitive::<Int32Type>().value(i),
+                    tb.batch.column(1).as_string::<i32>().value(i).to_string(),
+                    tb.batch.column(4).as_string::<i32>().value(i).to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (1, "stream-new".into(), "update".into()),
+                (2, "snap".into(), "snapshot".into()),
+                (3, "stream-after".into(), "update".into()),
+            ]
+        );
+        assert_eq!(tb.batch.num_columns(), tb.batch.schema().fields().len());
     }
 
     #[test]

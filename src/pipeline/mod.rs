@@ -41,12 +41,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
-use crate::snapshot::{Chunk, SnapshotMsg, Snapshotter};
+use crate::snapshot::{Chunk, ChunkRows, SnapshotMsg, Snapshotter};
 use crate::source::{
     self, Flavor, SourceConfig, SourceError, SourceMode, SourceMsg, StartAt, Transaction,
 };
 use binlake_sink::SnapshotProgress;
-use buffer::{key_bytes, BufRow, Op, TableBuffer};
+use buffer::{key_bytes, key_bytes_at, BufRow, ColumnChunk, Op, TableBuffer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -876,7 +876,7 @@ async fn apply_ddl(
 }
 
 /// A date or time outside the target's range becomes an invalid value (the policy decides).
-fn out_of_target_range(v: &mut Value, lo: i32, hi: i32) {
+pub(crate) fn out_of_target_range(v: &mut Value, lo: i32, hi: i32) {
     const US_PER_DAY: i64 = 86_400_000_000;
     let day = match v {
         Value::Date(d) => *d as i64,
@@ -1084,8 +1084,46 @@ fn take_chunk(
     // rows of an initial snapshot of this run whose keys no binlog change touched are new to
     // the target: the sink may append them
     let mut fresh = st.snap.fresh.contains(&name);
-    let rows: Vec<BufRow> = chunk
-        .rows
+    let pos = format!("snapshot at {}", chunk.at);
+    let (rows, columns) = match chunk.rows {
+        ChunkRows::Rows(rows) => (rows, None),
+        ChunkRows::Columns(mut cols) => {
+            // DBLog: rows whose key the stream changed after this read are dropped.
+            if let Some(ch) = changed {
+                let keep: Vec<bool> = (0..cols.rows)
+                    .map(|r| {
+                        key_bytes_at(&cols.columns, &tm.primary_key, r, &mut kb);
+                        match ch.get(&kb) {
+                            Some(&v) if v > version => false,
+                            Some(_) => {
+                                fresh = false;
+                                true
+                            }
+                            None => true,
+                        }
+                    })
+                    .collect();
+                let kept = keep.iter().filter(|k| **k).count();
+                if kept < cols.rows {
+                    dropped = (cols.rows - kept) as u64;
+                    let mask = arrow_array::BooleanArray::from(keep);
+                    cols.columns = cols
+                        .columns
+                        .iter()
+                        .map(|c| arrow_select::filter::filter(c.as_ref(), &mask))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| PipelineError::Build {
+                            table: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                    cols.bytes = cols.bytes * kept / cols.rows.max(1);
+                    cols.rows = kept;
+                }
+            }
+            (Vec::new(), Some(cols).filter(|c| c.rows > 0))
+        }
+    };
+    let rows: Vec<BufRow> = rows
         .into_iter()
         .filter_map(|values| {
             if let Some(ch) = changed {
@@ -1112,7 +1150,9 @@ fn take_chunk(
     if dropped > 0 {
         debug!(table = %name, dropped, "snapshot rows older than the stream's changes dropped");
     }
-    let pos = format!("snapshot at {}", chunk.at);
+    if let Some(cols) = columns {
+        take_columns(st, &tm, cols, version, chunk.read_at_us, &source, fresh)?;
+    }
     if !rows.is_empty() {
         take_rows(st, cfg, &tm, rows, &pos, fresh)?;
     }
@@ -1156,7 +1196,12 @@ async fn start_snapshots(
     fresh: bool,
     committer: &mut Committer,
 ) -> Result<Snapshotter, PipelineError> {
-    let snapshotter = Snapshotter::spawn(opts.clone(), cfg.snapshot.clone());
+    let mut snap_cfg = cfg.snapshot.clone();
+    // Readers build Arrow columns themselves unless a column rule reshapes rows first.
+    snap_cfg.columnar = cfg.columns.is_empty().then_some(crate::snapshot::Columnar {
+        date_range: st.date_range,
+    });
+    let snapshotter = Snapshotter::spawn(opts.clone(), snap_cfg);
     let mut new_tables = Vec::new();
     if cfg.start_at == StartAt::Snapshot {
         for t in crate::snapshot::list_tables(opts, &src.filter).await? {
@@ -1432,23 +1477,6 @@ fn take_rows(
         }
     };
     let tm = &tm;
-    // A schema change for a table with buffered rows: those rows keep their old shape and are
-    // written, before the new ones, by the next commit.
-    if let Some(b) = st.buffers.get_mut(&id) {
-        if !b.same_shape(tm) {
-            let fresh = TableBuffer::new(id.clone(), tm.clone()).map_err(|message| {
-                PipelineError::Build {
-                    table: name.clone(),
-                    message,
-                }
-            })?;
-            let old = std::mem::replace(b, fresh);
-            if !old.is_empty() {
-                info!(table = %old.id, "table shape changed; older rows go out in their own batch");
-                st.set_aside.push(old);
-            }
-        }
-    }
     let mut accepted: Vec<BufRow> = Vec::with_capacity(rows.len());
     'rows: for mut row in rows {
         for (i, v) in row.values.iter_mut().enumerate() {
@@ -1515,18 +1543,9 @@ fn take_rows(
         return Ok(());
     }
     st.summary.rows += accepted.len() as u64;
-    let buf = match st.buffers.entry(id) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let b = TableBuffer::new(e.key().clone(), tm.clone()).map_err(|message| {
-                PipelineError::Build {
-                    table: name.clone(),
-                    message,
-                }
-            })?;
-            e.insert(b)
-        }
-    };
+    // A schema change for a table with buffered rows: those rows keep their old shape and are
+    // written, before the new ones, by the next commit.
+    let buf = buffer_for(st, id, tm)?;
     if !fresh {
         buf.insert_only = false;
     }
@@ -1536,6 +1555,63 @@ fn take_rows(
             message,
         })?;
     }
+    Ok(())
+}
+
+/// The buffer for a table in shape `tm`: rows buffered in another shape are set aside first
+/// (they keep their shape and go out, before the new ones, with the next commit).
+fn buffer_for<'a>(
+    st: &'a mut State,
+    id: TableId,
+    tm: &Arc<TableMap>,
+) -> Result<&'a mut TableBuffer, PipelineError> {
+    let build = |id: TableId| {
+        TableBuffer::new(id.clone(), tm.clone()).map_err(|message| PipelineError::Build {
+            table: id.to_string(),
+            message,
+        })
+    };
+    if let Some(b) = st.buffers.get_mut(&id) {
+        if !b.same_shape(tm) {
+            let old = std::mem::replace(b, build(id.clone())?);
+            if !old.is_empty() {
+                info!(table = %old.id, "table shape changed; older rows go out in their own batch");
+                st.set_aside.push(old);
+            }
+        }
+    }
+    Ok(match st.buffers.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let b = build(e.key().clone())?;
+            e.insert(b)
+        }
+    })
+}
+
+/// Buffers snapshot rows that a reader put in columns (no invalid values, no column rules:
+/// the reader checked). The columnar counterpart of [`take_rows`].
+fn take_columns(
+    st: &mut State,
+    tm: &Arc<TableMap>,
+    cols: ColumnChunk,
+    version: u64,
+    read_at_us: i64,
+    source: &str,
+    fresh: bool,
+) -> Result<(), PipelineError> {
+    let id = TableId::new(&tm.db, &tm.table);
+    let n = cols.rows as u64;
+    let buf = buffer_for(st, id.clone(), tm)?;
+    if !fresh {
+        buf.insert_only = false;
+    }
+    buf.push_columns(cols, version, read_at_us, source)
+        .map_err(|message| PipelineError::Build {
+            table: id.to_string(),
+            message,
+        })?;
+    st.summary.rows += n;
     Ok(())
 }
 

@@ -62,6 +62,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::decode::{ColType, TableMap, Value};
+use crate::pipeline::buffer::{columnar_key, ChunkBuilder, ColumnChunk};
 use crate::position::BinlogPos;
 use crate::source::{self, SourceError};
 use values::{ident, key_json, SnapTable};
@@ -72,6 +73,16 @@ pub struct SnapshotConfig {
     pub parallelism: usize,
     /// Rows per chunk (`snapshot_chunk_rows`).
     pub chunk_rows: usize,
+    /// Readers put keyed tables' rows straight into Arrow columns (set by the pipeline when
+    /// no column rule changes rows on their way in).
+    pub columnar: Option<Columnar>,
+}
+
+/// What a reader needs to put rows into columns as the pipeline would.
+#[derive(Debug, Clone, Copy)]
+pub struct Columnar {
+    /// Days the target can hold (dates outside are invalid values: the row path decides).
+    pub date_range: Option<(i32, i32)>,
 }
 
 impl Default for SnapshotConfig {
@@ -79,6 +90,7 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             parallelism: 2,
             chunk_rows: 20_000,
+            columnar: None,
         }
     }
 }
@@ -89,7 +101,7 @@ pub struct Chunk {
     pub table: TableId,
     pub range: usize,
     pub map: Arc<TableMap>,
-    pub rows: Vec<Vec<Value>>,
+    pub rows: ChunkRows,
     /// The last key read (JSON cells), where the range resumes.
     pub after: Option<serde_json::Value>,
     /// The range has no rows after this chunk.
@@ -97,6 +109,26 @@ pub struct Chunk {
     /// `Binlog_snapshot_file/position` of the read.
     pub at: BinlogPos,
     pub read_at_us: i64,
+}
+
+/// A chunk's rows: values per row, or (the fast path) already in Arrow columns.
+#[derive(Debug)]
+pub enum ChunkRows {
+    Rows(Vec<Vec<Value>>),
+    Columns(ColumnChunk),
+}
+
+impl ChunkRows {
+    pub fn len(&self) -> usize {
+        match self {
+            ChunkRows::Rows(r) => r.len(),
+            ChunkRows::Columns(c) => c.rows,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the readers tell the pipeline.
@@ -479,6 +511,7 @@ async fn read_range(
     cfg: &SnapshotConfig,
 ) -> Result<(), Failure> {
     let key_idx = table.map.primary_key.clone();
+    let columnar = cfg.columnar.filter(|_| columnar_key(&table.map));
     loop {
         let mut bounds = Vec::new();
         match (&progress.after, &progress.lo) {
@@ -497,7 +530,8 @@ async fn read_range(
                 )))
             })?;
         let started = Instant::now();
-        let (rows, last_key, at) = read_chunk(conn, &sql, params, table, &key_idx).await?;
+        let (rows, last_key, at) =
+            read_chunk_as(conn, &sql, params, table, &key_idx, columnar).await?;
         let n = rows.len();
         let done = n < cfg.chunk_rows;
         if let Some(k) = last_key {
@@ -533,29 +567,89 @@ pub(crate) async fn read_chunk(
     table: &SnapTable,
     key_idx: &[usize],
 ) -> Result<ChunkRead, SourceError> {
+    let (rows, last, at) = read_chunk_as(conn, sql, params, table, key_idx, None).await?;
+    match rows {
+        ChunkRows::Rows(r) => Ok((r, last, at)),
+        ChunkRows::Columns(_) => unreachable!("rows were asked for"),
+    }
+}
+
+/// [`read_chunk`], with the rows put straight into Arrow columns when `columnar` is set. A
+/// chunk holding a value that only the row path handles (an invalid value: the pipeline's
+/// policy decides) is read again as rows, in the same transaction (the same rows).
+async fn read_chunk_as(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+    params: Vec<My>,
+    table: &SnapTable,
+    key_idx: &[usize],
+    columnar: Option<Columnar>,
+) -> Result<(ChunkRows, Option<serde_json::Value>, BinlogPos), SourceError> {
     let q = |e| SourceError::from_mysql(e, "reading a snapshot chunk");
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(q)?;
     let at = snapshot_position(conn).await?;
-    let mut result = conn.exec_iter(sql, params).await.map_err(q)?;
     let cols = &table.map.columns;
-    let mut rows = Vec::new();
-    let mut last: Option<Vec<My>> = None;
-    while let Some(row) = result.next().await.map_err(q)? {
-        let cells = row.unwrap();
-        let key: Vec<My> = key_idx.iter().map(|&i| cells[i].clone()).collect();
-        let values = cells
-            .into_iter()
-            .zip(cols)
-            .map(|(v, c)| values::cell(v, &c.ty))
-            .collect();
-        rows.push(values);
-        last = Some(key);
+    // the last row's key cells (one buffer, refilled per row)
+    let mut last: Vec<My> = Vec::with_capacity(key_idx.len());
+    let mut out = None;
+    if let Some(c) = columnar {
+        let mut b = ChunkBuilder::new(&table.map).map_err(SourceError::Definite)?;
+        let mut result = conn.exec_iter(sql, params.clone()).await.map_err(q)?;
+        let mut complete = true;
+        while let Some(row) = result.next().await.map_err(q)? {
+            let cells = row.unwrap();
+            last.clear();
+            last.extend(key_idx.iter().map(|&i| cells[i].clone()));
+            for (i, (v, col)) in cells.into_iter().zip(cols).enumerate() {
+                let mut v = values::cell(v, &col.ty);
+                if let Some((lo, hi)) = c.date_range {
+                    crate::pipeline::out_of_target_range(&mut v, lo, hi);
+                }
+                if matches!(v, Value::Invalid { .. } | Value::Absent) {
+                    complete = false;
+                    break;
+                }
+                b.append(i, &v).map_err(SourceError::Definite)?;
+            }
+            if !complete {
+                break;
+            }
+            b.end_row();
+        }
+        drop(result);
+        if complete {
+            out = Some(ChunkRows::Columns(
+                b.finish().map_err(SourceError::Definite)?,
+            ));
+        } else {
+            last.clear();
+        }
     }
-    drop(result);
+    let rows = match out {
+        Some(r) => r,
+        None => {
+            let mut result = conn.exec_iter(sql, params).await.map_err(q)?;
+            let mut rows = Vec::new();
+            while let Some(row) = result.next().await.map_err(q)? {
+                let cells = row.unwrap();
+                last.clear();
+                last.extend(key_idx.iter().map(|&i| cells[i].clone()));
+                let values = cells
+                    .into_iter()
+                    .zip(cols)
+                    .map(|(v, c)| values::cell(v, &c.ty))
+                    .collect();
+                rows.push(values);
+            }
+            drop(result);
+            ChunkRows::Rows(rows)
+        }
+    };
     conn.query_drop("COMMIT").await.map_err(q)?;
-    Ok((rows, last.map(|k| key_json(&k)), at))
+    let last = (!rows.is_empty()).then(|| key_json(&last));
+    Ok((rows, last, at))
 }
 
 /// `Binlog_snapshot_file/position` inside a consistent-snapshot transaction.
