@@ -30,14 +30,24 @@ pub struct BackfillRequest {
     pub tables: String,
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// Keys (JSON key cells, as in the checkpoint) that the target holds and the source may
+    /// have deleted: each gets a tombstone unless the source has it (`validate --repair` sends
+    /// the rows it found only in the target). One table only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<serde_json::Value>,
 }
+
+/// Keys a request may ask to check (see [`BackfillRequest::absent`]).
+pub const MAX_ABSENT_KEYS: usize = 100_000;
 
 /// A backfill for the pipeline, checked against the source.
 #[derive(Debug)]
 pub struct Backfill {
     pub tables: Vec<TableId>,
     pub filter: Option<String>,
-    /// `backfill` (the command) or `schedule`.
+    /// Keys to delete unless the source has them (see [`BackfillRequest::absent`]).
+    pub absent: Vec<serde_json::Value>,
+    /// `backfill` (the command), `repair` (one with keys to check) or `schedule`.
     pub reason: &'static str,
     pub reply: Option<oneshot::Sender<Result<Vec<String>, String>>>,
 }
@@ -63,6 +73,19 @@ pub async fn check(
             req.tables
         ));
     }
+    if !req.absent.is_empty() && tables.len() != 1 {
+        return Err(format!(
+            "keys to check (`absent`) need exactly one table; `{}` selects {}",
+            req.tables,
+            tables.len()
+        ));
+    }
+    if req.absent.len() > MAX_ABSENT_KEYS {
+        return Err(format!(
+            "{} keys to check (`absent`): at most {MAX_ABSENT_KEYS} per request",
+            req.absent.len()
+        ));
+    }
     let mut conn = source::connect(opts).await.map_err(|e| e.to_string())?;
     for t in &tables {
         let d = describe(&mut conn, &t.db, &t.table)
@@ -80,6 +103,16 @@ pub async fn check(
             ))
             .await
             .map_err(|e| format!("the predicate `{w}` fails on {t}: {e}"))?;
+        }
+        let width = d.map.primary_key.len();
+        if let Some(k) = req
+            .absent
+            .iter()
+            .find(|k| crate::snapshot::values::key_cells(k).is_none_or(|c| c.len() != width))
+        {
+            return Err(format!(
+                "the key {k} in `absent` is not a key of {t} ({width} column(s), JSON key cells)"
+            ));
         }
     }
     Ok(tables)
@@ -129,7 +162,12 @@ async fn handle(
                     let b = Backfill {
                         tables,
                         filter: req.filter.clone(),
-                        reason: "backfill",
+                        reason: if req.absent.is_empty() {
+                            "backfill"
+                        } else {
+                            "repair"
+                        },
+                        absent: req.absent,
                         reply: Some(rtx),
                     };
                     if tx.send(b).await.is_err() {
@@ -404,12 +442,14 @@ pub async fn run_schedule(
         let req = BackfillRequest {
             tables: s.tables.clone(),
             filter: s.filter.clone(),
+            absent: vec![],
         };
         match check(&opts, &pipeline_filter, &req).await {
             Ok(tables) => {
                 let b = Backfill {
                     tables,
                     filter: s.filter.clone(),
+                    absent: vec![],
                     reason: "schedule",
                     reply: None,
                 };

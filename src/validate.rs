@@ -13,8 +13,10 @@
 //!   read only once its checkpoint covers the source position of the last chunk read. A chunk
 //!   that still differs is read again on both sides (up to three rounds), so a row changed
 //!   between the two reads is not reported; a difference that persists is.
-//! - Rows present only in the target are reported too (a missed delete); a backfill cannot
-//!   remove them, so `--repair` reports them for a rebuild instead.
+//! - Rows present only in the target are reported too (a missed delete). `--repair` sends their
+//!   keys with the backfill; the running `replicate` checks them at the source in one consistent
+//!   snapshot and writes a tombstone for each key the source does not have, versioned at that
+//!   snapshot's binlog point like a chunk (so a re-insert the stream brings later still wins).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -66,6 +68,9 @@ pub struct TableReport {
     pub different: Vec<ChunkDiff>,
     /// Keys only in the target (as text).
     pub only_in_target: Vec<String>,
+    /// The same keys as JSON key cells, for a repair to check at the source and delete
+    /// (empty when a key's type cannot be read back, or a column rule reshapes the table).
+    pub only_in_target_cells: Vec<serde_json::Value>,
     pub skipped: Option<String>,
     /// No primary key: compared as a multiset of rows; a backfill cannot repair it.
     pub keyless: bool,
@@ -261,6 +266,49 @@ fn target_rows(
         .collect())
 }
 
+/// The key cells (JSON, as the snapshot reader writes them) of the target's rows whose key text
+/// is in `keys`; `None` when one of them has a type that cannot be read back.
+fn key_cells_of(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    ncols: usize,
+    map: &crate::decode::TableMap,
+    keys: &[String],
+) -> Result<Option<Vec<serde_json::Value>>, String> {
+    let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+    let mut found: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut unreadable = false;
+    for b in batches {
+        let data = in_source_types(b, schema, ncols)?;
+        each_row(&data, ncols, &map.primary_key, |i, key, _| {
+            if unreadable || !wanted.contains(key.as_str()) || found.contains_key(&key) {
+                return;
+            }
+            let cells: Option<Vec<My>> = map
+                .primary_key
+                .iter()
+                .map(|&k| {
+                    crate::snapshot::values::key_cell_from_arrow(
+                        data.column(k).as_ref(),
+                        i,
+                        &map.columns[k].ty,
+                    )
+                })
+                .collect();
+            match cells {
+                Some(c) => {
+                    found.insert(key, crate::snapshot::values::key_json(&c));
+                }
+                None => unreadable = true,
+            }
+        })?;
+    }
+    if unreadable {
+        return Ok(None);
+    }
+    Ok(Some(keys.iter().filter_map(|k| found.remove(k)).collect()))
+}
+
 /// The source's GTID position now, as the checkpoint would write it.
 async fn source_position(
     conn: &mut mysql_async::Conn,
@@ -401,6 +449,7 @@ pub async fn validate_table(
     report.chunks = chunks.len();
     report.rows = chunks.iter().map(|(c, _)| c.source_rows).sum();
     let mut round = 0;
+    let mut whole = true;
     loop {
         round += 1;
         let pos = source_position(&mut conn).await?;
@@ -431,15 +480,22 @@ pub async fn validate_table(
             }
         }
         // Target keys no source chunk holds (deleted at the source, not in the target).
-        let extra: Vec<String> = if round == 1 || !different.is_empty() {
-            let mut v: Vec<String> = target.into_keys().collect();
-            v.sort();
-            v
+        // (only when the chunks cover the whole table: a re-read of some chunks says nothing
+        // about the keys outside them)
+        let mut extra: Vec<String> = if whole {
+            target.into_keys().collect()
         } else {
             vec![]
         };
+        extra.sort();
         if (different.is_empty() && extra.is_empty()) || round == 3 {
             report.different = different.into_iter().map(|(c, _)| c).collect();
+            if !extra.is_empty() && sh.plan.is_none() {
+                report.only_in_target_cells =
+                    key_cells_of(&batches, &schema, ncols, &sh.map, &extra)
+                        .map_err(ValidateError::Definite)?
+                        .unwrap_or_default();
+            }
             report.only_in_target = extra;
             break;
         }
@@ -452,7 +508,8 @@ pub async fn validate_table(
                 read_source(&mut conn, id, &t, &sh, chunk_rows, Some((&c.lo, &c.hi))).await?,
             );
         }
-        if !extra.is_empty() {
+        whole = !extra.is_empty();
+        if whole {
             // the whole table again: the extra keys may have been inserted since
             chunks = read_source(&mut conn, id, &t, &sh, chunk_rows, None).await?;
             report.chunks = chunks.len();

@@ -494,6 +494,13 @@ pub struct TableBuffer {
     pub stream_max_version: u64,
     /// Only rows whose keys are new to the target (see `TableBatch::insert_only`).
     pub insert_only: bool,
+    /// The rows are the table's whole content (see `TableBatch::replace`).
+    pub replace: bool,
+    /// Segments (index, first row) of insert-only snapshot chunks whose keys are not in
+    /// `last_by_key` yet: while the buffer holds only such rows their keys are distinct (chunks
+    /// cover disjoint key ranges), so there is nothing to deduplicate and no index to keep. The
+    /// first row pushed any other way indexes them first.
+    unindexed: Vec<(usize, usize)>,
     pub bytes: usize,
     pub oldest: Option<Instant>,
     /// The newest binlog change buffered: (version, source commit µs, provenance), for the
@@ -532,6 +539,8 @@ impl TableBuffer {
             max_version: 0,
             stream_max_version: 0,
             insert_only: true,
+            replace: false,
+            unindexed: Vec::new(),
             bytes: 0,
             oldest: None,
             last_change: None,
@@ -555,7 +564,22 @@ impl TableBuffer {
         self.rows == 0
     }
 
+    /// Puts the keys of the unindexed segments in the index (before any row that may share a
+    /// key with them).
+    fn index_pending(&mut self) {
+        let pk = &self.table.primary_key;
+        for (seg, first) in std::mem::take(&mut self.unindexed) {
+            let cols = &self.segments[seg];
+            let n = cols.first().map_or(0, |c| c.len());
+            for r in 0..n {
+                self.last_by_key
+                    .record_at(cols, pk, r, (first + r) as u32, &self.versions);
+            }
+        }
+    }
+
     pub fn push(&mut self, row: &BufRow) -> Result<(), String> {
+        self.index_pending();
         let mut bytes = 48 + row.source.len();
         for (c, v) in self.cols.iter_mut().zip(&row.values) {
             bytes += c.append(v)?;
@@ -622,13 +646,27 @@ impl TableBuffer {
         let first = self.rows;
         self.versions.resize(first + n, version);
         let mut new_keys = 0;
-        let pk = self.table.primary_key.clone();
-        for r in 0..n {
-            let before = self.last_by_key.len();
-            self.last_by_key
-                .record_at(&chunk.columns, &pk, r, (first + r) as u32, &self.versions);
-            if self.last_by_key.len() != before {
-                new_keys += 1;
+        // keys of an insert-only buffer are distinct: indexed only if another row comes
+        let lazy = self.insert_only
+            && (self.rows == 0 || !self.unindexed.is_empty())
+            && self.last_by_key.len().is_some();
+        if lazy {
+            self.unindexed.push((self.segments.len(), first));
+        } else {
+            self.index_pending();
+            let pk = self.table.primary_key.clone();
+            for r in 0..n {
+                let before = self.last_by_key.len();
+                self.last_by_key.record_at(
+                    &chunk.columns,
+                    &pk,
+                    r,
+                    (first + r) as u32,
+                    &self.versions,
+                );
+                if self.last_by_key.len() != before {
+                    new_keys += 1;
+                }
             }
         }
         let mut seg = chunk.columns;
@@ -674,10 +712,23 @@ impl TableBuffer {
 
     /// Builds the batch (dedup applied); consumes the buffer.
     pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
-        if self.rows == 0 {
+        if self.rows == 0 && !self.replace {
             return Ok(None);
         }
         let n = self.rows;
+        if n == 0 {
+            // an empty table's snapshot still replaces what the target holds of it
+            return Ok(Some(TableBatch {
+                table: self.id,
+                batch: RecordBatch::new_empty(self.schema.clone()),
+                primary_key: vec![],
+                min_version: 0,
+                max_version: 0,
+                stream_max_version: 0,
+                insert_only: false,
+                replace: true,
+            }));
+        }
         self.finish_segment()?;
         let mut arrays: Vec<ArrayRef> = if self.segments.len() == 1 {
             self.segments.pop().expect("one segment")
@@ -697,8 +748,9 @@ impl TableBuffer {
         arrays.push(source);
         let mut batch =
             RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| e.to_string())?;
-        // Dedup: keep the last change per key, in commit order.
-        if self.last_by_key.len().is_some_and(|k| k < n) {
+        // Dedup: keep the last change per key, in commit order. (Unindexed segments left means
+        // every row is an insert-only chunk row: distinct keys, nothing to drop.)
+        if self.unindexed.is_empty() && self.last_by_key.len().is_some_and(|k| k < n) {
             let idx = UInt32Array::from(self.last_by_key.survivors());
             let cols = batch
                 .columns()
@@ -722,6 +774,7 @@ impl TableBuffer {
             max_version: self.max_version,
             stream_max_version: self.stream_max_version,
             insert_only: self.insert_only,
+            replace: self.replace,
         }))
     }
 }
@@ -866,6 +919,62 @@ mod tests {
             ]
         );
         assert_eq!(tb.batch.num_columns(), tb.batch.schema().fields().len());
+    }
+
+    #[test]
+    fn insert_only_chunks_are_indexed_only_when_another_row_comes() {
+        let chunk = |ids: &[i64]| {
+            let mut cb = ChunkBuilder::new(&table()).unwrap();
+            for &id in ids {
+                cb.append(0, &Value::Int(id)).unwrap();
+                cb.append(1, &Value::Str("snap".into())).unwrap();
+                cb.end_row();
+            }
+            cb.finish().unwrap()
+        };
+        let ids_of = |tb: &TableBatch| -> Vec<(i32, String)> {
+            let mut v: Vec<(i32, String)> = (0..tb.batch.num_rows())
+                .map(|i| {
+                    (
+                        tb.batch.column(0).as_primitive::<Int32Type>().value(i),
+                        tb.batch.column(1).as_string::<i32>().value(i).to_string(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        // only insert-only chunks (distinct keys): every row goes out, nothing indexed
+        let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
+        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, "s").unwrap();
+        b.push_columns(chunk(&[3]), 2 << 16, 0, "s").unwrap();
+        assert_eq!(b.unindexed.len(), 2);
+        let tb = b.into_batch(0).unwrap().unwrap();
+        assert_eq!(tb.batch.num_rows(), 3);
+        // a stream change of a chunk's key after the chunks: the chunks are indexed first, so
+        // the newer change replaces the chunk row
+        let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
+        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, "s").unwrap();
+        b.insert_only = false;
+        b.push(&BufRow {
+            values: vec![Value::Int(2), Value::Str("stream".into())],
+            version: 3 << 16,
+            op: Op::Update,
+            deleted: false,
+            commit_us: 0,
+            source: Arc::from("s"),
+        })
+        .unwrap();
+        assert!(b.unindexed.is_empty());
+        // and a later non-fresh chunk is deduplicated against everything before it
+        b.push_columns(chunk(&[1]), 4 << 16, 0, "s").unwrap();
+        let tb = b.into_batch(0).unwrap().unwrap();
+        assert_eq!(
+            ids_of(&tb),
+            vec![(1, "snap".into()), (2, "stream".into())],
+            "one row per key"
+        );
+        assert_eq!(tb.batch.num_rows(), 2);
     }
 
     #[test]

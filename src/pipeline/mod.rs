@@ -997,7 +997,12 @@ fn queue_backfill(
     let mut queued = Vec::new();
     for t in &b.tables {
         let name = t.to_string();
-        let p = crate::snapshot::new_progress(b.reason, b.filter.clone());
+        let mut p = match (&b.filter, b.absent.is_empty()) {
+            // only keys to check: no key range to read again
+            (None, false) => crate::snapshot::new_progress(b.reason, Some("FALSE".into())),
+            (f, _) => crate::snapshot::new_progress(b.reason, f.clone()),
+        };
+        p.absent = b.absent.clone();
         st.snap.changed.entry(name.clone()).or_default();
         st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
         st.snap.progress.insert(name.clone(), p.clone());
@@ -1085,6 +1090,13 @@ fn take_chunk(
     // the target: the sink may append them
     let mut fresh = st.snap.fresh.contains(&name);
     let pos = format!("snapshot at {}", chunk.at);
+    // tombstones of keys the source lacks (a repair of missed deletes)
+    let (op, deleted) = if chunk.tombstones {
+        fresh = false;
+        (Op::Delete, true)
+    } else {
+        (Op::Snapshot, false)
+    };
     let (rows, columns) = match chunk.rows {
         ChunkRows::Rows(rows) => (rows, None),
         ChunkRows::Columns(mut cols) => {
@@ -1140,8 +1152,8 @@ fn take_chunk(
             Some(BufRow {
                 values,
                 version,
-                op: Op::Snapshot,
-                deleted: false,
+                op,
+                deleted,
                 commit_us: chunk.read_at_us,
                 source: source.clone(),
             })
@@ -1163,13 +1175,16 @@ fn take_chunk(
         return Ok(());
     };
     p.rows += read;
+    if chunk.tombstones {
+        p.absent.clear();
+    }
     if let Some(r) = p.ranges.get_mut(chunk.range) {
         if chunk.after.is_some() {
             r.after = chunk.after;
         }
         r.done |= chunk.done;
     }
-    if p.ranges.iter().all(|r| r.done) {
+    if p.ranges.iter().all(|r| r.done) && p.absent.is_empty() {
         let secs = (now_us() - p.started_at_us) as f64 / 1e6;
         info!(table = %name, rows = p.rows, secs, reason = %p.reason, "snapshot finished");
         st.snap.progress.remove(&name);
@@ -1281,6 +1296,14 @@ async fn start_snapshots(
             })
             .collect();
         take_rows(st, cfg, &tm, rows, &format!("snapshot at {at}"), false)?;
+        // The read is the table's whole content: it replaces whatever a first attempt that
+        // crashed before its checkpoint left in the target (a sink without cross-table atomic
+        // commits would otherwise hold those rows twice). Marked even when the table is empty.
+        let shape = match st.plans.get(&name) {
+            Some((src, Some(plan))) if Arc::ptr_eq(src, &tm) => plan.table.clone(),
+            _ => tm.clone(),
+        };
+        buffer_for(st, t.clone(), &shape)?.replace = true;
         let mut p = crate::snapshot::new_progress(KEYLESS, None);
         p.rows = n;
         p.estimate = n;

@@ -40,8 +40,12 @@
 //! They cannot be paged or merged by key, so they are read in one consistent read at startup,
 //! before the stream starts, and committed in one commit; the stream then drops that table's
 //! transactions at or before the read's P. A backfill of such a table is refused (it would
-//! duplicate every row). A crash between a keyless snapshot's data and its checkpoint in a sink
-//! whose commits are not atomic across tables (Delta, ClickHouse) can leave its rows twice.
+//! duplicate every row). The read's batch is marked as the table's whole content
+//! (`TableBatch::replace`): a crash between a keyless snapshot's data and its checkpoint, in a
+//! sink whose commits are not atomic across tables, makes the restart read the table again, and
+//! that read replaces the first attempt's rows (Delta: one overwrite commit; ClickHouse:
+//! TRUNCATE, then the insert) instead of adding to them. Parquet commits data and checkpoint at
+//! once, so it never sees a keyless snapshot twice.
 //!
 //! ## Memory
 //! At most `parallelism` chunks are in flight between readers and the pipeline, each at most
@@ -109,6 +113,9 @@ pub struct Chunk {
     /// `Binlog_snapshot_file/position` of the read.
     pub at: BinlogPos,
     pub read_at_us: i64,
+    /// The rows are tombstones (key columns set, the rest NULL) of keys the source does not
+    /// have at `at`: the answer to a progress's `absent` keys. Not a key range's chunk.
+    pub tombstones: bool,
 }
 
 /// A chunk's rows: values per row, or (the fast path) already in Arrow columns.
@@ -162,6 +169,21 @@ enum Work {
         progress: RangeProgress,
         filter: Option<String>,
     },
+    /// Check which of these keys the source lacks (see `SnapshotProgress::absent`).
+    Absent {
+        table: Arc<SnapTable>,
+        id: TableId,
+        keys: Vec<serde_json::Value>,
+    },
+}
+
+impl Work {
+    fn table(&self) -> TableId {
+        match self {
+            Work::Plan { table, .. } => table.clone(),
+            Work::Range { id, .. } | Work::Absent { id, .. } => id.clone(),
+        }
+    }
 }
 
 /// The readers: `parallelism` tasks taking work from one queue.
@@ -221,6 +243,7 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
         rows: 0,
         estimate: 0,
         started_at_us: crate::pipeline::now_us(),
+        absent: vec![],
     }
 }
 
@@ -281,10 +304,7 @@ async fn reader(
                 }
                 Err(e) => {
                     // the table cannot be read: the pipeline stops it (the others go on)
-                    let table = match &work {
-                        Work::Plan { table, .. } => table.clone(),
-                        Work::Range { id, .. } => id.clone(),
-                    };
+                    let table = work.table();
                     let failed = SnapshotMsg::Failed {
                         table,
                         error: e.to_string(),
@@ -307,6 +327,7 @@ async fn reader(
                 progress,
                 filter,
             } => read_range(c, &tx, &table, &id, range, progress, filter, &cfg).await,
+            Work::Absent { table, id, keys } => read_absent(c, &tx, &table, &id, &keys).await,
         };
         match result {
             Ok(()) => attempt = 0,
@@ -320,10 +341,7 @@ async fn reader(
                 tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
             }
             Err(Failure::Source(e)) => {
-                let table = match &work {
-                    Work::Plan { table, .. } => table.clone(),
-                    Work::Range { id, .. } => id.clone(),
-                };
+                let table = work.table();
                 if tx
                     .send(SnapshotMsg::Failed {
                         table,
@@ -426,9 +444,107 @@ async fn plan(
                 });
             }
         }
+        if !progress.absent.is_empty() {
+            q.push_back(Work::Absent {
+                table: table.clone(),
+                id: id.clone(),
+                keys: progress.absent.clone(),
+            });
+        }
     }
     notify.notify_waiters();
     Ok(())
+}
+
+/// Keys per query of [`read_absent`].
+const ABSENT_PER_QUERY: usize = 500;
+
+/// Which of `keys` (JSON key cells) the source does not have, in one consistent snapshot: their
+/// tombstones go to the pipeline as one chunk, versioned at that snapshot's binlog point like
+/// any chunk (so a change the stream brings after it still wins). A key is present only when
+/// the source returns exactly its bytes (a key equal only in the column's collation is another
+/// key in the target).
+async fn read_absent(
+    conn: &mut mysql_async::Conn,
+    tx: &mpsc::Sender<SnapshotMsg>,
+    table: &SnapTable,
+    id: &TableId,
+    keys: &[serde_json::Value],
+) -> Result<(), Failure> {
+    let q = |e| SourceError::from_mysql(e, "checking keys the target holds");
+    let wanted: Vec<Vec<My>> = keys
+        .iter()
+        .map(|k| {
+            values::key_cells(k).ok_or_else(|| {
+                Failure::Source(SourceError::Definite(format!(
+                    "repair of {id}: the key {k} cannot be read back"
+                )))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let kcols: Vec<&values::SnapColumn> = table.key_columns().collect();
+    let select = kcols
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let one = kcols
+        .iter()
+        .map(|c| format!("{} = {}", ident(&c.name), c.param_sql))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(q)?;
+    let at = snapshot_position(conn).await?;
+    let cols = &table.map.columns;
+    let pk = &table.map.primary_key;
+    // a key's identity: its cells as the pipeline's values, in the pipeline's key bytes
+    let identity = |cells: Vec<My>| -> (Vec<Value>, Vec<u8>) {
+        let mut values = vec![Value::Null; cols.len()];
+        for (&i, cell) in pk.iter().zip(cells) {
+            values[i] = values::cell(cell, &cols[i].ty);
+        }
+        let mut kb = Vec::new();
+        crate::pipeline::buffer::key_bytes(&values, pk, &mut kb);
+        (values, kb)
+    };
+    let mut present = std::collections::HashSet::new();
+    for part in wanted.chunks(ABSENT_PER_QUERY) {
+        let cond = vec![format!("({one})"); part.len()].join(" OR ");
+        let sql = format!(
+            "SELECT {select} FROM {}.{} WHERE {cond}",
+            ident(&id.db),
+            ident(&id.table)
+        );
+        let params: Vec<My> = part.iter().flatten().cloned().collect();
+        let rows: Vec<mysql_async::Row> = conn.exec(sql, params).await.map_err(q)?;
+        for r in rows {
+            present.insert(identity(r.unwrap()).1);
+        }
+    }
+    conn.query_drop("COMMIT").await.map_err(q)?;
+    let mut rows = Vec::new();
+    for cells in wanted {
+        let (values, kb) = identity(cells);
+        if !present.contains(&kb) {
+            rows.push(values);
+        }
+    }
+    info!(table = %id, checked = keys.len(), absent = rows.len(), at = %at, "keys only in the target checked at the source");
+    tx.send(SnapshotMsg::Chunk(Chunk {
+        table: id.clone(),
+        range: usize::MAX,
+        map: table.map.clone(),
+        rows: ChunkRows::Rows(rows),
+        after: None,
+        done: true,
+        at,
+        read_at_us: crate::pipeline::now_us(),
+        tombstones: true,
+    }))
+    .await
+    .map_err(|_| Failure::Closed)
 }
 
 /// Keys that split the table into `parallelism` ranges of about equal size (none for a small
@@ -548,6 +664,7 @@ async fn read_range(
             done,
             at,
             read_at_us: crate::pipeline::now_us(),
+            tombstones: false,
         }))
         .await
         .map_err(|_| Failure::Closed)?;

@@ -557,6 +557,81 @@ pub fn key_compare(cols: &[&SnapColumn], op: &str, key: &[My]) -> (String, Vec<M
     (sql, all)
 }
 
+/// A key cell of the target, read back as Arrow in the source's types (see
+/// `crate::validate`), as the snapshot reader would have read it from the source: the inverse
+/// of [`cell`] for the types a primary key can have. `None` for a type it does not cover (the
+/// key is then reported, not repaired).
+pub fn key_cell_from_arrow(a: &dyn arrow_array::Array, row: usize, ty: &ColType) -> Option<My> {
+    use crate::decode::rows::civil_from_days;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::{DataType, TimeUnit};
+    if a.is_null(row) {
+        return Some(My::NULL);
+    }
+    let date = |days: i32| civil_from_days(days);
+    Some(match (a.data_type(), ty) {
+        (DataType::Int8, _) => My::Int(a.as_primitive::<Int8Type>().value(row) as i64),
+        (DataType::Int16, _) => My::Int(a.as_primitive::<Int16Type>().value(row) as i64),
+        (DataType::Int32, _) => My::Int(a.as_primitive::<Int32Type>().value(row) as i64),
+        (DataType::Int64, ColType::Int { .. }) => My::Int(a.as_primitive::<Int64Type>().value(row)),
+        (DataType::UInt8, _) => My::UInt(a.as_primitive::<UInt8Type>().value(row) as u64),
+        (DataType::UInt16, _) => My::UInt(a.as_primitive::<UInt16Type>().value(row) as u64),
+        (DataType::UInt32, _) => My::UInt(a.as_primitive::<UInt32Type>().value(row) as u64),
+        (DataType::UInt64, ColType::Int { .. }) => {
+            My::UInt(a.as_primitive::<UInt64Type>().value(row))
+        }
+        (DataType::Decimal128(_, s), ColType::Decimal { .. }) => My::Bytes(
+            Decimal128Type::format_decimal(a.as_primitive::<Decimal128Type>().value(row), 38, *s)
+                .into_bytes(),
+        ),
+        (DataType::Decimal256(_, s), ColType::Decimal { .. }) => My::Bytes(
+            Decimal256Type::format_decimal(a.as_primitive::<Decimal256Type>().value(row), 76, *s)
+                .into_bytes(),
+        ),
+        (DataType::Date32, ColType::Date) => {
+            let (y, m, d) = date(a.as_primitive::<Date32Type>().value(row));
+            My::Date(y as u16, m as u8, d as u8, 0, 0, 0, 0)
+        }
+        (DataType::Timestamp(TimeUnit::Microsecond, _), _) => {
+            let us = a.as_primitive::<TimestampMicrosecondType>().value(row);
+            let secs = us.div_euclid(1_000_000);
+            let (y, m, d) = date(secs.div_euclid(86_400) as i32);
+            let s = secs.rem_euclid(86_400);
+            My::Date(
+                y as u16,
+                m as u8,
+                d as u8,
+                (s / 3600) as u8,
+                (s / 60 % 60) as u8,
+                (s % 60) as u8,
+                us.rem_euclid(1_000_000) as u32,
+            )
+        }
+        (DataType::Utf8, ColType::Text { charset, .. }) => {
+            let s = a.as_string::<i32>().value(row);
+            match charset {
+                Charset::Utf8 => My::Bytes(s.as_bytes().to_vec()),
+                Charset::Legacy(enc) => {
+                    let (bytes, _, unmappable) = enc.encode(s);
+                    if unmappable {
+                        return None;
+                    }
+                    My::Bytes(bytes.into_owned())
+                }
+                _ => return None,
+            }
+        }
+        (DataType::Utf8, ColType::Enum { .. }) => {
+            My::Bytes(a.as_string::<i32>().value(row).as_bytes().to_vec())
+        }
+        (DataType::Binary, ColType::Binary { .. }) => {
+            My::Bytes(a.as_binary::<i32>().value(row).to_vec())
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

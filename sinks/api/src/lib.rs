@@ -130,6 +130,11 @@ pub struct TableBatch {
     /// run, whose keys no binlog change has touched): a sink may append instead of merging.
     /// Never set for rows that a restart could bring again.
     pub insert_only: bool,
+    /// The rows are the table's whole content (a keyless table's snapshot, which has no key to
+    /// merge on): the sink replaces what it holds of the table, in the same step where it can.
+    /// A keyless snapshot repeated after a crash between its data and its checkpoint then
+    /// replaces the first attempt's rows instead of doubling them.
+    pub replace: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -191,6 +196,11 @@ pub struct SnapshotProgress {
     pub rows: u64,
     pub estimate: u64,
     pub started_at_us: i64,
+    /// Keys the target holds that the source may have deleted (a repair of missed deletes):
+    /// each gets a tombstone unless one consistent read finds it at the source. Emptied when
+    /// that read is taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<serde_json::Value>,
 }
 
 /// One key range of a snapshot: keys `>= lo` (or from the start) and `< hi` (or to the end).

@@ -734,7 +734,11 @@ impl Sink for ClickHouseSink {
     async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
         let seq = self.last_seq + 1;
         commit.checkpoint.seq = seq;
-        for tb in commit.batches.iter().filter(|b| b.batch.num_rows() > 0) {
+        for tb in commit
+            .batches
+            .iter()
+            .filter(|b| b.batch.num_rows() > 0 || b.replace)
+        {
             if let Err(e) = self.ensure_table(tb).await {
                 self.tables.remove(&tb.table.to_string());
                 return Err(e);
@@ -746,6 +750,22 @@ impl Sink for ClickHouseSink {
                 // atomic per table and batches hold whole transactions, so the table's highest
                 // version says exactly which transactions are in.
                 let key = tb.table.to_string();
+                if tb.replace {
+                    // A keyless table's whole content (its snapshot): what an earlier attempt
+                    // that crashed before its checkpoint inserted goes first. A crash between
+                    // the two leaves the table short, never doubled, and the snapshot (not yet
+                    // in the checkpoint) is read and written again at restart.
+                    self.exec(&format!("TRUNCATE TABLE {name}"))
+                        .await
+                        .map_err(|e| {
+                            classify(e, "replacing a keyless snapshot", Some(&tb.table))
+                        })?;
+                    if tb.batch.num_rows() > 0 {
+                        self.insert(&tb.table, &name, &tb.batch).await?;
+                    }
+                    self.applied.insert(key, tb.max_version);
+                    continue;
+                }
                 let high = match self.applied.get(&key) {
                     Some(v) => *v,
                     None => self.max_version(&tb.table).await?,

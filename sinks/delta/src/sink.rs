@@ -162,6 +162,27 @@ impl DeltaSink {
         let app_id = self.app_id(&name);
         let table = self.load(&tb.table.db, &tb.table.table).await?;
         let applied = Self::applied(&table, &app_id, &name).await?;
+        if tb.replace {
+            // A keyless table's whole content (its snapshot): one overwrite commit replaces
+            // the rows of any earlier attempt that crashed before its checkpoint.
+            let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
+                table: tb.table.clone(),
+                message: format!("converting to Delta types: {e}"),
+            })?;
+            let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
+            table
+                .write(vec![batch])
+                .with_save_mode(SaveMode::Overwrite)
+                .with_schema_mode(SchemaMode::Overwrite)
+                .with_commit_properties(
+                    CommitProperties::default()
+                        .with_application_transaction(Transaction::new(&app_id, version)),
+                )
+                .await
+                .map_err(|e| delta_err(&name, "overwrite", e))?;
+            debug!(table = %name, rows = tb.batch.num_rows(), "table content replaced (keyless snapshot)");
+            return Ok(());
+        }
         // Snapshot rows carry the version of their read, which may sort below changes already
         // applied (of other keys): such a batch is never skipped by the txn version. The MERGE
         // keeps the newer row per key, so applying it again changes nothing.
@@ -195,6 +216,20 @@ impl DeltaSink {
             props = props.with_application_transaction(Transaction::new(&append_id, token));
         }
         let keyless = tb.primary_key.is_empty();
+        if insert_only && !keyless {
+            // Keys new to the table (an initial snapshot): the files are encoded in parallel and
+            // added in one commit (a WRITE encodes one file at a time).
+            let rows = if self.config.deletes == Deletes::Hard {
+                without_tombstones(&batch)?
+            } else {
+                batch.clone()
+            };
+            let unique = (tb.primary_key.len() == 1).then_some(tb.primary_key[0].as_str());
+            if let Some(done) = parallel_append(&table, &name, rows, props.clone(), unique).await? {
+                debug!(table = %name, version = done, "appended (parallel encode)");
+                return Ok(());
+            }
+        }
         if table.version().is_none() || keyless || insert_only {
             // A new table (its first batch is already one row per key), or an append-only one.
             let rows = if self.config.deletes == Deletes::Hard && !keyless {
@@ -385,6 +420,14 @@ impl DeltaSink {
         let batch = to_delta(rows).map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&app_id, seq as i64));
+        // an existing table: its files are added directly (no query plan for a few rows)
+        if table.version().is_some()
+            && parallel_append(&table, name, batch.clone(), props.clone(), None)
+                .await?
+                .is_some()
+        {
+            return Ok(());
+        }
         table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
@@ -713,6 +756,103 @@ fn check_evolution(
     Ok(())
 }
 
+/// Rows per file below which a batch is not split for parallel encoding.
+const PARALLEL_FILE_ROWS: usize = 32 * 1024;
+
+/// Appends `rows` to an existing table as several files encoded at once (one per core, by
+/// row range), committed together with `props`' transactions. `unique` names a column whose
+/// values are distinct (a one-column key): it gets no dictionary. `None`: the rows' schema is
+/// not exactly the table's (a WRITE with schema merging handles that).
+async fn parallel_append(
+    table: &DeltaTable,
+    name: &str,
+    rows: RecordBatch,
+    props: CommitProperties,
+    unique: Option<&str>,
+) -> Result<Option<i64>, SinkError> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::Action;
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::WriterProperties;
+    use deltalake::parquet::schema::types::ColumnPath;
+    use deltalake::protocol::DeltaOperation;
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    let probe = RecordBatchWriter::for_table(table).map_err(|e| delta_err(name, "writer", e))?;
+    let schema = probe.arrow_schema();
+    let same = schema.fields().len() == rows.num_columns()
+        && schema
+            .fields()
+            .iter()
+            .zip(rows.schema().fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    let partitioned = !table
+        .snapshot()
+        .map_err(|e| delta_err(name, "snapshot", e))?
+        .metadata()
+        .partition_columns()
+        .is_empty();
+    if !same || partitioned {
+        return Ok(None);
+    }
+    let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())
+        .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parts = (rows.num_rows() / PARALLEL_FILE_ROWS).clamp(1, cores.min(8));
+    let per = rows.num_rows().div_ceil(parts);
+    let handle = tokio::runtime::Handle::current();
+    let mut tasks = Vec::with_capacity(parts);
+    for i in 0..parts {
+        let start = i * per;
+        if start >= rows.num_rows() {
+            break;
+        }
+        let part = rows.slice(start, per.min(rows.num_rows() - start));
+        // deltalake's defaults (Snappy), and no dictionary for a column of distinct values
+        let mut wp = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
+        if let Some(c) = unique {
+            wp = wp.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        }
+        let mut writer = RecordBatchWriter::for_table(table)
+            .map_err(|e| delta_err(name, "writer", e))?
+            .with_writer_properties(wp.build());
+        let handle = handle.clone();
+        // encoding is CPU work: a blocking thread each, not the runtime's workers
+        tasks.push(tokio::task::spawn_blocking(move || {
+            handle.block_on(async move {
+                writer.write(part).await?;
+                writer.flush().await
+            })
+        }));
+    }
+    let mut adds = Vec::new();
+    for t in tasks {
+        let files = t
+            .await
+            .map_err(|e| SinkError::Definite(format!("{name}: encoding task failed: {e}")))?
+            .map_err(|e| delta_err(name, "write", e))?;
+        adds.extend(files.into_iter().map(Action::Add));
+    }
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| delta_err(name, "snapshot", e))?;
+    let done = CommitBuilder::from(props)
+        .with_actions(adds)
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|e| delta_err(name, "commit", e))?;
+    Ok(Some(done.version() as i64))
+}
+
 fn without_tombstones(batch: &RecordBatch) -> Result<RecordBatch, SinkError> {
     let idx = batch
         .schema()
@@ -839,7 +979,11 @@ impl Sink for DeltaSink {
         // Tables are independent Delta tables: commit them concurrently. Batches of one table
         // (an older shape set aside by a schema change, then the new one) go in order.
         let mut per_table: Vec<Vec<&TableBatch>> = Vec::new();
-        for tb in commit.batches.iter().filter(|b| b.batch.num_rows() > 0) {
+        for tb in commit
+            .batches
+            .iter()
+            .filter(|b| b.batch.num_rows() > 0 || b.replace)
+        {
             match per_table.iter_mut().find(|g| g[0].table == tb.table) {
                 Some(g) => g.push(tb),
                 None => per_table.push(vec![tb]),

@@ -8,6 +8,7 @@ use parquet::arrow::arrow_writer::compute_leaves;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tracing::{debug, info, warn};
 
 use crate::config::ParquetConfig;
@@ -46,6 +47,7 @@ fn encode(
     batch: &RecordBatch,
     zstd_level: i32,
     row_group_rows: usize,
+    unique: Option<&str>,
 ) -> Result<Vec<u8>, SinkError> {
     let err = |what: &str, e: parquet::errors::ParquetError| {
         SinkError::Definite(format!("parquet {what}: {e}"))
@@ -55,8 +57,14 @@ fn encode(
             ZstdLevel::try_new(zstd_level).map_err(|e| err("zstd level", e))?,
         ))
         .set_max_row_group_row_count(Some(row_group_rows))
-        .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
+    // A column whose values are all distinct (a one-column primary key: batches hold one row per
+    // key) gains nothing from a dictionary; building one costs a hash insert per value.
+    let props = match unique {
+        Some(c) => props.set_column_dictionary_enabled(ColumnPath::from(c), false),
+        None => props,
+    }
+    .build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
         .map_err(|e| err("writer", e))?;
@@ -247,7 +255,7 @@ impl Sink for ParquetSink {
         let seq = self.log.last_seq + 1;
         commit.checkpoint.seq = seq;
         // (path, table, batch, min_version, max_version) for every file of this commit
-        let mut jobs: Vec<(String, String, RecordBatch, u64, u64)> =
+        let mut jobs: Vec<(String, String, RecordBatch, u64, u64, Option<String>)> =
             Vec::with_capacity(commit.batches.len() + 1);
         for (n, tb) in commit.batches.iter().enumerate() {
             if tb.batch.num_rows() > 0 {
@@ -263,6 +271,8 @@ impl Sink for ParquetSink {
                     tb.batch.clone(),
                     tb.min_version,
                     tb.max_version,
+                    // a one-column key is distinct within a batch (deduplicated per key)
+                    (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
                 ));
             }
         }
@@ -272,7 +282,7 @@ impl Sink for ParquetSink {
                 REJECTS_TABLE,
                 data_file_name(seq, 0, &self.config.pipeline)
             );
-            jobs.push((rel, REJECTS_TABLE.into(), rej.clone(), 0, 0));
+            jobs.push((rel, REJECTS_TABLE.into(), rej.clone(), 0, 0, None));
         }
         // the watermarks travel in the same manifest entry as the data they describe
         if let Some(wm) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
@@ -281,16 +291,17 @@ impl Sink for ParquetSink {
                 WATERMARKS_TABLE,
                 data_file_name(seq, 0, &self.config.pipeline)
             );
-            jobs.push((rel, WATERMARKS_TABLE.into(), wm.clone(), 0, 0));
+            jobs.push((rel, WATERMARKS_TABLE.into(), wm.clone(), 0, 0, None));
         }
         // Encoding is CPU work: one blocking task per file, in parallel, off the async workers.
         let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
         let encoded = futures::future::try_join_all(jobs.into_iter().map(
-            |(rel, table, batch, lo, hi)| async move {
+            |(rel, table, batch, lo, hi, key)| async move {
                 let rows = batch.num_rows();
-                let bytes = tokio::task::spawn_blocking(move || encode(&batch, level, rg))
-                    .await
-                    .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
+                let bytes =
+                    tokio::task::spawn_blocking(move || encode(&batch, level, rg, key.as_deref()))
+                        .await
+                        .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
                 Ok::<_, SinkError>((
                     FileEntry {
                         path: rel,
