@@ -231,6 +231,13 @@ impl<'a> Shape<'a> {
     }
 }
 
+/// A batch's `_binlake_deleted` as booleans (ClickHouse stores it as UInt8: 1 is a tombstone).
+fn deleted_of(b: &RecordBatch) -> Option<BooleanArray> {
+    let c = b.column_by_name(COL_DELETED)?;
+    let c = arrow_cast::cast(c, &arrow_schema::DataType::Boolean).ok()?;
+    c.as_any().downcast_ref::<BooleanArray>().cloned()
+}
+
 /// The target's current state in the source's types: highest version per key, no tombstones.
 fn target_rows(
     batches: &[RecordBatch],
@@ -246,9 +253,7 @@ fn target_rows(
             .column_by_name(COL_VERSION)
             .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok())
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned());
-        let deleted = b
-            .column_by_name(COL_DELETED)
-            .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
+        let deleted = deleted_of(b);
         each_row(&data, ncols, pk, |i, key, h| {
             let v = versions.as_ref().map_or(0, |a| a.value(i));
             let d = deleted
@@ -551,9 +556,7 @@ async fn validate_keyless(
         let mut target_n = 0i64;
         for b in sink.read_table(id).await? {
             let data = in_source_types(&b, &schema, ncols).map_err(ValidateError::Definite)?;
-            let deleted = b
-                .column_by_name(COL_DELETED)
-                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
+            let deleted = deleted_of(&b);
             target_n += count_rows(&data, ncols, deleted.as_ref(), &mut counts, -1)
                 .map_err(ValidateError::Definite)?;
         }

@@ -282,7 +282,7 @@ fn keyless_snapshot_survives_a_crash(name: &str, sink_args: &[&str], rows: &dyn 
     let dir = TestDir::new(name);
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql(
-        "CREATE DATABASE shop; CREATE TABLE shop.nokey (x INT, y VARCHAR(10));
+        "CREATE DATABASE shop; USE shop; CREATE TABLE shop.nokey (x INT, y VARCHAR(10));
          INSERT INTO shop.nokey SELECT seq, 'n' FROM seq_1_to_1000;
          CREATE TABLE shop.k (id INT PRIMARY KEY, v INT); INSERT INTO shop.k VALUES (1, 1);",
     );
