@@ -249,15 +249,7 @@ fn kill_9_during_a_snapshot_resumes_from_the_last_chunk() {
         last_rows = rows;
     }
     // a crash between a commit's data and its checkpoint
-    let out = binlake_env(
-        &args,
-        &[
-            ("BINLAKE_FAILPOINT", "after-data"),
-            ("BINLAKE_FAILPOINT_AT", "2"),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(!out.status.success(), "the failpoint did not fire");
+    crash_after_data(&args, 2);
     let r = spawn_binlake(&args);
     wait_loaded(&["--target", &target], "shop.big", Duration::from_secs(300));
     let txns = stop_workload(w, &stop);
@@ -272,6 +264,22 @@ fn kill_9_during_a_snapshot_resumes_from_the_last_chunk() {
     assert_eq!(n, "1000", "keyless rows after four crashes");
     let out = terminate(r, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Runs binlake until the `after-data` failpoint aborts it at its `at`-th commit (the data in
+/// the target, its checkpoint not); asserts that it fired.
+fn crash_after_data(args: &[&str], at: u32) -> std::process::Output {
+    let at = at.to_string();
+    let out = binlake_env(
+        args,
+        &[
+            ("BINLAKE_FAILPOINT", "after-data"),
+            ("BINLAKE_FAILPOINT_AT", &at),
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!out.status.success(), "the failpoint did not fire");
+    out
 }
 
 /// A crash between a keyless table's snapshot (the first commit) and its checkpoint, in the
@@ -296,15 +304,7 @@ fn keyless_snapshot_survives_a_crash(name: &str, sink_args: &[&str], rows: &dyn 
         "--exit-when-caught-up",
     ];
     args.extend_from_slice(sink_args);
-    let out = binlake_env(
-        &args,
-        &[
-            ("BINLAKE_FAILPOINT", "after-data"),
-            ("BINLAKE_FAILPOINT_AT", "1"),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(!out.status.success(), "the failpoint did not fire");
+    let out = crash_after_data(&args, 1);
     // the window is real: the first attempt's rows are in the target, its checkpoint is not
     assert_eq!(
         rows(),
