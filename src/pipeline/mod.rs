@@ -1090,13 +1090,11 @@ fn take_chunk(
     // the target: the sink may append them
     let mut fresh = st.snap.fresh.contains(&name);
     let pos = format!("snapshot at {}", chunk.at);
-    // tombstones of keys the source lacks (a repair of missed deletes)
-    let (op, deleted) = if chunk.tombstones {
-        fresh = false;
-        (Op::Delete, true)
-    } else {
-        (Op::Snapshot, false)
-    };
+    // Tombstones of keys the source lacks (a repair of missed deletes) are snapshot rows like
+    // any chunk's: versioned at the read, never taken for binlog changes (they must not advance
+    // a table's applied version, nor be skipped as a replay below it).
+    let deleted = chunk.tombstones;
+    fresh &= !deleted;
     let (rows, columns) = match chunk.rows {
         ChunkRows::Rows(rows) => (rows, None),
         ChunkRows::Columns(mut cols) => {
@@ -1152,7 +1150,7 @@ fn take_chunk(
             Some(BufRow {
                 values,
                 version,
-                op,
+                op: Op::Snapshot,
                 deleted,
                 commit_us: chunk.read_at_us,
                 source: source.clone(),
