@@ -451,6 +451,30 @@ impl ChunkBuilder {
         Ok(())
     }
 
+    /// Appends text to column `i` when it is a Utf8 column (false otherwise: nothing appended).
+    pub fn append_str(&mut self, i: usize, s: &str) -> bool {
+        match &mut self.cols[i] {
+            Col::Utf8(b) => {
+                b.append_value(s);
+                self.bytes += s.len() + 4;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Appends bytes to column `i` when it is a Binary column (false otherwise: nothing appended).
+    pub fn append_bytes(&mut self, i: usize, s: &[u8]) -> bool {
+        match &mut self.cols[i] {
+            Col::Bin(b) => {
+                b.append_value(s);
+                self.bytes += s.len() + 4;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ends the current row.
     pub fn end_row(&mut self) {
         self.rows += 1;

@@ -54,6 +54,7 @@
 //! in a table while it is being snapshotted (a few dozen bytes per changed key).
 
 pub mod values;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,7 @@ use crate::pipeline::buffer::{columnar_key, ChunkBuilder, ColumnChunk};
 use crate::position::BinlogPos;
 use crate::source::{self, SourceError};
 use values::{ident, key_json, SnapTable};
+use wire::{Cell, Wire, WireError};
 
 #[derive(Debug, Clone)]
 pub struct SnapshotConfig {
@@ -247,17 +249,19 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
     }
 }
 
+/// A snapshot session's settings. Results come back as the stored bytes (decoded like the
+/// binlog's). Parameters go in as bytes too (character_set_client = binary): a key read back
+/// from a latin1 column is bound as `CONVERT(CAST(? AS BINARY) USING latin1)`, and a utf8mb4
+/// client would first cut it at the first byte that is not valid UTF-8.
+const SESSION_SETUP: [&str; 3] = [
+    "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL",
+    "SET SESSION character_set_client = binary",
+    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+];
+
 pub(crate) async fn session(opts: &Opts) -> Result<mysql_async::Conn, SourceError> {
     let mut conn = source::connect(opts).await?;
-    // Results come back as the stored bytes (decoded like the binlog's). Parameters go in as
-    // bytes too (character_set_client = binary): a key read back from a latin1 column is bound
-    // as `CONVERT(CAST(? AS BINARY) USING latin1)`, and a utf8mb4 client would first cut it at
-    // the first byte that is not valid UTF-8.
-    for sql in [
-        "SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL",
-        "SET SESSION character_set_client = binary",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    ] {
+    for sql in SESSION_SETUP {
         conn.query_drop(sql)
             .await
             .map_err(|e| SourceError::from_mysql(e, "snapshot session"))?;
@@ -274,6 +278,11 @@ async fn reader(
     cfg: SnapshotConfig,
 ) -> Result<(), SourceError> {
     let mut conn: Option<mysql_async::Conn> = None;
+    // chunk reads go through the snapshot client (see `wire`) unless the server's setup needs
+    // mysql_async (then `wire_off`, for the rest of the process)
+    let mut wire: Option<Wire> = None;
+    let mut wire_off =
+        std::env::var_os("BINLAKE_SNAPSHOT_CLIENT").is_some_and(|v| v == "mysql_async");
     let mut attempt = 0u32;
     loop {
         let work = loop {
@@ -291,22 +300,30 @@ async fn reader(
                 }
             }
         };
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match session(&opts).await {
-                Ok(c) => conn.insert(c),
-                Err(e) if e.is_transient() => {
+        let on_wire = matches!(work, Work::Range { .. }) && !wire_off;
+        if on_wire && wire.is_none() {
+            match Wire::connect(&opts, &SESSION_SETUP).await {
+                Ok(w) => {
+                    debug!(
+                        worker,
+                        "snapshot chunks are read through the snapshot client"
+                    );
+                    wire = Some(w)
+                }
+                Err(WireError::Unsupported(why) | WireError::Protocol(why)) => {
+                    info!(worker, reason = %why, "snapshot chunks are read through mysql_async");
+                    wire_off = true;
+                }
+                Err(WireError::Source(e)) if e.is_transient() => {
                     attempt += 1;
                     warn!(worker, error = %e, attempt, "snapshot reader cannot connect; retrying");
                     queue.lock().expect("queue").push_front(work);
                     tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
                     continue;
                 }
-                Err(e) => {
-                    // the table cannot be read: the pipeline stops it (the others go on)
-                    let table = work.table();
+                Err(WireError::Source(e)) => {
                     let failed = SnapshotMsg::Failed {
-                        table,
+                        table: work.table(),
                         error: e.to_string(),
                     };
                     if tx.send(failed).await.is_err() {
@@ -314,29 +331,86 @@ async fn reader(
                     }
                     continue;
                 }
-            },
-        };
-        let result = match work.clone() {
-            Work::Plan { table, progress } => plan(c, &queue, &notify, &tx, table, progress, &cfg)
-                .await
-                .map(|_| ()),
-            Work::Range {
-                table,
-                id,
-                range,
-                progress,
-                filter,
-            } => read_range(c, &tx, &table, &id, range, progress, filter, &cfg).await,
-            Work::Absent { table, id, keys } => read_absent(c, &tx, &table, &id, &keys).await,
+            }
+        }
+        let result = match (&mut wire, work.clone()) {
+            (
+                Some(w),
+                Work::Range {
+                    table,
+                    id,
+                    range,
+                    progress,
+                    filter,
+                },
+            ) if !wire_off => {
+                let mut c = ChunkConn::Wire(w);
+                read_range(&mut c, &tx, &table, &id, range, progress, filter, &cfg).await
+            }
+            _ => {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match session(&opts).await {
+                        Ok(c) => conn.insert(c),
+                        Err(e) if e.is_transient() => {
+                            attempt += 1;
+                            warn!(worker, error = %e, attempt, "snapshot reader cannot connect; retrying");
+                            queue.lock().expect("queue").push_front(work);
+                            tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            // the table cannot be read: the pipeline stops it (the others go on)
+                            let table = work.table();
+                            let failed = SnapshotMsg::Failed {
+                                table,
+                                error: e.to_string(),
+                            };
+                            if tx.send(failed).await.is_err() {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    },
+                };
+                match work.clone() {
+                    Work::Plan { table, progress } => {
+                        plan(c, &queue, &notify, &tx, table, progress, &cfg)
+                            .await
+                            .map(|_| ())
+                    }
+                    Work::Range {
+                        table,
+                        id,
+                        range,
+                        progress,
+                        filter,
+                    } => {
+                        let mut c = ChunkConn::My(c);
+                        read_range(&mut c, &tx, &table, &id, range, progress, filter, &cfg).await
+                    }
+                    Work::Absent { table, id, keys } => {
+                        read_absent(c, &tx, &table, &id, &keys).await
+                    }
+                }
+            }
         };
         match result {
             Ok(()) => attempt = 0,
             Err(Failure::Closed) => return Ok(()),
+            Err(Failure::Wire(why)) => {
+                // nothing of the failed chunk was sent: read it again through mysql_async
+                warn!(worker, reason = %why, "the snapshot client met a packet it does not handle; reading through mysql_async from now on");
+                wire = None;
+                wire_off = true;
+                queue.lock().expect("queue").push_front(work);
+            }
             Err(Failure::Source(e)) if e.is_transient() => {
                 // The connection broke mid-chunk: that chunk was not sent; read it again.
                 attempt += 1;
                 warn!(worker, error = %e, attempt, "snapshot read failed; retrying");
                 conn = None;
+                wire = None;
                 queue.lock().expect("queue").push_front(work);
                 tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
             }
@@ -353,13 +427,22 @@ async fn reader(
                     return Ok(());
                 }
                 conn = None;
+                wire = None;
             }
         }
     }
 }
 
+/// The connection a key range is read through.
+enum ChunkConn<'a> {
+    My(&'a mut mysql_async::Conn),
+    Wire(&'a mut Wire),
+}
+
 enum Failure {
     Source(SourceError),
+    /// The snapshot client cannot go on with this server (see [`wire`]).
+    Wire(String),
     /// The pipeline is gone.
     Closed,
 }
@@ -367,6 +450,15 @@ enum Failure {
 impl From<SourceError> for Failure {
     fn from(e: SourceError) -> Self {
         Failure::Source(e)
+    }
+}
+
+impl From<WireError> for Failure {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Source(e) => Failure::Source(e),
+            WireError::Unsupported(why) | WireError::Protocol(why) => Failure::Wire(why),
+        }
     }
 }
 
@@ -617,7 +709,7 @@ async fn split_points(
 /// Reads one key range chunk by chunk until it is done.
 #[allow(clippy::too_many_arguments)]
 async fn read_range(
-    conn: &mut mysql_async::Conn,
+    conn: &mut ChunkConn<'_>,
     tx: &mpsc::Sender<SnapshotMsg>,
     table: &SnapTable,
     id: &TableId,
@@ -646,8 +738,12 @@ async fn read_range(
                 )))
             })?;
         let started = Instant::now();
-        let (rows, last_key, at) =
-            read_chunk_as(conn, &sql, params, table, &key_idx, columnar).await?;
+        let (rows, last_key, at) = match conn {
+            ChunkConn::My(c) => read_chunk_as(c, &sql, params, table, &key_idx, columnar).await?,
+            ChunkConn::Wire(w) => {
+                read_chunk_wire(w, &sql, params, table, &key_idx, columnar).await?
+            }
+        };
         let n = rows.len();
         let done = n < cfg.chunk_rows;
         if let Some(k) = last_key {
@@ -775,6 +871,10 @@ pub async fn snapshot_position(conn: &mut mysql_async::Conn) -> Result<BinlogPos
         .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
         .await
         .map_err(|e| SourceError::from_mysql(e, "reading Binlog_snapshot_position"))?;
+    position_of(&rows)
+}
+
+fn position_of(rows: &[(String, String)]) -> Result<BinlogPos, SourceError> {
     let get = |n: &str| {
         rows.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(n))
@@ -789,6 +889,143 @@ pub async fn snapshot_position(conn: &mut mysql_async::Conn) -> Result<BinlogPos
             "the source does not report Binlog_snapshot_file/position (a MariaDB feature): snapshots need MariaDB with log_bin on. On MySQL, start with --start-at current and load existing rows yourself".into(),
         )),
     }
+}
+
+/// How a string-like cell can go into its column without becoming a [`Value`] first.
+#[derive(Clone, Copy)]
+enum Fast {
+    /// UTF-8 text: validated, then appended (`values::cell` makes the same `Value::Str`).
+    Utf8,
+    /// Bytes as they are, when at least this long (BINARY(n) pads shorter ones).
+    Bin(usize),
+    No,
+}
+
+fn fast_kind(ty: &ColType) -> Fast {
+    match ty {
+        ColType::Text {
+            charset: crate::decode::charset::Charset::Utf8,
+            ..
+        }
+        | ColType::Json { .. } => Fast::Utf8,
+        ColType::Binary { pad_to, .. } => Fast::Bin(pad_to.unwrap_or(0) as usize),
+        _ => Fast::No,
+    }
+}
+
+/// [`read_chunk_as`] through the snapshot client: the same transaction, query, parameters and
+/// values, with string cells appended from the read buffer.
+async fn read_chunk_wire(
+    w: &mut Wire,
+    sql: &str,
+    params: Vec<My>,
+    table: &SnapTable,
+    key_idx: &[usize],
+    columnar: Option<Columnar>,
+) -> Result<(ChunkRows, Option<serde_json::Value>, BinlogPos), WireError> {
+    w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await?;
+    let status: Vec<(String, String)> = w
+        .query_text("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        .await?
+        .into_iter()
+        .filter_map(|r| match &r[..] {
+            [Some(k), Some(v)] => Some((k.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    let at = position_of(&status)?;
+    let cols = &table.map.columns;
+    let ncols = cols.len();
+    let shape =
+        |n: usize| WireError::Protocol(format!("the result has {n} columns, the table {ncols}"));
+    // where each key column's cell goes in `last`
+    let slot: Vec<Option<usize>> = (0..ncols)
+        .map(|i| key_idx.iter().position(|&k| k == i))
+        .collect();
+    let mut last: Vec<My> = vec![My::NULL; key_idx.len()];
+    let mut any = false;
+    let mut out = None;
+    if let Some(c) = columnar {
+        let mut b = ChunkBuilder::new(&table.map).map_err(SourceError::Definite)?;
+        let fast: Vec<Fast> = cols.iter().map(|c| fast_kind(&c.ty)).collect();
+        let mut complete = true;
+        let mut failed = None;
+        w.exec(sql, &params, |mut cells| {
+            if cells.len() != ncols {
+                return Err(shape(cells.len()));
+            }
+            for (i, col) in cols.iter().enumerate() {
+                let cell = cells.next_cell()?;
+                if let Some(k) = slot[i] {
+                    last[k] = cell.to_my();
+                }
+                let done = match (&cell, fast[i]) {
+                    (Cell::Bytes(s), Fast::Utf8) => {
+                        std::str::from_utf8(s).is_ok_and(|t| b.append_str(i, t))
+                    }
+                    (Cell::Bytes(s), Fast::Bin(min)) => s.len() >= min && b.append_bytes(i, s),
+                    _ => false,
+                };
+                if done {
+                    continue;
+                }
+                let mut v = values::cell(cell.into_my(), &col.ty);
+                if let Some((lo, hi)) = c.date_range {
+                    crate::pipeline::out_of_target_range(&mut v, lo, hi);
+                }
+                if matches!(v, Value::Invalid { .. } | Value::Absent) {
+                    complete = false;
+                    return Ok(false);
+                }
+                if let Err(e) = b.append(i, &v) {
+                    failed = Some(e);
+                    return Ok(false);
+                }
+            }
+            b.end_row();
+            any = true;
+            Ok(true)
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(SourceError::Definite(e).into());
+        }
+        if complete {
+            out = Some(ChunkRows::Columns(
+                b.finish().map_err(SourceError::Definite)?,
+            ));
+        }
+    }
+    let rows = match out {
+        Some(r) => r,
+        None => {
+            // the row path: every cell as a `Value` (the pipeline's policy decides on invalid ones)
+            let mut rows = Vec::new();
+            any = false;
+            w.exec(sql, &params, |mut cells| {
+                if cells.len() != ncols {
+                    return Err(shape(cells.len()));
+                }
+                let mut row = Vec::with_capacity(ncols);
+                for (i, col) in cols.iter().enumerate() {
+                    let cell = cells.next_cell()?;
+                    if let Some(k) = slot[i] {
+                        last[k] = cell.to_my();
+                    }
+                    row.push(values::cell(cell.into_my(), &col.ty));
+                }
+                rows.push(row);
+                any = true;
+                Ok(true)
+            })
+            .await?;
+            ChunkRows::Rows(rows)
+        }
+    };
+    w.query_drop("COMMIT").await?;
+    let last = any.then(|| key_json(&last));
+    Ok((rows, last, at))
 }
 
 /// A keyless table read whole in one consistent snapshot (at startup, before the stream).
