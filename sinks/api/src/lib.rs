@@ -11,6 +11,7 @@
 //! - **Metadata columns.** Every batch carries the columns of [`metadata_fields`], with these names,
 //!   in every sink.
 
+pub mod encoding;
 pub mod store;
 
 use std::collections::BTreeMap;

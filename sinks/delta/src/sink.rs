@@ -800,6 +800,11 @@ async fn parallel_append(
     let parts = (rows.num_rows() / PARALLEL_FILE_ROWS).clamp(1, cores.min(8));
     let per = rows.num_rows().div_ceil(parts);
     let handle = tokio::runtime::Handle::current();
+    let plain = binlake_sink::encoding::dictionary_not_worth_it(
+        &rows,
+        per,
+        deltalake::parquet::file::properties::DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT,
+    );
     let mut tasks = Vec::with_capacity(parts);
     for i in 0..parts {
         let start = i * per;
@@ -807,11 +812,12 @@ async fn parallel_append(
             break;
         }
         let part = rows.slice(start, per.min(rows.num_rows() - start));
-        // deltalake's defaults (Snappy), and no dictionary for a column of distinct values
+        // deltalake's defaults (Snappy), and no dictionary for a column of distinct values (a
+        // one-column key) or where a sample says it would not pay (binlake_sink::encoding)
         let mut wp = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
-        if let Some(c) = unique {
+        for c in unique.into_iter().chain(plain.iter().map(|c| c.as_str())) {
             wp = wp.set_column_dictionary_enabled(ColumnPath::from(c), false);
         }
         let mut writer = RecordBatchWriter::for_table(table)

@@ -59,12 +59,18 @@ fn encode(
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
     // A column whose values are all distinct (a one-column primary key: batches hold one row per
-    // key) gains nothing from a dictionary; building one costs a hash insert per value.
-    let props = match unique {
-        Some(c) => props.set_column_dictionary_enabled(ColumnPath::from(c), false),
-        None => props,
+    // key) gains nothing from a dictionary; building one costs a hash insert per value. Nor does
+    // one that a sample shows to be mostly distinct values (binlake_sink::encoding).
+    let plain = binlake_sink::encoding::dictionary_not_worth_it(
+        batch,
+        row_group_rows,
+        parquet::file::properties::DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT,
+    );
+    let mut props = props;
+    for c in unique.into_iter().chain(plain.iter().map(|c| c.as_str())) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
     }
-    .build();
+    let props = props.build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
         .map_err(|e| err("writer", e))?;
