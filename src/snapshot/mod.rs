@@ -47,6 +47,14 @@
 //! TRUNCATE, then the insert) instead of adding to them. Parquet commits data and checkpoint at
 //! once, so it never sees a keyless snapshot twice.
 //!
+//! ## Reading
+//! Key ranges are read through [`wire`], binlake's own client for the chunk queries (the same
+//! session settings, prepared statements and binary rows as mysql_async, string cells appended
+//! to Arrow from the socket buffer). When it cannot serve the server's setup (TLS, another login
+//! plugin, an unexpected packet) the reader falls back to mysql_async for good, and re-reads the
+//! chunk it was on: nothing of a chunk leaves the reader before the chunk is complete. Plans,
+//! absent-key lookups, keyless tables and `validate` use mysql_async.
+//!
 //! ## Memory
 //! At most `parallelism` chunks are in flight between readers and the pipeline, each at most
 //! `chunk_rows` rows; the pipeline's size bounds apply to snapshot rows as to stream rows.
