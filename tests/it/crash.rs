@@ -171,6 +171,7 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
 
     let started = Instant::now();
     let mut kills = 0;
+    let mut ddl_log: Vec<String> = Vec::new();
     while kills < 3 {
         let mut b = spawn_binlake_env(&args, &env);
         std::thread::sleep(Duration::from_millis(400 + rng.below(1600)));
@@ -179,7 +180,17 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
             panic!("binlake exited early ({status}):\n{}", stderr(&out));
         }
         b.kill().unwrap(); // SIGKILL
-        b.wait().unwrap();
+                           // what each killed process did about schema changes, printed if the replica differs
+        let log = stderr(&b.wait_with_output().unwrap());
+        ddl_log.extend(
+            log.lines()
+                .filter(|l| {
+                    ["applied", "column", "ClickHouse", "stopped", "resuming"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
+                .map(|l| format!("#{}: {l}", kills + 1)),
+        );
         kills += 1;
         eprintln!("killed binlake #{kills} at {:?}", started.elapsed());
     }
@@ -236,8 +247,9 @@ pub fn crash_test_on(sink_args: &[&str], rows: u64, at: Where) {
             st.extend_from_slice(sink_args);
             let status = binlake_env(&st, &env, Duration::from_secs(60));
             panic!(
-                "{report}\nstatus:\n{}\nfinal catch-up:\n{}",
+                "{report}\nstatus:\n{}\nschema changes in the killed runs:\n{}\nfinal catch-up:\n{}",
                 String::from_utf8_lossy(&status.stdout),
+                ddl_log.join("\n"),
                 stderr(&out)
             );
         }

@@ -185,9 +185,6 @@ impl Running {
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill()
     }
-    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait()
-    }
     pub fn wait_with_output(mut self) -> std::io::Result<Output> {
         let status = self.child.wait()?;
         let mut bufs = self.out.drain(..).map(|h| h.join().unwrap_or_default());

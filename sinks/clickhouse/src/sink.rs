@@ -822,7 +822,31 @@ impl Sink for ClickHouseSink {
         }
         let columns = self.server_columns(table).await?;
         if columns.is_empty() {
-            return Ok(()); // nothing replicated yet
+            // Nothing replicated yet, if the table really is not there: a DDL skipped while the
+            // table exists would leave it with the old columns, so an empty column list next to
+            // an existing table is read again (retried) rather than believed.
+            let exists = self
+                .rows(&format!(
+                    "SELECT count() AS n FROM system.tables WHERE database = {} AND name = {}",
+                    lit(&self.config.database(&table.db)),
+                    lit(&table.table)
+                ))
+                .await
+                .map_err(|e| classify(e, "checking that the table exists", Some(table)))?
+                .first()
+                .and_then(|r| {
+                    r.get("n")
+                        .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
+                })
+                .unwrap_or(0)
+                > 0;
+            if exists {
+                return Err(SinkError::Transient(format!(
+                    "{name}: the ClickHouse table exists but its columns could not be read"
+                )));
+            }
+            info!(table = %name, ?kind, "not in ClickHouse yet: nothing to apply");
+            return Ok(());
         }
         let full = self.table_name(table);
         // Everything before the statement is committed (the pipeline waits for it), so the
@@ -833,14 +857,16 @@ impl Sink for ClickHouseSink {
             DdlKind::DropColumn(c) => {
                 let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
                 else {
-                    return Ok(()); // already applied
+                    info!(table = %name, ?kind, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "already applied in ClickHouse (no such column)");
+                    return Ok(());
                 };
                 format!("ALTER TABLE {full} DROP COLUMN IF EXISTS {}", ident(stored))
             }
             DdlKind::RenameColumn { from, to } => {
                 let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(from))
                 else {
-                    return Ok(()); // already applied
+                    info!(table = %name, ?kind, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "already applied in ClickHouse (no such column)");
+                    return Ok(());
                 };
                 if columns.iter().any(|(n, _)| n == to) {
                     return Err(SinkError::Table {
