@@ -322,19 +322,8 @@ async fn reader(
                     info!(worker, reason = %why, "snapshot chunks are read through mysql_async");
                     wire_off = true;
                 }
-                Err(WireError::Source(e)) if e.is_transient() => {
-                    attempt += 1;
-                    warn!(worker, error = %e, attempt, "snapshot reader cannot connect; retrying");
-                    queue.lock().expect("queue").push_front(work);
-                    tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
-                    continue;
-                }
                 Err(WireError::Source(e)) => {
-                    let failed = SnapshotMsg::Failed {
-                        table: work.table(),
-                        error: e.to_string(),
-                    };
-                    if tx.send(failed).await.is_err() {
+                    if !connect_failed(worker, e, work, &queue, &tx, &mut attempt).await {
                         return Ok(());
                     }
                     continue;
@@ -360,21 +349,8 @@ async fn reader(
                     Some(c) => c,
                     None => match session(&opts).await {
                         Ok(c) => conn.insert(c),
-                        Err(e) if e.is_transient() => {
-                            attempt += 1;
-                            warn!(worker, error = %e, attempt, "snapshot reader cannot connect; retrying");
-                            queue.lock().expect("queue").push_front(work);
-                            tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
-                            continue;
-                        }
                         Err(e) => {
-                            // the table cannot be read: the pipeline stops it (the others go on)
-                            let table = work.table();
-                            let failed = SnapshotMsg::Failed {
-                                table,
-                                error: e.to_string(),
-                            };
-                            if tx.send(failed).await.is_err() {
+                            if !connect_failed(worker, e, work, &queue, &tx, &mut attempt).await {
                                 return Ok(());
                             }
                             continue;
@@ -439,6 +415,31 @@ async fn reader(
             }
         }
     }
+}
+
+/// A reader could not connect for `work`: a transient error puts the work back and waits (with
+/// backoff); a definite one fails the work's table (the pipeline stops it, the others go on).
+/// False when the pipeline is gone.
+async fn connect_failed(
+    worker: usize,
+    e: SourceError,
+    work: Work,
+    queue: &Mutex<VecDeque<Work>>,
+    tx: &mpsc::Sender<SnapshotMsg>,
+    attempt: &mut u32,
+) -> bool {
+    if e.is_transient() {
+        *attempt += 1;
+        warn!(worker, error = %e, attempt = *attempt, "snapshot reader cannot connect; retrying");
+        queue.lock().expect("queue").push_front(work);
+        tokio::time::sleep(Duration::from_secs(1 << (*attempt).min(5))).await;
+        return true;
+    }
+    let failed = SnapshotMsg::Failed {
+        table: work.table(),
+        error: e.to_string(),
+    };
+    tx.send(failed).await.is_ok()
 }
 
 /// The connection a key range is read through.
@@ -966,7 +967,7 @@ async fn read_chunk_wire(
             for (i, col) in cols.iter().enumerate() {
                 let cell = cells.next_cell()?;
                 if let Some(k) = slot[i] {
-                    last[k] = cell.to_my();
+                    cell.store(&mut last[k]);
                 }
                 let done = match (&cell, fast[i]) {
                     (Cell::Bytes(s), Fast::Utf8) => {
@@ -1019,7 +1020,7 @@ async fn read_chunk_wire(
                 for (i, col) in cols.iter().enumerate() {
                     let cell = cells.next_cell()?;
                     if let Some(k) = slot[i] {
-                        last[k] = cell.to_my();
+                        cell.store(&mut last[k]);
                     }
                     row.push(values::cell(cell.into_my(), &col.ty));
                 }

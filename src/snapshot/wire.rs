@@ -89,6 +89,17 @@ impl Cell<'_> {
         }
     }
 
+    /// [`Cell::to_my`] into `slot`, reusing its buffer for bytes (no allocation per row).
+    pub fn store(&self, slot: &mut My) {
+        match (self, &mut *slot) {
+            (Cell::Bytes(b), My::Bytes(v)) => {
+                v.clear();
+                v.extend_from_slice(b);
+            }
+            _ => *slot = self.to_my(),
+        }
+    }
+
     /// [`Cell::to_my`], moving a decoded value.
     pub fn into_my(self) -> My {
         match self {
@@ -691,6 +702,13 @@ mod tests {
         assert!(matches!(c.next_cell().unwrap(), Cell::Value(My::Int(-2))));
         assert!(matches!(c.next_cell().unwrap(), Cell::Bytes(b) if b == "héllo".as_bytes()));
         assert!(matches!(c.next_cell().unwrap(), Cell::Null));
+        // a key cell kept across rows: bytes reuse the slot, other cells replace it
+        let mut slot = My::Int(1);
+        Cell::Bytes(b"ab").store(&mut slot);
+        Cell::Bytes(b"xyz").store(&mut slot);
+        assert_eq!(slot, My::Bytes(b"xyz".to_vec()));
+        Cell::Null.store(&mut slot);
+        assert_eq!(slot, My::NULL);
         // a cell longer than the packet is an error, not a panic
         let mut q = vec![0x00, 0];
         q.extend_from_slice(&7i32.to_le_bytes());
