@@ -279,7 +279,7 @@ impl FromStr for MysqlGtidSet {
 }
 
 /// A binlog file name and byte offset.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BinlogPos {
     pub file: String,
     pub pos: u64,
@@ -293,6 +293,10 @@ impl BinlogPos {
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
+    }
+    /// Binlog order on one server: (file index, position).
+    pub fn key(&self) -> (u64, u64) {
+        (self.file_index(), self.pos)
     }
     /// Version ordinal for file/position mode (see module doc).
     pub fn ordinal(&self) -> u64 {

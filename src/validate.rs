@@ -382,7 +382,7 @@ async fn read_source(
         let (sql, params) = t
             .chunk_query(id, &bounds, None, Some(chunk_rows))
             .ok_or_else(|| ValidateError::Definite(format!("{id}: a key cannot be read back")))?;
-        let (rows, last, _at) =
+        let (rows, last) =
             crate::snapshot::read_chunk(conn, &sql, params, t, &t.map.primary_key).await?;
         let n = rows.len();
         if n == 0 && !out.is_empty() {
@@ -545,7 +545,7 @@ async fn validate_keyless(
     let ncols = sh.map.columns.len();
     let schema = crate::schema::table_schema(&sh.map);
     for _round in 0..3 {
-        let (rows, _, _) = crate::snapshot::read_chunk(conn, &sql, vec![], t, &[]).await?;
+        let (rows, _) = crate::snapshot::read_chunk(conn, &sql, vec![], t, &[]).await?;
         report.rows = rows.len();
         report.chunks = 1;
         let mut counts: HashMap<u64, i64> = HashMap::new();

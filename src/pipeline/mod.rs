@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
-use crate::snapshot::{Chunk, ChunkRows, SnapshotMsg, Snapshotter};
+use crate::snapshot::{Chunk, ChunkRows, SnapshotMsg, Snapshotter, Window};
 use crate::source::{
     self, Flavor, SourceConfig, SourceError, SourceMode, SourceMsg, StartAt, Transaction,
 };
@@ -205,6 +205,11 @@ struct SnapState {
     floor: ((u64, u64), u64),
     /// How far the stream has read (binlog end of the last transaction or heartbeat).
     stream_pos: Option<(u64, u64)>,
+    /// The same, as a position.
+    stream_at: Option<BinlogPos>,
+    /// The binlog's end when this run started (after its start position was chosen): the
+    /// stream delivers every transaction after it.
+    start_floor: BinlogPos,
     /// A chunk read at a point the stream has not reached yet.
     pending: Option<crate::snapshot::Chunk>,
     /// Keyless tables read at startup: the stream skips their transactions up to this point.
@@ -366,8 +371,12 @@ async fn run_once(
         ))
         .into());
     }
+    // Snapshot reads start only once the source has committed what this point covers: the
+    // start position can name a transaction in the binlog that is not committed yet, which the
+    // stream will not deliver and a snapshot taken before its commit would not see.
+    let start_floor = source::current_file_pos(&mut conn).await?;
     let target = if cfg.exit_when_caught_up {
-        Some(source::current_file_pos(&mut conn).await?)
+        Some(start_floor.clone())
     } else {
         None
     };
@@ -434,6 +443,7 @@ async fn run_once(
                 .map(|c| c.loaded.clone())
                 .unwrap_or_default(),
             floor: ((0, 0), start.version()),
+            start_floor,
             last_version: checkpoint.as_ref().map_or(0, |c| c.snapshot_version),
             ..Default::default()
         },
@@ -917,6 +927,7 @@ impl SnapState {
         let p = pos_key(at);
         if self.stream_pos.is_none_or(|s| s < p) {
             self.stream_pos = Some(p);
+            self.stream_at = Some(at.clone());
         }
         if let Some(v) = version {
             self.history.push_back((p, v));
@@ -957,24 +968,42 @@ impl SnapState {
         v
     }
 
-    /// The version of rows read at binlog point `at`: right after the last transaction the
-    /// stream delivered at or before it. `None` until the stream has read that far;
-    /// `Some(Err)` when the history no longer reaches back to `at`.
-    fn version_at(&self, at: &BinlogPos) -> Option<Result<u64, String>> {
-        let p = pos_key(at);
-        if self.stream_pos.is_none_or(|s| s < p) {
-            return None;
+    /// Where the reads of a snapshot queued now must start (see [`crate::snapshot`]): after
+    /// every transaction the pipeline has taken in without recording the keys it changed, and
+    /// after the stream's start.
+    fn read_floor(&self) -> BinlogPos {
+        match &self.stream_at {
+            Some(s) if s.key() > self.start_floor.key() => s.clone(),
+            _ => self.start_floor.clone(),
         }
+    }
+
+    /// The version right after the last transaction the stream delivered at or before `p`.
+    fn base_at(&self, p: (u64, u64), at: &BinlogPos) -> Result<u64, String> {
         let i = self.history.partition_point(|(q, _)| *q <= p);
         if i > 0 {
-            return Some(Ok(self.history[i - 1].1 + 1));
+            return Ok(self.history[i - 1].1 + 1);
         }
         if p >= self.floor.0 {
-            return Some(Ok(self.floor.1 + 1));
+            return Ok(self.floor.1 + 1);
         }
-        Some(Err(format!(
-            "a chunk read at {at} arrived after the stream's history moved past it"
-        )))
+        Err(format!(
+            "a read at {at} arrived after the stream's history moved past it"
+        ))
+    }
+
+    /// For rows read in `w`: the versions right after the last transactions at or before
+    /// `w.low` and `w.high`. `None` until the stream has read past `w.high`; `Some(Err)` when
+    /// the history no longer reaches back to `w.low`.
+    fn window_versions(&self, w: &Window) -> Option<Result<(u64, u64), String>> {
+        let high = pos_key(&w.high);
+        if self.stream_pos.is_none_or(|s| s < high) {
+            return None;
+        }
+        Some(
+            self.base_at(pos_key(&w.low), &w.low)
+                .and_then(|low| Ok((low, self.base_at(high, &w.high)?))),
+        )
     }
 }
 
@@ -1006,7 +1035,7 @@ fn queue_backfill(
         st.snap.changed.entry(name.clone()).or_default();
         st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
         st.snap.progress.insert(name.clone(), p.clone());
-        snapshotter.add(t.clone(), p);
+        snapshotter.add(t.clone(), p, st.snap.read_floor());
         queued.push(name);
     }
     Ok(queued)
@@ -1040,14 +1069,14 @@ fn after_stream_moved(st: &mut State, cfg: &PipelineConfig) -> Result<(), Pipeli
     let Some(chunk) = st.snap.pending.take() else {
         return Ok(());
     };
-    match st.snap.version_at(&chunk.at) {
+    match st.snap.window_versions(&chunk.window) {
         None => {
             st.snap.pending = Some(chunk); // the stream has not read that far yet
             Ok(())
         }
-        Some(Ok(base)) => {
+        Some(Ok((low, base))) => {
             let version = st.snap.next_snapshot_version(base);
-            take_chunk(st, cfg, chunk, version)
+            take_chunk(st, cfg, chunk, version, low)
         }
         Some(Err(message)) => {
             // Cannot happen with a history of a million transactions unless a chunk waited for
@@ -1066,12 +1095,15 @@ fn after_stream_moved(st: &mut State, cfg: &PipelineConfig) -> Result<(), Pipeli
 }
 
 /// Buffers a chunk's rows with `version`, and records the chunk as read in the progress that
-/// the next checkpoint carries (with those rows).
+/// the next checkpoint carries (with those rows). Rows of keys a transaction after the read's
+/// lower bound changed (a version at or above `low`) are dropped: the stream holds those keys'
+/// state (see [`crate::snapshot`]).
 fn take_chunk(
     st: &mut State,
     cfg: &PipelineConfig,
     chunk: Chunk,
     version: u64,
+    low: u64,
 ) -> Result<(), PipelineError> {
     let name = chunk.table.to_string();
     if st.quarantined.contains_key(&name) || !st.snap.progress.contains_key(&name) {
@@ -1080,8 +1112,8 @@ fn take_chunk(
     let tm = chunk.map.clone();
     let read = chunk.rows.len() as u64;
     let source: Arc<str> = Arc::from(format!(
-        "snapshot file={} pos={}",
-        chunk.at.file, chunk.at.pos
+        "snapshot file={} pos={} low={}",
+        chunk.window.high.file, chunk.window.high.pos, chunk.window.low
     ));
     let changed = st.snap.changed.get(&name).filter(|c| !c.is_empty());
     let mut kb = Vec::new();
@@ -1089,7 +1121,7 @@ fn take_chunk(
     // rows of an initial snapshot of this run whose keys no binlog change touched are new to
     // the target: the sink may append them
     let mut fresh = st.snap.fresh.contains(&name);
-    let pos = format!("snapshot at {}", chunk.at);
+    let pos = format!("snapshot at {}", chunk.window);
     // Tombstones of keys the source lacks (a repair of missed deletes) are snapshot rows like
     // any chunk's: versioned at the read, never taken for binlog changes (they must not advance
     // a table's applied version, nor be skipped as a replay below it).
@@ -1098,13 +1130,13 @@ fn take_chunk(
     let (rows, columns) = match chunk.rows {
         ChunkRows::Rows(rows) => (rows, None),
         ChunkRows::Columns(mut cols) => {
-            // DBLog: rows whose key the stream changed after this read are dropped.
+            // DBLog: rows whose key the stream changed in or after this read's window are dropped.
             if let Some(ch) = changed {
                 let keep: Vec<bool> = (0..cols.rows)
                     .map(|r| {
                         key_bytes_at(&cols.columns, &tm.primary_key, r, &mut kb);
                         match ch.get(&kb) {
-                            Some(&v) if v > version => false,
+                            Some(&v) if v >= low => false,
                             Some(_) => {
                                 fresh = false;
                                 true
@@ -1139,9 +1171,9 @@ fn take_chunk(
             if let Some(ch) = changed {
                 key_bytes(&values, &tm.primary_key, &mut kb);
                 match ch.get(&kb) {
-                    Some(&v) if v > version => {
+                    Some(&v) if v >= low => {
                         dropped += 1;
-                        return None; // the stream already has a newer change of this key
+                        return None; // the stream has this key's state
                     }
                     Some(_) => fresh = false,
                     None => {}
@@ -1158,7 +1190,7 @@ fn take_chunk(
         })
         .collect();
     if dropped > 0 {
-        debug!(table = %name, dropped, "snapshot rows older than the stream's changes dropped");
+        debug!(table = %name, dropped, "snapshot rows of keys the stream changed in or after the read's window dropped");
     }
     if let Some(cols) = columns {
         take_columns(st, &tm, cols, version, chunk.read_at_us, &source, fresh)?;
@@ -1254,7 +1286,7 @@ async fn start_snapshots(
             if let Some((db, t)) = name.split_once('.') {
                 st.snap.changed.entry(name.clone()).or_default();
                 st.snap.run_rows.insert(name.clone(), (0, Instant::now()));
-                snapshotter.add(TableId::new(db, t), p);
+                snapshotter.add(TableId::new(db, t), p, st.snap.read_floor());
             }
         }
     }
@@ -1273,10 +1305,17 @@ async fn start_snapshots(
             info!(table = %name, estimate = desc.estimate, "table gets an initial snapshot");
             st.snap.changed.entry(name.clone()).or_default();
             st.snap.fresh.insert(name.clone());
-            snapshotter.add(t, crate::snapshot::new_progress("initial", None));
+            snapshotter.add(
+                t,
+                crate::snapshot::new_progress("initial", None),
+                st.snap.read_floor(),
+            );
             continue;
         }
-        let (tm, rows, at) = crate::snapshot::read_keyless(opts, &t).await?;
+        let (tm, rows, window) =
+            crate::snapshot::read_keyless(opts, &t, &st.snap.start_floor).await?;
+        // the read holds exactly the table's transactions up to the window's end
+        let at = window.high;
         let version = keyless_version(&mut conn, start, &at).await?;
         info!(table = %name, rows = rows.len(), at = %at, "keyless table read in one consistent snapshot");
         let source: Arc<str> = Arc::from(format!("snapshot file={} pos={}", at.file, at.pos));
@@ -2010,6 +2049,82 @@ async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
 #[cfg(test)]
 mod snapshot_version_tests {
     use super::SnapState;
+    use crate::position::BinlogPos;
+    use crate::snapshot::Window;
+
+    fn at(pos: u64) -> BinlogPos {
+        BinlogPos {
+            file: "binlog.000001".into(),
+            pos,
+        }
+    }
+
+    /// A read's window takes its version from `high` and its drop threshold from `low`, and
+    /// waits until the stream has read past `high`.
+    #[test]
+    fn a_window_is_placed_by_its_bounds() {
+        let mut s = SnapState {
+            floor: ((0, 0), 0),
+            ..Default::default()
+        };
+        s.changed.insert("shop.t".into(), Default::default()); // a snapshot in progress
+        let w = Window {
+            low: at(150),
+            high: at(250),
+        };
+        s.saw(&at(100), Some(1 << 16)); // A
+        s.saw(&at(200), Some(2 << 16)); // B: in the window
+        assert_eq!(
+            s.window_versions(&w),
+            None,
+            "the stream has not passed high"
+        );
+        s.saw(&at(240), None); // a heartbeat short of high
+        assert_eq!(s.window_versions(&w), None);
+        s.saw(&at(300), Some(3 << 16)); // C: after the window
+        assert_eq!(
+            s.window_versions(&w),
+            Some(Ok(((1 << 16) + 1, (2 << 16) + 1))),
+            "rows of keys B changed are dropped (B >= low), the rest placed after B"
+        );
+        // a window with nothing between its bounds
+        let w = Window {
+            low: at(200),
+            high: at(200),
+        };
+        assert_eq!(
+            s.window_versions(&w),
+            Some(Ok(((2 << 16) + 1, (2 << 16) + 1)))
+        );
+        // before the run's first transaction: the start position's version
+        let mut f = SnapState {
+            floor: ((0, 0), 5 << 16),
+            ..Default::default()
+        };
+        f.saw(&at(90), None);
+        let w = Window {
+            low: at(80),
+            high: at(90),
+        };
+        assert_eq!(
+            f.window_versions(&w),
+            Some(Ok(((5 << 16) + 1, (5 << 16) + 1)))
+        );
+    }
+
+    /// Reads of a snapshot queued now start after the stream's position and the run's start.
+    #[test]
+    fn the_read_floor_is_the_later_of_the_start_and_the_stream() {
+        let mut s = SnapState {
+            start_floor: at(500),
+            ..Default::default()
+        };
+        assert_eq!(s.read_floor(), at(500));
+        s.saw(&at(400), None);
+        assert_eq!(s.read_floor(), at(500));
+        s.saw(&at(600), Some(1 << 16));
+        assert_eq!(s.read_floor(), at(600));
+    }
 
     #[test]
     fn later_reads_at_the_same_point_win_and_stay_below_the_next_transaction() {

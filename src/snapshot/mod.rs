@@ -3,31 +3,67 @@
 //!
 //! ## How a chunk joins the stream (the handoff argument)
 //! A keyed table is read in chunks by primary key (keyset paging: `WHERE key > last ORDER BY key
-//! LIMIT n`), each chunk in its own `START TRANSACTION WITH CONSISTENT SNAPSHOT`. Inside that
-//! transaction MariaDB reports `Binlog_snapshot_file/position` = P: the binlog point the InnoDB
-//! read view corresponds to. Every transaction at or before P is visible to the read, and none
-//! after it. This is what answers the "in the binlog but not yet visible" hazard: InnoDB commits
-//! *after* the binlog write, so the binlog head (or `@@gtid_binlog_pos`) read next to a snapshot
-//! may name a transaction the read cannot see yet; P never does, because the server computes it
-//! under the same lock that orders commits.
+//! LIMIT n`), each chunk in its own `START TRANSACTION WITH CONSISTENT SNAPSHOT` (the read
+//! view S). Where S sits in the binlog is never taken from one server answer; each read gets a
+//! [`Window`] of two bounds that cannot be raced, and the stream decides the rest:
+//! - `low`, read just before S starts: the end of the last transaction group the server has
+//!   *committed*. Every transaction ending at or before `low` is visible to S.
+//! - `high`, read just after S starts (`SHOW MASTER STATUS`): the end of the binlog. No
+//!   transaction ending after `high` is visible to S.
 //!
-//! The chunk's rows get the version `v(A) + 1`, where A is the last transaction the stream
-//! delivered at or before P (the pipeline keeps a short history of (binlog end, version) for
-//! this, and holds a chunk until its stream has read past P). Versions of binlog transactions are
-//! multiples of 2^16 (see [`crate::position`]), so `v(A) < v(A) + 1 < v(B)` for every B after P.
-//! A later chunk taken after the same A gets the next sub-version (`v(A) + 2`, ...; the highest
-//! is checkpointed): two reads of one key at the same binlog point, say a backfill repairing a
-//! change the binlog never carried, then order by when they were read, and the later one wins.
-//! Every sink keeps the highest version per key, so for each key the replica converges to:
-//! - the chunk's row when no transaction after P changed the key (the chunk is the truth), and
-//! - the stream's last change otherwise (it is newer than the chunk), whatever the order in
-//!   which the chunk and those changes arrive.
+//! For the transactions between the bounds S may hold any subset, so the pipeline uses none of
+//! what S says about the keys they changed: it holds the chunk until the stream has read past
+//! `high`, then drops every chunk row whose key a binlog change at or after the first
+//! transaction past `low` touched (the pipeline records, per table being snapshotted, the highest
+//! version of a change per key). The other rows get the version `v(H) + 1`, H being the last
+//! transaction at or before `high`, so for each key the replica converges to the source:
+//! - a kept key was changed by no transaction in (`low`, `high`]: S holds exactly its state
+//!   after every transaction up to `high`, which is older than every later change (`v(H) + 1 <
+//!   v(B)` for every B after `high`, as binlog versions are multiples of 2^16, see
+//!   [`crate::position`]) and newer than every earlier one;
+//! - a dropped key's state comes from the stream: its last change in the window or later
+//!   carries the whole row (`binlog_row_image = FULL`, checked by preflight) or its tombstone.
 //!
-//! Keys a transaction before P deleted are absent from the chunk; their tombstones stay. The
-//! stream reads on meanwhile from its own position (it never waits for the snapshot), so a long
-//! snapshot cannot outlive binlog retention. As in Netflix's DBLog, chunk rows whose key the
-//! stream has already changed with a higher version are dropped before they reach a buffer: the
-//! stream's row is newer, and a hard-deleting sink must not see the old row again.
+//! Later reads after the same H get the next sub-versions (`v(H) + 2`, ...; the highest is
+//! checkpointed), so a later read of a key, say a backfill repairing a change the binlog never
+//! carried, wins over an earlier one. The stream reads on meanwhile from its own position (it
+//! never waits for the snapshot), so a long snapshot cannot outlive binlog retention.
+//!
+//! **Why `low` holds.** `SHOW STATUS LIKE 'binlog_snapshot_%'` outside a transaction reports the
+//! server's last committed position, which the group-commit leader sets under
+//! `LOCK_commit_ordered` and keeps that lock until every transaction of the group has run its
+//! engine commit (`commit_ordered`), and the reader copies it under the same lock. `START
+//! TRANSACTION WITH CONSISTENT SNAPSHOT` creates the InnoDB read view under that lock too, later:
+//! so S sees every group up to `low`. MariaDB commits in binlog order, so "up to" is a prefix.
+//! - *Two-phase commit.* A transaction is in the binlog (and in `SHOW MASTER STATUS`,
+//!   `@@gtid_binlog_pos` and the stream) before its engine commit; a semi-synchronous primary
+//!   holds it there for seconds. It is past `low` until it commits, so it is in the window, and
+//!   the keys it changes come from the stream.
+//! - *Group commit.* `low` moves by whole groups, after the whole group committed.
+//! - *Concurrent `SHOW STATUS`.* The answer goes through shared variables that another session's
+//!   `SHOW STATUS` can overwrite (measured here: 1.6% of reads beside a monitoring loop). Inside
+//!   a snapshot that can name a transaction S does not see, which is why nothing is read there.
+//!   Outside one, any session's value is its own snapshot point, its own last commit, or the
+//!   server's last commit, each committed when written: an overwrite can make `low` older (a
+//!   larger window, more keys taken from the stream), never newer.
+//! - *Rotation.* The one exception: when a file rotates while a group waits between its binlog
+//!   write and its commit, the server publishes the new file's start before that group commits,
+//!   and a `FLUSH LOGS` then can pair the new file's name with the old file's offset. A `low` at
+//!   a file's start or past the binlog's end is used only once it and the binlog's end have stood
+//!   still for a second (no group in flight), and then as the binlog's end.
+//! - *Parallel readers.* Each read takes its own bounds on its own connection; nothing is shared.
+//!
+//! **The stream's start and the recorded keys.** Dropping keys needs every change after `low`
+//! to be known, so a read waits until `low` is at or past its snapshot's *floor*: the binlog's
+//! end when the run started (the stream starts at `@@gtid_binlog_pos`, which may name a
+//! transaction in the binlog but not yet committed: the stream never delivers it, and a read
+//! must see it), or the stream's position when the snapshot was queued (the pipeline records
+//! changed keys from then on). The wait ends when the server commits what it has written.
+//!
+//! Keys a transaction before `low` deleted are absent from the chunk; their tombstones stay. As
+//! in Netflix's DBLog, rows whose key the stream changed in or after the window never reach a
+//! buffer: a hard-deleting sink must not see the old row again. Repair tombstones (keys the
+//! source lacks, [`read_absent`]) are read and placed the same way.
 //!
 //! ## Resume
 //! The progress of each key range (the last key read) is put in the checkpoint when the chunk's
@@ -38,14 +74,17 @@
 //!
 //! ## Tables without a primary key
 //! They cannot be paged or merged by key, so they are read in one consistent read at startup,
-//! before the stream starts, and committed in one commit; the stream then drops that table's
-//! transactions at or before the read's P. A backfill of such a table is refused (it would
-//! duplicate every row). The read's batch is marked as the table's whole content
-//! (`TableBatch::replace`): a crash between a keyless snapshot's data and its checkpoint, in a
-//! sink whose commits are not atomic across tables, makes the restart read the table again, and
-//! that read replaces the first attempt's rows (Delta: one overwrite commit; ClickHouse:
-//! TRUNCATE, then the insert) instead of adding to them. Parquet commits data and checkpoint at
-//! once, so it never sees a keyless snapshot twice.
+//! before the stream starts, and committed in one commit. Rows cannot be dropped by key, so the
+//! read's window must hold no transaction that wrote to the table: the binlog between `low` and
+//! `high` is checked for a table map of it (`SHOW BINLOG EVENTS`), and the table is read again
+//! when one is there. The read then holds exactly the table's transactions up to `high`, and the
+//! stream drops that table's transactions at or before `high` (the cut). A backfill of such a
+//! table is refused (it would duplicate every row). The read's batch is marked as the table's
+//! whole content (`TableBatch::replace`): a crash between a keyless snapshot's data and its
+//! checkpoint, in a sink whose commits are not atomic across tables, makes the restart read the
+//! table again, and that read replaces the first attempt's rows (Delta: one overwrite commit;
+//! ClickHouse: TRUNCATE, then the insert) instead of adding to them. Parquet commits data and
+//! checkpoint at once, so it never sees a keyless snapshot twice.
 //!
 //! ## Reading
 //! Key ranges are read through [`wire`], binlake's own client for the chunk queries (the same
@@ -53,7 +92,8 @@
 //! to Arrow from the socket buffer). When it cannot serve the server's setup (TLS, another login
 //! plugin, an unexpected packet) the reader falls back to mysql_async for good, and re-reads the
 //! chunk it was on: nothing of a chunk leaves the reader before the chunk is complete. Plans,
-//! absent-key lookups, keyless tables and `validate` use mysql_async.
+//! absent-key lookups, keyless tables and `validate` use mysql_async. Both read the bounds on
+//! the chunk's own connection, as text queries.
 //!
 //! ## Memory
 //! At most `parallelism` chunks are in flight between readers and the pipeline, each at most
@@ -120,8 +160,8 @@ pub struct Chunk {
     pub after: Option<serde_json::Value>,
     /// The range has no rows after this chunk.
     pub done: bool,
-    /// `Binlog_snapshot_file/position` of the read.
-    pub at: BinlogPos,
+    /// Binlog positions around the read (see the module doc).
+    pub window: Window,
     pub read_at_us: i64,
     /// The rows are tombstones (key columns set, the rest NULL) of keys the source does not
     /// have at `at`: the answer to a progress's `absent` keys. Not a key range's chunk.
@@ -171,6 +211,7 @@ enum Work {
     Plan {
         table: TableId,
         progress: SnapshotProgress,
+        floor: BinlogPos,
     },
     Range {
         table: Arc<SnapTable>,
@@ -178,12 +219,14 @@ enum Work {
         range: usize,
         progress: RangeProgress,
         filter: Option<String>,
+        floor: BinlogPos,
     },
     /// Check which of these keys the source lacks (see `SnapshotProgress::absent`).
     Absent {
         table: Arc<SnapTable>,
         id: TableId,
         keys: Vec<serde_json::Value>,
+        floor: BinlogPos,
     },
 }
 
@@ -233,12 +276,14 @@ impl Snapshotter {
         }
     }
 
-    /// Plans `table` (a new snapshot, or one in progress to continue).
-    pub fn add(&self, table: TableId, progress: SnapshotProgress) {
-        self.queue
-            .lock()
-            .expect("queue")
-            .push_back(Work::Plan { table, progress });
+    /// Plans `table` (a new snapshot, or one in progress to continue). Every read of it starts
+    /// only once the source has committed everything up to `floor` (see the module doc).
+    pub fn add(&self, table: TableId, progress: SnapshotProgress, floor: BinlogPos) {
+        self.queue.lock().expect("queue").push_back(Work::Plan {
+            table,
+            progress,
+            floor,
+        });
         self.notify.notify_waiters();
         self.notify.notify_one();
     }
@@ -339,10 +384,16 @@ async fn reader(
                     range,
                     progress,
                     filter,
+                    floor,
                 },
             ) if !wire_off => {
                 let mut c = ChunkConn::Wire(w);
-                read_range(&mut c, &tx, &table, &id, range, progress, filter, &cfg).await
+                let r = Reading {
+                    table: &table,
+                    id: &id,
+                    floor: &floor,
+                };
+                read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
             }
             _ => {
                 let c = match conn.as_mut() {
@@ -358,23 +409,41 @@ async fn reader(
                     },
                 };
                 match work.clone() {
-                    Work::Plan { table, progress } => {
-                        plan(c, &queue, &notify, &tx, table, progress, &cfg)
-                            .await
-                            .map(|_| ())
-                    }
+                    Work::Plan {
+                        table,
+                        progress,
+                        floor,
+                    } => plan(c, &queue, &notify, &tx, table, progress, floor, &cfg)
+                        .await
+                        .map(|_| ()),
                     Work::Range {
                         table,
                         id,
                         range,
                         progress,
                         filter,
+                        floor,
                     } => {
                         let mut c = ChunkConn::My(c);
-                        read_range(&mut c, &tx, &table, &id, range, progress, filter, &cfg).await
+                        let r = Reading {
+                            table: &table,
+                            id: &id,
+                            floor: &floor,
+                        };
+                        read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
                     }
-                    Work::Absent { table, id, keys } => {
-                        read_absent(c, &tx, &table, &id, &keys).await
+                    Work::Absent {
+                        table,
+                        id,
+                        keys,
+                        floor,
+                    } => {
+                        let r = Reading {
+                            table: &table,
+                            id: &id,
+                            floor: &floor,
+                        };
+                        read_absent(&mut ChunkConn::My(c), &tx, r, &keys).await
                     }
                 }
             }
@@ -456,6 +525,17 @@ enum Failure {
     Closed,
 }
 
+impl Failure {
+    /// For reads outside the readers (no pipeline channel, no snapshot client).
+    fn into_source(self) -> SourceError {
+        match self {
+            Failure::Source(e) => e,
+            Failure::Wire(why) => SourceError::Definite(why),
+            Failure::Closed => SourceError::Definite("the pipeline stopped".into()),
+        }
+    }
+}
+
 impl From<SourceError> for Failure {
     fn from(e: SourceError) -> Self {
         Failure::Source(e)
@@ -473,6 +553,7 @@ impl From<WireError> for Failure {
 
 /// Describes the table, splits it into key ranges (or takes the ranges of the progress), and
 /// queues the ranges not done.
+#[allow(clippy::too_many_arguments)]
 async fn plan(
     conn: &mut mysql_async::Conn,
     queue: &Mutex<VecDeque<Work>>,
@@ -480,6 +561,7 @@ async fn plan(
     tx: &mpsc::Sender<SnapshotMsg>,
     id: TableId,
     mut progress: SnapshotProgress,
+    floor: BinlogPos,
     cfg: &SnapshotConfig,
 ) -> Result<(), Failure> {
     let Some(table) = values::describe(conn, &id.db, &id.table).await? else {
@@ -542,6 +624,7 @@ async fn plan(
                     range: i,
                     progress: r.clone(),
                     filter: progress.filter.clone(),
+                    floor: floor.clone(),
                 });
             }
         }
@@ -550,6 +633,7 @@ async fn plan(
                 table: table.clone(),
                 id: id.clone(),
                 keys: progress.absent.clone(),
+                floor: floor.clone(),
             });
         }
     }
@@ -561,17 +645,17 @@ async fn plan(
 const ABSENT_PER_QUERY: usize = 500;
 
 /// Which of `keys` (JSON key cells) the source does not have, in one consistent snapshot: their
-/// tombstones go to the pipeline as one chunk, versioned at that snapshot's binlog point like
-/// any chunk (so a change the stream brings after it still wins). A key is present only when
-/// the source returns exactly its bytes (a key equal only in the column's collation is another
-/// key in the target).
+/// tombstones go to the pipeline as one chunk, with the read's window like any chunk (so a change
+/// the stream brings in or after the window still wins). A key is present only when the source
+/// returns exactly its bytes (a key equal only in the column's collation is another key in the
+/// target).
 async fn read_absent(
-    conn: &mut mysql_async::Conn,
+    conn: &mut ChunkConn<'_>,
     tx: &mpsc::Sender<SnapshotMsg>,
-    table: &SnapTable,
-    id: &TableId,
+    r: Reading<'_>,
     keys: &[serde_json::Value],
 ) -> Result<(), Failure> {
+    let (table, id) = (r.table, r.id);
     let q = |e| SourceError::from_mysql(e, "checking keys the target holds");
     let wanted: Vec<Vec<My>> = keys
         .iter()
@@ -594,10 +678,10 @@ async fn read_absent(
         .map(|c| format!("{} = {}", ident(&c.name), c.param_sql))
         .collect::<Vec<_>>()
         .join(" AND ");
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(q)?;
-    let at = snapshot_position(conn).await?;
+    let window = begin_read(conn, r.floor, Some(tx)).await?;
+    let ChunkConn::My(conn) = conn else {
+        unreachable!("absent keys are read through mysql_async")
+    };
     let cols = &table.map.columns;
     let pk = &table.map.primary_key;
     // a key's identity: its cells as the pipeline's values, in the pipeline's key bytes
@@ -632,7 +716,7 @@ async fn read_absent(
             rows.push(values);
         }
     }
-    info!(table = %id, checked = keys.len(), absent = rows.len(), at = %at, "keys only in the target checked at the source");
+    info!(table = %id, checked = keys.len(), absent = rows.len(), window = %window, "keys only in the target checked at the source");
     tx.send(SnapshotMsg::Chunk(Chunk {
         table: id.clone(),
         range: usize::MAX,
@@ -640,7 +724,7 @@ async fn read_absent(
         rows: ChunkRows::Rows(rows),
         after: None,
         done: true,
-        at,
+        window,
         read_at_us: crate::pipeline::now_us(),
         tombstones: true,
     }))
@@ -715,18 +799,25 @@ async fn split_points(
     Ok(out)
 }
 
+/// What a reader reads: a table, and the position its snapshot's reads must start after.
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    table: &'a SnapTable,
+    id: &'a TableId,
+    floor: &'a BinlogPos,
+}
+
 /// Reads one key range chunk by chunk until it is done.
-#[allow(clippy::too_many_arguments)]
 async fn read_range(
     conn: &mut ChunkConn<'_>,
     tx: &mpsc::Sender<SnapshotMsg>,
-    table: &SnapTable,
-    id: &TableId,
+    r: Reading<'_>,
     range: usize,
     mut progress: RangeProgress,
     filter: Option<String>,
     cfg: &SnapshotConfig,
 ) -> Result<(), Failure> {
+    let (table, id) = (r.table, r.id);
     let key_idx = table.map.primary_key.clone();
     let columnar = cfg.columnar.filter(|_| columnar_key(&table.map));
     loop {
@@ -747,18 +838,20 @@ async fn read_range(
                 )))
             })?;
         let started = Instant::now();
-        let (rows, last_key, at) = match conn {
-            ChunkConn::My(c) => read_chunk_as(c, &sql, params, table, &key_idx, columnar).await?,
+        let window = begin_read(conn, r.floor, Some(tx)).await?;
+        let (rows, last_key) = match conn {
+            ChunkConn::My(c) => chunk_rows(c, &sql, params, table, &key_idx, columnar).await?,
             ChunkConn::Wire(w) => {
-                read_chunk_wire(w, &sql, params, table, &key_idx, columnar).await?
+                chunk_rows_wire(w, &sql, params, table, &key_idx, columnar).await?
             }
         };
+        conn.query_drop("COMMIT").await?;
         let n = rows.len();
         let done = n < cfg.chunk_rows;
         if let Some(k) = last_key {
             progress.after = Some(k);
         }
-        debug!(table = %id, range, rows = n, ms = started.elapsed().as_millis() as u64, at = %at, "snapshot chunk");
+        debug!(table = %id, range, rows = n, ms = started.elapsed().as_millis() as u64, window = %window, "snapshot chunk");
         progress.done = done;
         tx.send(SnapshotMsg::Chunk(Chunk {
             table: id.clone(),
@@ -767,7 +860,7 @@ async fn read_range(
             rows,
             after: progress.after.clone(),
             done,
-            at,
+            window,
             read_at_us: crate::pipeline::now_us(),
             tombstones: false,
         }))
@@ -779,9 +872,225 @@ async fn read_range(
     }
 }
 
-pub(crate) type ChunkRead = (Vec<Vec<Value>>, Option<serde_json::Value>, BinlogPos);
+/// The binlog positions around one consistent read: every transaction that ends at or before
+/// `low` is in the read, and none that ends after `high` is. What the read holds of the
+/// transactions between the two is not known, so the pipeline takes the keys those transactions
+/// changed from the stream instead (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub low: BinlogPos,
+    pub high: BinlogPos,
+}
 
-/// One chunk in one consistent snapshot: the rows, the last key, and the binlog point.
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.low, self.high)
+    }
+}
+
+impl ChunkConn<'_> {
+    async fn query_drop(&mut self, sql: &str) -> Result<(), Failure> {
+        match self {
+            ChunkConn::My(c) => c
+                .query_drop(sql)
+                .await
+                .map_err(|e| SourceError::from_mysql(e, "snapshot session").into()),
+            ChunkConn::Wire(w) => w.query_drop(sql).await.map_err(Into::into),
+        }
+    }
+
+    /// A text-protocol query's rows, every value as text.
+    async fn text(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Failure> {
+        match self {
+            ChunkConn::My(c) => {
+                let rows: Vec<mysql_async::Row> = c
+                    .query(sql)
+                    .await
+                    .map_err(|e| SourceError::from_mysql(e, "snapshot bounds"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap()
+                            .into_iter()
+                            .map(|v| match v {
+                                My::NULL => None,
+                                My::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                                other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+                            })
+                            .collect()
+                    })
+                    .collect())
+            }
+            ChunkConn::Wire(w) => w.query_text(sql).await.map_err(Into::into),
+        }
+    }
+
+    /// `SHOW MASTER STATUS`: the end of what the server has written to its binlog. Transactions
+    /// the server has committed are all before it (the binlog write comes first).
+    async fn binlog_end(&mut self) -> Result<BinlogPos, Failure> {
+        let rows = self.text("SHOW MASTER STATUS").await?;
+        match rows.first().map(|r| &r[..]) {
+            Some([Some(file), Some(pos), ..]) if !file.is_empty() => Ok(BinlogPos {
+                file: file.clone(),
+                pos: pos.parse().unwrap_or(0),
+            }),
+            _ => Err(SourceError::Definite(
+                "SHOW MASTER STATUS returned nothing: snapshots need log_bin on".into(),
+            )
+            .into()),
+        }
+    }
+
+    /// The end of the last transaction group the server has committed (made visible to new
+    /// snapshots), as `SHOW STATUS LIKE 'binlog_snapshot_%'` reports it outside a transaction.
+    async fn committed(&mut self) -> Result<BinlogPos, Failure> {
+        let rows = self.text("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
+        let pairs: Vec<(String, String)> = rows
+            .into_iter()
+            .filter_map(|r| match &r[..] {
+                [Some(k), Some(v)] => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect();
+        Ok(position_of(&pairs)?)
+    }
+
+    /// Whether no transaction of `at.file` ends at or before `at` (the file's header only).
+    async fn file_start(&mut self, at: &BinlogPos) -> Result<bool, Failure> {
+        if at.pos > FILE_HEADER_MAX {
+            return Ok(false);
+        }
+        let sql = format!(
+            "SHOW BINLOG EVENTS IN '{}' LIMIT 16",
+            at.file.replace('\\', "\\\\").replace('\'', "''")
+        );
+        for e in self.text(&sql).await? {
+            // Log_name, Pos, Event_type, Server_id, End_log_pos, Info
+            let (Some(Some(ty)), Some(Some(end))) = (e.get(2), e.get(4)) else {
+                continue;
+            };
+            let end: u64 = end.parse().unwrap_or(u64::MAX);
+            if end > at.pos {
+                return Ok(true);
+            }
+            if !matches!(
+                ty.as_str(),
+                "Format_desc"
+                    | "Gtid_list"
+                    | "Binlog_checkpoint"
+                    | "Start_encryption"
+                    | "Previous_gtids"
+                    | "Rotate"
+            ) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A binlog file's header events (format description, GTID list, checkpoint) end before this.
+const FILE_HEADER_MAX: u64 = 64 * 1024;
+
+/// How long a lower bound that cannot be taken at its word (the start of a binlog file, or past
+/// the binlog's end) must stay unchanged, with the binlog's end, before nothing is in flight: a
+/// second, plus the semi-synchronous wait for a replica's acknowledgement when that is on (a
+/// group waits that long between its binlog write and its commit).
+async fn settle_time(conn: &mut ChunkConn<'_>) -> Duration {
+    let semi = conn
+        .text("SELECT @@rpl_semi_sync_master_enabled, @@rpl_semi_sync_master_timeout")
+        .await
+        .ok()
+        .and_then(|r| r.into_iter().next());
+    let wait_ms = match semi.as_deref() {
+        Some([Some(on), Some(ms)]) if on == "1" => ms.parse().unwrap_or(10_000),
+        _ => 0,
+    };
+    Duration::from_secs(1) + Duration::from_millis(wait_ms)
+}
+
+/// The last (lower bound, binlog end) pair that stood still for [`settle_time`]: later reads that
+/// find the same pair need not wait again (a quiet source after a rotation would otherwise cost
+/// every chunk a second).
+static SETTLED: Mutex<Option<(BinlogPos, BinlogPos)>> = Mutex::new(None);
+
+/// The lower bound of a read about to start: a position every transaction before which is
+/// committed, at or after `floor` (waiting for the server to commit up to there).
+///
+/// `binlog_snapshot_*` outside a transaction is the server's last committed group end, set and
+/// read under the lock that orders commits. Another session's `SHOW STATUS` can replace it in the
+/// shared variable before it reaches us, but only with a value that was committed then too (that
+/// session's own snapshot or commit): never a later one. Two exceptions, both when a binlog file
+/// is rotated while a group is between its binlog write and its commit: the server publishes the
+/// new file's start before that group commits, and a `FLUSH LOGS` then can pair the new file's
+/// name with the old file's offset. Such a bound (the start of a file, or past the binlog's end)
+/// is taken only once it and the binlog's end have not moved for a while: then no group is in
+/// flight, and everything up to the binlog's end is committed.
+async fn committed_low(
+    conn: &mut ChunkConn<'_>,
+    floor: &BinlogPos,
+    tx: Option<&mpsc::Sender<SnapshotMsg>>,
+) -> Result<BinlogPos, Failure> {
+    let started = Instant::now();
+    let mut warned = false;
+    let mut unsure: Option<(BinlogPos, BinlogPos, Instant)> = None;
+    loop {
+        let low = conn.committed().await?;
+        let end = conn.binlog_end().await?;
+        let plausible = low.key() <= end.key() && !conn.file_start(&low).await?;
+        let bound = if plausible {
+            Some(low)
+        } else if SETTLED.lock().expect("settled").as_ref() == Some(&(low.clone(), end.clone())) {
+            Some(end.clone()) // settled for an earlier read, and nothing moved since
+        } else {
+            match &unsure {
+                Some((l, e, since)) if *l == low && *e == end => {
+                    let settled = since.elapsed() >= settle_time(conn).await;
+                    if settled {
+                        *SETTLED.lock().expect("settled") = Some((low, end.clone()));
+                    }
+                    settled.then(|| end.clone())
+                }
+                _ => {
+                    unsure = Some((low, end.clone(), Instant::now()));
+                    None
+                }
+            }
+        };
+        if let Some(b) = bound {
+            if b.key() >= floor.key() {
+                return Ok(b);
+            }
+        }
+        if tx.is_some_and(|t| t.is_closed()) {
+            return Err(Failure::Closed);
+        }
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            warned = true;
+            warn!(%floor, binlog_end = %end, "a snapshot read waits for the source to commit the transactions written to its binlog before {floor} (a semi-synchronous wait for a replica's acknowledgement?)");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts a read's consistent snapshot between its bounds (the transaction stays open).
+async fn begin_read(
+    conn: &mut ChunkConn<'_>,
+    floor: &BinlogPos,
+    tx: Option<&mpsc::Sender<SnapshotMsg>>,
+) -> Result<Window, Failure> {
+    let low = committed_low(conn, floor, tx).await?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await?;
+    race_failpoint().await;
+    let high = conn.binlog_end().await?;
+    Ok(Window { low, high })
+}
+
+/// The rows and last key of one chunk query.
+pub(crate) type ChunkRead = (Vec<Vec<Value>>, Option<serde_json::Value>);
+
+/// One chunk in one consistent snapshot (validate's reads: no bounds needed).
 pub(crate) async fn read_chunk(
     conn: &mut mysql_async::Conn,
     sql: &str,
@@ -789,29 +1098,30 @@ pub(crate) async fn read_chunk(
     table: &SnapTable,
     key_idx: &[usize],
 ) -> Result<ChunkRead, SourceError> {
-    let (rows, last, at) = read_chunk_as(conn, sql, params, table, key_idx, None).await?;
+    let q = |e| SourceError::from_mysql(e, "reading a snapshot chunk");
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(q)?;
+    let (rows, last) = chunk_rows(conn, sql, params, table, key_idx, None).await?;
+    conn.query_drop("COMMIT").await.map_err(q)?;
     match rows {
-        ChunkRows::Rows(r) => Ok((r, last, at)),
+        ChunkRows::Rows(r) => Ok((r, last)),
         ChunkRows::Columns(_) => unreachable!("rows were asked for"),
     }
 }
 
-/// [`read_chunk`], with the rows put straight into Arrow columns when `columnar` is set. A
-/// chunk holding a value that only the row path handles (an invalid value: the pipeline's
-/// policy decides) is read again as rows, in the same transaction (the same rows).
-async fn read_chunk_as(
+/// A chunk query's rows in the open transaction, put straight into Arrow columns when
+/// `columnar` is set. A chunk holding a value that only the row path handles (an invalid value:
+/// the pipeline's policy decides) is read again as rows, in the same transaction (the same rows).
+async fn chunk_rows(
     conn: &mut mysql_async::Conn,
     sql: &str,
     params: Vec<My>,
     table: &SnapTable,
     key_idx: &[usize],
     columnar: Option<Columnar>,
-) -> Result<(ChunkRows, Option<serde_json::Value>, BinlogPos), SourceError> {
+) -> Result<(ChunkRows, Option<serde_json::Value>), SourceError> {
     let q = |e| SourceError::from_mysql(e, "reading a snapshot chunk");
-    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(q)?;
-    let at = snapshot_position(conn).await?;
     let cols = &table.map.columns;
     // the last row's key cells (one buffer, refilled per row)
     let mut last: Vec<My> = Vec::with_capacity(key_idx.len());
@@ -869,18 +1179,33 @@ async fn read_chunk_as(
             ChunkRows::Rows(rows)
         }
     };
-    conn.query_drop("COMMIT").await.map_err(q)?;
     let last = (!rows.is_empty()).then(|| key_json(&last));
-    Ok((rows, last, at))
+    Ok((rows, last))
 }
 
-/// `Binlog_snapshot_file/position` inside a consistent-snapshot transaction.
-pub async fn snapshot_position(conn: &mut mysql_async::Conn) -> Result<BinlogPos, SourceError> {
-    let rows: Vec<(String, String)> = conn
-        .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await
-        .map_err(|e| SourceError::from_mysql(e, "reading Binlog_snapshot_position"))?;
-    position_of(&rows)
+/// Test failpoint `snapshot-race` (`BINLAKE_FAILPOINT`): the first read after it is armed stops
+/// right after its consistent snapshot starts, creates `$BINLAKE_FAILPOINT_FILE.ready` and waits
+/// (at most 120 s) until `$BINLAKE_FAILPOINT_FILE` exists, so that a test can commit a change the
+/// snapshot cannot see before anything else of the read happens: every position read after the
+/// snapshot started then names that change (the effect of MariaDB's `SHOW STATUS` race).
+pub(crate) async fn race_failpoint() -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if std::env::var("BINLAKE_FAILPOINT").ok().as_deref() != Some("snapshot-race")
+        || FIRED.swap(true, Ordering::SeqCst)
+    {
+        return false;
+    }
+    let Ok(gate) = std::env::var("BINLAKE_FAILPOINT_FILE") else {
+        return false;
+    };
+    let _ = std::fs::write(format!("{gate}.ready"), b"");
+    let start = Instant::now();
+    while !std::path::Path::new(&gate).exists() && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!("failpoint snapshot-race: a read's snapshot was held open (test)");
+    true
 }
 
 fn position_of(rows: &[(String, String)]) -> Result<BinlogPos, SourceError> {
@@ -922,28 +1247,16 @@ fn fast_kind(ty: &ColType) -> Fast {
     }
 }
 
-/// [`read_chunk_as`] through the snapshot client: the same transaction, query, parameters and
-/// values, with string cells appended from the read buffer.
-async fn read_chunk_wire(
+/// [`chunk_rows`] through the snapshot client: the same query, parameters and values, with
+/// string cells appended from the read buffer.
+async fn chunk_rows_wire(
     w: &mut Wire,
     sql: &str,
     params: Vec<My>,
     table: &SnapTable,
     key_idx: &[usize],
     columnar: Option<Columnar>,
-) -> Result<(ChunkRows, Option<serde_json::Value>, BinlogPos), WireError> {
-    w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await?;
-    let status: Vec<(String, String)> = w
-        .query_text("SHOW STATUS LIKE 'binlog_snapshot_%'")
-        .await?
-        .into_iter()
-        .filter_map(|r| match &r[..] {
-            [Some(k), Some(v)] => Some((k.clone(), v.clone())),
-            _ => None,
-        })
-        .collect();
-    let at = position_of(&status)?;
+) -> Result<(ChunkRows, Option<serde_json::Value>), WireError> {
     let cols = &table.map.columns;
     let ncols = cols.len();
     let shape =
@@ -1032,16 +1345,19 @@ async fn read_chunk_wire(
             ChunkRows::Rows(rows)
         }
     };
-    w.query_drop("COMMIT").await?;
     let last = any.then(|| key_json(&last));
-    Ok((rows, last, at))
+    Ok((rows, last))
 }
 
-/// A keyless table read whole in one consistent snapshot (at startup, before the stream).
+/// A keyless table read whole in one consistent snapshot (at startup, before the stream), with
+/// the read's window. No transaction between the window's bounds wrote to the table (checked in
+/// the binlog, read again otherwise), so the read holds exactly the table's transactions up to
+/// `window.high`: the stream skips those and applies the rest.
 pub async fn read_keyless(
     opts: &Opts,
     id: &TableId,
-) -> Result<(Arc<TableMap>, Vec<Vec<Value>>, BinlogPos), SourceError> {
+    floor: &BinlogPos,
+) -> Result<(Arc<TableMap>, Vec<Vec<Value>>, Window), SourceError> {
     let mut conn = session(opts).await?;
     let table = values::describe(&mut conn, &id.db, &id.table)
         .await?
@@ -1049,8 +1365,88 @@ pub async fn read_keyless(
     let (sql, _) = table
         .chunk_query(id, &[], None, None)
         .expect("no key to read back");
-    let (rows, _, at) = read_chunk(&mut conn, &sql, vec![], &table, &[]).await?;
-    Ok((table.map.clone(), rows, at))
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let window = begin_read(&mut ChunkConn::My(&mut conn), floor, None)
+            .await
+            .map_err(Failure::into_source)?;
+        let (rows, _) = chunk_rows(&mut conn, &sql, vec![], &table, &[], None).await?;
+        conn.query_drop("COMMIT")
+            .await
+            .map_err(|e| SourceError::from_mysql(e, "reading a keyless table"))?;
+        let rows = match rows {
+            ChunkRows::Rows(r) => r,
+            ChunkRows::Columns(_) => unreachable!("rows were asked for"),
+        };
+        if !touched(&mut ChunkConn::My(&mut conn), &window, id)
+            .await
+            .map_err(Failure::into_source)?
+        {
+            return Ok((table.map.clone(), rows, window));
+        }
+        attempt += 1;
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(SourceError::Definite(format!(
+                "{id} has no primary key and was written to during each of {attempt} reads in 10 minutes: binlake cannot tell which of those writes a read holds. Give the table a primary key, or start while it is quieter"
+            )));
+        }
+        info!(table = %id, %window, attempt, "a transaction inside the read's window wrote to the keyless table; reading it again");
+        tokio::time::sleep(Duration::from_millis(10 << attempt.min(7))).await;
+    }
+}
+
+/// Whether a transaction that ends inside `w` (after `low`, at or before `high`) wrote to `id`:
+/// a table map of it in the binlog between the two.
+async fn touched(conn: &mut ChunkConn<'_>, w: &Window, id: &TableId) -> Result<bool, Failure> {
+    if w.low.key() >= w.high.key() {
+        return Ok(false);
+    }
+    let files: Vec<String> = if w.low.file == w.high.file {
+        vec![w.low.file.clone()]
+    } else {
+        conn.text("SHOW BINARY LOGS")
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .filter(|f| {
+                let k = BinlogPos {
+                    file: f.clone(),
+                    pos: 0,
+                }
+                .file_index();
+                k >= w.low.file_index() && k <= w.high.file_index()
+            })
+            .collect()
+    };
+    let needle = format!("({}.{})", id.db, id.table);
+    const PAGE: usize = 1000;
+    for file in files {
+        let mut from = if file == w.low.file { w.low.pos } else { 4 };
+        loop {
+            let sql = format!(
+                "SHOW BINLOG EVENTS IN '{}' FROM {from} LIMIT {PAGE}",
+                file.replace('\\', "\\\\").replace('\'', "''")
+            );
+            let events = conn.text(&sql).await?;
+            for e in &events {
+                // Log_name, Pos, Event_type, Server_id, End_log_pos, Info
+                let get = |i: usize| e.get(i).cloned().flatten().unwrap_or_default();
+                let pos: u64 = get(1).parse().unwrap_or(0);
+                if file == w.high.file && pos >= w.high.pos {
+                    return Ok(false);
+                }
+                if get(2) == "Table_map" && get(5).ends_with(&needle) {
+                    return Ok(true);
+                }
+                from = get(4).parse().unwrap_or(from);
+            }
+            if events.len() < PAGE {
+                break;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Base tables of the source that `filter` selects.

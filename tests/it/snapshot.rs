@@ -114,12 +114,55 @@ pub fn wait_equal(m: &Maria, target: &str, table: &str, reader: &[&str], timeout
 
 /// The whole scenario for one sink: `sink_args` include `--target`; `target` and `reader` are
 /// what compare.py needs.
-pub fn snapshot_under_writes(name: &str, sink_args: &[&str], target: &str, reader: &[&str]) {
+///
+/// Beside the workload, another session runs `SHOW GLOBAL STATUS` in a loop (a monitoring agent):
+/// MariaDB answers `SHOW STATUS` through shared variables, and the handoff must not depend on
+/// them. `BINLAKE_STRESS_ROUNDS=N` runs the scenario N times in a row (a new server, target and
+/// workload seed each time), for hunting intermittent failures.
+pub fn snapshot_under_writes(
+    name: &str,
+    sink_args: &[&str],
+    target: &str,
+    reader: &[&str],
+    round: u64,
+) {
+    eprintln!("{name}: round {} of {}", round + 1, stress_rounds());
+    snapshot_under_writes_once(name, sink_args, target, reader, 7 + round);
+}
+
+/// `BINLAKE_STRESS_ROUNDS` (default 1).
+pub fn stress_rounds() -> u64 {
+    std::env::var("BINLAKE_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+fn snapshot_under_writes_once(
+    name: &str,
+    sink_args: &[&str],
+    target: &str,
+    reader: &[&str],
+    seed: u64,
+) {
     let dir = TestDir::new(name);
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     big_table(&m, 1_000_000);
     let stop = dir.path("stop");
-    let w = start_workload(&m, &stop, 900, 7);
+    let w = start_workload(&m, &stop, 900, seed);
+    let monitor = Command::new("python3")
+        .arg(repo().join("tests/scripts/status_loop.py"))
+        .args([
+            "--port",
+            &m.port.to_string(),
+            "--seconds",
+            "900",
+            "--stop-file",
+            &stop,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("status_loop.py");
     let url = m.url();
     let mut args = vec![
         "replicate",
@@ -138,8 +181,14 @@ pub fn snapshot_under_writes(name: &str, sink_args: &[&str], target: &str, reade
     wait_loaded(sink_args, "shop.big", Duration::from_secs(900));
     let took = started.elapsed();
     let txns = stop_workload(w, &stop);
-    eprintln!("{name}: snapshot of 1,000,000 rows done in {took:?} while the workload committed {txns} transactions");
+    let polls = monitor.wait_with_output().expect("status_loop.py");
+    let polls = String::from_utf8_lossy(&polls.stdout).trim().to_string();
+    eprintln!("{name}: snapshot of 1,000,000 rows done in {took:?} while the workload committed {txns} transactions and another session ran SHOW GLOBAL STATUS {polls} times");
     assert!(txns > 20, "the workload barely ran ({txns} transactions)");
+    assert!(
+        polls.parse::<u64>().unwrap_or(0) > 20,
+        "the status loop barely ran ({polls})"
+    );
     m.sql("UPDATE shop.small SET v = 'after' WHERE id = 1;");
     wait_equal(&m, target, "shop.big", reader, Duration::from_secs(300));
     wait_equal(&m, target, "shop.small", reader, Duration::from_secs(60));
@@ -155,30 +204,37 @@ pub fn snapshot_under_writes(name: &str, sink_args: &[&str], target: &str, reade
 
 #[test]
 fn snapshot_of_a_million_rows_under_writes_parquet() {
-    let dir = TestDir::new("snap_pq_target");
-    let target = dir.path("lake");
-    snapshot_under_writes("snap_pq", &["--target", &target], &target, &[]);
+    for round in 0..stress_rounds() {
+        let dir = TestDir::new(&format!("snap_pq_target{round}"));
+        let target = dir.path("lake");
+        snapshot_under_writes("snap_pq", &["--target", &target], &target, &[], round);
+    }
 }
 
 #[cfg(feature = "delta")]
 #[test]
 fn snapshot_of_a_million_rows_under_writes_delta() {
-    let dir = TestDir::new("snap_delta_target");
-    let target = dir.path("lake");
-    snapshot_under_writes(
-        "snap_delta",
-        &["--sink", "delta", "--target", &target],
-        &target,
-        &["--reader", "delta"],
-    );
+    for round in 0..stress_rounds() {
+        let dir = TestDir::new(&format!("snap_delta_target{round}"));
+        let target = dir.path("lake");
+        snapshot_under_writes(
+            "snap_delta",
+            &["--sink", "delta", "--target", &target],
+            &target,
+            &["--reader", "delta"],
+            round,
+        );
+    }
 }
 
 #[cfg(feature = "clickhouse")]
 #[test]
 fn snapshot_of_a_million_rows_under_writes_clickhouse() {
-    let dir = TestDir::new("snap_ch_server");
-    let ch = ClickHouse::start(&dir.0.join("ch"), "snap");
-    snapshot_under_writes("snap_ch", &ch.args(), &ch.url, &ch.reader());
+    for round in 0..stress_rounds() {
+        let dir = TestDir::new(&format!("snap_ch_server{round}"));
+        let ch = ClickHouse::start(&dir.0.join("ch"), &format!("snap{round}"));
+        snapshot_under_writes("snap_ch", &ch.args(), &ch.url, &ch.reader(), round);
+    }
 }
 
 /// kill -9 three times during a snapshot under writes, then the after-data failpoint: each
@@ -748,5 +804,161 @@ fn type_zoo_snapshot_reads_exactly_through_both_clients() {
             let (equal, text) = compare(&m, &target, t, &[]);
             assert!(equal, "{client}, {t}: {text}");
         }
+    }
+}
+
+/// A small `shop.t` (keys 1..100) and a keyless `shop.nokey`.
+fn small_tables(m: &Maria) {
+    m.sql(
+        "CREATE DATABASE shop; USE shop;
+         CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL);
+         INSERT INTO shop.t SELECT seq, 'old' FROM seq_1_to_100;
+         CREATE TABLE shop.nokey (x INT, y VARCHAR(10));
+         INSERT INTO shop.nokey SELECT seq, 'n' FROM seq_1_to_10;",
+    );
+}
+
+/// `count/sum(x)` of `shop.nokey` in a Parquet lake (no row of it is deleted in these tests).
+fn nokey_rows(target: &str) -> String {
+    duck(&format!(
+        "SELECT count(*) || '/' || sum(x) FROM read_parquet('{target}/shop/nokey/**/*.parquet')"
+    ))
+}
+
+/// The race MariaDB's `SHOW STATUS` has (another session's value in the shared variable), made
+/// deterministic: a chunk's consistent snapshot is held open by the `snapshot-race` failpoint
+/// while a change it cannot see commits, so any position read after the snapshot started names
+/// that change. The chunk's old row must not win over the change.
+#[test]
+fn a_change_committed_while_a_chunk_reads_is_not_lost() {
+    let dir = TestDir::new("snap_race");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    small_tables(&m);
+    let target = dir.path("lake");
+    let gate = dir.path("gate");
+    let url = m.url();
+    let args = [
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "shop.t",
+        "--target",
+        &target,
+        "--max-latency",
+        "200ms",
+    ];
+    let r = spawn_binlake_env(
+        &args,
+        &[
+            ("BINLAKE_FAILPOINT", "snapshot-race"),
+            ("BINLAKE_FAILPOINT_FILE", &gate),
+        ],
+    );
+    let start = Instant::now();
+    while !std::path::Path::new(&format!("{gate}.ready")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the failpoint did not fire"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m.sql("UPDATE shop.t SET v = 'new' WHERE id IN (5, 50); DELETE FROM shop.t WHERE id = 7;");
+    std::fs::write(&gate, "").unwrap();
+    wait_equal(&m, &target, "shop.t", &[], Duration::from_secs(60));
+    let out = terminate(r, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("failpoint snapshot-race"), "{log}");
+}
+
+/// A transaction that is in the binlog but not yet committed in InnoDB (two-phase commit) when
+/// binlake starts: semi-synchronous replication with no replica to acknowledge holds it there for
+/// seconds (AFTER_SYNC: after the binlog write, before the engine commit). The stream's start
+/// point (`@@gtid_binlog_pos`) already names it, so the stream never delivers it, and a snapshot
+/// taken meanwhile cannot see it: the snapshots, of a keyed and of a keyless table, must still
+/// end up holding it.
+#[test]
+fn a_transaction_binlogged_but_not_committed_at_start_is_not_lost() {
+    let dir = TestDir::new("snap_2pc");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    small_tables(&m);
+    let target = dir.path("lake");
+    let before = m.sql("SELECT @@gtid_binlog_pos");
+    let seq: u64 = before.trim().rsplit('-').next().unwrap().parse().unwrap();
+    m.sql(
+        "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC';
+         SET GLOBAL rpl_semi_sync_master_timeout = 6000;
+         SET GLOBAL rpl_semi_sync_master_enabled = ON;",
+    );
+    let port = m.port;
+    let held = std::thread::spawn(move || {
+        let t = Instant::now();
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uroot", "-P", &port.to_string(), "-e"])
+            .arg("BEGIN; UPDATE shop.t SET v = 'new' WHERE id = 50; INSERT INTO shop.nokey VALUES (11, 'late'); COMMIT;")
+            .output()
+            .expect("mariadb");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed()
+    });
+    // binlogged (the GTID is in gtid_binlog_pos), not visible
+    let start = Instant::now();
+    while m.sql("SELECT @@gtid_binlog_pos").trim() == before.trim() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the transaction was not binlogged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(m.sql("SELECT v FROM shop.t WHERE id = 50").trim(), "old");
+    let url = m.url();
+    let r = spawn_binlake(&[
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "shop.*",
+        "--target",
+        &target,
+        "--max-latency",
+        "200ms",
+    ]);
+    let took = held.join().unwrap();
+    assert!(
+        took >= Duration::from_secs(4),
+        "the commit was not held ({took:?})"
+    );
+    m.sql("SET GLOBAL rpl_semi_sync_master_enabled = OFF;");
+    wait_equal(&m, &target, "shop.t", &[], Duration::from_secs(60));
+    let want = m.sql("SELECT CONCAT(COUNT(*), '/', SUM(x)) FROM shop.nokey");
+    assert_eq!(want.trim(), "11/66");
+    wait_duck_rows(&target, "11/66");
+    let out = terminate(r, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    // the stream started past the held transaction: only the snapshots could bring it over
+    assert!(
+        log.contains(&format!("0-1-{}", seq + 1)) && log.contains("no checkpoint in the target"),
+        "{log}"
+    );
+}
+
+fn wait_duck_rows(target: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = std::panic::catch_unwind(|| nokey_rows(target)).unwrap_or_default();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "shop.nokey in the target: {got}, at the source {want}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
