@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::filter::TableFilter;
 use crate::pipeline::{InvalidPolicy, PipelineConfig};
-use crate::source::{SourceConfig, StartAt};
+use crate::source::{with_tls_params, SourceConfig, StartAt, TLS_PARAMS};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -60,6 +60,10 @@ pub enum SourceEntry {
 #[serde(deny_unknown_fields)]
 pub struct SourceTable {
     pub url: String,
+    /// This server's TLS files (else the top-level keys').
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
 }
 
 impl Sources {
@@ -70,10 +74,36 @@ impl Sources {
                 .iter()
                 .map(|e| match e {
                     SourceEntry::Url(u) => u.clone(),
-                    SourceEntry::Table(t) => t.url.clone(),
+                    SourceEntry::Table(t) => with_tls_params(
+                        &t.url,
+                        &[
+                            ("tls_ca", t.tls_ca.as_deref()),
+                            ("tls_cert", t.tls_cert.as_deref()),
+                            ("tls_key", t.tls_key.as_deref()),
+                        ],
+                    ),
                 })
                 .collect(),
         }
+    }
+}
+
+impl FileConfig {
+    /// The source URLs, each with its TLS files (its `[[source]]` keys, else the top-level
+    /// `tls_ca` / `tls_cert` / `tls_key`) as binlake's URL parameters.
+    pub fn source_urls(&self) -> Vec<String> {
+        let top = [
+            ("tls_ca", self.tls_ca.as_deref()),
+            ("tls_cert", self.tls_cert.as_deref()),
+            ("tls_key", self.tls_key.as_deref()),
+        ];
+        self.source
+            .as_ref()
+            .map(Sources::urls)
+            .unwrap_or_default()
+            .iter()
+            .map(|u| with_tls_params(u, &top))
+            .collect()
     }
 }
 
@@ -94,6 +124,12 @@ pub struct FileConfig {
     pub source: Option<Sources>,
     /// Several sources: `failover` (the default) or `active-active`.
     pub mode: Option<String>,
+    /// PEM bundle of the CA(s) that signed the source's certificate: TLS, verified.
+    pub tls_ca: Option<String>,
+    /// Client certificate (PEM) for source users that `REQUIRE X509`; with `tls_key`.
+    pub tls_cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    pub tls_key: Option<String>,
     /// Changes written by these server ids are dropped (two-way setups).
     pub exclude_server_ids: Option<Vec<u32>>,
     /// Changes of these MariaDB GTID domains are dropped.
@@ -135,6 +171,8 @@ pub struct FileConfig {
     pub compression: Option<String>,
     /// ClickHouse: prepended to the database names binlake creates.
     pub database_prefix: Option<String>,
+    /// ClickHouse over https: PEM bundle of the private CA that signed the server's certificate.
+    pub clickhouse_tls_ca: Option<String>,
     /// Key ranges a snapshot reads at once (default 2).
     pub snapshot_parallelism: Option<usize>,
     /// Rows per snapshot chunk (default 20000).
@@ -184,6 +222,9 @@ impl FileConfig {
         pick!(
             source,
             mode,
+            tls_ca,
+            tls_cert,
+            tls_key,
             exclude_server_ids,
             exclude_gtid_domains,
             exclude_columns,
@@ -212,12 +253,50 @@ impl FileConfig {
             tombstone_retention,
             compression,
             database_prefix,
+            clickhouse_tls_ca,
             snapshot_parallelism,
             snapshot_chunk_rows,
             control_addr,
             backfill
         )
     }
+}
+
+/// A listen address and whether it is loopback only. A bare port (`7219` or `:7219`) listens on
+/// 127.0.0.1: the endpoints are for this machine unless the user names another interface.
+pub fn listen_addr(key: &'static str, a: &str) -> Result<(String, bool), ConfigError> {
+    let a = a.trim();
+    let full = match a.strip_prefix(':').unwrap_or(a).parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => a.to_string(),
+    };
+    let host = match full.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h.trim_start_matches('[').trim_end_matches(']'),
+        _ => {
+            return Err(key_err(
+                key,
+                format!("`{a}`: expected HOST:PORT (or a port: loopback)"),
+            ))
+        }
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Ok((full, loopback))
+}
+
+/// `control_addr`: on anything but loopback, `binlake backfill` must present the token of
+/// `BINLAKE_CONTROL_TOKEN` (a backfill re-reads tables at the source: not for strangers).
+fn control_addr(a: &str, token: Option<String>) -> Result<String, ConfigError> {
+    let (addr, loopback) = listen_addr("control_addr", a)?;
+    if !loopback && token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(key_err(
+            "control_addr",
+            format!("`{addr}` is not a loopback address: set BINLAKE_CONTROL_TOKEN in the environment of replicate (and of `binlake backfill` / `validate --repair`), or listen on 127.0.0.1"),
+        ));
+    }
+    Ok(addr)
 }
 
 fn expand_env(key: &str, v: &mut toml::Value) -> Result<(), ConfigError> {
@@ -355,6 +434,7 @@ pub struct Settings {
     pub lz4: Option<bool>,
     /// ClickHouse: database name prefix.
     pub database_prefix: String,
+    pub clickhouse_tls_ca: Option<String>,
     /// Where to serve Prometheus metrics.
     pub metrics_addr: Option<String>,
 }
@@ -405,7 +485,7 @@ impl Maintenance {
 
 impl Settings {
     pub fn resolve(c: &FileConfig) -> Result<Settings, ConfigError> {
-        let urls = c.source.as_ref().map(Sources::urls).unwrap_or_default();
+        let urls = c.source_urls();
         if urls.is_empty() {
             return Err(key_err(
                 "source",
@@ -413,7 +493,13 @@ impl Settings {
             ));
         }
         for u in &urls {
-            crate::source::parse_url(u).map_err(|m| key_err("source", m))?;
+            crate::source::parse_url(u).map_err(|m| {
+                let key = TLS_PARAMS
+                    .into_iter()
+                    .find(|k| m.starts_with(&format!("`{k}`")))
+                    .unwrap_or("source");
+                key_err(key, m)
+            })?;
         }
         let url = urls[0].clone();
         let mode: crate::source::SourceMode = c
@@ -565,7 +651,11 @@ impl Settings {
                 invalid_values,
                 exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
                 start_at,
-                control_addr: c.control_addr.clone(),
+                control_addr: c
+                    .control_addr
+                    .as_deref()
+                    .map(|a| control_addr(a, std::env::var("BINLAKE_CONTROL_TOKEN").ok()))
+                    .transpose()?,
                 columns: {
                     let list = |p: &Option<Patterns>| match p {
                         None => vec![],
@@ -620,7 +710,12 @@ impl Settings {
             maintenance,
             lz4,
             database_prefix,
-            metrics_addr: c.metrics_addr.clone(),
+            clickhouse_tls_ca: c.clickhouse_tls_ca.clone(),
+            metrics_addr: c
+                .metrics_addr
+                .as_deref()
+                .map(|a| listen_addr("metrics_addr", a).map(|(a, _)| a))
+                .transpose()?,
         })
     }
 }
@@ -636,6 +731,31 @@ fn default_server_id(pipeline: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_listen_on_loopback_unless_told_and_then_need_a_token() {
+        assert_eq!(
+            listen_addr("metrics_addr", "9187").unwrap(),
+            ("127.0.0.1:9187".to_string(), true)
+        );
+        assert_eq!(
+            listen_addr("metrics_addr", ":9187").unwrap(),
+            ("127.0.0.1:9187".to_string(), true)
+        );
+        assert!(listen_addr("metrics_addr", "[::1]:9187").unwrap().1);
+        assert!(!listen_addr("metrics_addr", "0.0.0.0:9187").unwrap().1);
+        assert!(listen_addr("metrics_addr", "nope").is_err());
+        let e = control_addr("0.0.0.0:7219", None).unwrap_err().to_string();
+        assert!(
+            e.contains("BINLAKE_CONTROL_TOKEN") && e.contains("control_addr"),
+            "{e}"
+        );
+        assert_eq!(
+            control_addr("0.0.0.0:7219", Some("t0k".into())).unwrap(),
+            "0.0.0.0:7219"
+        );
+        assert_eq!(control_addr("7219", None).unwrap(), "127.0.0.1:7219");
+    }
 
     #[test]
     fn unknown_key_is_named() {

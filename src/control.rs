@@ -6,6 +6,10 @@
 //! `binlake backfill` command is only a client. The reply lists the tables queued, or says why
 //! nothing was (no table matches, a table without a primary key, a predicate the source rejects).
 //!
+//! Access: a bare port listens on loopback; any other interface needs `BINLAKE_CONTROL_TOKEN`
+//! (the config refuses it otherwise), which every request must then carry as
+//! `Authorization: Bearer` (401 without it; compared without an early exit).
+//!
 //! Invariants: a request is checked against the source before it is accepted (the tables exist
 //! and have a key, the predicate parses), and once accepted it is in the next checkpoint, so a
 //! crash after the reply does not lose it.
@@ -149,7 +153,12 @@ async fn handle(
 ) -> std::io::Result<()> {
     let (head, body) = read_http(&mut sock).await?;
     let first = head.lines().next().unwrap_or("");
-    let (code, reply) = if first.starts_with("POST /backfill ") {
+    let (code, reply) = if !authorized(&head) {
+        (
+            401,
+            serde_json::json!({ "error": "this control endpoint needs the token of BINLAKE_CONTROL_TOKEN" }),
+        )
+    } else if first.starts_with("POST /backfill ") {
         match serde_json::from_slice::<BackfillRequest>(&body) {
             Err(e) => (
                 400,
@@ -198,6 +207,7 @@ async fn handle(
     let status = match code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
         _ => "Service Unavailable",
@@ -211,6 +221,35 @@ async fn handle(
     )
     .await?;
     sock.shutdown().await
+}
+
+/// The control token (`BINLAKE_CONTROL_TOKEN`), if set.
+fn token() -> Option<String> {
+    std::env::var("BINLAKE_CONTROL_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// Whether a request carries the control token (always, when no token is set: then the
+/// endpoint listens on loopback only, which the config enforces).
+fn authorized(head: &str) -> bool {
+    let Some(want) = token() else {
+        return true;
+    };
+    let got = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| v.trim().strip_prefix("Bearer ").map(str::to_string))?
+    });
+    // compared in full whatever the first difference (no early exit to time)
+    got.is_some_and(|g| {
+        g.len() == want.len()
+            && g.bytes()
+                .zip(want.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0
+    })
 }
 
 /// Reads one HTTP request or response: the head and a body of `Content-Length` bytes (or up to
@@ -266,8 +305,9 @@ pub async fn request_backfill(addr: &str, req: &BackfillRequest) -> Result<Vec<S
     let body = serde_json::to_string(req).map_err(|e| e.to_string())?;
     sock.write_all(
         format!(
-            "POST /backfill HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+            "POST /backfill HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
+            body.len(),
+            token().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
         )
         .as_bytes(),
     )

@@ -114,6 +114,15 @@ struct Common {
     /// Several sources: failover (default) or active-active.
     #[arg(long)]
     mode: Option<String>,
+    /// PEM bundle of the CA(s) that signed the source's certificate (turns on verified TLS).
+    #[arg(long)]
+    tls_ca: Option<String>,
+    /// Client certificate (PEM) for source users that REQUIRE X509 (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<String>,
     /// Drop changes written by these server ids (comma-separated; two-way setups).
     #[arg(long, value_delimiter = ',')]
     exclude_server_ids: Vec<u32>,
@@ -195,6 +204,9 @@ struct Common {
     /// ClickHouse: prefix for the database names binlake creates.
     #[arg(long)]
     database_prefix: Option<String>,
+    /// ClickHouse over https: PEM bundle of the private CA that signed the server's certificate.
+    #[arg(long)]
+    clickhouse_tls_ca: Option<String>,
     /// Snapshots: key ranges read at once [default: 2].
     #[arg(long)]
     snapshot_parallelism: Option<usize>,
@@ -218,6 +230,9 @@ impl Common {
                 many => Sources::Many(many.iter().cloned().map(SourceEntry::Url).collect()),
             }),
             mode: self.mode.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             exclude_server_ids: (!self.exclude_server_ids.is_empty())
                 .then(|| self.exclude_server_ids.clone()),
             exclude_gtid_domains: (!self.exclude_gtid_domains.is_empty())
@@ -249,6 +264,7 @@ impl Common {
             tombstone_retention: self.tombstone_retention.clone(),
             compression: self.compression.clone(),
             database_prefix: self.database_prefix.clone(),
+            clickhouse_tls_ca: self.clickhouse_tls_ca.clone(),
             snapshot_parallelism: self.snapshot_parallelism,
             snapshot_chunk_rows: self.snapshot_chunk_rows,
             control_addr: self.control_addr.clone(),
@@ -298,6 +314,9 @@ fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
     let cli = Cli::parse();
+    // One TLS crypto provider for every client (source, ClickHouse, object stores): with more
+    // than one compiled in, rustls would otherwise refuse to pick.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -351,7 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return config_error(e),
             };
             init_logs(fc.log_format.as_deref() == Some("json"));
-            let urls = fc.source.as_ref().map(Sources::urls).unwrap_or_default();
+            let urls = fc.source_urls();
             if urls.is_empty() {
                 return config_error(binlake::config::ConfigError::Key {
                     key: "source",
@@ -363,18 +382,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let opts = match source::parse_url(url) {
                     Ok(o) => o,
                     Err(m) => {
-                        return config_error(binlake::config::ConfigError::Key {
-                            key: "source",
-                            message: m,
-                        })
+                        let key = source::TLS_PARAMS
+                            .into_iter()
+                            .find(|k| m.starts_with(&format!("`{k}`")))
+                            .unwrap_or("source");
+                        return config_error(binlake::config::ConfigError::Key { key, message: m });
                     }
                 };
                 if urls.len() > 1 {
                     println!("== {}", source::redact(url));
                 }
-                let mut conn = source::connect(&opts)
-                    .await
-                    .with_context(|| format!("source {}", source::redact(url)))?;
+                let mut conn = match source::connect(&opts).await {
+                    Ok(c) => c,
+                    Err(e @ source::SourceError::Tls { .. }) => {
+                        eprintln!("error: source {}: {e}", source::redact(url));
+                        return Ok(ExitCode::from(3));
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("source {}", source::redact(url)))
+                    }
+                };
                 let report = source::preflight::run(&mut conn).await?;
                 print!("{report}");
                 failed += report.failures().count();
@@ -433,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 maintenance: &binlake::config::Maintenance::resolve(&fc)?,
                 lz4: None,
                 database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
+                clickhouse_tls_ca: fc.clickhouse_tls_ca.as_deref(),
             })?;
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
@@ -518,6 +546,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(pipeline::PipelineError::Source(source::SourceError::Preflight(r))) => {
                     eprintln!("error: the source is not ready for binlake:\n{r}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(pipeline::PipelineError::Source(e @ source::SourceError::Tls { .. })) => {
+                    eprintln!("error: {e}");
                     Ok(ExitCode::from(3))
                 }
                 Err(e) => Err(e.into()),
@@ -771,6 +803,7 @@ struct SinkOpts<'a> {
     maintenance: &'a binlake::config::Maintenance,
     lz4: Option<bool>,
     database_prefix: &'a str,
+    clickhouse_tls_ca: Option<&'a str>,
 }
 
 /// The sink a resolved configuration names.
@@ -784,6 +817,7 @@ fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binlake_sink::Si
         maintenance: &settings.maintenance,
         lz4: settings.lz4,
         database_prefix: &settings.database_prefix,
+        clickhouse_tls_ca: settings.clickhouse_tls_ca.as_deref(),
     })
 }
 
@@ -812,6 +846,7 @@ fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
         "clickhouse" => {
             let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
             cfg.database_prefix = o.database_prefix.to_string();
+            cfg.tls_ca = o.clickhouse_tls_ca.map(str::to_string);
             match o.lz4 {
                 Some(true) => cfg.compression = binlake_sink_clickhouse::Compression::Lz4,
                 Some(false) => cfg.compression = binlake_sink_clickhouse::Compression::None,

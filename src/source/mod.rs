@@ -43,6 +43,10 @@ pub enum SourceError {
     Connect { context: String, message: String },
     #[error("the source refused the login: {0}. Check the user and password in `source`.")]
     Auth(String),
+    /// An encrypted connection could not be set up as configured (definite: a wrong CA, a
+    /// certificate for another host, a server without TLS, or one that refuses plain ones).
+    #[error("TLS to the source ({context}): {message}")]
+    Tls { context: String, message: String },
     #[error("source preflight failed:\n{0}")]
     Preflight(String),
     #[error("the source cannot serve the requested position {position}: {message}. The binlogs it needs may have been purged: start again with --start-at (the table needs a fresh load).")]
@@ -75,6 +79,12 @@ impl SourceError {
     }
 
     pub fn from_mysql(e: mysql_async::Error, context: &str) -> SourceError {
+        if let Some(message) = tls_failure(&e) {
+            return SourceError::Tls {
+                context: context.to_string(),
+                message,
+            };
+        }
         match e {
             mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1698 => {
                 SourceError::Auth(s.message)
@@ -94,6 +104,31 @@ impl SourceError {
                 message: other.to_string(),
             },
         }
+    }
+}
+
+/// What went wrong, when `e` is a failure to set up TLS (not a broken connection).
+fn tls_failure(e: &mysql_async::Error) -> Option<String> {
+    use mysql_async::{DriverError, Error, IoError};
+    let fix = "Give the CA bundle that signed the server's certificate with `tls_ca` (--tls-ca), or `verify_ca=false` in the source URL to skip the check (not recommended)";
+    match e {
+        Error::Io(IoError::Tls(t)) => Some(format!("{t}. {fix}")),
+        Error::Io(IoError::Io(io)) => {
+            let inner = io.get_ref()?;
+            let r = inner.downcast_ref::<rustls::Error>()?;
+            Some(match r {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                | rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { .. },
+                ) => format!("the server's certificate is not for this host name ({r}). Connect with the name the certificate has, or `verify_identity=false` in the source URL to skip the check"),
+                rustls::Error::InvalidCertificate(_) => format!("the server's certificate was not accepted ({r}). {fix}"),
+                other => format!("{other}"),
+            })
+        }
+        Error::Driver(DriverError::NoClientSslFlagFromServer) => Some(
+            "the source URL asks for TLS (`require_ssl=true`) but the server does not offer it (its `have_ssl` is not YES): configure ssl_cert/ssl_key on the server, or drop require_ssl".into(),
+        ),
+        _ => None,
     }
 }
 
@@ -253,15 +288,101 @@ pub struct SourceConfig {
     pub filter: TableFilter,
 }
 
-/// Parses a `mysql://user:pw@host:port` URL; the error names the `source` key.
+/// binlake's own URL parameters (the rest are mysql_async's: `require_ssl`, `verify_ca`,
+/// `verify_identity`, `built_in_roots`, ...): files for TLS, set from the `tls_ca`, `tls_cert`
+/// and `tls_key` keys.
+pub const TLS_PARAMS: [&str; 3] = ["tls_ca", "tls_cert", "tls_key"];
+
+/// Parses a `mysql://user:pw@host:port` URL; the error names the `source` key. `tls_ca` (a PEM
+/// CA bundle) and `tls_cert` + `tls_key` (a client certificate, for users that `REQUIRE X509`)
+/// turn TLS on, verified (the server's certificate against the bundle, and its host name)
+/// unless `verify_ca=false` / `verify_identity=false` say otherwise.
 pub fn parse_url(url: &str) -> Result<Opts, String> {
-    let opts = Opts::from_url(url).map_err(|e| {
+    let (base, tls) = split_tls_params(url)?;
+    let opts = Opts::from_url(&base).map_err(|e| {
         format!(
             "`{}`: {e} (expected mysql://user:password@host:port)",
             redact(url)
         )
     })?;
-    Ok(OptsBuilder::from_opts(opts).prefer_socket(false).into())
+    let mut b = OptsBuilder::from_opts(opts.clone()).prefer_socket(false);
+    let file = |key: &str| -> Result<Option<std::path::PathBuf>, String> {
+        match tls.get(key) {
+            None => Ok(None),
+            Some(p) => match std::fs::metadata(p) {
+                Ok(m) if m.is_file() => Ok(Some(std::path::PathBuf::from(p))),
+                Ok(_) => Err(format!("`{key}`: {p} is not a file")),
+                Err(e) => Err(format!("`{key}`: cannot read {p}: {e}")),
+            },
+        }
+    };
+    let (ca, cert, key) = (file("tls_ca")?, file("tls_cert")?, file("tls_key")?);
+    if ca.is_some() || cert.is_some() || key.is_some() {
+        let mut ssl = opts.ssl_opts().cloned().unwrap_or_default();
+        if let Some(ca) = ca {
+            ssl = ssl.with_root_certs(vec![ca.into()]);
+        }
+        ssl = match (cert, key) {
+            (Some(c), Some(k)) => {
+                ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(c.into(), k.into())))
+            }
+            (None, None) => ssl,
+            _ => {
+                return Err(
+                    "`tls_cert` and `tls_key` go together (a client certificate and its key)"
+                        .into(),
+                )
+            }
+        };
+        b = b.ssl_opts(Some(ssl));
+    }
+    Ok(b.into())
+}
+
+/// The URL without binlake's TLS parameters, and their values.
+fn split_tls_params(
+    url: &str,
+) -> Result<(String, std::collections::HashMap<String, String>), String> {
+    let mut found = std::collections::HashMap::new();
+    if !TLS_PARAMS.iter().any(|p| url.contains(p)) {
+        return Ok((url.to_string(), found));
+    }
+    let mut u = url::Url::parse(url).map_err(|e| format!("`{}`: {e}", redact(url)))?;
+    let rest: Vec<(String, String)> = u
+        .query_pairs()
+        .filter_map(|(k, v)| {
+            if TLS_PARAMS.contains(&k.as_ref()) {
+                found.insert(k.into_owned(), v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    if rest.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok((u.to_string(), found))
+}
+
+/// `url` with TLS files added as binlake's URL parameters (those it has already win).
+pub fn with_tls_params(url: &str, files: &[(&str, Option<&str>)]) -> String {
+    let mut out = url.to_string();
+    for (k, v) in files {
+        let Some(v) = v else { continue };
+        let has = url::Url::parse(url)
+            .map(|u| u.query_pairs().any(|(q, _)| q == *k))
+            .unwrap_or(false);
+        if has {
+            continue;
+        }
+        let sep = if out.contains('?') { '&' } else { '?' };
+        let enc: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+        out = format!("{out}{sep}{k}={enc}");
+    }
+    out
 }
 
 /// The URL with its password hidden, for logs and errors.
@@ -282,12 +403,41 @@ pub async fn connect(opts: &Opts) -> Result<Conn, SourceError> {
     let ctx = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     match tokio::time::timeout(Duration::from_secs(10), Conn::new(opts.clone())).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(SourceError::from_mysql(e, &ctx)),
+        Ok(Err(e)) => {
+            let e = SourceError::from_mysql(e, &ctx);
+            if matches!(e, SourceError::Auth(_)) && opts.ssl_opts().is_none() {
+                return Err(plain_refused(opts, &ctx).await.unwrap_or(e));
+            }
+            Err(e)
+        }
         Err(_) => Err(SourceError::Connect {
             context: ctx,
             message: "timed out after 10 s".into(),
         }),
     }
+}
+
+/// After a plain login was refused: whether the same login succeeds over TLS, i.e. the server
+/// refuses plain connections (`require_secure_transport`, or a user that `REQUIRE SSL`), which
+/// MariaDB reports as a wrong password. The probe does not check the certificate (it only asks
+/// whether TLS would work; nothing but the login is sent).
+async fn plain_refused(opts: &Opts, ctx: &str) -> Option<SourceError> {
+    let probe: Opts = OptsBuilder::from_opts(opts.clone())
+        .ssl_opts(Some(
+            mysql_async::SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ))
+        .into();
+    let c = tokio::time::timeout(Duration::from_secs(10), Conn::new(probe))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = c.disconnect().await;
+    Some(SourceError::Tls {
+        context: ctx.to_string(),
+        message: "the server refuses plain (unencrypted) connections for this user (require_secure_transport=ON or REQUIRE SSL). Add `require_ssl=true` to the source URL (mysql://user:password@host:port?require_ssl=true), and `tls_ca` (--tls-ca) with the CA bundle that signed the server's certificate unless a public CA did".into(),
+    })
 }
 
 /// The server's binlog end now (`SHOW MASTER STATUS`).

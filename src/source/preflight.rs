@@ -224,6 +224,45 @@ pub async fn run(conn: &mut Conn) -> Result<Report, SourceError> {
         );
     }
 
+    // The connection itself: encrypted or not (session status, this connection's own values).
+    let status = |rows: Vec<(String, String)>, n: &str| {
+        rows.into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    };
+    let ssl: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        .await
+        .unwrap_or_default();
+    let (proto, cipher) = (
+        status(ssl.clone(), "Ssl_version"),
+        status(ssl, "Ssl_cipher"),
+    );
+    let have_ssl = var(conn, "have_ssl").await?;
+    if !proto.is_empty() {
+        add(
+            "connection",
+            Level::Ok,
+            Some(&proto),
+            format!("encrypted ({cipher})"),
+        );
+    } else if have_ssl.as_deref() == Some("YES") {
+        add(
+            "connection",
+            Level::Warn,
+            Some("plain"),
+            "the server offers TLS but this connection is not encrypted: the password hash and every row cross the network in clear. Fix: add `require_ssl=true` to the source URL (and `tls_ca` with the server's CA bundle).".into(),
+        );
+    } else {
+        add(
+            "connection",
+            Level::Warn,
+            Some("plain"),
+            "not encrypted, and the server offers no TLS (have_ssl is not YES). Fix: give the server ssl_cert/ssl_key, then add `require_ssl=true` to the source URL.".into(),
+        );
+    }
+
     let server = ServerInfo {
         flavor,
         version,

@@ -47,6 +47,9 @@ impl Drop for TestDir {
 pub struct Maria {
     pub dir: PathBuf,
     pub port: u16,
+    /// The server refuses plain TCP (require_secure_transport): the tests' own root sessions
+    /// go through its Unix socket.
+    pub tls: bool,
 }
 
 impl Maria {
@@ -80,6 +83,9 @@ impl Maria {
         Maria {
             dir: dir.to_path_buf(),
             port,
+            tls: extra
+                .iter()
+                .any(|o| o.starts_with("--require-secure-transport")),
         }
     }
 
@@ -101,12 +107,20 @@ impl Maria {
             .args([
                 "--no-defaults",
                 "--default-character-set=utf8mb4",
-                "-h127.0.0.1",
+                if self.tls {
+                    "-hlocalhost"
+                } else {
+                    "-h127.0.0.1"
+                },
                 "-uroot",
                 "-N",
                 "-B",
             ])
-            .arg(format!("-P{}", self.port))
+            .arg(if self.tls {
+                format!("--socket={}", self.dir.join("sock").display())
+            } else {
+                format!("-P{}", self.port)
+            })
             .arg("-e")
             .arg(sql)
             .output()
@@ -306,6 +320,10 @@ pub fn compare_env(
         ])
         .args(extra)
         .envs(env.iter().copied())
+        .envs(
+            m.tls
+                .then(|| ("BINLAKE_TEST_SOURCE_SOCKET", m.dir.join("sock"))),
+        )
         .output()
         .expect("run compare.py");
     let text = format!(
@@ -451,7 +469,18 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(dir: &Path, bucket: &str) -> Moto {
-        let out = Command::new("bash")
+        Self::start_with(dir, bucket, None)
+    }
+
+    /// Serves https with the certificates of `tests/scripts/tls_certs.sh` in `certs` (clients
+    /// need `AWS_CA_BUNDLE={certs}/ca.pem`).
+    pub fn start_with(dir: &Path, bucket: &str, certs: Option<&str>) -> Moto {
+        let mut cmd = Command::new("bash");
+        if let Some(c) = certs {
+            cmd.env("MOTO_TLS_CERT", format!("{c}/server.pem"))
+                .env("MOTO_TLS_KEY", format!("{c}/server-key.pem"));
+        }
+        let out = cmd
             .arg(repo().join("tests/scripts/moto.sh"))
             .arg("start")
             .arg(dir)
@@ -466,6 +495,7 @@ impl Moto {
         let py = Command::new("python3")
             .args(["-c", &code])
             .envs(moto.env())
+            .envs(certs.map(|c| ("AWS_CA_BUNDLE", format!("{c}/ca.pem"))))
             .output()
             .unwrap();
         assert!(
@@ -505,24 +535,42 @@ pub struct ClickHouse {
     dir: PathBuf,
     pub url: String,
     pub prefix: String,
+    /// The CA of an https front (see [`ClickHouse::start_tls`]).
+    pub ca: Option<String>,
 }
 
 #[cfg(feature = "clickhouse")]
 impl ClickHouse {
     pub fn start(dir: &Path, test: &str) -> ClickHouse {
-        let url = Self::run("start", dir, None);
+        let url = Self::run("start", dir, None, None);
         ClickHouse {
             dir: dir.to_path_buf(),
             url,
             prefix: format!("t{}_{test}_", std::process::id()),
+            ca: None,
         }
     }
 
-    fn run(cmd: &str, dir: &Path, port: Option<&str>) -> String {
+    /// An https front with the certificates of `tests/scripts/tls_certs.sh` in `certs`.
+    pub fn start_tls(dir: &Path, test: &str, certs: &str) -> ClickHouse {
+        let url = Self::run("start", dir, None, Some(certs));
+        ClickHouse {
+            dir: dir.to_path_buf(),
+            url,
+            prefix: format!("t{}_{test}_", std::process::id()),
+            ca: Some(format!("{certs}/ca.pem")),
+        }
+    }
+
+    fn run(cmd: &str, dir: &Path, port: Option<&str>, certs: Option<&str>) -> String {
         let mut c = Command::new("bash");
         c.arg(repo().join("tests/scripts/clickhouse.sh"))
             .arg(cmd)
             .arg(dir);
+        if let Some(certs) = certs {
+            c.env("CLICKHOUSE_TLS_CERT", format!("{certs}/server.pem"))
+                .env("CLICKHOUSE_TLS_KEY", format!("{certs}/server-key.pem"));
+        }
         if let Some(p) = port {
             c.env("PORT", p);
         }
@@ -536,13 +584,13 @@ impl ClickHouse {
     }
 
     pub fn stop(&self) {
-        Self::run("stop", &self.dir, None);
+        Self::run("stop", &self.dir, None, None);
     }
 
     /// Starts the stopped server again on the same port and data.
     pub fn restart(&self) {
         let port = std::fs::read_to_string(self.dir.join("port")).unwrap_or_default();
-        Self::run("start", &self.dir, Some(port.trim()));
+        Self::run("start", &self.dir, Some(port.trim()), None);
     }
 
     /// The replicate flags that point binlake at this server.
@@ -559,7 +607,11 @@ impl ClickHouse {
 
     /// The compare.py flags that read the `_current` views.
     pub fn reader(&self) -> Vec<&str> {
-        vec!["--reader", "clickhouse", "--database-prefix", &self.prefix]
+        let mut r = vec!["--reader", "clickhouse", "--database-prefix", &self.prefix];
+        if let Some(ca) = &self.ca {
+            r.extend(["--ca-file", ca.as_str()]);
+        }
+        r
     }
 
     /// One value from a query (TabSeparated).
@@ -567,6 +619,7 @@ impl ClickHouse {
         let code = "import sys, urllib.request, urllib.parse\nu = sys.argv[1].rstrip('/') + '/?' + urllib.parse.urlencode({'query': sys.argv[2]})\nprint(urllib.request.urlopen(urllib.request.Request(u, data=b'', method='POST')).read().decode().strip())";
         let out = Command::new("python3")
             .args(["-c", code, &self.url, sql])
+            .envs(self.ca.as_ref().map(|ca| ("SSL_CERT_FILE", ca)))
             .output()
             .unwrap();
         assert!(

@@ -15,3 +15,4 @@ mod replicate;
 mod s3;
 mod snapshot;
 mod stream;
+mod tls;

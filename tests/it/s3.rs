@@ -54,3 +54,60 @@ fn s3_target_replicates_and_resumes() {
     );
     let _ = Duration::from_secs(0);
 }
+
+/// An S3 endpoint whose certificate a private CA signed: trusted through `AWS_CA_BUNDLE` (as the
+/// AWS CLI and SDKs do), refused with one clear error without it.
+#[test]
+fn s3_endpoint_with_a_private_ca() {
+    let dir = TestDir::new("s3_tls");
+    let certs = dir.path("certs");
+    let out = Command::new("bash")
+        .arg(repo().join("tests/scripts/tls_certs.sh"))
+        .arg(&certs)
+        .output()
+        .expect("tls_certs.sh");
+    assert!(out.status.success());
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let moto = Moto::start_with(&dir.0.join("moto"), "lake", Some(&certs));
+    assert!(moto.endpoint.starts_with("https://"), "{}", moto.endpoint);
+    let ca = format!("{certs}/ca.pem");
+    let mut env: Vec<(&str, &str)> = moto.env().to_vec();
+    m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.t VALUES (1,'a'),(2,'b');");
+    // without the CA: the endpoint's certificate is not trusted, and that is said once
+    let url = m.url();
+    let args = [
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "s.*",
+        "--target",
+        "s3://lake/tls",
+        "--exit-when-caught-up",
+    ];
+    let out = binlake_env(&args, &env, Duration::from_secs(120));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("AWS_CA_BUNDLE") && err.contains("certificate"),
+        "{err}"
+    );
+    env.push(("AWS_CA_BUNDLE", &ca));
+    catch_up_env(&m, "s3://lake/tls", "s.*", &[], &env);
+    m.sql("UPDATE s.t SET v = 'bb' WHERE id = 2; INSERT INTO s.t VALUES (3, 'c');");
+    catch_up_env(&m, "s3://lake/tls", "s.*", &[], &env);
+    let local = dir.path("download");
+    let out = Command::new("python3")
+        .args(["-c", &format!(
+            "import boto3, os\ns3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\nfor o in s3.list_objects_v2(Bucket='lake', Prefix='tls/')['Contents']:\n    p = os.path.join('{local}', o['Key'][len('tls/'):])\n    os.makedirs(os.path.dirname(p), exist_ok=True)\n    s3.download_file('lake', o['Key'], p)\n"
+        )])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_replica_equal(&m, &local, "s.t", &[]);
+}

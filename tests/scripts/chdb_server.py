@@ -407,6 +407,8 @@ def main():
     ap.add_argument("--path", required=True, help="chdb data directory (kept across restarts)")
     ap.add_argument("--user")
     ap.add_argument("--password", default="")
+    ap.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's key (PEM)")
     ap.add_argument("--insert-mode", choices=["stream", "infile"], default="stream",
                     help="stream: chdb's send_insert (default); infile: temp file + INSERT ... FROM INFILE")
     args = ap.parse_args()
@@ -418,6 +420,11 @@ def main():
     Handler.auth = (args.user, args.password) if args.user is not None else None
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
 
     def stop(_signum, _frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -5,7 +5,8 @@
 #   clickhouse.sh stop DIR      SIGTERM, wait
 #   clickhouse.sh kill DIR      SIGKILL (crash tests)
 # Data lives in DIR/data and survives a stop/start on the same DIR. CLICKHOUSE_USER/CLICKHOUSE_PASSWORD,
-# if set, are the only credentials accepted. If CLICKHOUSE_URL is set, `start` only prints it (the
+# if set, are the only credentials accepted; CLICKHOUSE_TLS_CERT/CLICKHOUSE_TLS_KEY, if set, make it
+# serve https (the printed URL says so). If CLICKHOUSE_URL is set, `start` only prints it (the
 # tests then run against that real server) and stop/kill do nothing.
 set -euo pipefail
 cmd=${1:?start|stop|kill}; dir=${2:?datadir}
@@ -20,13 +21,17 @@ start)
   port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
   auth=()
   [ -n "${CLICKHOUSE_USER:-}" ] && auth=(--user "$CLICKHOUSE_USER" --password "${CLICKHOUSE_PASSWORD:-}")
-  nohup python3 "$here/chdb_server.py" --port "$port" --path "$dir/data" "${auth[@]}" \
+  scheme=http; tls=()
+  if [ -n "${CLICKHOUSE_TLS_CERT:-}" ]; then
+    scheme=https; tls=(--tls-cert "$CLICKHOUSE_TLS_CERT" --tls-key "$CLICKHOUSE_TLS_KEY")
+  fi
+  nohup python3 "$here/chdb_server.py" --port "$port" --path "$dir/data" "${auth[@]}" "${tls[@]}" \
     >>"$dir/server.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   echo "$port" >"$dir/port"
   for _ in $(seq 1 300); do
-    if curl -sf "http://127.0.0.1:$port/ping" >/dev/null 2>&1; then
-      echo "http://127.0.0.1:$port"; exit 0
+    if curl -sfk "$scheme://127.0.0.1:$port/ping" >/dev/null 2>&1; then
+      echo "$scheme://127.0.0.1:$port"; exit 0
     fi
     kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
     sleep 0.1

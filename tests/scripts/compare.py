@@ -16,7 +16,11 @@ META = ("_binlake_version", "_binlake_deleted", "_binlake_op", "_binlake_commit_
 
 
 def source_rows(port, db, table):
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", charset="utf8mb4")
+    sock = os.environ.get("BINLAKE_TEST_SOURCE_SOCKET")  # a source that refuses plain TCP
+    if sock:
+        conn = pymysql.connect(unix_socket=sock, user="root", charset="utf8mb4")
+    else:
+        conn = pymysql.connect(host="127.0.0.1", port=port, user="root", charset="utf8mb4")
     with conn.cursor() as cur:
         cur.execute("SET time_zone = '+00:00'")
         cur.execute("SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s "
@@ -69,7 +73,7 @@ def replica_rows_delta(target, db, table, pk):
     return [r for r in rows if not r["_binlake_deleted"]], len(dt.file_uris())
 
 
-def replica_rows_clickhouse(target, db, table, pk, prefix=""):
+def replica_rows_clickhouse(target, db, table, pk, prefix="", ca_file=None):
     """The `<table>_current` view (FINAL, no tombstones) over ClickHouse's HTTP interface."""
     import base64, urllib.parse, urllib.request
     import pyarrow.ipc as ipc
@@ -82,7 +86,9 @@ def replica_rows_clickhouse(target, db, table, pk, prefix=""):
     if u.username:
         cred = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
         req.add_header("Authorization", "Basic " + base64.b64encode(cred.encode()).decode())
-    with urllib.request.urlopen(req, timeout=60) as r:
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca_file) if u.scheme == "https" else None
+    with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
         data = r.read()
     rows = ipc.open_stream(data).read_all().to_pylist() if data else []
     keys = [tuple(r[k] for k in pk) for r in rows]
@@ -140,6 +146,7 @@ def main():
     ap.add_argument("--table", required=True)
     ap.add_argument("--reader", default="pyarrow", choices=["pyarrow", "duckdb", "delta", "clickhouse"])
     ap.add_argument("--database-prefix", default="")
+    ap.add_argument("--ca-file", help="CA bundle for an https ClickHouse")
     ap.add_argument("--invalid-as-null", action="store_true")
     a = ap.parse_args()
     db, table = a.table.split(".", 1)
@@ -148,7 +155,7 @@ def main():
         print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)
         return 2
     if a.reader == "clickhouse":
-        rep, nfiles = replica_rows_clickhouse(a.target, db, table, pk, a.database_prefix)
+        rep, nfiles = replica_rows_clickhouse(a.target, db, table, pk, a.database_prefix, a.ca_file)
     else:
         read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
         rep, nfiles = read(a.target, db, table, pk)

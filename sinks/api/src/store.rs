@@ -36,6 +36,10 @@ pub fn classify(e: object_store::Error) -> SinkError {
             SinkError::Definite(format!("the object store ({implementer}) does not support {operation}; binlake needs conditional put"))
         }
         E::PermissionDenied { path, source } | E::Unauthenticated { path, source } => SinkError::Definite(format!("access to {path} denied: {source}")),
+        // a certificate the client does not trust: no retry changes that
+        other if format!("{other:?}").contains("InvalidCertificate") || format!("{other:?}").contains("invalid peer certificate") => SinkError::Definite(format!(
+            "{other}: the object store's certificate was not accepted. Give the CA bundle that signed it with AWS_CA_BUNDLE"
+        )),
         other => SinkError::Transient(other.to_string()),
     }
 }

@@ -22,6 +22,7 @@
 
 mod config;
 mod sink;
+mod tls;
 pub mod types;
 
 pub use config::{ClickHouseConfig, Compression};

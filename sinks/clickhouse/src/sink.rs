@@ -58,6 +58,11 @@ const DEFINITE_CODES: &[u32] = &[192, 193, 194, 195, 497, 516];
 fn classify(e: clickhouse::error::Error, what: &str, table: Option<&TableId>) -> SinkError {
     use clickhouse::error::Error as E;
     let text = e.to_string();
+    if crate::tls::certificate_error(&e) {
+        return SinkError::Definite(format!(
+            "{what}: {text}: the ClickHouse server's certificate was not accepted. Give the CA bundle that signed it with `clickhouse_tls_ca` (--clickhouse-tls-ca), or connect with the host name the certificate has"
+        ));
+    }
     match &e {
         E::Network(_) | E::TimedOut => {
             return SinkError::Transient(format!(
@@ -88,13 +93,16 @@ fn classify(e: clickhouse::error::Error, what: &str, table: Option<&TableId>) ->
 
 impl ClickHouseSink {
     pub fn new(config: ClickHouseConfig) -> Result<Self, SinkError> {
-        let mut client =
-            Client::default()
-                .with_url(&config.url)
-                .with_compression(match config.compression {
-                    Compression::Lz4 => clickhouse::Compression::Lz4,
-                    Compression::None => clickhouse::Compression::None,
-                });
+        let base = match &config.tls_ca {
+            Some(ca) => crate::tls::client(ca)?,
+            None => Client::default(),
+        };
+        let mut client = base
+            .with_url(&config.url)
+            .with_compression(match config.compression {
+                Compression::Lz4 => clickhouse::Compression::Lz4,
+                Compression::None => clickhouse::Compression::None,
+            });
         if let Some(u) = &config.user {
             client = client.with_user(u);
         }
