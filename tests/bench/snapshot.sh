@@ -8,6 +8,8 @@
 # hold ROWS keys. The server's buffer pool holds the whole table (it is warmed first), so both
 # sides read from memory.
 #   ROWS=5000000 RUNS=3 bash tests/bench/snapshot.sh   (SINKS="parquet delta", KEEP=1 keeps the temp dir)
+# TLS=1: the server gets a throwaway CA's certificate, and both the dump and binlake read over
+# verified TLS (binlake's chunks then go through mysql_async: its snapshot client is plain TCP).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROWS=${ROWS:-5000000}
@@ -18,7 +20,14 @@ cargo build --release --quiet --all-features
 B=$CARGO_TARGET_DIR/release/binlake
 W=$(mktemp -d "${TMPDIR:-/tmp}/binlake-sbench.XXXXXX")
 trap 'bash tests/scripts/mariadb.sh stop "$W/db" >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
-P=$(bash tests/scripts/mariadb.sh start "$W/db" 1 --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 --innodb-buffer-pool-size=2G)
+TLS_SERVER=(); TLS_DUMP=(); TLS_URL=""; TLS_FLAGS=()
+if [ -n "${TLS:-}" ]; then
+  bash tests/scripts/tls_certs.sh "$W/certs"
+  TLS_SERVER=(--ssl-ca="$W/certs/ca.pem" --ssl-cert="$W/certs/server.pem" --ssl-key="$W/certs/server-key.pem")
+  TLS_DUMP=(--ssl --ssl-ca="$W/certs/ca.pem" --ssl-verify-server-cert)
+  TLS_URL="?require_ssl=true"; TLS_FLAGS=(--tls-ca "$W/certs/ca.pem")
+fi
+P=$(bash tests/scripts/mariadb.sh start "$W/db" 1 --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 --innodb-buffer-pool-size=2G "${TLS_SERVER[@]}")
 sql() { mariadb --no-defaults -h127.0.0.1 -P"$P" -uroot "$@"; }
 sql -e "CREATE DATABASE bench; CREATE TABLE bench.sbtest1 (id INT NOT NULL PRIMARY KEY, k INT NOT NULL DEFAULT 0, c CHAR(120) NOT NULL DEFAULT '', pad CHAR(60) NOT NULL DEFAULT '', KEY k_1(k));"
 t0=$(date +%s.%N)
@@ -44,12 +53,12 @@ sql -N -e "SELECT COUNT(*), SUM(LENGTH(c)) FROM bench.sbtest1" >/dev/null
 declare -A secs rss
 for ((run = 1; run <= RUNS; run++)); do
   s0=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$W/dump.rss" mariadb-dump --no-defaults -h127.0.0.1 -P"$P" -uroot --quick --single-transaction bench sbtest1 >/dev/null
+  /usr/bin/time -f "%M" -o "$W/dump.rss" mariadb-dump --no-defaults -h127.0.0.1 -P"$P" -uroot "${TLS_DUMP[@]}" --quick --single-transaction bench sbtest1 >/dev/null
   secs[dump]+="$(secs_of "$s0") "; rss[dump]+="$(awk '{printf "%.0f", $1/1024}' "$W/dump.rss") "
   for sink in $SINKS; do
     rm -rf "$W/$sink"
     s0=$(date +%s.%N)
-    /usr/bin/time -f "%M" -o "$W/$sink.rss" "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" --tables 'bench.*' \
+    /usr/bin/time -f "%M" -o "$W/$sink.rss" "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P$TLS_URL" "${TLS_FLAGS[@]}" --tables 'bench.*' \
       --target "$W/$sink" --sink "$sink" --exit-when-caught-up ${BINLAKE_ARGS:-} 2>"$W/$sink.log" || { tail "$W/$sink.log"; exit 1; }
     secs[$sink]+="$(secs_of "$s0") "; rss[$sink]+="$(awk '{printf "%.0f", $1/1024}' "$W/$sink.rss") "
   done
@@ -65,7 +74,7 @@ for sink in $SINKS; do
   esac
   [ "$n" = "$ROWS" ] || { echo "$sink replica holds $n keys, expected $ROWS"; exit 1; }
 done
-echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $RUNS runs, medians"
+echo "machine: $(nproc) CPU, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $RUNS runs, medians${TLS:+, everything over TLS}"
 dump=$(echo "${secs[dump]}" | median)
 printf '%-22s %10s %8s %10s %9s %8s\n' what rows seconds rows/s "RSS MiB" "vs dump"
 printf '%-22s %10s %8s %10.0f %9s %8s\n' "mariadb-dump" "$ROWS" "$dump" "$(awk -v r="$ROWS" -v s="$dump" 'BEGIN{print r/s}')" "$(echo "${rss[dump]}" | maxof)" "1.00x"
