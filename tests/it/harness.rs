@@ -43,6 +43,21 @@ impl Drop for TestDir {
     }
 }
 
+/// A throwaway CA and certificates (`tests/scripts/tls_certs.sh`) in `dir`, which it returns.
+pub fn tls_certs(dir: &str) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("tests/scripts/tls_certs.sh"))
+        .arg(dir)
+        .output()
+        .expect("tls_certs.sh");
+    assert!(
+        out.status.success(),
+        "tls_certs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.to_string()
+}
+
 /// A throwaway mariadbd with its own datadir and port.
 pub struct Maria {
     pub dir: PathBuf,

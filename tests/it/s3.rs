@@ -60,13 +60,7 @@ fn s3_target_replicates_and_resumes() {
 #[test]
 fn s3_endpoint_with_a_private_ca() {
     let dir = TestDir::new("s3_tls");
-    let certs = dir.path("certs");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/scripts/tls_certs.sh"))
-        .arg(&certs)
-        .output()
-        .expect("tls_certs.sh");
-    assert!(out.status.success());
+    let certs = tls_certs(&dir.path("certs"));
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     let moto = Moto::start_with(&dir.0.join("moto"), "lake", Some(&certs));
     assert!(moto.endpoint.starts_with("https://"), "{}", moto.endpoint);

@@ -4,7 +4,6 @@
 //! wrong CA, a missing CA file, a plain connection and a missing client certificate each fail
 //! with a clear error and the documented exit code, never a panic.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -12,17 +11,7 @@ use crate::snapshot::wait_equal;
 
 /// A server with TLS required, and the directory of its certificates.
 fn tls_source(dir: &TestDir) -> (Maria, String) {
-    let certs = dir.path("certs");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/scripts/tls_certs.sh"))
-        .arg(&certs)
-        .output()
-        .expect("tls_certs.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let certs = tls_certs(&dir.path("certs"));
     let m = Maria::start(
         &dir.0.join("db"),
         1,
@@ -304,13 +293,7 @@ fn the_source_password_appears_in_no_output() {
 #[test]
 fn clickhouse_over_https_with_a_private_ca() {
     let dir = TestDir::new("tls_ch_https");
-    let certs = dir.path("certs");
-    let out = Command::new("bash")
-        .arg(repo().join("tests/scripts/tls_certs.sh"))
-        .arg(&certs)
-        .output()
-        .expect("tls_certs.sh");
-    assert!(out.status.success());
+    let certs = tls_certs(&dir.path("certs"));
     let ch = ClickHouse::start_tls(&dir.0.join("ch"), "https", &certs);
     assert!(ch.url.starts_with("https://"), "{}", ch.url);
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
