@@ -529,3 +529,22 @@ fn delta_truncate_and_drop_table() {
         "{st}"
     );
 }
+
+/// Delta on an S3 endpoint whose certificate a private CA signed (`AWS_CA_BUNDLE`): the tables
+/// and binlake's own records both trust the bundle.
+#[test]
+fn delta_on_s3_with_a_private_ca() {
+    let dir = TestDir::new("ds3_tls");
+    let certs = tls_certs(&dir.path("certs"));
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let moto = Moto::start_with(&dir.0.join("moto"), "lake", Some(&certs));
+    let ca = format!("{certs}/ca.pem");
+    let mut env: Vec<(&str, &str)> = moto.env().to_vec();
+    env.push(("AWS_CA_BUNDLE", &ca));
+    m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.t VALUES (1,'a'),(2,'b');");
+    catch_up_env(&m, "s3://lake/d", "s.*", &DELTA, &env);
+    m.sql("UPDATE s.t SET v='bb' WHERE id=2; DELETE FROM s.t WHERE id=1; INSERT INTO s.t VALUES (3,'c');");
+    catch_up_env(&m, "s3://lake/d", "s.*", &DELTA, &env);
+    let (equal, report) = compare_env(&m, "s3://lake/d", "s.t", &["--reader", "delta"], &env);
+    assert!(equal, "{report}");
+}

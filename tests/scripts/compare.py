@@ -64,6 +64,8 @@ def replica_rows_delta(target, db, table, pk):
     opts = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     if opts.get("AWS_ENDPOINT_URL", "").startswith("http://"):
         opts["AWS_ALLOW_HTTP"] = "true"
+    if "AWS_CA_BUNDLE" in opts:  # an endpoint with a private CA
+        opts["certificate_path"] = opts.pop("AWS_CA_BUNDLE")
     uri = target.rstrip("/") + f"/{db}/{table}"
     dt = DeltaTable(uri, storage_options=opts or None)
     rows = dt.to_pyarrow_table().to_pylist()

@@ -44,6 +44,30 @@ pub fn classify(e: object_store::Error) -> SinkError {
     }
 }
 
+/// Client options trusting the PEM bundle of `AWS_CA_BUNDLE` (as the AWS CLI and SDKs read it)
+/// besides the public CAs, for an S3 endpoint whose certificate a private CA signed; `None`
+/// when the variable is not set. The error names the variable. The options replace a builder's
+/// whole client set: apply them before `allow_http` and the other client keys.
+pub fn ca_bundle_client_options() -> Result<Option<object_store::ClientOptions>, String> {
+    let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") else {
+        return Ok(None);
+    };
+    let pem =
+        std::fs::read(&bundle).map_err(|e| format!("AWS_CA_BUNDLE: cannot read {bundle}: {e}"))?;
+    let certs = object_store::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("AWS_CA_BUNDLE: {bundle}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("AWS_CA_BUNDLE: {bundle} holds no PEM certificate"));
+    }
+    Ok(Some(
+        certs
+            .into_iter()
+            .fold(object_store::ClientOptions::new(), |o, c| {
+                o.with_root_certificate(c)
+            }),
+    ))
+}
+
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -86,6 +86,10 @@ impl DeltaConfig {
         {
             o.insert("AWS_ALLOW_HTTP".into(), "true".into());
         }
+        // a private CA for the endpoint: deltalake reads one PEM certificate from this option
+        if let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") {
+            o.insert("certificate_path".into(), bundle);
+        }
         o
     }
 }

@@ -77,13 +77,31 @@ impl DeltaSink {
         let base = config.base_url()?;
         let options = config.storage_options();
         // binlake's own records (commit log, lease) live beside the tables, on the same store.
-        let (store, root) = object_store::parse_url_opts(
-            &base,
-            options
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        )
-        .map_err(|e| SinkError::Definite(format!("target `{}`: {e}", config.target)))?;
+        let bad = |e: String| SinkError::Definite(format!("target `{}`: {e}", config.target));
+        let ca = binlake_sink::store::ca_bundle_client_options().map_err(bad)?;
+        let (store, root): (Box<dyn object_store::ObjectStore>, Path) = match ca {
+            // an S3 endpoint with a private CA: the same options, and the bundle trusted
+            Some(client) if base.scheme() == "s3" => {
+                // client options first: they replace the whole set, AWS_ALLOW_HTTP included
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_client_options(client)
+                    .with_url(base.as_str());
+                for (k, v) in &options {
+                    if let Ok(key) = k.to_ascii_lowercase().parse() {
+                        b = b.with_config(key, v.clone());
+                    }
+                }
+                let store = b.build().map_err(|e| bad(e.to_string()))?;
+                (Box::new(store), Path::from(base.path().trim_matches('/')))
+            }
+            _ => object_store::parse_url_opts(
+                &base,
+                options
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+            )
+            .map_err(|e| bad(e.to_string()))?,
+        };
         let root = Path::from(root.as_ref().trim_end_matches('/'));
         let log = TargetLog::new(Arc::from(store), root, &config.pipeline, &config.target);
         Ok(DeltaSink {

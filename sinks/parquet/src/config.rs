@@ -89,23 +89,8 @@ impl ParquetConfig {
             let mut b = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry);
-            // An endpoint whose certificate a private CA signed: AWS_CA_BUNDLE, as the AWS CLI
-            // and SDKs read it (the public CAs stay trusted).
-            if let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") {
-                let pem = std::fs::read(&bundle)
-                    .map_err(|e| invalid(format!("AWS_CA_BUNDLE: cannot read {bundle}: {e}")))?;
-                let certs = object_store::Certificate::from_pem_bundle(&pem)
-                    .map_err(|e| invalid(format!("AWS_CA_BUNDLE: {bundle}: {e}")))?;
-                if certs.is_empty() {
-                    return Err(invalid(format!(
-                        "AWS_CA_BUNDLE: {bundle} holds no PEM certificate"
-                    )));
-                }
-                let opts = certs
-                    .into_iter()
-                    .fold(object_store::ClientOptions::new(), |o, c| {
-                        o.with_root_certificate(c)
-                    });
+            // An endpoint whose certificate a private CA signed: AWS_CA_BUNDLE.
+            if let Some(opts) = binlake_sink::store::ca_bundle_client_options().map_err(invalid)? {
                 b = b.with_client_options(opts);
             }
             if let Ok(ep) =
