@@ -92,6 +92,14 @@ impl ParquetConfig {
             // An endpoint whose certificate a private CA signed: AWS_CA_BUNDLE.
             if let Some(opts) = binlake_sink::store::ca_bundle_client_options().map_err(invalid)? {
                 b = b.with_client_options(opts);
+                // the client keys of the environment again (the options replaced them all)
+                for (k, v) in std::env::vars() {
+                    if let Ok(key @ object_store::aws::AmazonS3ConfigKey::Client(_)) =
+                        k.to_ascii_lowercase().parse()
+                    {
+                        b = b.with_config(key, v);
+                    }
+                }
             }
             if let Ok(ep) =
                 std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"))
