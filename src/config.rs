@@ -179,6 +179,9 @@ pub struct FileConfig {
     pub snapshot_chunk_rows: Option<usize>,
     /// Where `replicate` listens for `binlake backfill` (off when absent), e.g. `127.0.0.1:7219`.
     pub control_addr: Option<String>,
+    /// The token requests to `control_addr` must carry when it is not loopback (use `${ENV}`;
+    /// default: the environment's `BINLAKE_CONTROL_TOKEN`).
+    pub control_token: Option<String>,
     /// Scheduled backfills: `[[backfill]]` tables, schedule (cron, UTC) and an optional where.
     pub backfill: Option<Vec<BackfillEntry>>,
 }
@@ -257,6 +260,7 @@ impl FileConfig {
             snapshot_parallelism,
             snapshot_chunk_rows,
             control_addr,
+            control_token,
             backfill
         )
     }
@@ -286,6 +290,14 @@ pub fn listen_addr(key: &'static str, a: &str) -> Result<(String, bool), ConfigE
     Ok((full, loopback))
 }
 
+/// `control_token`, else the environment's `BINLAKE_CONTROL_TOKEN`; empty is none.
+fn control_token(c: &FileConfig) -> Option<String> {
+    c.control_token
+        .clone()
+        .or_else(|| std::env::var("BINLAKE_CONTROL_TOKEN").ok())
+        .filter(|t| !t.trim().is_empty())
+}
+
 /// `control_addr`: on anything but loopback, `binlake backfill` must present the token of
 /// `BINLAKE_CONTROL_TOKEN` (a backfill re-reads tables at the source: not for strangers).
 fn control_addr(a: &str, token: Option<String>) -> Result<String, ConfigError> {
@@ -293,7 +305,7 @@ fn control_addr(a: &str, token: Option<String>) -> Result<String, ConfigError> {
     if !loopback && token.as_deref().is_none_or(|t| t.trim().is_empty()) {
         return Err(key_err(
             "control_addr",
-            format!("`{addr}` is not a loopback address: set BINLAKE_CONTROL_TOKEN in the environment of replicate (and of `binlake backfill` / `validate --repair`), or listen on 127.0.0.1"),
+            format!("`{addr}` is not a loopback address: set control_token (e.g. control_token = \"${{BINLAKE_CONTROL_TOKEN}}\") or BINLAKE_CONTROL_TOKEN in the environment of replicate, and BINLAKE_CONTROL_TOKEN for `binlake backfill` / `validate --repair`; or listen on 127.0.0.1"),
         ));
     }
     Ok(addr)
@@ -654,8 +666,9 @@ impl Settings {
                 control_addr: c
                     .control_addr
                     .as_deref()
-                    .map(|a| control_addr(a, std::env::var("BINLAKE_CONTROL_TOKEN").ok()))
+                    .map(|a| control_addr(a, control_token(c)))
                     .transpose()?,
+                control_token: control_token(c),
                 columns: {
                     let list = |p: &Option<Patterns>| match p {
                         None => vec![],

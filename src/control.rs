@@ -6,8 +6,9 @@
 //! `binlake backfill` command is only a client. The reply lists the tables queued, or says why
 //! nothing was (no table matches, a table without a primary key, a predicate the source rejects).
 //!
-//! Access: a bare port listens on loopback; any other interface needs `BINLAKE_CONTROL_TOKEN`
-//! (the config refuses it otherwise), which every request must then carry as
+//! Access: a bare port listens on loopback; any other interface needs a token (`control_token`,
+//! or `BINLAKE_CONTROL_TOKEN` in the environment; the config refuses it otherwise), which every
+//! request must then carry as
 //! `Authorization: Bearer` (401 without it; compared without an early exit).
 //!
 //! Invariants: a request is checked against the source before it is accepted (the tables exist
@@ -128,14 +129,16 @@ pub async fn serve(
     opts: mysql_async::Opts,
     pipeline_filter: TableFilter,
     tx: mpsc::Sender<Backfill>,
+    token: Option<String>,
 ) {
     loop {
         let Ok((sock, peer)) = listener.accept().await else {
             continue;
         };
         let (opts, filter, tx2) = (opts.clone(), pipeline_filter.clone(), tx.clone());
+        let token = token.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, &opts, &filter, &tx2).await {
+            if let Err(e) = handle(sock, &opts, &filter, &tx2, token.as_deref()).await {
                 warn!(%peer, error = %e, "control request failed");
             }
         });
@@ -150,10 +153,11 @@ async fn handle(
     opts: &mysql_async::Opts,
     filter: &TableFilter,
     tx: &mpsc::Sender<Backfill>,
+    token: Option<&str>,
 ) -> std::io::Result<()> {
     let (head, body) = read_http(&mut sock).await?;
     let first = head.lines().next().unwrap_or("");
-    let (code, reply) = if !authorized(&head) {
+    let (code, reply) = if !authorized(&head, token) {
         (
             401,
             serde_json::json!({ "error": "this control endpoint needs the token of BINLAKE_CONTROL_TOKEN" }),
@@ -223,7 +227,7 @@ async fn handle(
     sock.shutdown().await
 }
 
-/// The control token (`BINLAKE_CONTROL_TOKEN`), if set.
+/// The token the clients send: `BINLAKE_CONTROL_TOKEN`, if set.
 fn token() -> Option<String> {
     std::env::var("BINLAKE_CONTROL_TOKEN")
         .ok()
@@ -232,8 +236,8 @@ fn token() -> Option<String> {
 
 /// Whether a request carries the control token (always, when no token is set: then the
 /// endpoint listens on loopback only, which the config enforces).
-fn authorized(head: &str) -> bool {
-    let Some(want) = token() else {
+fn authorized(head: &str, want: Option<&str>) -> bool {
+    let Some(want) = want else {
         return true;
     };
     let got = head.lines().find_map(|l| {

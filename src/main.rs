@@ -268,6 +268,7 @@ impl Common {
             snapshot_parallelism: self.snapshot_parallelism,
             snapshot_chunk_rows: self.snapshot_chunk_rows,
             control_addr: self.control_addr.clone(),
+            control_token: None,
             backfill: None,
         };
         Ok(base.overlay(flags))

@@ -84,6 +84,8 @@ pub struct PipelineConfig {
     pub snapshot: crate::snapshot::SnapshotConfig,
     /// Where to listen for backfill requests (see [`crate::control`]).
     pub control_addr: Option<String>,
+    /// What requests to `control_addr` must carry (`Authorization: Bearer`), if anything.
+    pub control_token: Option<String>,
     pub schedules: Vec<crate::control::Scheduled>,
     /// Columns excluded or masked (see [`crate::columns`]).
     pub columns: crate::columns::ColumnRules,
@@ -479,6 +481,7 @@ async fn run_once(
             snap_opts.clone(),
             src.filter.clone(),
             bf_tx.clone(),
+            cfg.control_token.clone(),
         ));
     }
     aux.spawn(crate::control::run_schedule(

@@ -345,3 +345,70 @@ fn clickhouse_over_https_with_a_private_ca() {
         );
     }
 }
+
+/// The control endpoint (backfills re-read tables at the source) on anything but loopback:
+/// refused without `BINLAKE_CONTROL_TOKEN`, and then only requests carrying the token are served.
+#[test]
+fn control_endpoint_off_loopback_needs_a_token() {
+    let dir = TestDir::new("control_token");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO shop.t VALUES (1, 'a');");
+    let url = m.url();
+    let target = dir.path("lake");
+    let port = crate::observe::free_port();
+    let any = format!("0.0.0.0:{port}");
+    let args = [
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "shop.*",
+        "--target",
+        &target,
+        "--control-addr",
+        &any,
+        "--max-latency",
+        "200ms",
+    ];
+    let out = binlake(&args, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("control_addr") && err.contains("BINLAKE_CONTROL_TOKEN"),
+        "{err}"
+    );
+
+    // the token from the config file, which takes it from the environment
+    let token = "t0k-for-this-test";
+    let config = dir.path("binlake.toml");
+    std::fs::write(
+        &config,
+        "control_token = \"${CONTROL_TOKEN_OF_THIS_TEST}\"\n",
+    )
+    .unwrap();
+    let mut with_config = args.to_vec();
+    with_config.extend(["--config", &config]);
+    let r = spawn_binlake_env(&with_config, &[("CONTROL_TOKEN_OF_THIS_TEST", token)]);
+    wait_equal(&m, &target, "shop.t", &[], Duration::from_secs(60));
+    let here = format!("127.0.0.1:{port}");
+    let req = ["backfill", "--control", &here, "--tables", "shop.t"];
+    for env in [vec![], vec![("BINLAKE_CONTROL_TOKEN", "not-the-token")]] {
+        let out = binlake_env(&req, &env, Duration::from_secs(60));
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{env:?}: {err}");
+        assert!(err.contains("BINLAKE_CONTROL_TOKEN"), "{env:?}: {err}");
+    }
+    let out = binlake_env(
+        &req,
+        &[("BINLAKE_CONTROL_TOKEN", token)],
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("backfill queued: shop.t"),
+        "{text}{}",
+        stderr(&out)
+    );
+    let out = terminate(r, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
