@@ -466,10 +466,10 @@ pub async fn run_schedule(
     if schedules.is_empty() {
         return;
     }
-    let now = || crate::pipeline::now_us() / 1_000_000;
+    let now = || crate::clock::now_us() / 1_000_000;
     let mut next: Vec<i64> = schedules.iter().map(|s| s.cron.next_after(now())).collect();
     for (s, n) in schedules.iter().zip(&next) {
-        info!(tables = %s.tables, schedule = %s.schedule, next = %crate::pipeline::format_us(n * 1_000_000), "backfill scheduled");
+        info!(tables = %s.tables, schedule = %s.schedule, next = %crate::clock::format_us(n * 1_000_000), "backfill scheduled");
     }
     loop {
         let (i, &due) = next

@@ -5,6 +5,7 @@
 //! per table with size and time bounds, deduplicates per key and builds Arrow batches with the
 //! metadata columns, and a sink (crate `binlake-sink-*`) writes them with the checkpoint.
 
+pub mod clock;
 pub mod columns;
 pub mod config;
 pub mod control;

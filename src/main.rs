@@ -466,7 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
-                    let now = pipeline::now_us();
+                    let now = binlake::clock::now_us();
                     let lag = (now - cp.source_commit_us) as f64 / 1e6;
                     // the lag when the checkpoint was written: source commit to applied
                     let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
@@ -474,13 +474,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}\nlast source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
                         cp.pipeline,
                         cp.seq,
-                        pipeline::format_us(cp.committed_at_us),
+                        binlake::clock::format_us(cp.committed_at_us),
                         (now - cp.committed_at_us) as f64 / 1e6,
                         cp.position,
-                        pipeline::format_us(cp.source_commit_us)
+                        binlake::clock::format_us(cp.source_commit_us)
                     );
                     match &cp.last_error {
-                        Some((at, e)) => println!("last error: {} {e}", pipeline::format_us(*at)),
+                        Some((at, e)) => println!("last error: {} {e}", binlake::clock::format_us(*at)),
                         None => println!("last error: none"),
                     }
                     for (t, why) in &cp.quarantined {
@@ -490,7 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         match cp.table_commit_us.get(t) {
                             Some(&c) => println!(
                                 "  {t:<40} version {v}, last change committed at the source {} ({:.1} s before now)",
-                                pipeline::format_us(c),
+                                binlake::clock::format_us(c),
                                 (now - c) as f64 / 1e6
                             ),
                             None => println!("  {t:<40} version {v}"),
@@ -506,7 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for (t, at) in &cp.loaded {
                         println!(
                             "  {t:<40} loaded (snapshot finished {})",
-                            pipeline::format_us(*at)
+                            binlake::clock::format_us(*at)
                         );
                     }
                 }

@@ -230,7 +230,7 @@ pub async fn serve(listener: TcpListener) {
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                ("200 OK", get().render(crate::pipeline::now_us()))
+                ("200 OK", get().render(crate::clock::now_us()))
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
             };

@@ -39,6 +39,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::clock::now_us;
 use crate::decode::{RowChange, RowsKind, TableMap, Value};
 use crate::position::{BinlogPos, MariaGtidState, MysqlGtidSet, Position};
 use crate::snapshot::{Chunk, ChunkRows, SnapshotMsg, Snapshotter, Window};
@@ -131,28 +132,6 @@ pub struct Summary {
     pub rejected: u64,
     pub position: Option<String>,
     pub caught_up: bool,
-}
-
-/// `2026-11-21T05:06:01.489452Z` from µs since the epoch.
-pub fn format_us(us: i64) -> String {
-    let days = us.div_euclid(86_400_000_000);
-    let rem = us.rem_euclid(86_400_000_000);
-    let (y, m, d) = crate::decode::rows::civil_from_days(days as i32);
-    let s = rem / 1_000_000;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        rem % 1_000_000
-    )
-}
-
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 struct Reject {

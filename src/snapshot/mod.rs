@@ -301,7 +301,7 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
         ranges: vec![],
         rows: 0,
         estimate: 0,
-        started_at_us: crate::pipeline::now_us(),
+        started_at_us: crate::clock::now_us(),
         absent: vec![],
     }
 }
@@ -729,7 +729,7 @@ async fn read_absent(
         after: None,
         done: true,
         window,
-        read_at_us: crate::pipeline::now_us(),
+        read_at_us: crate::clock::now_us(),
         tombstones: true,
     }))
     .await
@@ -865,7 +865,7 @@ async fn read_range(
             after: progress.after.clone(),
             done,
             window,
-            read_at_us: crate::pipeline::now_us(),
+            read_at_us: crate::clock::now_us(),
             tombstones: false,
         }))
         .await
