@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::filter::TableFilter;
 use crate::pipeline::{InvalidPolicy, PipelineConfig};
-use crate::source::{with_tls_params, SourceConfig, StartAt, TLS_PARAMS};
+use crate::source::{with_tls_params, SourceConfig, StartAt};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -505,13 +505,7 @@ impl Settings {
             ));
         }
         for u in &urls {
-            crate::source::parse_url(u).map_err(|m| {
-                let key = TLS_PARAMS
-                    .into_iter()
-                    .find(|k| m.starts_with(&format!("`{k}`")))
-                    .unwrap_or("source");
-                key_err(key, m)
-            })?;
+            crate::source::parse_url(u).map_err(|e| key_err(e.key(), e.to_string()))?;
         }
         let url = urls[0].clone();
         let mode: crate::source::SourceMode = c
@@ -519,7 +513,7 @@ impl Settings {
             .as_deref()
             .unwrap_or("failover")
             .parse()
-            .map_err(|m: String| key_err("mode", m))?;
+            .map_err(|m: crate::source::BadSetting| key_err("mode", m.to_string()))?;
         let patterns: Vec<String> = match &c.tables {
             None => vec![],
             Some(Patterns::One(s)) => vec![s.clone()],
@@ -545,13 +539,15 @@ impl Settings {
             .as_deref()
             .unwrap_or("snapshot")
             .parse()
-            .map_err(|m: String| key_err("start_at", m))?;
+            .map_err(|m: crate::source::BadSetting| key_err("start_at", m.to_string()))?;
         let invalid_values: InvalidPolicy = c
             .invalid_values
             .as_deref()
             .unwrap_or("null")
             .parse()
-            .map_err(|m: String| key_err("invalid_values", m))?;
+            .map_err(|e: crate::pipeline::UnknownPolicy| {
+            key_err("invalid_values", e.to_string())
+        })?;
         let pipeline = c.pipeline.clone().unwrap_or_else(|| "default".into());
         if pipeline.is_empty()
             || !pipeline
@@ -695,10 +691,9 @@ impl Settings {
                         Ok(crate::control::Scheduled {
                             tables: b.tables.clone(),
                             filter: b.filter.clone(),
-                            cron: b
-                                .schedule
-                                .parse()
-                                .map_err(|m: String| key_err("backfill.schedule", m))?,
+                            cron: b.schedule.parse().map_err(|m: crate::control::CronError| {
+                                key_err("backfill.schedule", m.to_string())
+                            })?,
                             schedule: b.schedule.clone(),
                         })
                     })

@@ -54,8 +54,51 @@ pub struct Backfill {
     pub absent: Vec<serde_json::Value>,
     /// `backfill` (the command), `repair` (one with keys to check) or `schedule`.
     pub reason: &'static str,
-    pub reply: Option<oneshot::Sender<Result<Vec<String>, String>>>,
+    pub reply: Option<oneshot::Sender<Result<Vec<String>, BackfillRefused>>>,
 }
+
+/// Why the pipeline did not queue a backfill.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillRefused {
+    #[error("{table} is stopped ({why}); rebuild it instead")]
+    Quarantined { table: String, why: String },
+    #[error("{table} has a snapshot in progress already")]
+    InProgress { table: String },
+}
+
+/// A backfill request the pipeline cannot take, with the reason (sent back to the client).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// Why `binlake backfill` could not queue its request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot reach a running `binlake replicate` at {addr}: {source}. Start replicate with control_addr = \"{addr}\" (or --control-addr)")]
+    Unreachable {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("talking to {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("unexpected reply from {addr}: {reason}: {head}")]
+    Reply {
+        addr: String,
+        reason: String,
+        head: String,
+    },
+    /// The pipeline refused the request (the reason it gave).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A cron schedule that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CronError(String);
 
 /// Checks a request against the source: the tables it selects (within the pipeline's tables),
 /// each with a primary key, and the predicate.
@@ -63,42 +106,45 @@ pub async fn check(
     opts: &mysql_async::Opts,
     pipeline_filter: &TableFilter,
     req: &BackfillRequest,
-) -> Result<Vec<TableId>, String> {
-    let wanted = TableFilter::parse(&[req.tables.as_str()]).map_err(|e| e.to_string())?;
+) -> Result<Vec<TableId>, BadRequest> {
+    let bad = |m: String| BadRequest(m);
+    let wanted = TableFilter::parse(&[req.tables.as_str()]).map_err(|e| bad(e.to_string()))?;
     let all = crate::snapshot::list_tables(opts, pipeline_filter)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| bad(e.to_string()))?;
     let tables: Vec<TableId> = all
         .into_iter()
         .filter(|t| wanted.matches(&t.db, &t.table))
         .collect();
     if tables.is_empty() {
-        return Err(format!(
+        return Err(bad(format!(
             "no replicated table matches `{}` (the pipeline replicates only its `tables`)",
             req.tables
-        ));
+        )));
     }
     if !req.absent.is_empty() && tables.len() != 1 {
-        return Err(format!(
+        return Err(bad(format!(
             "keys to check (`absent`) need exactly one table; `{}` selects {}",
             req.tables,
             tables.len()
-        ));
+        )));
     }
     if req.absent.len() > MAX_ABSENT_KEYS {
-        return Err(format!(
+        return Err(bad(format!(
             "{} keys to check (`absent`): at most {MAX_ABSENT_KEYS} per request",
             req.absent.len()
-        ));
+        )));
     }
-    let mut conn = source::connect(opts).await.map_err(|e| e.to_string())?;
+    let mut conn = source::connect(opts)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
     for t in &tables {
         let d = describe(&mut conn, &t.db, &t.table)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{t} does not exist"))?;
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad(format!("{t} does not exist")))?;
         if d.keyless() {
-            return Err(format!("{t} has no primary key: a backfill would duplicate its rows (rebuild the table in the target instead)"));
+            return Err(bad(format!("{t} has no primary key: a backfill would duplicate its rows (rebuild the table in the target instead)")));
         }
         if let Some(w) = &req.filter {
             conn.query_drop(format!(
@@ -107,7 +153,7 @@ pub async fn check(
                 ident(&t.table)
             ))
             .await
-            .map_err(|e| format!("the predicate `{w}` fails on {t}: {e}"))?;
+            .map_err(|e| bad(format!("the predicate `{w}` fails on {t}: {e}")))?;
         }
         let width = d.map.primary_key.len();
         if let Some(k) = req
@@ -115,9 +161,9 @@ pub async fn check(
             .iter()
             .find(|k| crate::snapshot::values::key_cells(k).is_none_or(|c| c.len() != width))
         {
-            return Err(format!(
+            return Err(bad(format!(
                 "the key {k} in `absent` is not a key of {t} ({width} column(s), JSON key cells)"
-            ));
+            )));
         }
     }
     Ok(tables)
@@ -169,7 +215,7 @@ async fn handle(
                 serde_json::json!({ "error": format!("bad request body: {e}") }),
             ),
             Ok(req) => match check(opts, filter, &req).await {
-                Err(e) => (400, serde_json::json!({ "error": e })),
+                Err(e) => (400, serde_json::json!({ "error": e.to_string() })),
                 Ok(tables) => {
                     let (rtx, rrx) = oneshot::channel();
                     let b = Backfill {
@@ -191,7 +237,7 @@ async fn handle(
                     } else {
                         match rrx.await {
                             Ok(Ok(q)) => (200, serde_json::json!({ "queued": q })),
-                            Ok(Err(e)) => (409, serde_json::json!({ "error": e })),
+                            Ok(Err(e)) => (409, serde_json::json!({ "error": e.to_string() })),
                             Err(_) => (
                                 503,
                                 serde_json::json!({ "error": "the pipeline is stopping" }),
@@ -302,11 +348,21 @@ async fn read_http(sock: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
 }
 
 /// The `binlake backfill` client: sends the request, returns the tables queued.
-pub async fn request_backfill(addr: &str, req: &BackfillRequest) -> Result<Vec<String>, String> {
-    let mut sock = TcpStream::connect(addr).await.map_err(|e| {
-        format!("cannot reach a running `binlake replicate` at {addr}: {e}. Start replicate with control_addr = \"{addr}\" (or --control-addr)")
-    })?;
-    let body = serde_json::to_string(req).map_err(|e| e.to_string())?;
+pub async fn request_backfill(
+    addr: &str,
+    req: &BackfillRequest,
+) -> Result<Vec<String>, RequestError> {
+    let io = |source| RequestError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut sock = TcpStream::connect(addr)
+        .await
+        .map_err(|source| RequestError::Unreachable {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let body = serde_json::to_string(req).expect("a backfill request serialises");
     sock.write_all(
         format!(
             "POST /backfill HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
@@ -316,10 +372,13 @@ pub async fn request_backfill(addr: &str, req: &BackfillRequest) -> Result<Vec<S
         .as_bytes(),
     )
     .await
-    .map_err(|e| e.to_string())?;
-    let (head, body) = read_http(&mut sock).await.map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| format!("unexpected reply from {addr}: {e}: {head}"))?;
+    .map_err(io)?;
+    let (head, body) = read_http(&mut sock).await.map_err(io)?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RequestError::Reply {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+        head: head.clone(),
+    })?;
     if head.starts_with("HTTP/1.1 200") {
         Ok(v["queued"]
             .as_array()
@@ -330,7 +389,9 @@ pub async fn request_backfill(addr: &str, req: &BackfillRequest) -> Result<Vec<S
             })
             .unwrap_or_default())
     } else {
-        Err(v["error"].as_str().unwrap_or("refused").to_string())
+        Err(RequestError::Refused(
+            v["error"].as_str().unwrap_or("refused").to_string(),
+        ))
     }
 }
 
@@ -347,15 +408,16 @@ pub struct Cron {
 }
 
 impl std::str::FromStr for Cron {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = CronError;
+    fn from_str(s: &str) -> Result<Self, CronError> {
         let f: Vec<&str> = s.split_whitespace().collect();
         if f.len() != 5 {
-            return Err(format!(
+            return Err(CronError(format!(
                 "`{s}`: expected 5 fields (minute hour day-of-month month day-of-week)"
-            ));
+            )));
         }
-        let field = |t: &str, lo: u64, hi: u64, name: &str| -> Result<u64, String> {
+        let field = |t: &str, lo: u64, hi: u64, name: &str| -> Result<u64, CronError> {
+            let bad = |m: String| CronError(m);
             let mut bits = 0u64;
             for part in t.split(',') {
                 let (range, step) = match part.split_once('/') {
@@ -364,7 +426,7 @@ impl std::str::FromStr for Cron {
                         st.parse::<u64>()
                             .ok()
                             .filter(|&n| n > 0)
-                            .ok_or_else(|| format!("`{s}`: bad step in the {name} field"))?,
+                            .ok_or_else(|| bad(format!("`{s}`: bad step in the {name} field")))?,
                     ),
                     None => (part, 1),
                 };
@@ -372,17 +434,19 @@ impl std::str::FromStr for Cron {
                     (lo, hi)
                 } else if let Some((a, b)) = range.split_once('-') {
                     (
-                        a.parse().map_err(|_| format!("`{s}`: bad {name} `{a}`"))?,
-                        b.parse().map_err(|_| format!("`{s}`: bad {name} `{b}`"))?,
+                        a.parse()
+                            .map_err(|_| bad(format!("`{s}`: bad {name} `{a}`")))?,
+                        b.parse()
+                            .map_err(|_| bad(format!("`{s}`: bad {name} `{b}`")))?,
                     )
                 } else {
                     let v: u64 = range
                         .parse()
-                        .map_err(|_| format!("`{s}`: bad {name} `{range}`"))?;
+                        .map_err(|_| bad(format!("`{s}`: bad {name} `{range}`")))?;
                     (v, if step > 1 { hi } else { v })
                 };
                 if a < lo || b > hi || a > b {
-                    return Err(format!("`{s}`: {name} must be within {lo}-{hi}"));
+                    return Err(bad(format!("`{s}`: {name} must be within {lo}-{hi}")));
                 }
                 let mut v = a;
                 while v <= b {

@@ -3,18 +3,87 @@
 //! A table is replicated when it matches at least one include pattern (or there are none) and no
 //! exclude pattern. The server's own schemas (`mysql`, `sys`, `information_schema`,
 //! `performance_schema`) are excluded unless an include pattern names the schema literally.
+//!
+//! A name that holds a dot (legal in MySQL) is written in backticks, as in SQL and in the text
+//! of a table id: `` `d.x`.`t.y` ``, `` `d.x`.* ``. A backtick-quoted part matches literally
+//! (`*` and `?` inside are characters); a doubled backtick inside stands for one. Commas
+//! separate patterns only outside backticks.
 
 const SYSTEM_DBS: [&str; 4] = ["mysql", "sys", "information_schema", "performance_schema"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableFilter {
-    include: Vec<(String, String)>,
-    exclude: Vec<(String, String)>,
+    include: Vec<(Part, Part)>,
+    exclude: Vec<(Part, Part)>,
+}
+
+/// One side of a pattern: a glob, or (backtick-quoted) an exact name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Glob(String),
+    Exact(String),
+}
+
+impl Part {
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Part::Glob(g) => glob(g, name),
+            Part::Exact(e) => e == name,
+        }
+    }
+
+    /// The pattern names `name` literally (no wildcard in the way).
+    fn names(&self, name: &str) -> bool {
+        match self {
+            Part::Glob(g) | Part::Exact(g) => g == name,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("table pattern `{0}`: expected `db.table` with optional * and ? wildcards, and an optional leading !")]
+#[error("table pattern `{0}`: expected `db.table` with optional * and ? wildcards, an optional leading !, and backticks around a name that holds a dot (`d.x`.`t.y`)")]
 pub struct FilterError(pub String);
+
+/// Splits at commas outside backticks.
+fn split_patterns(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut start) = (false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '`' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// `db.table` of one pattern (without its `!`).
+fn parse_pattern(body: &str) -> Option<(Part, Part)> {
+    let (db, rest) = if body.starts_with('`') {
+        let (db, rest) = binlake_sink::split_name_part(body).ok()?;
+        (Part::Exact(db), rest)
+    } else {
+        let (db, rest) = body.split_once('.')?;
+        (Part::Glob(db.to_string()), rest)
+    };
+    let table = if rest.starts_with('`') {
+        match binlake_sink::split_name_part(rest).ok()? {
+            (t, "") if !rest.ends_with('.') => Part::Exact(t),
+            _ => return None,
+        }
+    } else if rest.contains(['.', '`']) {
+        return None;
+    } else {
+        Part::Glob(rest.to_string())
+    };
+    let empty = |p: &Part| matches!(p, Part::Glob(g) | Part::Exact(g) if g.is_empty());
+    (!empty(&db) && !empty(&table)).then_some((db, table))
+}
 
 impl TableFilter {
     pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, FilterError> {
@@ -24,7 +93,7 @@ impl TableFilter {
         };
         for p in patterns
             .iter()
-            .flat_map(|p| p.as_ref().split(','))
+            .flat_map(|p| split_patterns(p.as_ref()))
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
@@ -32,13 +101,7 @@ impl TableFilter {
                 Some(b) => (true, b),
                 None => (false, p),
             };
-            let (db, t) = body
-                .split_once('.')
-                .ok_or_else(|| FilterError(p.to_string()))?;
-            if db.is_empty() || t.is_empty() || t.contains('.') {
-                return Err(FilterError(p.to_string()));
-            }
-            let pair = (db.to_string(), t.to_string());
+            let pair = parse_pattern(body).ok_or_else(|| FilterError(p.to_string()))?;
             if neg {
                 f.exclude.push(pair);
             } else {
@@ -52,18 +115,18 @@ impl TableFilter {
         if self
             .exclude
             .iter()
-            .any(|(d, t)| glob(d, db) && glob(t, table))
+            .any(|(d, t)| d.matches(db) && t.matches(table))
         {
             return false;
         }
-        if SYSTEM_DBS.contains(&db) && !self.include.iter().any(|(d, _)| d == db) {
+        if SYSTEM_DBS.contains(&db) && !self.include.iter().any(|(d, _)| d.names(db)) {
             return false;
         }
         self.include.is_empty()
             || self
                 .include
                 .iter()
-                .any(|(d, t)| glob(d, db) && glob(t, table))
+                .any(|(d, t)| d.matches(db) && t.matches(table))
     }
 }
 
@@ -112,5 +175,21 @@ mod tests {
             .matches("mysql", "user"));
         assert!(TableFilter::parse(&["noschema"]).is_err());
         assert!(glob("a?c*", "abcdef") && !glob("a?c", "abcd"));
+    }
+
+    #[test]
+    fn backticks_name_databases_and_tables_that_hold_dots() {
+        let f = TableFilter::parse(&["`d.x`.`t.y`,`a.b`.*", "!`a.b`.`skip*`"]).unwrap();
+        assert!(f.matches("d.x", "t.y"));
+        assert!(!f.matches("d", "x.t.y"));
+        assert!(!f.matches("d.x", "t.z"));
+        assert!(f.matches("a.b", "anything"));
+        assert!(f.matches("a.b", "skipper"), "quoted: `*` is literal");
+        assert!(!f.matches("a.b", "skip*"));
+        let q = TableFilter::parse(&["shop.`we``ird,name`"]).unwrap();
+        assert!(q.matches("shop", "we`ird,name"));
+        for bad in ["d.x.t", "`d.x.t", "`d`x.t", "`d.x`.", "shop.`t`x", "``.t"] {
+            assert!(TableFilter::parse(&[bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! metadata columns, and a sink (crate `binlake-sink-*`) writes them with the checkpoint.
 
 pub mod clock;
+pub mod columnar;
 pub mod columns;
 pub mod config;
 pub mod control;
@@ -14,7 +15,8 @@ pub mod decode;
 pub mod filter;
 pub mod metrics;
 pub mod pipeline;
-pub mod position;
+/// Typed source positions (defined with the checkpoint that stores them, in `binlake-sink`).
+pub use binlake_sink::position;
 pub mod schema;
 pub mod snapshot;
 pub mod source;

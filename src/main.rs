@@ -382,12 +382,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for url in &urls {
                 let opts = match source::parse_url(url) {
                     Ok(o) => o,
-                    Err(m) => {
-                        let key = source::TLS_PARAMS
-                            .into_iter()
-                            .find(|k| m.starts_with(&format!("`{k}`")))
-                            .unwrap_or("source");
-                        return config_error(binlake::config::ConfigError::Key { key, message: m });
+                    Err(e) => {
+                        return config_error(binlake::config::ConfigError::Key {
+                            key: e.key(),
+                            message: e.to_string(),
+                        });
                     }
                 };
                 if urls.len() > 1 {
@@ -480,7 +479,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         binlake::clock::format_us(cp.source_commit_us)
                     );
                     match &cp.last_error {
-                        Some((at, e)) => println!("last error: {} {e}", binlake::clock::format_us(*at)),
+                        Some((at, e)) => {
+                            println!("last error: {} {e}", binlake::clock::format_us(*at))
+                        }
                         None => println!("last error: none"),
                     }
                     for (t, why) in &cp.quarantined {
@@ -542,7 +543,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             {
                 Ok(s) => {
-                    tracing::info!(transactions = s.transactions, rows = s.rows, commits = s.commits, invalid_nulled = s.invalid_nulled, rejected = s.rejected, position = ?s.position, caught_up = s.caught_up, "done");
+                    tracing::info!(transactions = s.transactions, rows = s.rows, commits = s.commits, invalid_nulled = s.invalid_nulled, rejected = s.rejected, position = ?s.position.as_ref().map(ToString::to_string), caught_up = s.caught_up, "done");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(pipeline::PipelineError::Source(source::SourceError::Preflight(r))) => {
@@ -756,10 +757,9 @@ async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let cp = sink.read_checkpoint().await?;
         let done = cp.as_ref().is_some_and(|c| {
-            to_repair.iter().all(|(t, _)| {
-                let name = t.to_string();
-                !c.snapshots.contains_key(&name) && c.loaded.get(&name) > before.get(&name)
-            })
+            to_repair
+                .iter()
+                .all(|(t, _)| !c.snapshots.contains_key(t) && c.loaded.get(t) > before.get(t))
         });
         if done {
             break;

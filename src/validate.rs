@@ -32,8 +32,8 @@ use mysql_async::Value as My;
 use thiserror::Error;
 use tracing::info;
 
+use crate::columnar::ChunkBuilder;
 use crate::decode::Value;
-use crate::pipeline::buffer::{BufRow, Op, TableBuffer};
 use crate::position::{MariaGtidState, Position};
 use crate::snapshot::values::{describe, key_cells, key_compare, SnapTable};
 use crate::source::SourceError;
@@ -44,6 +44,15 @@ pub enum ValidateError {
     Source(#[from] SourceError),
     #[error("target: {0}")]
     Sink(#[from] binlake_sink::SinkError),
+    #[error(transparent)]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("building the source's rows: {0}")]
+    Build(#[from] crate::columnar::BuildError),
+    #[error("column {column}: {source}")]
+    Cast {
+        column: String,
+        source: arrow_schema::ArrowError,
+    },
     #[error("{0}")]
     Definite(String),
 }
@@ -129,13 +138,13 @@ fn each_row(
     ncols: usize,
     pk: &[usize],
     mut f: impl FnMut(usize, String, u64),
-) -> Result<(), String> {
+) -> Result<(), ValidateError> {
     let opts = FormatOptions::default().with_null("\u{0}NULL");
     let fmts = batch
         .columns()
         .iter()
         .take(ncols)
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).map_err(|e| e.to_string()))
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
         .collect::<Result<Vec<_>, _>>()?;
     let mut row = String::new();
     for i in 0..batch.num_rows() {
@@ -160,49 +169,56 @@ fn in_source_types(
     b: &RecordBatch,
     schema: &SchemaRef,
     ncols: usize,
-) -> Result<RecordBatch, String> {
+) -> Result<RecordBatch, ValidateError> {
     let fields: Vec<_> = schema.fields().iter().take(ncols).cloned().collect();
     let cols = fields
         .iter()
         .map(|f| match b.column_by_name(f.name()) {
-            Some(c) => {
-                arrow_cast::cast(c, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))
-            }
+            Some(c) => arrow_cast::cast(c, f.data_type()).map_err(|source| ValidateError::Cast {
+                column: f.name().clone(),
+                source,
+            }),
             None => Ok(arrow_array::new_null_array(f.data_type(), b.num_rows())),
         })
         .collect::<Result<Vec<ArrayRef>, _>>()?;
-    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
-        .map_err(|e| e.to_string())
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow_schema::Schema::new(fields)),
+        cols,
+    )?)
 }
 
-/// The source rows of a chunk as an Arrow batch of the replicated schema (the same builders
-/// the pipeline uses, so the types are the ones the sinks were given).
-fn source_batch(id: &TableId, sh: &Shape, rows: Vec<Vec<Value>>) -> Result<RecordBatch, String> {
-    let mut buf = TableBuffer::new(id.clone(), sh.map.clone())?;
-    let src: Arc<str> = Arc::from("validate");
+/// The source rows of a chunk as Arrow columns of the replicated schema (the builders the
+/// pipeline and the snapshot readers use, so the types are the ones the sinks were given); data
+/// columns only.
+fn source_batch(sh: &Shape, rows: Vec<Vec<Value>>) -> Result<RecordBatch, ValidateError> {
+    let mut b = ChunkBuilder::new(&sh.map)?;
     for values in rows {
-        let mut values = match &sh.plan {
+        let values = match &sh.plan {
             Some(p) => sh.rules.apply(p, values),
             None => values,
         };
-        for v in values.iter_mut() {
-            if matches!(v, Value::Invalid { .. }) {
-                *v = Value::Null; // what the default invalid_values policy stores
-            }
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                // what the default invalid_values policy stores
+                Value::Invalid { .. } => b.append(i, &Value::Null),
+                v => b.append(i, v),
+            }?;
         }
-        buf.push(&BufRow {
-            values,
-            version: 0,
-            op: Op::Snapshot,
-            deleted: false,
-            commit_us: 0,
-            source: src.clone(),
-        })?;
+        b.end_row();
     }
-    Ok(buf
-        .into_batch(0)?
-        .map(|b| b.batch)
-        .unwrap_or_else(|| RecordBatch::new_empty(crate::schema::table_schema(&sh.map))))
+    let chunk = b.finish()?;
+    let schema = crate::schema::table_schema(&sh.map);
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .take(chunk.columns.len())
+        .cloned()
+        .collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(arrow_schema::Schema::new(fields)),
+        chunk.columns,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(chunk.rows)),
+    )?)
 }
 
 /// The replicated shape of a source table: its map after the column rules (excluded columns
@@ -244,7 +260,7 @@ fn target_rows(
     schema: &SchemaRef,
     ncols: usize,
     pk: &[usize],
-) -> Result<Rows, String> {
+) -> Result<Rows, ValidateError> {
     // (row hash, version, deleted) per key, the highest version winning
     let mut best: HashMap<String, (u64, u64, bool)> = HashMap::new();
     for b in batches {
@@ -279,7 +295,7 @@ fn key_cells_of(
     ncols: usize,
     map: &crate::decode::TableMap,
     keys: &[String],
-) -> Result<Option<Vec<serde_json::Value>>, String> {
+) -> Result<Option<Vec<serde_json::Value>>, ValidateError> {
     let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
     let mut found: HashMap<String, serde_json::Value> = HashMap::new();
     let mut unreadable = false;
@@ -337,9 +353,7 @@ async fn wait_covered(
     let start = Instant::now();
     loop {
         let cp = sink.read_checkpoint().await?;
-        let at = cp
-            .as_ref()
-            .and_then(|c| c.position.parse::<Position>().ok());
+        let at = cp.as_ref().map(|c| c.position.clone());
         if let Some(Position::MariaDb(s)) = &at {
             if pos.is_covered_by(s) {
                 return Ok(());
@@ -348,7 +362,7 @@ async fn wait_covered(
         if start.elapsed() > timeout {
             return Err(ValidateError::Definite(format!(
                 "the replica has not reached the source's position {pos} after {timeout:?} (at {}): is replicate running?",
-                cp.map(|c| c.position).unwrap_or_else(|| "no checkpoint".into())
+                cp.map(|c| c.position.to_string()).unwrap_or_else(|| "no checkpoint".into())
             )));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -364,7 +378,6 @@ async fn read_source(
     chunk_rows: usize,
     range: Option<(&Option<serde_json::Value>, &Option<serde_json::Value>)>,
 ) -> Result<Vec<(ChunkDiff, Rows)>, ValidateError> {
-    let schema = crate::schema::table_schema(&sh.map);
     let ncols = sh.map.columns.len();
     let (mut after, end) = match range {
         Some((lo, hi)) => (lo.clone(), hi.clone()),
@@ -393,13 +406,12 @@ async fn read_source(
             }
             return Ok(out);
         }
-        let batch = source_batch(id, sh, rows).map_err(ValidateError::Definite)?;
-        debug_assert_eq!(batch.schema().fields().len(), schema.fields().len());
+        let batch = source_batch(sh, rows)?;
+        debug_assert_eq!(batch.num_columns(), ncols);
         let mut r = Rows::new();
         each_row(&batch, ncols, &sh.map.primary_key, |_, k, h| {
             r.insert(k, h);
-        })
-        .map_err(ValidateError::Definite)?;
+        })?;
         let done = n < chunk_rows;
         let hi = if done && range.is_some() {
             end.clone()
@@ -460,8 +472,7 @@ pub async fn validate_table(
         let pos = source_position(&mut conn).await?;
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;
         let batches = sink.read_table(id).await?;
-        let mut target =
-            target_rows(&batches, &schema, ncols, &pk).map_err(ValidateError::Definite)?;
+        let mut target = target_rows(&batches, &schema, ncols, &pk)?;
         let mut different = Vec::new();
         for (mut c, rows) in std::mem::take(&mut chunks) {
             let mut keys: Vec<String> = Vec::new();
@@ -497,9 +508,7 @@ pub async fn validate_table(
             report.different = different.into_iter().map(|(c, _)| c).collect();
             if !extra.is_empty() && sh.plan.is_none() {
                 report.only_in_target_cells =
-                    key_cells_of(&batches, &schema, ncols, &sh.map, &extra)
-                        .map_err(ValidateError::Definite)?
-                        .unwrap_or_default();
+                    key_cells_of(&batches, &schema, ncols, &sh.map, &extra)?.unwrap_or_default();
             }
             report.only_in_target = extra;
             break;
@@ -549,16 +558,15 @@ async fn validate_keyless(
         report.rows = rows.len();
         report.chunks = 1;
         let mut counts: HashMap<u64, i64> = HashMap::new();
-        let batch = source_batch(id, sh, rows).map_err(ValidateError::Definite)?;
-        count_rows(&batch, ncols, None, &mut counts, 1).map_err(ValidateError::Definite)?;
+        let batch = source_batch(sh, rows)?;
+        count_rows(&batch, ncols, None, &mut counts, 1)?;
         let pos = source_position(conn).await?;
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;
         let mut target_n = 0i64;
         for b in sink.read_table(id).await? {
-            let data = in_source_types(&b, &schema, ncols).map_err(ValidateError::Definite)?;
+            let data = in_source_types(&b, &schema, ncols)?;
             let deleted = deleted_of(&b);
-            target_n += count_rows(&data, ncols, deleted.as_ref(), &mut counts, -1)
-                .map_err(ValidateError::Definite)?;
+            target_n += count_rows(&data, ncols, deleted.as_ref(), &mut counts, -1)?;
         }
         let off: i64 = counts.values().map(|c| c.abs()).sum();
         if off == 0 {
@@ -588,7 +596,7 @@ fn count_rows(
     deleted: Option<&BooleanArray>,
     counts: &mut HashMap<u64, i64>,
     sign: i64,
-) -> Result<i64, String> {
+) -> Result<i64, ValidateError> {
     let mut net = 0;
     each_row(batch, ncols, &[], |i, _, h| {
         let d = deleted.is_some_and(|a| a.is_valid(i) && a.value(i));

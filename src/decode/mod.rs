@@ -10,6 +10,7 @@
 //!   DECIMAL, [`json`] for MySQL binary JSON, [`charset`] for text.
 
 pub mod charset;
+pub mod ddl;
 pub mod decimal;
 pub mod event;
 pub mod file;

@@ -20,19 +20,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::builder::*;
-use arrow_array::cast::AsArray;
-use arrow_array::types::*;
+use arrow_array::builder::{
+    BooleanBuilder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt32Array, UInt64Array,
 };
-use arrow_buffer::i256;
-use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use arrow_schema::SchemaRef;
 use binlake_sink::{TableBatch, TableId};
 
+use crate::columnar::{
+    builders, int_at, key_bytes, key_bytes_at, BuildError, Col, ColumnChunk, IntCell,
+};
 use crate::decode::{TableMap, Value};
+use crate::position::BinlogPos;
 use crate::schema::table_schema;
+
+/// What a row's `_binlake_source` text counts for in the size bounds (about its length).
+const SOURCE_BYTES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -53,6 +59,63 @@ impl Op {
     }
 }
 
+/// Where a row came from: typed while it is buffered, rendered into `_binlake_source` only when
+/// its batch is built (and read typed for the watermarks' GTID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    /// A binlog transaction: the server that wrote it (`server_id`), its GTID, and where it was
+    /// read: server `via`'s binlog file and the end of the transaction there.
+    Binlog {
+        server_id: u32,
+        gtid: Option<String>,
+        via: u32,
+        at: BinlogPos,
+    },
+    /// A snapshot read: rows as of the binlog point `high` (a key-range read's window starts at
+    /// `low`; a keyless table's whole read has none).
+    Snapshot {
+        high: BinlogPos,
+        low: Option<BinlogPos>,
+    },
+}
+
+impl Provenance {
+    pub fn gtid(&self) -> Option<&str> {
+        match self {
+            Provenance::Binlog { gtid, .. } => gtid.as_deref(),
+            Provenance::Snapshot { .. } => None,
+        }
+    }
+}
+
+/// The `_binlake_source` text: `server_id=1 gtid=0-1-42 via=1 file=binlog.000001 pos=1234`,
+/// or `snapshot file=binlog.000001 pos=1234 low=binlog.000001:1000`.
+impl std::fmt::Display for Provenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Provenance::Binlog {
+                server_id,
+                gtid,
+                via,
+                at,
+            } => write!(
+                f,
+                "server_id={server_id} gtid={} via={via} file={} pos={}",
+                gtid.as_deref().unwrap_or("-"),
+                at.file,
+                at.pos
+            ),
+            Provenance::Snapshot { high, low } => {
+                write!(f, "snapshot file={} pos={}", high.file, high.pos)?;
+                match low {
+                    Some(l) => write!(f, " low={l}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// One change on its way into a buffer.
 #[derive(Debug, Clone)]
 pub struct BufRow {
@@ -61,88 +124,7 @@ pub struct BufRow {
     pub op: Op,
     pub deleted: bool,
     pub commit_us: i64,
-    pub source: Arc<str>,
-}
-
-/// Bytes that identify a row's primary key (values are typed, so no two keys collide).
-pub fn key_bytes(values: &[Value], pk: &[usize], out: &mut Vec<u8>) {
-    out.clear();
-    for &i in pk {
-        match values.get(i) {
-            Some(Value::Int(v)) => out.extend_from_slice(&v.to_le_bytes()),
-            Some(Value::UInt(v)) => out.extend_from_slice(&v.to_le_bytes()),
-            Some(Value::Str(s)) => {
-                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-            Some(Value::Bin(b)) => {
-                out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-                out.extend_from_slice(b);
-            }
-            Some(other) => out.extend_from_slice(format!("{other:?}").as_bytes()),
-            None => out.push(0),
-        }
-        out.push(0xff);
-    }
-}
-
-/// True when [`key_bytes_at`] can read this key from Arrow columns: integer, text and binary
-/// key columns (the others are keyed by their `Value`'s debug text, which only rows have).
-pub fn columnar_key(tm: &TableMap) -> bool {
-    use crate::decode::ColType;
-    tm.primary_key.iter().all(|&i| {
-        matches!(
-            tm.columns.get(i).map(|c| &c.ty),
-            Some(ColType::Int { .. } | ColType::Text { .. } | ColType::Binary { .. })
-        )
-    })
-}
-
-/// An integer key cell as the signed or unsigned 64-bit value the decoder gives it.
-enum IntCell {
-    I(i64),
-    U(u64),
-}
-
-fn int_at(a: &dyn Array, row: usize) -> Option<IntCell> {
-    use arrow_schema::DataType as D;
-    Some(match a.data_type() {
-        D::Int8 => IntCell::I(a.as_primitive::<Int8Type>().value(row) as i64),
-        D::Int16 => IntCell::I(a.as_primitive::<Int16Type>().value(row) as i64),
-        D::Int32 => IntCell::I(a.as_primitive::<Int32Type>().value(row) as i64),
-        D::Int64 => IntCell::I(a.as_primitive::<Int64Type>().value(row)),
-        D::UInt8 => IntCell::U(a.as_primitive::<UInt8Type>().value(row) as u64),
-        D::UInt16 => IntCell::U(a.as_primitive::<UInt16Type>().value(row) as u64),
-        D::UInt32 => IntCell::U(a.as_primitive::<UInt32Type>().value(row) as u64),
-        D::UInt64 => IntCell::U(a.as_primitive::<UInt64Type>().value(row)),
-        _ => return None,
-    })
-}
-
-/// [`key_bytes`] of row `row` of Arrow columns (the same bytes for the same key, so rows and
-/// columns dedup against each other). Only for keys [`columnar_key`] accepts.
-pub fn key_bytes_at(cols: &[ArrayRef], pk: &[usize], row: usize, out: &mut Vec<u8>) {
-    out.clear();
-    for &i in pk {
-        let a = cols[i].as_ref();
-        if a.is_null(row) {
-            out.extend_from_slice(b"Null");
-        } else if let Some(v) = int_at(a, row) {
-            match v {
-                IntCell::I(v) => out.extend_from_slice(&v.to_le_bytes()),
-                IntCell::U(v) => out.extend_from_slice(&v.to_le_bytes()),
-            }
-        } else if let Some(s) = a.as_string_opt::<i32>() {
-            let s = s.value(row).as_bytes();
-            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            out.extend_from_slice(s);
-        } else if let Some(b) = a.as_binary_opt::<i32>() {
-            let b = b.value(row);
-            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(b);
-        }
-        out.push(0xff);
-    }
+    pub source: Arc<Provenance>,
 }
 
 /// Row index of the last change per primary key. A single integer key column (the common case)
@@ -269,230 +251,6 @@ impl LastByKey {
     }
 }
 
-/// A typed column builder fed with decoded values.
-pub(crate) enum Col {
-    I8(Int8Builder),
-    I16(Int16Builder),
-    I32(Int32Builder),
-    I64(Int64Builder),
-    U8(UInt8Builder),
-    U16(UInt16Builder),
-    U32(UInt32Builder),
-    U64(UInt64Builder),
-    F32(Float32Builder),
-    F64(Float64Builder),
-    Date(Date32Builder),
-    Ts(TimestampMicrosecondBuilder, Option<Arc<str>>),
-    D128(Decimal128Builder, u8, i8),
-    D256(Decimal256Builder, u8, i8),
-    Utf8(StringBuilder),
-    Bin(BinaryBuilder),
-}
-
-impl Col {
-    pub(crate) fn new(dt: &DataType) -> Result<Col, String> {
-        Ok(match dt {
-            DataType::Int8 => Col::I8(Int8Builder::new()),
-            DataType::Int16 => Col::I16(Int16Builder::new()),
-            DataType::Int32 => Col::I32(Int32Builder::new()),
-            DataType::Int64 => Col::I64(Int64Builder::new()),
-            DataType::UInt8 => Col::U8(UInt8Builder::new()),
-            DataType::UInt16 => Col::U16(UInt16Builder::new()),
-            DataType::UInt32 => Col::U32(UInt32Builder::new()),
-            DataType::UInt64 => Col::U64(UInt64Builder::new()),
-            DataType::Float32 => Col::F32(Float32Builder::new()),
-            DataType::Float64 => Col::F64(Float64Builder::new()),
-            DataType::Date32 => Col::Date(Date32Builder::new()),
-            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-                Col::Ts(TimestampMicrosecondBuilder::new(), tz.clone())
-            }
-            DataType::Decimal128(p, s) => Col::D128(Decimal128Builder::new(), *p, *s),
-            DataType::Decimal256(p, s) => Col::D256(Decimal256Builder::new(), *p, *s),
-            DataType::Utf8 => Col::Utf8(StringBuilder::new()),
-            DataType::Binary => Col::Bin(BinaryBuilder::new()),
-            other => return Err(format!("no builder for Arrow type {other}")),
-        })
-    }
-
-    /// Appends one value; returns its approximate size in bytes.
-    pub(crate) fn append(&mut self, v: &Value) -> Result<usize, String> {
-        macro_rules! put {
-            ($b:expr, $($pat:pat => $val:expr),+) => {
-                match v {
-                    Value::Null => { $b.append_null(); Ok(1) }
-                    $($pat => { $b.append_value($val); Ok(8) })+
-                    other => Err(format!("value {other:?} does not fit the column's Arrow type (decoder/schema mismatch)")),
-                }
-            };
-        }
-        match self {
-            Col::I8(b) => put!(b, Value::Int(x) => *x as i8),
-            Col::I16(b) => put!(b, Value::Int(x) => *x as i16),
-            Col::I32(b) => put!(b, Value::Int(x) => *x as i32),
-            Col::I64(b) => put!(b, Value::Int(x) => *x, Value::Time(x) => *x),
-            Col::U8(b) => put!(b, Value::UInt(x) => *x as u8),
-            Col::U16(b) => put!(b, Value::UInt(x) => *x as u16),
-            Col::U32(b) => put!(b, Value::UInt(x) => *x as u32),
-            Col::U64(b) => put!(b, Value::UInt(x) => *x),
-            Col::F32(b) => put!(b, Value::F32(x) => *x),
-            Col::F64(b) => put!(b, Value::F64(x) => *x),
-            Col::Date(b) => put!(b, Value::Date(x) => *x),
-            Col::Ts(b, _) => put!(b, Value::DateTime(x) => *x, Value::Timestamp(x) => *x),
-            Col::D128(b, _, _) => put!(b, Value::Dec128(x) => *x),
-            Col::D256(b, _, _) => {
-                put!(b, Value::Dec256(x) => *x, Value::Dec128(x) => i256::from_i128(*x))
-            }
-            Col::Utf8(b) => match v {
-                Value::Null => {
-                    b.append_null();
-                    Ok(1)
-                }
-                Value::Str(s) => {
-                    b.append_value(s);
-                    Ok(s.len() + 4)
-                }
-                // ENUM/SET without labels (no FULL metadata): the index / bits as text
-                Value::UInt(x) => {
-                    b.append_value(x.to_string());
-                    Ok(8)
-                }
-                other => Err(format!("value {other:?} does not fit a Utf8 column")),
-            },
-            Col::Bin(b) => match v {
-                Value::Null => {
-                    b.append_null();
-                    Ok(1)
-                }
-                Value::Bin(x) => {
-                    b.append_value(x);
-                    Ok(x.len() + 4)
-                }
-                Value::Str(s) => {
-                    b.append_value(s.as_bytes());
-                    Ok(s.len() + 4)
-                }
-                other => Err(format!("value {other:?} does not fit a Binary column")),
-            },
-        }
-    }
-
-    pub(crate) fn finish(&mut self) -> Result<ArrayRef, String> {
-        Ok(match self {
-            Col::I8(b) => Arc::new(b.finish()),
-            Col::I16(b) => Arc::new(b.finish()),
-            Col::I32(b) => Arc::new(b.finish()),
-            Col::I64(b) => Arc::new(b.finish()),
-            Col::U8(b) => Arc::new(b.finish()),
-            Col::U16(b) => Arc::new(b.finish()),
-            Col::U32(b) => Arc::new(b.finish()),
-            Col::U64(b) => Arc::new(b.finish()),
-            Col::F32(b) => Arc::new(b.finish()),
-            Col::F64(b) => Arc::new(b.finish()),
-            Col::Date(b) => Arc::new(b.finish()),
-            Col::Ts(b, tz) => {
-                let a = b.finish();
-                match tz {
-                    Some(z) => Arc::new(a.with_timezone(z.clone())),
-                    None => Arc::new(a),
-                }
-            }
-            Col::D128(b, p, s) => Arc::new(
-                b.finish()
-                    .with_precision_and_scale(*p, *s)
-                    .map_err(|e| e.to_string())?,
-            ),
-            Col::D256(b, p, s) => Arc::new(
-                b.finish()
-                    .with_precision_and_scale(*p, *s)
-                    .map_err(|e| e.to_string())?,
-            ),
-            Col::Utf8(b) => Arc::new(b.finish()),
-            Col::Bin(b) => Arc::new(b.finish()),
-        })
-    }
-}
-
-/// Snapshot rows already in columns: the table's data columns in their Arrow types (no
-/// metadata columns), as [`TableBuffer::push`] would have built them from the same values.
-#[derive(Debug)]
-pub struct ColumnChunk {
-    pub columns: Vec<ArrayRef>,
-    pub rows: usize,
-    /// Approximate size, counted as `push` counts it.
-    pub bytes: usize,
-}
-
-/// Builds a [`ColumnChunk`] value by value (a snapshot reader's side of the buffer).
-pub struct ChunkBuilder {
-    cols: Vec<Col>,
-    rows: usize,
-    bytes: usize,
-}
-
-impl ChunkBuilder {
-    pub fn new(table: &TableMap) -> Result<Self, String> {
-        let schema = table_schema(table);
-        let cols = schema
-            .fields()
-            .iter()
-            .take(table.columns.len())
-            .map(|f| Col::new(f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
-            .collect::<Result<_, _>>()?;
-        Ok(ChunkBuilder {
-            cols,
-            rows: 0,
-            bytes: 0,
-        })
-    }
-
-    /// Appends the value of column `i` of the current row.
-    pub fn append(&mut self, i: usize, v: &Value) -> Result<(), String> {
-        self.bytes += self.cols[i].append(v)?;
-        Ok(())
-    }
-
-    /// Appends text to column `i` when it is a Utf8 column (false otherwise: nothing appended).
-    pub fn append_str(&mut self, i: usize, s: &str) -> bool {
-        match &mut self.cols[i] {
-            Col::Utf8(b) => {
-                b.append_value(s);
-                self.bytes += s.len() + 4;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Appends bytes to column `i` when it is a Binary column (false otherwise: nothing appended).
-    pub fn append_bytes(&mut self, i: usize, s: &[u8]) -> bool {
-        match &mut self.cols[i] {
-            Col::Bin(b) => {
-                b.append_value(s);
-                self.bytes += s.len() + 4;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends the current row.
-    pub fn end_row(&mut self) {
-        self.rows += 1;
-    }
-
-    pub fn finish(mut self) -> Result<ColumnChunk, String> {
-        Ok(ColumnChunk {
-            columns: self
-                .cols
-                .iter_mut()
-                .map(|c| c.finish())
-                .collect::<Result<_, _>>()?,
-            rows: self.rows,
-            bytes: self.bytes,
-        })
-    }
-}
-
 pub struct TableBuffer {
     pub id: TableId,
     pub table: Arc<TableMap>,
@@ -502,7 +260,11 @@ pub struct TableBuffer {
     deleted: BooleanBuilder,
     op: StringBuilder,
     commit_ts: TimestampMicrosecondBuilder,
-    source: StringBuilder,
+    /// Provenance of the rows in the builders, as runs: (first row, provenance). Rendered once
+    /// per run when the rows become a segment.
+    sources: Vec<(usize, Arc<Provenance>)>,
+    /// Rows in the builders (after the last segment).
+    building: usize,
     last_by_key: LastByKey,
     /// Finished parts in arrival order (all columns but `_binlake_synced_at`); the builders
     /// hold the rows after the last segment.
@@ -520,6 +282,8 @@ pub struct TableBuffer {
     pub insert_only: bool,
     /// The rows are the table's whole content (see `TableBatch::replace`).
     pub replace: bool,
+    /// Some rows are snapshot rows (see `TableBatch::snapshot_rows`).
+    snapshot_rows: bool,
     /// Segments (index, first row) of insert-only snapshot chunks whose keys are not in
     /// `last_by_key` yet: while the buffer holds only such rows their keys are distinct (chunks
     /// cover disjoint key ranges), so there is nothing to deduplicate and no index to keep. The
@@ -529,22 +293,16 @@ pub struct TableBuffer {
     pub oldest: Option<Instant>,
     /// The newest binlog change buffered: (version, source commit µs, provenance), for the
     /// watermarks.
-    pub last_change: Option<(u64, i64, Arc<str>)>,
+    pub last_change: Option<(u64, i64, Arc<Provenance>)>,
     /// Source transactions with binlog changes in the buffer (for metrics).
     pub txns: u64,
 }
 
 impl TableBuffer {
-    pub fn new(id: TableId, table: Arc<TableMap>) -> Result<Self, String> {
+    pub fn new(id: TableId, table: Arc<TableMap>) -> Result<Self, BuildError> {
         let schema = table_schema(&table);
         let last_by_key = LastByKey::for_table(&table);
-        let ncols = table.columns.len();
-        let cols = schema
-            .fields()
-            .iter()
-            .take(ncols)
-            .map(|f| Col::new(f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name())))
-            .collect::<Result<_, _>>()?;
+        let cols = builders(&table)?;
         Ok(TableBuffer {
             id,
             table,
@@ -554,7 +312,8 @@ impl TableBuffer {
             deleted: BooleanBuilder::new(),
             op: StringBuilder::new(),
             commit_ts: TimestampMicrosecondBuilder::new(),
-            source: StringBuilder::new(),
+            sources: Vec::new(),
+            building: 0,
             last_by_key,
             segments: Vec::new(),
             versions: Vec::new(),
@@ -564,6 +323,7 @@ impl TableBuffer {
             stream_max_version: 0,
             insert_only: true,
             replace: false,
+            snapshot_rows: false,
             unindexed: Vec::new(),
             bytes: 0,
             oldest: None,
@@ -602,9 +362,9 @@ impl TableBuffer {
         }
     }
 
-    pub fn push(&mut self, row: &BufRow) -> Result<(), String> {
+    pub fn push(&mut self, row: &BufRow) -> Result<(), BuildError> {
         self.index_pending();
-        let mut bytes = 48 + row.source.len();
+        let mut bytes = 48 + SOURCE_BYTES;
         for (c, v) in self.cols.iter_mut().zip(&row.values) {
             bytes += c.append(v)?;
         }
@@ -613,7 +373,14 @@ impl TableBuffer {
         self.deleted.append_value(row.deleted);
         self.op.append_value(row.op.as_str());
         self.commit_ts.append_value(row.commit_us);
-        self.source.append_value(&row.source);
+        if !self
+            .sources
+            .last()
+            .is_some_and(|(_, p)| Arc::ptr_eq(p, &row.source))
+        {
+            self.sources.push((self.building, row.source.clone()));
+        }
+        self.building += 1;
         if self.last_by_key.record(
             &row.values,
             &self.table.primary_key,
@@ -625,7 +392,9 @@ impl TableBuffer {
         self.rows += 1;
         self.min_version = self.min_version.min(row.version);
         self.max_version = self.max_version.max(row.version);
-        if row.op != Op::Snapshot {
+        if row.op == Op::Snapshot {
+            self.snapshot_rows = true;
+        } else {
             self.stream_max_version = self.stream_max_version.max(row.version);
             // rows of one transaction share a version: this updates once per transaction
             match &self.last_change {
@@ -651,8 +420,8 @@ impl TableBuffer {
         chunk: ColumnChunk,
         version: u64,
         commit_us: i64,
-        source: &str,
-    ) -> Result<(), String> {
+        source: &Provenance,
+    ) -> Result<(), BuildError> {
         let n = chunk.rows;
         if n == 0 {
             return Ok(());
@@ -664,7 +433,7 @@ impl TableBuffer {
                 .zip(self.schema.fields().iter())
                 .any(|(c, f)| c.data_type() != f.data_type())
         {
-            return Err("snapshot columns do not match the table's Arrow types".into());
+            return Err(BuildError::ChunkShape);
         }
         self.finish_segment()?;
         let first = self.rows;
@@ -702,14 +471,16 @@ impl TableBuffer {
         seg.push(Arc::new(
             TimestampMicrosecondArray::from_value(commit_us, n).with_timezone("UTC"),
         ));
+        let source = source.to_string();
         seg.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(source, n),
+            std::iter::repeat_n(source.as_str(), n),
         )));
         self.segments.push(seg);
+        self.snapshot_rows = true;
         self.rows += n;
         self.min_version = self.min_version.min(version);
         self.max_version = self.max_version.max(version);
-        self.bytes += chunk.bytes + n * (48 + source.len()) + new_keys * 32;
+        self.bytes += chunk.bytes + n * (48 + SOURCE_BYTES) + new_keys * 32;
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
@@ -717,8 +488,8 @@ impl TableBuffer {
     }
 
     /// Moves the rows in the builders into a segment.
-    fn finish_segment(&mut self) -> Result<(), String> {
-        if self.version.is_empty() {
+    fn finish_segment(&mut self) -> Result<(), BuildError> {
+        if self.building == 0 {
             return Ok(());
         }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
@@ -729,13 +500,23 @@ impl TableBuffer {
         arrays.push(Arc::new(self.deleted.finish()));
         arrays.push(Arc::new(self.op.finish()));
         arrays.push(Arc::new(self.commit_ts.finish().with_timezone("UTC")));
-        arrays.push(Arc::new(self.source.finish()));
+        let mut source = StringBuilder::new();
+        let runs = std::mem::take(&mut self.sources);
+        for (i, (first, p)) in runs.iter().enumerate() {
+            let end = runs.get(i + 1).map_or(self.building, |(next, _)| *next);
+            let text = p.to_string();
+            for _ in *first..end {
+                source.append_value(&text);
+            }
+        }
+        arrays.push(Arc::new(source.finish()));
+        self.building = 0;
         self.segments.push(arrays);
         Ok(())
     }
 
     /// Builds the batch (dedup applied); consumes the buffer.
-    pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, String> {
+    pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, BuildError> {
         if self.rows == 0 && !self.replace {
             return Ok(None);
         }
@@ -751,6 +532,7 @@ impl TableBuffer {
                 stream_max_version: 0,
                 insert_only: false,
                 replace: true,
+                snapshot_rows: true,
             }));
         }
         self.finish_segment()?;
@@ -761,7 +543,7 @@ impl TableBuffer {
                 .map(|i| {
                     let parts: Vec<&dyn Array> =
                         self.segments.iter().map(|s| s[i].as_ref()).collect();
-                    arrow_select::concat::concat(&parts).map_err(|e| e.to_string())
+                    arrow_select::concat::concat(&parts)
                 })
                 .collect::<Result<_, _>>()?
         };
@@ -770,8 +552,7 @@ impl TableBuffer {
         synced.append_value_n(synced_at_us, n);
         arrays.push(Arc::new(synced.finish()));
         arrays.push(source);
-        let mut batch =
-            RecordBatch::try_new(self.schema.clone(), arrays).map_err(|e| e.to_string())?;
+        let mut batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         // Dedup: keep the last change per key, in commit order. (Unindexed segments left means
         // every row is an insert-only chunk row: distinct keys, nothing to drop.)
         if self.unindexed.is_empty() && self.last_by_key.len().is_some_and(|k| k < n) {
@@ -780,9 +561,8 @@ impl TableBuffer {
                 .columns()
                 .iter()
                 .map(|c| arrow_select::take::take(c.as_ref(), &idx, None))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())?;
+                .collect::<Result<Vec<_>, _>>()?;
+            batch = RecordBatch::try_new(self.schema.clone(), cols)?;
         }
         let primary_key = self
             .table
@@ -799,6 +579,7 @@ impl TableBuffer {
             stream_max_version: self.stream_max_version,
             insert_only: self.insert_only,
             replace: self.replace,
+            snapshot_rows: self.snapshot_rows,
         }))
     }
 }
@@ -806,9 +587,17 @@ impl TableBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::columnar::{columnar_key, key_bytes, key_bytes_at, ChunkBuilder};
     use crate::decode::{ColType, ColumnMeta};
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int32Type;
+
+    fn prov() -> Arc<Provenance> {
+        Arc::new(Provenance::Snapshot {
+            high: BinlogPos::default(),
+            low: None,
+        })
+    }
 
     fn table() -> Arc<TableMap> {
         let col = |name: &str, ty: ColType| ColumnMeta {
@@ -903,7 +692,7 @@ mod tests {
         }
         // rows, then a chunk, then rows: one row per key, the highest version (last on a tie)
         let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
-        let src: Arc<str> = Arc::from("s");
+        let src = prov();
         let row = |id: i64, v: &str, version: u64| BufRow {
             values: vec![Value::Int(id), Value::Str(v.into())],
             version,
@@ -920,7 +709,7 @@ mod tests {
             cb.append(1, &Value::Str(v.into())).unwrap();
             cb.end_row();
         }
-        b.push_columns(cb.finish().unwrap(), 1 << 16, 0, "snapshot")
+        b.push_columns(cb.finish().unwrap(), 1 << 16, 0, &prov())
             .unwrap();
         b.push(&row(3, "stream-after", 1 << 16)).unwrap();
         let tb = b.into_batch(0).unwrap().unwrap();
@@ -970,15 +759,15 @@ mod tests {
         };
         // only insert-only chunks (distinct keys): every row goes out, nothing indexed
         let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
-        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, "s").unwrap();
-        b.push_columns(chunk(&[3]), 2 << 16, 0, "s").unwrap();
+        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, &prov()).unwrap();
+        b.push_columns(chunk(&[3]), 2 << 16, 0, &prov()).unwrap();
         assert_eq!(b.unindexed.len(), 2);
         let tb = b.into_batch(0).unwrap().unwrap();
         assert_eq!(tb.batch.num_rows(), 3);
         // a stream change of a chunk's key after the chunks: the chunks are indexed first, so
         // the newer change replaces the chunk row
         let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
-        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, "s").unwrap();
+        b.push_columns(chunk(&[1, 2]), 1 << 16, 0, &prov()).unwrap();
         b.insert_only = false;
         b.push(&BufRow {
             values: vec![Value::Int(2), Value::Str("stream".into())],
@@ -986,12 +775,12 @@ mod tests {
             op: Op::Update,
             deleted: false,
             commit_us: 0,
-            source: Arc::from("s"),
+            source: prov(),
         })
         .unwrap();
         assert!(b.unindexed.is_empty());
         // and a later non-fresh chunk is deduplicated against everything before it
-        b.push_columns(chunk(&[1]), 4 << 16, 0, "s").unwrap();
+        b.push_columns(chunk(&[1]), 4 << 16, 0, &prov()).unwrap();
         let tb = b.into_batch(0).unwrap().unwrap();
         assert_eq!(
             ids_of(&tb),
@@ -1004,7 +793,7 @@ mod tests {
     #[test]
     fn keeps_the_last_change_per_key_in_commit_order() {
         let mut b = TableBuffer::new(TableId::new("d", "t"), table()).unwrap();
-        let src: Arc<str> = Arc::from("s");
+        let src = prov();
         let row = |id: i64, v: &str, version: u64, deleted: bool| BufRow {
             values: vec![Value::Int(id), Value::Str(v.into())],
             version,

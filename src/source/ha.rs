@@ -57,7 +57,7 @@ impl std::fmt::Display for Unfit {
 
 /// Checks that the server at `url` is up, passes preflight, and holds everything up to `pos`.
 pub async fn probe(url: &str, pos: Option<&Position>) -> Result<Flavor, Unfit> {
-    let opts = parse_url(url).map_err(Unfit::Definite)?;
+    let opts = parse_url(url).map_err(|e| Unfit::Definite(e.to_string()))?;
     let mut conn = match connect(&opts).await {
         Ok(c) => c,
         Err(SourceError::Auth(m)) => return Err(Unfit::Definite(format!("login refused: {m}"))),
@@ -187,7 +187,7 @@ fn one(src: &SourceConfig, i: usize) -> Result<(SourceConfig, mysql_async::Opts)
     let mut c = src.clone();
     c.url = src.urls[i].clone();
     c.give_up_after = Some(2);
-    let opts = parse_url(&c.url).map_err(SourceError::Definite)?;
+    let opts = parse_url(&c.url)?;
     Ok((c, opts))
 }
 

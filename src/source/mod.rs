@@ -11,6 +11,7 @@
 
 pub mod ha;
 pub mod preflight;
+pub mod start;
 pub mod stream;
 
 use std::sync::Arc;
@@ -61,6 +62,11 @@ pub enum SourceError {
     Stream(String),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// Rows read could not be put in Arrow columns (the decoder and the schema disagree).
+    #[error("building Arrow columns: {0}")]
+    Build(#[from] crate::columnar::BuildError),
     #[error("{0}")]
     Definite(String),
 }
@@ -165,11 +171,20 @@ pub struct Transaction {
     pub ddl: Vec<Ddl>,
 }
 
-/// A statement from a Query event and the default database it ran in.
+/// A statement from a Query event, the default database it ran in, and what it does to tables
+/// a sink must follow (parsed when the event is decoded: see [`crate::decode::ddl`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ddl {
     pub db: String,
     pub sql: String,
+    pub actions: Vec<(binlake_sink::TableId, binlake_sink::DdlKind)>,
+}
+
+impl Ddl {
+    pub fn new(db: String, sql: String) -> Ddl {
+        let actions = crate::decode::ddl::table_ddl(&db, &sql);
+        Ddl { db, sql, actions }
+    }
 }
 
 /// What the source tells the pipeline.
@@ -215,8 +230,13 @@ pub enum StartAt {
     At(Position),
 }
 
+/// A source setting (`start_at`, `mode`) that does not parse, with what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSetting(String);
+
 impl std::str::FromStr for StartAt {
-    type Err = String;
+    type Err = BadSetting;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         match s {
@@ -242,9 +262,9 @@ impl std::str::FromStr for StartAt {
         if let Ok(p) = s.parse::<BinlogPos>() {
             return Ok(StartAt::At(Position::File(p)));
         }
-        Err(format!(
+        Err(BadSetting(format!(
             "`{s}`: expected snapshot, earliest, current, a GTID (0-1-100 or uuid:1-5), or file:position"
-        ))
+        )))
     }
 }
 
@@ -258,12 +278,14 @@ pub enum SourceMode {
 }
 
 impl std::str::FromStr for SourceMode {
-    type Err = String;
+    type Err = BadSetting;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "failover" => Ok(SourceMode::Failover),
             "active-active" | "active_active" => Ok(SourceMode::ActiveActive),
-            _ => Err(format!("`{s}`: expected failover or active-active")),
+            _ => Err(BadSetting(format!(
+                "`{s}`: expected failover or active-active"
+            ))),
         }
     }
 }
@@ -293,26 +315,64 @@ pub struct SourceConfig {
 /// and `tls_key` keys.
 pub const TLS_PARAMS: [&str; 3] = ["tls_ca", "tls_cert", "tls_key"];
 
+/// A source URL (the `source` key) or one of its TLS files that cannot be used.
+#[derive(Debug, Error)]
+pub enum UrlError {
+    #[error("`{url}`: {message} (expected mysql://user:password@host:port)")]
+    Syntax { url: String, message: String },
+    #[error("`{url}`: {source}")]
+    Unparsable {
+        url: String,
+        source: url::ParseError,
+    },
+    #[error("`{key}`: {path} is not a file")]
+    NotAFile { key: &'static str, path: String },
+    #[error("`{key}`: cannot read {path}: {source}")]
+    Unreadable {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`tls_cert` and `tls_key` go together (a client certificate and its key)")]
+    CertWithoutKey,
+}
+
+impl UrlError {
+    /// The config key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            UrlError::Syntax { .. } | UrlError::Unparsable { .. } => "source",
+            UrlError::NotAFile { key, .. } | UrlError::Unreadable { key, .. } => key,
+            UrlError::CertWithoutKey => "tls_cert",
+        }
+    }
+}
+
 /// Parses a `mysql://user:pw@host:port` URL; the error names the `source` key. `tls_ca` (a PEM
 /// CA bundle) and `tls_cert` + `tls_key` (a client certificate, for users that `REQUIRE X509`)
 /// turn TLS on, verified (the server's certificate against the bundle, and its host name)
 /// unless `verify_ca=false` / `verify_identity=false` say otherwise.
-pub fn parse_url(url: &str) -> Result<Opts, String> {
+pub fn parse_url(url: &str) -> Result<Opts, UrlError> {
     let (base, tls) = split_tls_params(url)?;
-    let opts = Opts::from_url(&base).map_err(|e| {
-        format!(
-            "`{}`: {e} (expected mysql://user:password@host:port)",
-            redact(url)
-        )
+    let opts = Opts::from_url(&base).map_err(|e| UrlError::Syntax {
+        url: redact(url),
+        message: e.to_string(),
     })?;
     let mut b = OptsBuilder::from_opts(opts.clone()).prefer_socket(false);
-    let file = |key: &str| -> Result<Option<std::path::PathBuf>, String> {
+    let file = |key: &'static str| -> Result<Option<std::path::PathBuf>, UrlError> {
         match tls.get(key) {
             None => Ok(None),
             Some(p) => match std::fs::metadata(p) {
                 Ok(m) if m.is_file() => Ok(Some(std::path::PathBuf::from(p))),
-                Ok(_) => Err(format!("`{key}`: {p} is not a file")),
-                Err(e) => Err(format!("`{key}`: cannot read {p}: {e}")),
+                Ok(_) => Err(UrlError::NotAFile {
+                    key,
+                    path: p.clone(),
+                }),
+                Err(source) => Err(UrlError::Unreadable {
+                    key,
+                    path: p.clone(),
+                    source,
+                }),
             },
         }
     };
@@ -327,12 +387,7 @@ pub fn parse_url(url: &str) -> Result<Opts, String> {
                 ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(c.into(), k.into())))
             }
             (None, None) => ssl,
-            _ => {
-                return Err(
-                    "`tls_cert` and `tls_key` go together (a client certificate and its key)"
-                        .into(),
-                )
-            }
+            _ => return Err(UrlError::CertWithoutKey),
         };
         b = b.ssl_opts(Some(ssl));
     }
@@ -342,12 +397,15 @@ pub fn parse_url(url: &str) -> Result<Opts, String> {
 /// The URL without binlake's TLS parameters, and their values.
 fn split_tls_params(
     url: &str,
-) -> Result<(String, std::collections::HashMap<String, String>), String> {
+) -> Result<(String, std::collections::HashMap<String, String>), UrlError> {
     let mut found = std::collections::HashMap::new();
     if !TLS_PARAMS.iter().any(|p| url.contains(p)) {
         return Ok((url.to_string(), found));
     }
-    let mut u = url::Url::parse(url).map_err(|e| format!("`{}`: {e}", redact(url)))?;
+    let mut u = url::Url::parse(url).map_err(|e| UrlError::Unparsable {
+        url: redact(url),
+        source: e,
+    })?;
     let rest: Vec<(String, String)> = u
         .query_pairs()
         .filter_map(|(k, v)| {

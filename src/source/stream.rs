@@ -356,7 +356,7 @@ async fn handle_event(
                             origin: header.server_id,
                             ..Default::default()
                         });
-                        open.ddl.push(super::Ddl { db, sql });
+                        open.ddl.push(super::Ddl::new(db, sql));
                         if !open.saw_begin {
                             return finish(cfg, st, &header, end, tx).await;
                         }

@@ -10,6 +10,7 @@ mod filters;
 mod fixtures;
 mod ha;
 mod harness;
+mod names;
 mod observe;
 mod replicate;
 mod s3;

@@ -141,6 +141,32 @@ def equal(a, b, ftype):
     return a == b
 
 
+def split_table(text):
+    """`db.table` as binlake writes a table: a part holding a dot or a backtick is backtick-quoted,
+    with backticks doubled (`d.x`.`t.y`)."""
+    parts, i = [], 0
+    while len(parts) < 2:
+        if text.startswith("`", i):
+            j, name = i + 1, ""
+            while True:
+                k = text.index("`", j)
+                name += text[j:k]
+                if text.startswith("`", k + 1):
+                    name += "`"
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+        else:
+            k = text.find(".", i) if not parts else len(text)
+            k = len(text) if k < 0 else k
+            name, i = text[i:k], k
+        parts.append(name)
+        if not parts[1:] and text.startswith(".", i):
+            i += 1
+    return parts[0], parts[1]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -151,7 +177,7 @@ def main():
     ap.add_argument("--ca-file", help="CA bundle for an https ClickHouse")
     ap.add_argument("--invalid-as-null", action="store_true")
     a = ap.parse_args()
-    db, table = a.table.split(".", 1)
+    db, table = split_table(a.table)
     pk, types, src = source_rows(a.port, db, table)
     if not pk:
         print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)

@@ -12,6 +12,7 @@
 //!   in every sink.
 
 pub mod encoding;
+pub mod position;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, TimeUnit};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use position::{BinlogPos, Position};
 
 pub const COL_VERSION: &str = "_binlake_version";
 pub const COL_DELETED: &str = "_binlake_deleted";
@@ -90,8 +93,11 @@ pub fn rejects_fields() -> Vec<Field> {
     ]
 }
 
-/// A source table, `db.table`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A source table. Its text form, `db.table`, is what logs, checkpoints and table patterns
+/// show; a part holding a dot or a backtick (legal in MySQL names) is backtick-quoted, with
+/// backticks doubled (`` `d.x`.`t.y` ``), so the text always reads back to the same table.
+/// Serialised as that text (map keys in JSON included).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableId {
     pub db: String,
     pub table: String,
@@ -106,9 +112,117 @@ impl TableId {
     }
 }
 
+/// One part of a table's text form: as is, or backtick-quoted when it would not read back.
+fn write_name_part(f: &mut fmt::Formatter<'_>, part: &str) -> fmt::Result {
+    if part.is_empty() || part.contains(['.', '`']) {
+        write!(f, "`{}`", part.replace('`', "``"))
+    } else {
+        f.write_str(part)
+    }
+}
+
+/// Splits `text` into its first name part (backtick-quoted or up to `.` / the end) and the rest
+/// after it. Used by [`TableId`]'s `FromStr` and by table patterns.
+pub fn split_name_part(text: &str) -> Result<(String, &str), TableIdParseError> {
+    let err = |reason| TableIdParseError {
+        text: text.to_string(),
+        reason,
+    };
+    let Some(body) = text.strip_prefix('`') else {
+        return Ok(match text.split_once('.') {
+            Some((a, rest)) => (a.to_string(), rest),
+            None => (text.to_string(), ""),
+        });
+    };
+    let mut part = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c != '`' {
+            part.push(c);
+            continue;
+        }
+        if body[i + 1..].starts_with('`') {
+            part.push('`');
+            chars.next();
+            continue;
+        }
+        let rest = &body[i + 1..];
+        return match rest.strip_prefix('.') {
+            Some(r) => Ok((part, r)),
+            None if rest.is_empty() => Ok((part, "")),
+            None => Err(err("expected `.` after a quoted name")),
+        };
+    }
+    Err(err("unclosed backtick"))
+}
+
+/// A table's text that does not read back (see [`TableId`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid table name `{text}`: {reason}")]
+pub struct TableIdParseError {
+    pub text: String,
+    pub reason: &'static str,
+}
+
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.db, self.table)
+        if f.width().is_some() {
+            // `{t:<40}`: pad the whole name
+            return f.pad(&format!("{}", Unpadded(self)));
+        }
+        Unpadded(self).fmt(f)
+    }
+}
+
+/// A table's text without padding (the padded form is built from it).
+struct Unpadded<'a>(&'a TableId);
+
+impl fmt::Display for Unpadded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_name_part(f, &self.0.db)?;
+        f.write_str(".")?;
+        write_name_part(f, &self.0.table)
+    }
+}
+
+impl std::str::FromStr for TableId {
+    type Err = TableIdParseError;
+    /// `db.table`, either part backtick-quoted. Unquoted, the first dot separates the parts (as
+    /// checkpoints written before quoting existed have it).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (db, rest) = split_name_part(s)?;
+        if rest.is_empty() && !s.ends_with('.') {
+            return Err(TableIdParseError {
+                text: s.to_string(),
+                reason: "expected db.table",
+            });
+        }
+        let table = if rest.starts_with('`') {
+            let (t, tail) = split_name_part(rest)?;
+            if !tail.is_empty() || rest.ends_with('.') {
+                return Err(TableIdParseError {
+                    text: s.to_string(),
+                    reason: "text after the table name",
+                });
+            }
+            t
+        } else {
+            rest.to_string()
+        };
+        Ok(TableId { db, table })
+    }
+}
+
+impl Serialize for TableId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TableId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -136,6 +250,9 @@ pub struct TableBatch {
     /// A keyless snapshot repeated after a crash between its data and its checkpoint then
     /// replaces the first attempt's rows instead of doubling them.
     pub replace: bool,
+    /// Some rows are snapshot rows (`_binlake_op = 'snapshot'`, versioned at their read rather
+    /// than at a transaction): a sink that treats them apart need not scan the column.
+    pub snapshot_rows: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -147,10 +264,10 @@ fn is_zero(v: &u64) -> bool {
 pub struct Checkpoint {
     /// The pipeline's name: several pipelines may share a target.
     pub pipeline: String,
-    /// Where the stream resumes (a typed position in text form, e.g. `mariadb-gtid:0-1-42`).
-    pub position: String,
-    /// Highest applied `_binlake_version` per table (`db.table`).
-    pub tables: BTreeMap<String, u64>,
+    /// Where the stream resumes (stored as its text, e.g. `mariadb-gtid:0-1-42`).
+    pub position: Position,
+    /// Highest applied `_binlake_version` per table.
+    pub tables: BTreeMap<TableId, u64>,
     /// Source commit time (µs) of the last applied transaction, for lag and freshness.
     pub source_commit_us: i64,
     /// Wall-clock time (µs) of the commit.
@@ -161,19 +278,19 @@ pub struct Checkpoint {
     /// Tables stopped by an error that retrying cannot fix (`db.table` -> the reason). Their
     /// changes are skipped until the table is rebuilt; the other tables go on.
     #[serde(default)]
-    pub quarantined: BTreeMap<String, String>,
-    /// Snapshots (initial loads and backfills) in progress, per table (`db.table`): how far each
+    pub quarantined: BTreeMap<TableId, String>,
+    /// Snapshots (initial loads and backfills) in progress, per table: how far each
     /// key range has been read. Written with the rows it describes, so a restart continues
     /// after the last chunk the target holds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub snapshots: BTreeMap<String, SnapshotProgress>,
+    pub snapshots: BTreeMap<TableId, SnapshotProgress>,
     /// Tables whose last snapshot finished, with the wall-clock time (µs) it finished.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub loaded: BTreeMap<String, i64>,
-    /// Per table (`db.table`): source commit time (µs) of the last change applied, for per-table
-    /// lag in `binlake status`.
+    pub loaded: BTreeMap<TableId, i64>,
+    /// Per table: source commit time (µs) of the last change applied, for per-table lag in
+    /// `binlake status`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub table_commit_us: BTreeMap<String, i64>,
+    pub table_commit_us: BTreeMap<TableId, i64>,
     /// The highest `_binlake_version` given to snapshot rows: later reads at the same binlog
     /// point get higher versions (a backfill must win over the rows it repairs), across restarts.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -202,6 +319,26 @@ pub struct SnapshotProgress {
     /// that read is taken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<serde_json::Value>,
+    /// A keyless table read whole at startup (reason `keyless`): the binlog point its read holds
+    /// everything up to. The stream skips the table's changes up to it, and the entry stays
+    /// until the stream has passed it. (Checkpoints before this field kept it in the first
+    /// range's `after` as `{"cut": ...}`: see [`SnapshotProgress::keyless_cut`].)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<BinlogPos>,
+}
+
+impl SnapshotProgress {
+    /// The keyless cut (see [`SnapshotProgress::cut`]), from either place it has been stored.
+    pub fn keyless_cut(&self) -> Option<BinlogPos> {
+        self.cut.clone().or_else(|| {
+            self.ranges
+                .first()
+                .and_then(|r| r.after.as_ref())
+                .and_then(|a| a.get("cut"))
+                .and_then(|c| c.as_str())
+                .and_then(|c| c.parse().ok())
+        })
+    }
 }
 
 /// One key range of a snapshot: keys `>= lo` (or from the start) and `< hi` (or to the end).
@@ -235,6 +372,24 @@ impl Commit {
             .map(|b| b.batch.num_rows())
             .sum::<usize>()
             + self.rejects.as_ref().map_or(0, |r| r.num_rows())
+    }
+}
+
+/// binlake's own tables in the target, written with the data of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaTable {
+    /// [`REJECTS_TABLE`]: schema [`rejects_fields`].
+    Rejects,
+    /// [`WATERMARKS_TABLE`]: schema [`watermark_fields`].
+    Watermarks,
+}
+
+impl MetaTable {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetaTable::Rejects => REJECTS_TABLE,
+            MetaTable::Watermarks => WATERMARKS_TABLE,
+        }
     }
 }
 
@@ -275,35 +430,78 @@ pub trait Sink: Send {
     /// pipeline runs).
     async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError>;
 
-    /// Makes the batches and the checkpoint durable in one atomic step.
-    async fn commit(&mut self, commit: Commit) -> Result<(), SinkError>;
+    /// Makes the batches and the checkpoint durable in one atomic step. The order of a commit
+    /// lives here, once, for every sink; sinks implement the steps and do not override this:
+    ///
+    /// 1. [`Sink::begin_commit`]: prove this process still owns the target; the commit's `seq`.
+    /// 2. [`Sink::write_tables`]: the tables' rows (each table's part atomic on its own, and
+    ///    idempotent: a replay after a crash changes nothing).
+    /// 3. [`Sink::write_meta`]: the dead-letter rows, then the watermarks.
+    /// 4. the `after-data` [`failpoint`] (the crash the tests inject between data and checkpoint).
+    /// 5. [`Sink::write_checkpoint`]: the resume point, last. Until it is durable the commit is
+    ///    not done: a crash before it replays steps 2-3, which their idempotence makes harmless.
+    /// 6. [`Sink::after_commit`]: bookkeeping that needs the commit done (maintenance schedules).
+    ///
+    /// A failed step fails the commit; the pipeline retries the whole commit from step 1.
+    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+        let seq = self.begin_commit().await?;
+        commit.checkpoint.seq = seq;
+        self.write_tables(seq, &commit.batches).await?;
+        for (table, rows) in [
+            (MetaTable::Rejects, &commit.rejects),
+            (MetaTable::Watermarks, &commit.watermarks),
+        ] {
+            if let Some(rows) = rows.as_ref().filter(|r| r.num_rows() > 0) {
+                self.write_meta(seq, table, rows).await?;
+            }
+        }
+        failpoint("after-data");
+        self.write_checkpoint(seq, &commit.checkpoint).await?;
+        self.after_commit(&commit.checkpoint);
+        Ok(())
+    }
+
+    /// Commit step 1: checks that this process is still the target's one writer and returns
+    /// the sequence number of the commit about to be made (the last committed one + 1). Forgets
+    /// whatever an earlier failed attempt staged.
+    async fn begin_commit(&mut self) -> Result<u64, SinkError>;
+
+    /// Commit step 2: writes the batches (empty ones included: a batch with `replace` set and no
+    /// rows empties its table).
+    async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError>;
+
+    /// Commit step 3: appends rows (never empty) to one of binlake's own tables.
+    async fn write_meta(
+        &mut self,
+        seq: u64,
+        table: MetaTable,
+        rows: &RecordBatch,
+    ) -> Result<(), SinkError>;
+
+    /// Commit step 5: makes `checkpoint` (its `seq` set) the target's resume point; what steps
+    /// 2-3 wrote is committed once this returns.
+    async fn write_checkpoint(
+        &mut self,
+        seq: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError>;
+
+    /// Commit step 6, after the checkpoint is durable (cannot fail the commit).
+    fn after_commit(&mut self, checkpoint: &Checkpoint) {
+        let _ = checkpoint;
+    }
 
     /// Applies a DDL statement that the source committed at `version`. TRUNCATE and DROP TABLE:
     /// afterwards the table's current state is empty (rows written later, with higher versions,
     /// stay). DROP and RENAME COLUMN: the stored rows lose the column, or carry its values under
     /// the new name. Must be idempotent (a crash replays it). A sink that cannot do it returns
-    /// [`SinkError::Table`], which stops that table.
-    ///
-    /// The default: column changes are nothing to do for a sink whose files follow each table
-    /// map's shape (readers union the shapes by name); TRUNCATE and DROP TABLE stop the table.
+    /// [`SinkError::Table`], which stops that table (each sink's `ddl.rs` says what it does).
     async fn apply_table_ddl(
         &mut self,
         table: &TableId,
         kind: DdlKind,
         version: u64,
-    ) -> Result<(), SinkError> {
-        let _ = version;
-        if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
-            return Ok(());
-        }
-        if let DdlKind::RenameTable { to } = &kind {
-            return Err(rename_table_unsupported(self.kind(), table, to));
-        }
-        Err(SinkError::Table {
-            table: table.clone(),
-            message: format!("{kind:?} at the source: the {} sink does not apply it yet, so the replica would diverge. The table is stopped; rebuild it to resume", self.kind()),
-        })
-    }
+    ) -> Result<(), SinkError>;
 
     /// The days (since 1970-01-01) of the dates and times the target can hold, when it cannot
     /// hold every MySQL date. Values outside are invalid values: the `invalid_values` policy
@@ -385,3 +583,55 @@ pub enum DdlKind {
 
 /// Shared, cheap-to-clone text for the `_binlake_source` column.
 pub type SourceText = Arc<str>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_with_dots_and_backticks_read_back() {
+        for (db, t, text) in [
+            ("shop", "orders", "shop.orders"),
+            ("d.x", "t.y", "`d.x`.`t.y`"),
+            ("shop", "a`b", "shop.`a``b`"),
+            ("a.b", "c", "`a.b`.c"),
+        ] {
+            let id = TableId::new(db, t);
+            assert_eq!(id.to_string(), text);
+            assert_eq!(text.parse::<TableId>().unwrap(), id);
+            let json = serde_json::to_string(&BTreeMap::from([(id.clone(), 1u64)])).unwrap();
+            let back: BTreeMap<TableId, u64> = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.keys().next(), Some(&id), "{json}");
+        }
+        // unquoted: the first dot separates (checkpoints written before quoting)
+        assert_eq!(
+            "shop.t.y".parse::<TableId>().unwrap(),
+            TableId::new("shop", "t.y")
+        );
+        assert!("shop".parse::<TableId>().is_err());
+        assert!("`shop.t".parse::<TableId>().is_err());
+        assert!("`a`x.t".parse::<TableId>().is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_typed_fields_loads() {
+        let old = r#"{"pipeline":"p","position":"mariadb-gtid:0-1-42","tables":{"shop.orders":7},
+            "source_commit_us":1,"committed_at_us":2,"seq":3,
+            "snapshots":{"shop.logs":{"reason":"keyless","ranges":[{"after":{"cut":"binlog.000002:99"},"done":true}],
+            "rows":1,"estimate":1,"started_at_us":0}}}"#;
+        let cp: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(cp.position.to_string(), "mariadb-gtid:0-1-42");
+        assert_eq!(cp.tables[&TableId::new("shop", "orders")], 7);
+        let p = &cp.snapshots[&TableId::new("shop", "logs")];
+        assert_eq!(
+            p.keyless_cut(),
+            Some(BinlogPos {
+                file: "binlog.000002".into(),
+                pos: 99
+            })
+        );
+        // and what is written now reads back the same
+        let again: Checkpoint = serde_json::from_str(&serde_json::to_string(&cp).unwrap()).unwrap();
+        assert_eq!(again, cp);
+    }
+}

@@ -44,20 +44,25 @@ pub fn classify(e: object_store::Error) -> SinkError {
     }
 }
 
+/// `AWS_CA_BUNDLE` names a file that is not a usable PEM bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("AWS_CA_BUNDLE: {0}")]
+pub struct CaBundleError(String);
+
 /// Client options trusting the PEM bundle of `AWS_CA_BUNDLE` (as the AWS CLI and SDKs read it)
 /// besides the public CAs, for an S3 endpoint whose certificate a private CA signed; `None`
 /// when the variable is not set. The error names the variable. The options replace a builder's
 /// whole client set: apply them before `allow_http` and the other client keys.
-pub fn ca_bundle_client_options() -> Result<Option<object_store::ClientOptions>, String> {
+pub fn ca_bundle_client_options() -> Result<Option<object_store::ClientOptions>, CaBundleError> {
     let Ok(bundle) = std::env::var("AWS_CA_BUNDLE") else {
         return Ok(None);
     };
     let pem =
-        std::fs::read(&bundle).map_err(|e| format!("AWS_CA_BUNDLE: cannot read {bundle}: {e}"))?;
+        std::fs::read(&bundle).map_err(|e| CaBundleError(format!("cannot read {bundle}: {e}")))?;
     let certs = object_store::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("AWS_CA_BUNDLE: {bundle}: {e}"))?;
+        .map_err(|e| CaBundleError(format!("{bundle}: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("AWS_CA_BUNDLE: {bundle} holds no PEM certificate"));
+        return Err(CaBundleError(format!("{bundle} holds no PEM certificate")));
     }
     Ok(Some(
         certs

@@ -21,6 +21,8 @@
 //!   version-idempotent inserts keep `_current` correct.
 
 mod config;
+mod ddl;
+mod maintain;
 mod sink;
 mod tls;
 pub mod types;

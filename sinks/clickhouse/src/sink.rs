@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use arrow_array::RecordBatch;
 use binlake_sink::{
-    Checkpoint, Commit, DdlKind, Sink, SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION,
+    Checkpoint, DdlKind, MetaTable, Sink, SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION,
     REJECTS_TABLE, WATERMARKS_TABLE,
 };
 use bytes::Bytes;
@@ -15,17 +15,17 @@ use crate::config::{ClickHouseConfig, Compression};
 use crate::types::{column_type, to_insert, widens};
 
 pub struct ClickHouseSink {
-    config: ClickHouseConfig,
-    client: Client,
+    pub(crate) config: ClickHouseConfig,
+    pub(crate) client: Client,
     /// Columns (name, ClickHouse type) of the tables this process has seen, in order.
-    tables: HashMap<String, Vec<(String, String)>>,
+    pub(crate) tables: HashMap<String, Vec<(String, String)>>,
     /// Keyless tables: the highest `_binlake_version` they hold (read once per process).
-    applied: HashMap<String, u64>,
-    last_seq: u64,
-    maintenance: Option<tokio::task::JoinHandle<()>>,
-    last_maintenance: std::time::Instant,
+    pub(crate) applied: HashMap<String, u64>,
+    pub(crate) last_seq: u64,
+    pub(crate) maintenance: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) last_maintenance: std::time::Instant,
     /// The watermarks table exists (created once per process).
-    watermarks_ready: std::sync::atomic::AtomicBool,
+    pub(crate) watermarks_ready: std::sync::atomic::AtomicBool,
 }
 
 /// `name` as a ClickHouse identifier.
@@ -55,7 +55,11 @@ const TRANSIENT_CODES: &[u32] = &[
 const DEFINITE_CODES: &[u32] = &[192, 193, 194, 195, 497, 516];
 
 /// Classifies an error; `table` scopes schema and data errors to that table (it stops alone).
-fn classify(e: clickhouse::error::Error, what: &str, table: Option<&TableId>) -> SinkError {
+pub(crate) fn classify(
+    e: clickhouse::error::Error,
+    what: &str,
+    table: Option<&TableId>,
+) -> SinkError {
     use clickhouse::error::Error as E;
     let text = e.to_string();
     if crate::tls::certificate_error(&e) {
@@ -121,12 +125,15 @@ impl ClickHouseSink {
         })
     }
 
-    async fn exec(&self, sql: &str) -> Result<(), clickhouse::error::Error> {
+    pub(crate) async fn exec(&self, sql: &str) -> Result<(), clickhouse::error::Error> {
         debug!(sql, "clickhouse");
         self.client.query_raw(sql).execute().await
     }
 
-    async fn rows(&self, sql: &str) -> Result<Vec<serde_json::Value>, clickhouse::error::Error> {
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<serde_json::Value>, clickhouse::error::Error> {
         let bytes = self
             .client
             .query_raw(sql)
@@ -140,7 +147,7 @@ impl ClickHouseSink {
             .collect())
     }
 
-    fn table_name(&self, t: &TableId) -> String {
+    pub(crate) fn table_name(&self, t: &TableId) -> String {
         format!(
             "{}.{}",
             ident(&self.config.database(&t.db)),
@@ -148,7 +155,7 @@ impl ClickHouseSink {
         )
     }
 
-    fn view_name(&self, t: &TableId) -> String {
+    pub(crate) fn view_name(&self, t: &TableId) -> String {
         format!(
             "{}.{}",
             ident(&self.config.database(&t.db)),
@@ -177,7 +184,10 @@ impl ClickHouseSink {
     }
 
     /// The table's columns in the server, in order (empty: no such table).
-    async fn server_columns(&self, t: &TableId) -> Result<Vec<(String, String)>, SinkError> {
+    pub(crate) async fn server_columns(
+        &self,
+        t: &TableId,
+    ) -> Result<Vec<(String, String)>, SinkError> {
         let rows = self
             .rows(&format!(
                 "SELECT name, type FROM system.columns WHERE database = {} AND table = {} ORDER BY position",
@@ -197,7 +207,7 @@ impl ClickHouseSink {
             .collect())
     }
 
-    async fn replace_view(&self, t: &TableId, keyed: bool) -> Result<(), SinkError> {
+    pub(crate) async fn replace_view(&self, t: &TableId, keyed: bool) -> Result<(), SinkError> {
         let sql = if keyed {
             format!(
                 "CREATE OR REPLACE VIEW {} AS SELECT * FROM {} FINAL WHERE {} = 0",
@@ -429,7 +439,7 @@ impl ClickHouseSink {
             .iter()
             .map(|f| column_type(f).map(|ty| format!("{} {ty}", ident(f.name()))))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(SinkError::Definite)?
+            .map_err(|e| SinkError::Definite(e.to_string()))?
             .join(", ");
         self.exec(&format!(
             "CREATE TABLE IF NOT EXISTS {name} ({cols}) ENGINE = {engine}"
@@ -484,7 +494,7 @@ impl ClickHouseSink {
         self.insert(&t, &name, &fresh).await
     }
 
-    async fn write_checkpoint(&self, cp: &Checkpoint) -> Result<(), SinkError> {
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), SinkError> {
         let json = serde_json::to_string(cp).map_err(|e| SinkError::Definite(e.to_string()))?;
         let mut rows = vec![serde_json::json!({
             "pipeline": cp.pipeline, "table": "", "seq": cp.seq, "version": 0,
@@ -510,98 +520,8 @@ impl ClickHouseSink {
 }
 
 impl ClickHouseSink {
-    /// Starts a maintenance pass in the background when one is due and none is running:
-    /// `OPTIMIZE TABLE ... FINAL` on each table of this pipeline that has more than one active
-    /// part (the threshold: something to merge), so `FINAL` reads stay cheap. With a zero
-    /// tombstone retention it adds `CLEANUP` (tombstones removed for good) where the server
-    /// allows it. Failures are logged and retried at the next pass, never fatal.
-    fn schedule_maintenance(&mut self, tables: Vec<TableId>) {
-        let Some((every, tombstones)) = self.config.maintenance else {
-            return;
-        };
-        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished())
-            || self.last_maintenance.elapsed() < every
-        {
-            return;
-        }
-        self.last_maintenance = std::time::Instant::now();
-        let this = ClickHouseSink {
-            config: self.config.clone(),
-            client: self.client.clone(),
-            tables: HashMap::new(),
-            applied: HashMap::new(),
-            last_seq: 0,
-            maintenance: None,
-            last_maintenance: self.last_maintenance,
-            watermarks_ready: Default::default(),
-        };
-        self.maintenance = Some(tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let mut optimized = 0;
-            for t in &tables {
-                match this.maintain_table(t, tombstones.is_zero()).await {
-                    Ok(true) => optimized += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass")
-                    }
-                }
-            }
-            info!(
-                tables = tables.len(),
-                optimized,
-                seconds = started.elapsed().as_secs_f64(),
-                "scheduled maintenance done"
-            );
-        }));
-    }
-
-    /// One table's maintenance; true when it was optimized.
-    pub async fn maintain_table(&self, t: &TableId, cleanup: bool) -> Result<bool, SinkError> {
-        let rows = self
-            .rows(&format!(
-                "SELECT count() AS parts FROM system.parts WHERE active AND database = {} AND table = {}",
-                lit(&self.config.database(&t.db)),
-                lit(&t.table)
-            ))
-            .await
-            .map_err(|e| classify(e, "reading the table's parts", Some(t)))?;
-        let parts = rows
-            .first()
-            .and_then(|r| json_u64(r.get("parts")?))
-            .unwrap_or(0);
-        if parts < 2 {
-            return Ok(false);
-        }
-        let full = self.table_name(t);
-        if cleanup && self.is_replacing(t).await? {
-            let r = self
-                .exec(&format!(
-                    "ALTER TABLE {full} MODIFY SETTING allow_experimental_replacing_merge_with_cleanup = 1"
-                ))
-                .await;
-            if r.is_ok()
-                && self
-                    .exec(&format!("OPTIMIZE TABLE {full} FINAL CLEANUP"))
-                    .await
-                    .is_ok()
-            {
-                info!(table = %t, parts, "optimized (FINAL CLEANUP: tombstones removed)");
-                return Ok(true);
-            }
-            debug!(table = %t, "CLEANUP not allowed by this server; plain FINAL");
-        }
-        self.exec(&format!("OPTIMIZE TABLE {full} FINAL"))
-            .await
-            .map_err(|e| classify(e, "OPTIMIZE TABLE ... FINAL", Some(t)))?;
-        info!(table = %t, parts, "optimized (FINAL)");
-        Ok(true)
-    }
-}
-
-impl ClickHouseSink {
     /// The table is a ReplacingMergeTree (keyed), not a keyless changelog.
-    async fn is_replacing(&self, t: &TableId) -> Result<bool, SinkError> {
+    pub(crate) async fn is_replacing(&self, t: &TableId) -> Result<bool, SinkError> {
         let rows = self
             .rows(&format!(
                 "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
@@ -617,7 +537,7 @@ impl ClickHouseSink {
     }
 
     /// The highest `_binlake_version` in a table (0 when empty).
-    async fn max_version(&self, t: &TableId) -> Result<u64, SinkError> {
+    pub(crate) async fn max_version(&self, t: &TableId) -> Result<u64, SinkError> {
         let rows = self
             .rows(&format!(
                 "SELECT max({}) AS v FROM {}",
@@ -634,31 +554,24 @@ impl ClickHouseSink {
 }
 
 /// A UInt64 from JSONEachRow (quoted by default, a number when the server is told not to).
-fn json_u64(v: &serde_json::Value) -> Option<u64> {
+pub(crate) fn json_u64(v: &serde_json::Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str()?.parse().ok())
 }
 
 /// The rows of `batch` whose `_binlake_version` is above `high`.
-fn newer_than(batch: &RecordBatch, high: u64) -> Result<RecordBatch, String> {
+fn newer_than(batch: &RecordBatch, high: u64) -> Result<RecordBatch, SinkError> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::UInt64Type;
     let v = batch
         .column_by_name(COL_VERSION)
-        .ok_or("batch without _binlake_version")?
+        .ok_or_else(|| SinkError::Definite("batch without _binlake_version".into()))?
         .as_primitive::<UInt64Type>();
     if v.values().iter().all(|x| *x > high) {
         return Ok(batch.clone());
     }
     let keep: arrow_array::BooleanArray = v.values().iter().map(|x| Some(*x > high)).collect();
-    arrow_select::filter::filter_record_batch(batch, &keep).map_err(|e| e.to_string())
-}
-
-impl Drop for ClickHouseSink {
-    fn drop(&mut self) {
-        if let Some(h) = self.maintenance.take() {
-            h.abort();
-        }
-    }
+    arrow_select::filter::filter_record_batch(batch, &keep)
+        .map_err(|e| SinkError::Definite(e.to_string()))
 }
 
 #[async_trait::async_trait]
@@ -739,11 +652,13 @@ impl Sink for ClickHouseSink {
         }
     }
 
-    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
-        let seq = self.last_seq + 1;
-        commit.checkpoint.seq = seq;
-        for tb in commit
-            .batches
+    async fn begin_commit(&mut self) -> Result<u64, SinkError> {
+        Ok(self.last_seq + 1)
+    }
+
+    async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
+        let _ = seq; // the versions make replays idempotent; the seq is in the checkpoint row
+        for tb in batches
             .iter()
             .filter(|b| b.batch.num_rows() > 0 || b.replace)
         {
@@ -778,7 +693,7 @@ impl Sink for ClickHouseSink {
                     Some(v) => *v,
                     None => self.max_version(&tb.table).await?,
                 };
-                let batch = newer_than(&tb.batch, high).map_err(SinkError::Definite)?;
+                let batch = newer_than(&tb.batch, high)?;
                 if batch.num_rows() > 0 {
                     self.insert(&tb.table, &name, &batch).await?;
                 } else {
@@ -790,25 +705,37 @@ impl Sink for ClickHouseSink {
             self.insert(&tb.table, &name, &tb.batch).await?;
             debug!(table = %tb.table, rows = tb.batch.num_rows(), "inserted");
         }
-        if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
-            self.insert_rejects(r).await?;
+        Ok(())
+    }
+
+    async fn write_meta(
+        &mut self,
+        seq: u64,
+        table: MetaTable,
+        rows: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        let _ = seq;
+        match table {
+            MetaTable::Rejects => self.insert_rejects(rows).await,
+            MetaTable::Watermarks => self.insert_watermarks(rows).await,
         }
-        if let Some(w) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
-            self.insert_watermarks(w).await?;
-        }
-        binlake_sink::failpoint("after-data");
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        seq: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
         // Written last: a crash before it replays the batches, which the version makes
         // idempotent in every `_current` view.
-        self.write_checkpoint(&commit.checkpoint).await?;
+        self.insert_checkpoint(checkpoint).await?;
         self.last_seq = seq;
-        let tables: Vec<TableId> = commit
-            .checkpoint
-            .tables
-            .keys()
-            .filter_map(|t| t.split_once('.').map(|(d, n)| TableId::new(d, n)))
-            .collect();
-        self.schedule_maintenance(tables);
         Ok(())
+    }
+
+    fn after_commit(&mut self, checkpoint: &Checkpoint) {
+        let tables: Vec<TableId> = checkpoint.tables.keys().cloned().collect();
+        self.schedule_maintenance(tables);
     }
 
     async fn apply_table_ddl(
@@ -817,87 +744,6 @@ impl Sink for ClickHouseSink {
         kind: DdlKind,
         version: u64,
     ) -> Result<(), SinkError> {
-        let _ = version;
-        let name = table.to_string();
-        self.tables.remove(&name);
-        self.applied.remove(&name);
-        if let DdlKind::RenameTable { to } = &kind {
-            return Err(binlake_sink::rename_table_unsupported(
-                "clickhouse",
-                table,
-                to,
-            ));
-        }
-        let columns = self.server_columns(table).await?;
-        if columns.is_empty() {
-            // Nothing replicated yet, if the table really is not there: a DDL skipped while the
-            // table exists would leave it with the old columns, so an empty column list next to
-            // an existing table is read again (retried) rather than believed.
-            let exists = self
-                .rows(&format!(
-                    "SELECT count() AS n FROM system.tables WHERE database = {} AND name = {}",
-                    lit(&self.config.database(&table.db)),
-                    lit(&table.table)
-                ))
-                .await
-                .map_err(|e| classify(e, "checking that the table exists", Some(table)))?
-                .first()
-                .and_then(|r| {
-                    r.get("n")
-                        .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
-                })
-                .unwrap_or(0)
-                > 0;
-            if exists {
-                return Err(SinkError::Transient(format!(
-                    "{name}: the ClickHouse table exists but its columns could not be read"
-                )));
-            }
-            info!(table = %name, ?kind, "not in ClickHouse yet: nothing to apply");
-            return Ok(());
-        }
-        let full = self.table_name(table);
-        // Everything before the statement is committed (the pipeline waits for it), so the
-        // table holds only rows older than it: TRUNCATE and DROP remove exactly those.
-        let sql = match &kind {
-            DdlKind::Truncate => format!("TRUNCATE TABLE {full}"),
-            DdlKind::DropTable => format!("TRUNCATE TABLE {full}"),
-            DdlKind::DropColumn(c) => {
-                let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
-                else {
-                    info!(table = %name, ?kind, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "already applied in ClickHouse (no such column)");
-                    return Ok(());
-                };
-                format!("ALTER TABLE {full} DROP COLUMN IF EXISTS {}", ident(stored))
-            }
-            DdlKind::RenameColumn { from, to } => {
-                let Some((stored, _)) = columns.iter().find(|(n, _)| n.eq_ignore_ascii_case(from))
-                else {
-                    info!(table = %name, ?kind, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "already applied in ClickHouse (no such column)");
-                    return Ok(());
-                };
-                if columns.iter().any(|(n, _)| n == to) {
-                    return Err(SinkError::Table {
-                        table: table.clone(),
-                        message: format!("RENAME COLUMN `{from}` TO `{to}`: the ClickHouse table has both columns. The table is stopped; the others go on. Drop one of them by hand and restart"),
-                    });
-                }
-                format!(
-                    "ALTER TABLE {full} RENAME COLUMN IF EXISTS {} TO {}",
-                    ident(stored),
-                    ident(to)
-                )
-            }
-            DdlKind::RenameTable { .. } => unreachable!("handled above"),
-        };
-        self.exec(&sql)
-            .await
-            .map_err(|e| classify(e, "applying DDL", Some(table)))?;
-        if matches!(kind, DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. }) {
-            let keyed = self.is_replacing(table).await?;
-            self.replace_view(table, keyed).await?;
-        }
-        info!(table = %name, ?kind, "applied in ClickHouse");
-        Ok(())
+        self.apply_ddl(table, kind, version).await
     }
 }

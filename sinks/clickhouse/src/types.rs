@@ -15,8 +15,13 @@ use arrow_array::types::{Date32Type, TimestampMicrosecondType};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
+/// A value or type ClickHouse cannot hold, with what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrepresentable(String);
+
 /// The ClickHouse type of an Arrow field (`Nullable(...)` when the field is nullable).
-pub fn column_type(field: &Field) -> Result<String, String> {
+pub fn column_type(field: &Field) -> Result<String, Unrepresentable> {
     let base = base_type(field.data_type())?;
     Ok(if field.is_nullable() {
         format!("Nullable({base})")
@@ -25,7 +30,7 @@ pub fn column_type(field: &Field) -> Result<String, String> {
     })
 }
 
-pub fn base_type(t: &DataType) -> Result<String, String> {
+pub fn base_type(t: &DataType) -> Result<String, Unrepresentable> {
     use DataType as D;
     Ok(match t {
         D::Int8 => "Int8".into(),
@@ -44,7 +49,11 @@ pub fn base_type(t: &DataType) -> Result<String, String> {
         D::Timestamp(TimeUnit::Microsecond, None) => "DateTime64(6)".into(),
         D::Timestamp(TimeUnit::Microsecond, Some(_)) => "DateTime64(6, 'UTC')".into(),
         D::Utf8 | D::LargeUtf8 | D::Binary | D::LargeBinary => "String".into(),
-        other => return Err(format!("no ClickHouse type for Arrow {other}")),
+        other => {
+            return Err(Unrepresentable(format!(
+                "no ClickHouse type for Arrow {other}"
+            )))
+        }
     })
 }
 
@@ -57,13 +66,14 @@ const US_PER_DAY: i64 = 86_400_000_000;
 
 /// The batch as ClickHouse takes it: booleans as UInt8. Errors name the first column holding a
 /// value ClickHouse cannot store.
-pub fn to_insert(batch: &RecordBatch) -> Result<RecordBatch, String> {
+pub fn to_insert(batch: &RecordBatch) -> Result<RecordBatch, Unrepresentable> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
         match f.data_type() {
             DataType::Boolean => {
-                let c = arrow_cast::cast(c, &DataType::UInt8).map_err(|e| e.to_string())?;
+                let c = arrow_cast::cast(c, &DataType::UInt8)
+                    .map_err(|e| Unrepresentable(e.to_string()))?;
                 fields.push(Field::new(f.name(), DataType::UInt8, f.is_nullable()));
                 cols.push(c);
                 continue;
@@ -75,7 +85,7 @@ pub fn to_insert(batch: &RecordBatch) -> Result<RecordBatch, String> {
                     .flatten()
                     .find(|d| !(MIN_DAY..=MAX_DAY).contains(d))
                 {
-                    return Err(format!("column `{}`: date {} (day {d} since 1970) is outside ClickHouse's Date32 range 1900-01-01..2299-12-31", f.name(), civil(d)));
+                    return Err(Unrepresentable(format!("column `{}`: date {} (day {d} since 1970) is outside ClickHouse's Date32 range 1900-01-01..2299-12-31", f.name(), civil(d))));
                 }
             }
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
@@ -87,7 +97,7 @@ pub fn to_insert(batch: &RecordBatch) -> Result<RecordBatch, String> {
                     .flatten()
                     .find(|t| !(lo..hi).contains(t))
                 {
-                    return Err(format!("column `{}`: time {} is outside ClickHouse's DateTime64 range 1900-01-01..2299-12-31", f.name(), civil(t.div_euclid(US_PER_DAY) as i32)));
+                    return Err(Unrepresentable(format!("column `{}`: time {} is outside ClickHouse's DateTime64 range 1900-01-01..2299-12-31", f.name(), civil(t.div_euclid(US_PER_DAY) as i32))));
                 }
             }
             _ => {}
@@ -95,7 +105,8 @@ pub fn to_insert(batch: &RecordBatch) -> Result<RecordBatch, String> {
         fields.push(f.as_ref().clone());
         cols.push(c.clone());
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|e| e.to_string())
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        .map_err(|e| Unrepresentable(e.to_string()))
 }
 
 /// `YYYY-MM-DD` of a day number (for error messages).
@@ -236,7 +247,7 @@ mod tests {
             ]))],
         )
         .unwrap();
-        let e = to_insert(&b).unwrap_err();
+        let e = to_insert(&b).unwrap_err().to_string();
         assert!(e.contains("`d`") && e.contains("0001-01-01"), "{e}");
     }
 }

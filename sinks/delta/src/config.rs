@@ -21,7 +21,7 @@ pub struct DeltaConfig {
     pub pipeline: String,
     pub deletes: Deletes,
     /// Maintenance run by the sink itself, this often, in the background (`maintain_every`).
-    pub maintenance: Option<(std::time::Duration, crate::maintain::MaintainOptions)>,
+    pub maintenance: Option<(std::time::Duration, MaintainOptions)>,
 }
 
 impl DeltaConfig {
@@ -91,5 +91,24 @@ impl DeltaConfig {
             o.insert("certificate_path".into(), bundle);
         }
         o
+    }
+}
+
+/// What scheduled maintenance does to each table (see `crate::maintain`).
+#[derive(Debug, Clone)]
+pub struct MaintainOptions {
+    /// Compaction's target file size in bytes.
+    pub target_file_size: u64,
+    pub vacuum_retention: std::time::Duration,
+    pub tombstone_retention: std::time::Duration,
+}
+
+impl Default for MaintainOptions {
+    fn default() -> Self {
+        MaintainOptions {
+            target_file_size: 128 << 20,
+            vacuum_retention: std::time::Duration::from_secs(7 * 86400),
+            tombstone_retention: std::time::Duration::from_secs(7 * 86400),
+        }
     }
 }

@@ -17,6 +17,7 @@
 //! - Types Delta cannot hold are widened losslessly (see [`types`]); never silently altered.
 
 mod config;
+mod ddl;
 pub mod maintain;
 mod sink;
 pub mod types;

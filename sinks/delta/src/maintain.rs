@@ -7,7 +7,6 @@
 //! `tombstone_retention`, so a backfill still in flight can see them (see the README).
 
 use std::num::NonZeroU64;
-use std::time::Duration;
 
 use binlake_sink::store::classify;
 use binlake_sink::{SinkError, COL_COMMIT_TS, COL_DELETED};
@@ -16,24 +15,8 @@ use futures::TryStreamExt;
 use tracing::info;
 
 use crate::config::DeltaConfig;
-
-#[derive(Debug, Clone)]
-pub struct MaintainOptions {
-    /// Compaction's target file size in bytes.
-    pub target_file_size: u64,
-    pub vacuum_retention: Duration,
-    pub tombstone_retention: Duration,
-}
-
-impl Default for MaintainOptions {
-    fn default() -> Self {
-        MaintainOptions {
-            target_file_size: 128 << 20,
-            vacuum_retention: Duration::from_secs(7 * 86400),
-            tombstone_retention: Duration::from_secs(7 * 86400),
-        }
-    }
-}
+pub use crate::config::MaintainOptions;
+use crate::sink::DeltaSink;
 
 #[derive(Debug, Clone, Default)]
 pub struct MaintainReport {
@@ -78,7 +61,9 @@ pub async fn tables(config: &DeltaConfig) -> Result<Vec<String>, SinkError> {
             let (table, _) = rel.split_once("/_delta_log/")?;
             let mut parts = table.split('/');
             match (parts.next(), parts.next(), parts.next()) {
-                (Some(db), Some(t), None) if !db.starts_with('_') => Some(format!("{db}.{t}")),
+                (Some(db), Some(t), None) if !db.starts_with('_') => {
+                    Some(binlake_sink::TableId::new(db, t).to_string())
+                }
                 _ => None,
             }
         })
@@ -94,10 +79,10 @@ pub async fn maintain_table(
     name: &str,
     opts: &MaintainOptions,
 ) -> Result<MaintainReport, SinkError> {
-    let (db, t) = name
-        .split_once('.')
-        .ok_or_else(|| SinkError::Definite(format!("`{name}`: expected db.table")))?;
-    let url = config.table_url(db, t)?;
+    let id: binlake_sink::TableId = name
+        .parse()
+        .map_err(|e| SinkError::Definite(format!("{e}")))?;
+    let url = config.table_url(&id.db, &id.table)?;
     let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options())
         .await
         .map_err(|e| err(name, "open", e))?;
@@ -151,4 +136,61 @@ pub async fn maintain_table(
     report.version = table.version().map_or(-1, |v| v as i64);
     info!(table = %name, compacted = report.files_compacted, written = report.files_written, tombstones = report.tombstones_purged, vacuumed = report.files_vacuumed, version = report.version, "maintained");
     Ok(report)
+}
+
+/// Maintenance scheduled by a replicating sink.
+impl DeltaSink {
+    /// Starts a maintenance pass in the background when one is due and none is running. It runs
+    /// beside the commits, never inside one: it takes each table's lock only while it maintains
+    /// that table, so a commit waits at most for one table's maintenance, and a failure is
+    /// logged and retried at the next pass, never fatal to replication.
+    pub(crate) fn schedule_maintenance(&mut self, ours: Vec<String>) {
+        let Some((every, opts)) = self.config.maintenance.clone() else {
+            return;
+        };
+        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished())
+            || self.last_maintenance.elapsed() < every
+        {
+            return;
+        }
+        self.last_maintenance = std::time::Instant::now();
+        let config = self.config.clone();
+        let locks = self.locks.clone();
+        self.maintenance = Some(tokio::spawn(async move {
+            // The tables of this pipeline that exist in the target (another pipeline sharing the
+            // target maintains its own).
+            let tables = match crate::maintain::tables(&config).await {
+                Ok(t) => t
+                    .into_iter()
+                    .filter(|t| ours.contains(t))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled maintenance: cannot list tables; will retry at the next pass");
+                    return;
+                }
+            };
+            let started = std::time::Instant::now();
+            for t in &tables {
+                let lock = locks.get(t);
+                let _held = lock.lock().await;
+                if let Err(e) = crate::maintain::maintain_table(&config, t, &opts).await {
+                    tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass");
+                }
+            }
+            info!(
+                tables = tables.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "scheduled maintenance done"
+            );
+        }));
+    }
+}
+
+impl Drop for DeltaSink {
+    fn drop(&mut self) {
+        // Maintenance is only ever an ordinary Delta commit; stopping it midway loses nothing.
+        if let Some(h) = self.maintenance.take() {
+            h.abort();
+        }
+    }
 }

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use binlake_sink::store::{classify, TargetLog};
-use binlake_sink::{
-    Checkpoint, Commit, Sink, SinkError, TableBatch, COL_DELETED, COL_VERSION, REJECTS_TABLE,
-    WATERMARKS_TABLE,
-};
+use binlake_sink::{Checkpoint, MetaTable, Sink, SinkError, TableBatch, COL_DELETED, COL_VERSION};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::logical_expr::{col, Expr};
 use deltalake::datafusion::prelude::SessionContext;
@@ -26,29 +23,29 @@ use crate::config::{Deletes, DeltaConfig};
 use crate::types::to_delta;
 
 pub struct DeltaSink {
-    config: DeltaConfig,
-    log: TargetLog,
-    base: Url,
-    options: HashMap<String, String>,
+    pub(crate) config: DeltaConfig,
+    pub(crate) log: TargetLog,
+    pub(crate) base: Url,
+    pub(crate) options: HashMap<String, String>,
     /// One lock per table: a MERGE and a maintenance step of the same table never overlap, so
     /// neither has to be retried for a conflict with the other.
-    locks: TableLocks,
+    pub(crate) locks: TableLocks,
     /// The scheduled maintenance task, when one is running, and when the last one started.
-    maintenance: Option<tokio::task::JoinHandle<()>>,
-    last_maintenance: std::time::Instant,
+    pub(crate) maintenance: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) last_maintenance: std::time::Instant,
 }
 
 #[derive(Clone, Default)]
-struct TableLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+pub(crate) struct TableLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl TableLocks {
-    fn get(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn get(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(table.to_string()).or_default().clone()
     }
 }
 
-fn delta_err(table: &str, what: &str, e: DeltaTableError) -> SinkError {
+pub(crate) fn delta_err(table: &str, what: &str, e: DeltaTableError) -> SinkError {
     use DeltaTableError as E;
     match e {
         E::ObjectStore { source } => match classify(source) {
@@ -78,7 +75,7 @@ impl DeltaSink {
         let options = config.storage_options();
         // binlake's own records (commit log, lease) live beside the tables, on the same store.
         let bad = |e: String| SinkError::Definite(format!("target `{}`: {e}", config.target));
-        let ca = binlake_sink::store::ca_bundle_client_options().map_err(bad)?;
+        let ca = binlake_sink::store::ca_bundle_client_options().map_err(|e| bad(e.to_string()))?;
         let (store, root): (Box<dyn object_store::ObjectStore>, Path) = match ca {
             // an S3 endpoint with a private CA: the same options, and the bundle trusted
             Some(client) if base.scheme() == "s3" => {
@@ -115,11 +112,11 @@ impl DeltaSink {
         })
     }
 
-    fn app_id(&self, table: &str) -> String {
+    pub(crate) fn app_id(&self, table: &str) -> String {
         format!("binlake:{}:{table}", self.config.pipeline)
     }
 
-    async fn open_table(&self, url: Url, name: &str) -> Result<DeltaTable, SinkError> {
+    pub(crate) async fn open_table(&self, url: Url, name: &str) -> Result<DeltaTable, SinkError> {
         if url.scheme() == "file" {
             // deltalake opens a missing local directory as an error, not as "no table yet"
             if let Ok(p) = url.to_file_path() {
@@ -146,7 +143,7 @@ impl DeltaSink {
             .map_err(|e| delta_err(name, "open", e))
     }
 
-    async fn load(&self, db: &str, table: &str) -> Result<DeltaTable, SinkError> {
+    pub(crate) async fn load(&self, db: &str, table: &str) -> Result<DeltaTable, SinkError> {
         let url = self
             .base
             .join(&format!("{db}/{table}/"))
@@ -155,7 +152,7 @@ impl DeltaSink {
     }
 
     /// The highest version of `app_id` the table has applied.
-    async fn applied(
+    pub(crate) async fn applied(
         table: &DeltaTable,
         app_id: &str,
         name: &str,
@@ -204,7 +201,7 @@ impl DeltaSink {
         // Snapshot rows carry the version of their read, which may sort below changes already
         // applied (of other keys): such a batch is never skipped by the txn version. The MERGE
         // keeps the newer row per key, so applying it again changes nothing.
-        let snapshot_rows = has_snapshot_rows(&tb.batch);
+        let snapshot_rows = tb.snapshot_rows;
         // Advanced by binlog changes only: a snapshot row's version says nothing about changes
         // of other keys that later commits still bring.
         let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
@@ -456,178 +453,13 @@ impl DeltaSink {
     }
 }
 
-impl DeltaSink {
-    /// Rewrites the whole table in one commit (an overwrite with the new schema): `column` maps
-    /// each stored field to its expression in the new table (`None` drops it). Readers see the
-    /// old table or the new one, never a mix; the `txn` versions are kept.
-    async fn rewrite(
-        &self,
-        table: DeltaTable,
-        name: &str,
-        what: &str,
-        column: impl Fn(&arrow_schema::Field) -> Option<Expr>,
-    ) -> Result<DeltaTable, SinkError> {
-        let df_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Table {
-            table: table_id(name),
-            message: format!("{what}: {e}"),
-        };
-        let schema = table
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
-        let exprs: Vec<Expr> = schema.fields().iter().filter_map(|f| column(f)).collect();
-        // deltalake's session: its planner executes the write's own plan nodes
-        let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(name, what, e))?;
-        let provider = table.table_provider().await.map_err(df_err)?;
-        let plan = ctx
-            .read_table(provider)
-            .and_then(|df| df.select(exprs))
-            .map_err(df_err)?
-            .into_unoptimized_plan();
-        let started = std::time::Instant::now();
-        let table = table
-            .write(Vec::<RecordBatch>::new())
-            .with_input_plan(plan)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(SchemaMode::Overwrite)
-            .with_session_state(Arc::new(ctx.state()))
-            .await
-            .map_err(|e| delta_err(name, what, e))?;
-        info!(table = %name, what, seconds = started.elapsed().as_secs_f64(), version = ?table.version(), "table rewritten");
-        Ok(table)
-    }
-
-    /// DROP COLUMN: the table is rewritten without it. Idempotent: a column already gone is
-    /// nothing to do.
-    async fn drop_column(&self, t: DeltaTable, name: &str, column: &str) -> Result<(), SinkError> {
-        let schema = t
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
-        let Some(stored) = find_column(&schema, column) else {
-            debug!(table = %name, column, "DROP COLUMN: not in the Delta table (already applied)");
-            return Ok(());
-        };
-        self.rewrite(t, name, "drop column", |f| {
-            (f.name() != &stored).then(|| Expr::Column(Column::new_unqualified(f.name())))
-        })
-        .await?;
-        info!(table = %name, column = %stored, "column dropped (DROP COLUMN at the source)");
-        Ok(())
-    }
-
-    /// RENAME COLUMN (or CHANGE COLUMN with a new name): the stored values move to the new name.
-    /// Idempotent: when the old name is gone and the new one exists, it was applied.
-    async fn rename_column(
-        &self,
-        t: DeltaTable,
-        name: &str,
-        from: &str,
-        to: &str,
-    ) -> Result<(), SinkError> {
-        let schema = t
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
-        let old = find_column(&schema, from);
-        let new = schema.field_with_name(to).ok().map(|f| f.name().clone());
-        let Some(old) = old else {
-            debug!(table = %name, from, to, "RENAME COLUMN: old name not in the Delta table (already applied)");
-            return Ok(());
-        };
-        if new.is_some() && !old.eq_ignore_ascii_case(to) {
-            return Err(SinkError::Table {
-                table: table_id(name),
-                message: format!("RENAME COLUMN `{from}` TO `{to}`: the Delta table has both columns, so binlake cannot tell which values are current. The table is stopped; the others go on. To resume it, drop one of the two columns from the Delta table by hand (or rebuild the table)"),
-            });
-        }
-        self.rewrite(t, name, "rename column", |f| {
-            let c = Expr::Column(Column::new_unqualified(f.name()));
-            Some(if f.name() == &old { c.alias(to) } else { c })
-        })
-        .await?;
-        info!(table = %name, from = %old, to, "column renamed (RENAME COLUMN at the source)");
-        Ok(())
-    }
-
-    /// Starts a maintenance pass in the background when one is due and none is running. It runs
-    /// beside the commits, never inside one: it takes each table's lock only while it maintains
-    /// that table, so a commit waits at most for one table's maintenance, and a failure is
-    /// logged and retried at the next pass, never fatal to replication.
-    fn schedule_maintenance(&mut self, ours: Vec<String>) {
-        let Some((every, opts)) = self.config.maintenance.clone() else {
-            return;
-        };
-        if self.maintenance.as_ref().is_some_and(|h| !h.is_finished())
-            || self.last_maintenance.elapsed() < every
-        {
-            return;
-        }
-        self.last_maintenance = std::time::Instant::now();
-        let config = self.config.clone();
-        let locks = self.locks.clone();
-        self.maintenance = Some(tokio::spawn(async move {
-            // The tables of this pipeline that exist in the target (another pipeline sharing the
-            // target maintains its own).
-            let tables = match crate::maintain::tables(&config).await {
-                Ok(t) => t
-                    .into_iter()
-                    .filter(|t| ours.contains(t))
-                    .collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduled maintenance: cannot list tables; will retry at the next pass");
-                    return;
-                }
-            };
-            let started = std::time::Instant::now();
-            for t in &tables {
-                let lock = locks.get(t);
-                let _held = lock.lock().await;
-                if let Err(e) = crate::maintain::maintain_table(&config, t, &opts).await {
-                    tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass");
-                }
-            }
-            info!(
-                tables = tables.len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "scheduled maintenance done"
-            );
-        }));
-    }
-}
-
-impl Drop for DeltaSink {
-    fn drop(&mut self) {
-        // Maintenance is only ever an ordinary Delta commit; stopping it midway loses nothing.
-        if let Some(h) = self.maintenance.take() {
-            h.abort();
-        }
-    }
-}
-
 /// `delta.targetFileSize` of the tables binlake creates (MERGE splits its output at this size).
 const MERGE_FILE_SIZE: u64 = 8 << 20;
 
-fn table_id(name: &str) -> binlake_sink::TableId {
-    let (db, t) = name.split_once('.').unwrap_or(("", name));
-    binlake_sink::TableId::new(db, t)
-}
-
-/// The stored column a DDL statement names: exact, else the one that matches ignoring case
-/// (MariaDB column names are case-insensitive).
-fn find_column(schema: &arrow_schema::Schema, name: &str) -> Option<String> {
-    let fields = schema.fields();
-    fields
-        .iter()
-        .find(|f| f.name() == name)
-        .or_else(|| fields.iter().find(|f| f.name().eq_ignore_ascii_case(name)))
-        .map(|f| f.name().clone())
+/// The table a `db.table` name (a [`binlake_sink::TableId`]'s text) names.
+pub(crate) fn table_id(name: &str) -> binlake_sink::TableId {
+    name.parse()
+        .unwrap_or_else(|_| binlake_sink::TableId::new("", name))
 }
 
 /// Every value of `from` has an exact representation in `to` (what a widening MODIFY COLUMN
@@ -902,59 +734,13 @@ impl Sink for DeltaSink {
         true
     }
 
-    /// Every row older than `version` becomes a tombstone (or, with hard deletes, is removed).
-    /// Idempotent: a replay finds those rows already at `version`.
     async fn apply_table_ddl(
         &mut self,
         table: &binlake_sink::TableId,
         kind: binlake_sink::DdlKind,
         version: u64,
     ) -> Result<(), SinkError> {
-        use deltalake::datafusion::logical_expr::lit;
-        use deltalake::datafusion::scalar::ScalarValue;
-        if let binlake_sink::DdlKind::RenameTable { to } = &kind {
-            return Err(binlake_sink::rename_table_unsupported("delta", table, to));
-        }
-        let name = table.to_string();
-        let lock = self.locks.get(&name);
-        let _held = lock.lock().await;
-        let t = self.load(&table.db, &table.table).await?;
-        if t.version().is_none() {
-            return Ok(()); // nothing replicated yet
-        }
-        match &kind {
-            binlake_sink::DdlKind::DropColumn(c) => return self.drop_column(t, &name, c).await,
-            binlake_sink::DdlKind::RenameColumn { from, to } => {
-                return self.rename_column(t, &name, from, to).await
-            }
-            binlake_sink::DdlKind::RenameTable { .. } => unreachable!("handled above"),
-            binlake_sink::DdlKind::Truncate | binlake_sink::DdlKind::DropTable => {}
-        }
-        let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
-        if self.config.deletes == Deletes::Hard {
-            t.delete()
-                .with_predicate(older)
-                .await
-                .map_err(|e| delta_err(&name, "truncate", e))?;
-        } else {
-            let now = binlake_sink::store::now_us();
-            t.update()
-                .with_predicate(older.and(col(Column::new_unqualified(COL_DELETED)).not()))
-                .with_update(Column::new_unqualified(COL_DELETED), lit(true))
-                .with_update(Column::new_unqualified(COL_VERSION), lit(version as i64))
-                .with_update(Column::new_unqualified(binlake_sink::COL_OP), lit("delete"))
-                .with_update(
-                    Column::new_unqualified(binlake_sink::COL_SYNCED_AT),
-                    lit(ScalarValue::TimestampMicrosecond(
-                        Some(now),
-                        Some("UTC".into()),
-                    )),
-                )
-                .await
-                .map_err(|e| delta_err(&name, "truncate", e))?;
-        }
-        info!(table = %name, ?kind, version, "table emptied in Delta");
-        Ok(())
+        self.apply_ddl(table, kind, version).await
     }
 
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
@@ -996,15 +782,16 @@ impl Sink for DeltaSink {
         self.log.keepalive().await
     }
 
-    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+    async fn begin_commit(&mut self) -> Result<u64, SinkError> {
         self.log.keepalive().await?;
-        let seq = self.log.last_seq + 1;
-        commit.checkpoint.seq = seq;
+        Ok(self.log.last_seq + 1)
+    }
+
+    async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         // Tables are independent Delta tables: commit them concurrently. Batches of one table
         // (an older shape set aside by a schema change, then the new one) go in order.
         let mut per_table: Vec<Vec<&TableBatch>> = Vec::new();
-        for tb in commit
-            .batches
+        for tb in batches
             .iter()
             .filter(|b| b.batch.num_rows() > 0 || b.replace)
         {
@@ -1021,26 +808,30 @@ impl Sink for DeltaSink {
             Ok::<(), SinkError>(())
         }))
         .await?;
-        if let Some(r) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
-            self.append_meta(REJECTS_TABLE, r, seq).await?;
-        }
-        if let Some(w) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
-            self.append_meta(WATERMARKS_TABLE, w, seq).await?;
-        }
-        binlake_sink::failpoint("after-data");
-        self.log.append(seq, &commit.checkpoint).await?;
-        debug!(seq, tables = commit.batches.len(), "delta commit");
-        let tables: Vec<String> = commit.checkpoint.tables.keys().cloned().collect();
-        self.schedule_maintenance(tables);
         Ok(())
     }
-}
 
-/// True when the batch holds rows of a snapshot (`_binlake_op = 'snapshot'`).
-fn has_snapshot_rows(batch: &arrow_array::RecordBatch) -> bool {
-    use arrow_array::cast::AsArray;
-    batch
-        .column_by_name(binlake_sink::COL_OP)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .is_some_and(|ops| ops.iter().any(|o| o == Some("snapshot")))
+    async fn write_meta(
+        &mut self,
+        seq: u64,
+        table: MetaTable,
+        rows: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        self.append_meta(table.name(), rows, seq).await
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        seq: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
+        self.log.append(seq, checkpoint).await?;
+        debug!(seq, tables = checkpoint.tables.len(), "delta commit");
+        Ok(())
+    }
+
+    fn after_commit(&mut self, checkpoint: &Checkpoint) {
+        let tables: Vec<String> = checkpoint.tables.keys().map(ToString::to_string).collect();
+        self.schedule_maintenance(tables);
+    }
 }

@@ -90,7 +90,9 @@ impl ParquetConfig {
                 .with_bucket_name(bucket)
                 .with_retry(retry);
             // An endpoint whose certificate a private CA signed: AWS_CA_BUNDLE.
-            if let Some(opts) = binlake_sink::store::ca_bundle_client_options().map_err(invalid)? {
+            if let Some(opts) = binlake_sink::store::ca_bundle_client_options()
+                .map_err(|e| invalid(e.to_string()))?
+            {
                 b = b.with_client_options(opts);
                 // the client keys of the environment again (the options replaced them all)
                 for (k, v) in std::env::vars() {

@@ -24,8 +24,10 @@
 //!   a transaction.
 
 mod config;
+mod ddl;
 mod manifest;
 mod sink;
+mod types;
 
 pub use config::{ParquetConfig, ParquetConfigError};
 pub use sink::ParquetSink;

@@ -2,13 +2,10 @@
 
 use arrow_array::RecordBatch;
 use binlake_sink::store::TargetLog;
-use binlake_sink::{Checkpoint, Commit, Sink, SinkError, REJECTS_TABLE, WATERMARKS_TABLE};
+use binlake_sink::{Checkpoint, DdlKind, MetaTable, Sink, SinkError, TableBatch, TableId};
+
+use crate::types::encode;
 use object_store::{ObjectStoreExt, PutMode};
-use parquet::arrow::arrow_writer::compute_leaves;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use tracing::{debug, info, warn};
 
 use crate::config::ParquetConfig;
@@ -17,6 +14,19 @@ use crate::manifest::{data_file_name, data_file_seq, FileEntry, LogEntry};
 pub struct ParquetSink {
     config: ParquetConfig,
     log: TargetLog,
+    /// Files written by the commit in progress, for its log entry.
+    staged: Vec<FileEntry>,
+}
+
+/// One file of a commit, before encoding.
+struct FileJob {
+    rel: String,
+    table: String,
+    batch: RecordBatch,
+    min_version: u64,
+    max_version: u64,
+    /// A column whose values are all distinct (no dictionary).
+    unique: Option<String>,
 }
 
 impl ParquetSink {
@@ -25,7 +35,49 @@ impl ParquetSink {
             .store()
             .map_err(|e| SinkError::Definite(e.to_string()))?;
         let log = TargetLog::new(store, root, &config.pipeline, &config.target);
-        Ok(ParquetSink { config, log })
+        Ok(ParquetSink {
+            config,
+            log,
+            staged: Vec::new(),
+        })
+    }
+
+    /// Encodes the files (CPU work: one blocking task per file, in parallel, off the async
+    /// workers), writes them (in parallel), and stages their entries for the commit's log entry.
+    async fn write_files(&mut self, jobs: Vec<FileJob>) -> Result<(), SinkError> {
+        let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
+        let encoded = futures::future::try_join_all(jobs.into_iter().map(|j| async move {
+            let rows = j.batch.num_rows();
+            let batch = j.batch;
+            let key = j.unique;
+            let bytes =
+                tokio::task::spawn_blocking(move || encode(&batch, level, rg, key.as_deref()))
+                    .await
+                    .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
+            Ok::<_, SinkError>((
+                FileEntry {
+                    path: j.rel,
+                    table: j.table,
+                    rows,
+                    bytes: bytes.len(),
+                    min_version: j.min_version,
+                    max_version: j.max_version,
+                },
+                bytes,
+            ))
+        }))
+        .await?;
+        let log = &self.log;
+        let mut files = Vec::with_capacity(encoded.len());
+        let mut puts = Vec::with_capacity(encoded.len());
+        for (f, bytes) in encoded {
+            let path = log.path(&f.path);
+            puts.push(async move { log.put(&path, bytes, PutMode::Overwrite).await });
+            files.push(f);
+        }
+        futures::future::try_join_all(puts).await?;
+        self.staged.extend(files);
+        Ok(())
     }
 
     /// The files this pipeline committed, from its log (for tests and maintenance).
@@ -40,149 +92,19 @@ impl ParquetSink {
     }
 }
 
-/// One Parquet file from one batch: ZSTD, one row group per `row_group_rows`, binlake as the
-/// writer, the Arrow schema embedded (so readers get the exact Arrow types back). Columns are
-/// encoded in parallel, spread over the machine's cores by size.
-fn encode(
-    batch: &RecordBatch,
-    zstd_level: i32,
-    row_group_rows: usize,
-    unique: Option<&str>,
-) -> Result<Vec<u8>, SinkError> {
-    let err = |what: &str, e: parquet::errors::ParquetError| {
-        SinkError::Definite(format!("parquet {what}: {e}"))
-    };
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(zstd_level).map_err(|e| err("zstd level", e))?,
-        ))
-        .set_max_row_group_row_count(Some(row_group_rows))
-        .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
-    // A column whose values are all distinct (a one-column primary key: batches hold one row per
-    // key) gains nothing from a dictionary; building one costs a hash insert per value. Nor does
-    // one that a sample shows to be mostly distinct values (binlake_sink::encoding).
-    let plain = binlake_sink::encoding::dictionary_not_worth_it(
-        batch,
-        row_group_rows,
-        parquet::file::properties::DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT,
-    );
-    let mut props = props;
-    for c in unique.into_iter().chain(plain.iter().map(|c| c.as_str())) {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
-    }
-    let props = props.build();
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
-    let writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
-        .map_err(|e| err("writer", e))?;
-    let (mut file, factory) = writer
-        .into_serialized_writer()
-        .map_err(|e| err("writer", e))?;
-    let schema = batch.schema();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
-    let mut start = 0;
-    let mut rg = 0;
-    while start < batch.num_rows() {
-        let len = row_group_rows.min(batch.num_rows() - start);
-        let part = batch.slice(start, len);
-        // (writer, leaf, size): one leaf column per writer, in schema order
-        let writers = factory
-            .create_column_writers(rg)
-            .map_err(|e| err("column writers", e))?;
-        let mut leaves = Vec::with_capacity(writers.len());
-        for (field, col) in schema.fields().iter().zip(part.columns()) {
-            for leaf in compute_leaves(field, col).map_err(|e| err("leaves", e))? {
-                leaves.push(leaf);
-            }
-        }
-        let sizes: Vec<usize> = part
-            .columns()
-            .iter()
-            .map(|c| c.get_array_memory_size())
-            .collect();
-        // greedy: biggest columns first, each to the least loaded thread
-        let mut order: Vec<usize> = (0..writers.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sizes.get(i).copied().unwrap_or(0)));
-        let mut groups: Vec<(usize, Vec<usize>)> =
-            vec![(0, Vec::new()); threads.min(writers.len()).max(1)];
-        for i in order {
-            let g = groups
-                .iter_mut()
-                .min_by_key(|g| g.0)
-                .expect("one group at least");
-            g.0 += sizes.get(i).copied().unwrap_or(0);
-            g.1.push(i);
-        }
-        let mut slots: Vec<
-            Option<(
-                parquet::arrow::arrow_writer::ArrowColumnWriter,
-                parquet::arrow::arrow_writer::ArrowLeafColumn,
-            )>,
-        > = writers.into_iter().zip(leaves).map(Some).collect();
-        let mut jobs: Vec<Vec<(usize, _, _)>> = groups
-            .iter()
-            .map(|(_, idx)| {
-                idx.iter()
-                    .map(|&i| {
-                        let (w, l) = slots[i].take().expect("each column once");
-                        (i, w, l)
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut chunks: Vec<Option<parquet::arrow::arrow_writer::ArrowColumnChunk>> =
-            (0..slots.len()).map(|_| None).collect();
-        let results: Vec<
-            Result<Vec<(usize, parquet::arrow::arrow_writer::ArrowColumnChunk)>, SinkError>,
-        > = std::thread::scope(|sc| {
-            let handles: Vec<_> = jobs
-                .drain(..)
-                .map(|job| {
-                    sc.spawn(move || {
-                        job.into_iter()
-                            .map(|(i, mut w, l)| {
-                                w.write(&l).map_err(|e| err("encode", e))?;
-                                Ok((i, w.close().map_err(|e| err("encode", e))?))
-                            })
-                            .collect::<Result<Vec<_>, SinkError>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SinkError::Definite(
-                            "parquet encoder thread panicked".into(),
-                        ))
-                    })
-                })
-                .collect()
-        });
-        for r in results {
-            for (i, c) in r? {
-                chunks[i] = Some(c);
-            }
-        }
-        let mut rgw = file.next_row_group().map_err(|e| err("row group", e))?;
-        for c in chunks {
-            c.expect("every column encoded")
-                .append_to_row_group(&mut rgw)
-                .map_err(|e| err("row group", e))?;
-        }
-        rgw.close().map_err(|e| err("row group", e))?;
-        start += len;
-        rg += 1;
-    }
-    file.close().map_err(|e| err("close", e))?;
-    Ok(buf)
-}
-
 #[async_trait::async_trait]
 impl Sink for ParquetSink {
     fn kind(&self) -> &'static str {
         "parquet"
+    }
+
+    async fn apply_table_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        crate::ddl::apply(table, kind, version)
     }
 
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
@@ -256,14 +178,15 @@ impl Sink for ParquetSink {
         self.log.keepalive().await
     }
 
-    async fn commit(&mut self, mut commit: Commit) -> Result<(), SinkError> {
+    async fn begin_commit(&mut self) -> Result<u64, SinkError> {
         self.log.keepalive().await?;
-        let seq = self.log.last_seq + 1;
-        commit.checkpoint.seq = seq;
-        // (path, table, batch, min_version, max_version) for every file of this commit
-        let mut jobs: Vec<(String, String, RecordBatch, u64, u64, Option<String>)> =
-            Vec::with_capacity(commit.batches.len() + 1);
-        for (n, tb) in commit.batches.iter().enumerate() {
+        self.staged.clear();
+        Ok(self.log.last_seq + 1)
+    }
+
+    async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
+        let mut jobs = Vec::with_capacity(batches.len());
+        for (n, tb) in batches.iter().enumerate() {
             if tb.batch.num_rows() > 0 {
                 let rel = format!(
                     "{}/{}/{}",
@@ -271,74 +194,55 @@ impl Sink for ParquetSink {
                     tb.table.table,
                     data_file_name(seq, n, &self.config.pipeline)
                 );
-                jobs.push((
+                jobs.push(FileJob {
                     rel,
-                    tb.table.to_string(),
-                    tb.batch.clone(),
-                    tb.min_version,
-                    tb.max_version,
+                    table: tb.table.to_string(),
+                    batch: tb.batch.clone(),
+                    min_version: tb.min_version,
+                    max_version: tb.max_version,
                     // a one-column key is distinct within a batch (deduplicated per key)
-                    (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
-                ));
+                    unique: (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
+                });
             }
         }
-        if let Some(rej) = commit.rejects.as_ref().filter(|r| r.num_rows() > 0) {
-            let rel = format!(
-                "{}/{}",
-                REJECTS_TABLE,
-                data_file_name(seq, 0, &self.config.pipeline)
-            );
-            jobs.push((rel, REJECTS_TABLE.into(), rej.clone(), 0, 0, None));
-        }
-        // the watermarks travel in the same manifest entry as the data they describe
-        if let Some(wm) = commit.watermarks.as_ref().filter(|r| r.num_rows() > 0) {
-            let rel = format!(
-                "{}/{}",
-                WATERMARKS_TABLE,
-                data_file_name(seq, 0, &self.config.pipeline)
-            );
-            jobs.push((rel, WATERMARKS_TABLE.into(), wm.clone(), 0, 0, None));
-        }
-        // Encoding is CPU work: one blocking task per file, in parallel, off the async workers.
-        let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
-        let encoded = futures::future::try_join_all(jobs.into_iter().map(
-            |(rel, table, batch, lo, hi, key)| async move {
-                let rows = batch.num_rows();
-                let bytes =
-                    tokio::task::spawn_blocking(move || encode(&batch, level, rg, key.as_deref()))
-                        .await
-                        .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
-                Ok::<_, SinkError>((
-                    FileEntry {
-                        path: rel,
-                        table,
-                        rows,
-                        bytes: bytes.len(),
-                        min_version: lo,
-                        max_version: hi,
-                    },
-                    bytes,
-                ))
-            },
-        ))
-        .await?;
-        // Data first (in parallel), then the log entry that makes them committed.
-        let log = &self.log;
-        let mut files = Vec::with_capacity(encoded.len());
-        let mut puts = Vec::with_capacity(encoded.len());
-        for (f, bytes) in encoded {
-            let path = log.path(&f.path);
-            puts.push(async move { log.put(&path, bytes, PutMode::Overwrite).await });
-            files.push(f);
-        }
-        futures::future::try_join_all(puts).await?;
-        binlake_sink::failpoint("after-data");
+        self.write_files(jobs).await
+    }
+
+    async fn write_meta(
+        &mut self,
+        seq: u64,
+        table: MetaTable,
+        rows: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        // in the same log entry as the data they describe
+        let rel = format!(
+            "{}/{}",
+            table.name(),
+            data_file_name(seq, 0, &self.config.pipeline)
+        );
+        self.write_files(vec![FileJob {
+            rel,
+            table: table.name().into(),
+            batch: rows.clone(),
+            min_version: 0,
+            max_version: 0,
+            unique: None,
+        }])
+        .await
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        seq: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SinkError> {
+        let files = std::mem::take(&mut self.staged);
         let nfiles = files.len();
         self.log
             .append(
                 seq,
                 &LogEntry {
-                    checkpoint: commit.checkpoint,
+                    checkpoint: checkpoint.clone(),
                     files,
                 },
             )

@@ -1,7 +1,9 @@
 //! Typed source positions and the `_binlake_version` derived from them.
 //!
-//! Three position flavours, each with `Ord`-free but exact semantics and a `Display`/`FromStr`
-//! round trip (they are stored as text in the target's checkpoint):
+//! Three position flavours, each with exact semantics and a `Display`/`FromStr` round trip;
+//! [`Position`] is stored typed in the checkpoint and serialised as that text (a checkpoint
+//! written by any binlake version loads). Only [`BinlogPos`] is ordered (by [`Coord`]: file index,
+//! then offset, on one server); a GTID state is not a total order.
 //! - [`MariaGtidState`]: MariaDB's `gtid_slave_pos` form, the last GTID seen per replication domain,
 //!   `0-1-100,1-2-7`. Resuming sends it as `@slave_connect_state`.
 //! - [`MysqlGtidSet`]: MySQL's executed GTID set, `uuid:1-10:12,uuid:tag:1-3`.
@@ -279,10 +281,34 @@ impl FromStr for MysqlGtidSet {
 }
 
 /// A binlog file name and byte offset.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct BinlogPos {
     pub file: String,
     pub pos: u64,
+}
+
+/// Where a [`BinlogPos`] lies in one server's binlog: file index, then offset. Compact (no file
+/// name) for the histories that keep one per transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Coord {
+    pub file_index: u64,
+    pub pos: u64,
+}
+
+/// Binlog order on one server (file names with the same base; the index, not the text, so
+/// `binlog.1000000` follows `binlog.999999`).
+impl Ord for BinlogPos {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key()
+            .cmp(&other.key())
+            .then_with(|| self.file.cmp(&other.file))
+    }
+}
+
+impl PartialOrd for BinlogPos {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl BinlogPos {
@@ -294,9 +320,12 @@ impl BinlogPos {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     }
-    /// Binlog order on one server: (file index, position).
-    pub fn key(&self) -> (u64, u64) {
-        (self.file_index(), self.pos)
+    /// Binlog order on one server.
+    pub fn key(&self) -> Coord {
+        Coord {
+            file_index: self.file_index(),
+            pos: self.pos,
+        }
     }
     /// Version ordinal for file/position mode (see module doc).
     pub fn ordinal(&self) -> u64 {
@@ -326,7 +355,21 @@ impl FromStr for BinlogPos {
     }
 }
 
+impl serde::Serialize for BinlogPos {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BinlogPos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where a stream resumes: the GTID state when the server has GTIDs, else a file position.
+/// Serialised as its text (`mariadb-gtid:0-1-42`, `mysql-gtid:...`, `file:binlog.000003:1234`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     MariaDb(MariaGtidState),
@@ -352,6 +395,25 @@ impl fmt::Display for Position {
             Position::Mysql(s) => write!(f, "mysql-gtid:{s}"),
             Position::File(p) => write!(f, "file:{p}"),
         }
+    }
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Position::File(BinlogPos::default())
+    }
+}
+
+impl serde::Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -417,5 +479,17 @@ mod tests {
         let a: Position = "file:binlog.000003:1234".parse().unwrap();
         let b: Position = "file:binlog.000004:4".parse().unwrap();
         assert!(a.version() < b.version());
+        // stored as text: a checkpoint written before positions were typed loads
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, "\"file:binlog.000003:1234\"");
+        assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), a);
+    }
+
+    #[test]
+    fn binlog_positions_order_by_file_index_then_offset() {
+        let p = |s: &str| s.parse::<BinlogPos>().unwrap();
+        assert!(p("binlog.000009:900") < p("binlog.000010:4"));
+        assert!(p("binlog.999999:900") < p("binlog.1000000:4"));
+        assert!(p("binlog.000010:4") < p("binlog.000010:5"));
     }
 }

@@ -13,8 +13,6 @@
 
 use binlake_sink::{DdlKind, TableId};
 
-use crate::source::Ddl;
-
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     /// An unquoted word (keyword or name).
@@ -129,14 +127,15 @@ fn table_name(toks: &[Tok], i: &mut usize, default_db: &str) -> Option<TableId> 
     Some(TableId::new(default_db, first))
 }
 
-/// The tables and column changes `d` applies, in statement order.
-pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
-    let toks = tokenize(&d.sql);
+/// The tables and column changes statement `sql`, run in database `db`, applies, in statement
+/// order. Called where Query events are decoded (the stream), so the pipeline gets them typed.
+pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
+    let toks = tokenize(sql);
     let mut i;
     let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
     if kw(0, "TRUNCATE") {
         i = if kw(1, "TABLE") { 2 } else { 1 };
-        return table_name(&toks, &mut i, &d.db)
+        return table_name(&toks, &mut i, db)
             .map(|t| vec![(t, DdlKind::Truncate)])
             .unwrap_or_default();
     }
@@ -146,7 +145,7 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
             i += 2;
         }
         let mut out = Vec::new();
-        while let Some(t) = table_name(&toks, &mut i, &d.db) {
+        while let Some(t) = table_name(&toks, &mut i, db) {
             out.push((t, DdlKind::DropTable));
             if toks.get(i) != Some(&Tok::Punct(',')) {
                 break;
@@ -158,12 +157,12 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
     if kw(0, "RENAME") && kw(1, "TABLE") {
         i = 2;
         let mut out = Vec::new();
-        while let Some(from) = table_name(&toks, &mut i, &d.db) {
+        while let Some(from) = table_name(&toks, &mut i, db) {
             if !kw(i, "TO") {
                 break;
             }
             i += 1;
-            let Some(to) = table_name(&toks, &mut i, &d.db) else {
+            let Some(to) = table_name(&toks, &mut i, db) else {
                 break;
             };
             out.push((from, DdlKind::RenameTable { to }));
@@ -188,7 +187,7 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
     if kw(i, "IF") && kw(i + 1, "EXISTS") {
         i += 2;
     }
-    let Some(table) = table_name(&toks, &mut i, &d.db) else {
+    let Some(table) = table_name(&toks, &mut i, db) else {
         return Vec::new();
     };
     if kw(i, "WAIT") {
@@ -247,7 +246,7 @@ pub fn table_ddl(d: &Ddl) -> Vec<(TableId, DdlKind)> {
             }
         } else if k(0, "RENAME") && !k(1, "COLUMN") && !k(1, "INDEX") && !k(1, "KEY") {
             j = if k(1, "TO") || k(1, "AS") { 2 } else { 1 };
-            if let Some(to) = table_name(c, &mut j, &d.db) {
+            if let Some(to) = table_name(c, &mut j, db) {
                 out.push((table.clone(), DdlKind::RenameTable { to }));
             }
         } else if k(0, "RENAME") && k(1, "COLUMN") {
@@ -300,10 +299,7 @@ mod tests {
     use super::*;
 
     fn ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
-        table_ddl(&Ddl {
-            db: db.into(),
-            sql: sql.into(),
-        })
+        table_ddl(db, sql)
     }
 
     #[test]
