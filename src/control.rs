@@ -1,5 +1,6 @@
 //! How other commands reach a running `replicate`: a small HTTP endpoint on `control_addr`
-//! (loopback by default, off unless configured), and the backfill schedule (`[[backfill]]`).
+//! (loopback by default, off unless configured; served by axum, the client is hyper's), and the
+//! backfill schedule (`[[backfill]]`).
 //!
 //! `POST /backfill` with `{"tables": "shop.*", "where": "id < 1000"}` queues a snapshot of the
 //! matching tables in the running process, so the target keeps exactly one writer: the
@@ -15,12 +16,20 @@
 //! and have a key, the predicate parses), and once accepted it is in the next checkpoint, so a
 //! crash after the reply does not lose it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
 use binlake_sink::TableId;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use mysql_async::prelude::Queryable;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -80,15 +89,14 @@ pub enum RequestError {
         source: std::io::Error,
     },
     #[error("talking to {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("unexpected reply from {addr}: {reason}: {head}")]
+    Http { addr: String, source: hyper::Error },
+    #[error("{addr} did not answer within {}s", REPLY_TIMEOUT.as_secs())]
+    Timeout { addr: String },
+    #[error("unexpected reply from {addr} (HTTP {status}): {reason}")]
     Reply {
         addr: String,
         reason: String,
-        head: String,
+        status: u16,
     },
     /// The pipeline refused the request (the reason it gave).
     #[error("{0}")]
@@ -169,7 +177,22 @@ pub async fn check(
     Ok(tables)
 }
 
-/// Serves the control endpoint until the pipeline is gone.
+/// What every request of the control endpoint shares.
+#[derive(Clone)]
+struct Endpoint {
+    opts: mysql_async::Opts,
+    filter: TableFilter,
+    tx: mpsc::Sender<Backfill>,
+    token: Option<Arc<str>>,
+}
+
+type Reply = (StatusCode, Json<serde_json::Value>);
+
+fn reply(code: StatusCode, error: impl Into<String>) -> Reply {
+    (code, Json(serde_json::json!({ "error": error.into() })))
+}
+
+/// Serves the control endpoint (axum, HTTP/1.1) until the pipeline is gone.
 pub async fn serve(
     listener: TcpListener,
     opts: mysql_async::Opts,
@@ -177,100 +200,78 @@ pub async fn serve(
     tx: mpsc::Sender<Backfill>,
     token: Option<String>,
 ) {
-    loop {
-        let Ok((sock, peer)) = listener.accept().await else {
-            continue;
-        };
-        let (opts, filter, tx2) = (opts.clone(), pipeline_filter.clone(), tx.clone());
-        let token = token.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(sock, &opts, &filter, &tx2, token.as_deref()).await {
-                warn!(%peer, error = %e, "control request failed");
-            }
+    let gone = tx.clone();
+    let app = Router::new()
+        .route("/backfill", post(backfill))
+        .fallback(unknown)
+        .layer(axum::middleware::map_response(crate::metrics::close_after))
+        .with_state(Endpoint {
+            opts,
+            filter: pipeline_filter,
+            tx,
+            token: token.map(Arc::from),
         });
-        if tx.is_closed() {
-            return;
-        }
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { gone.closed().await })
+        .await
+    {
+        warn!(error = %e, "control endpoint stopped");
     }
 }
 
-async fn handle(
-    mut sock: TcpStream,
-    opts: &mysql_async::Opts,
-    filter: &TableFilter,
-    tx: &mpsc::Sender<Backfill>,
-    token: Option<&str>,
-) -> std::io::Result<()> {
-    let (head, body) = read_http(&mut sock).await?;
-    let first = head.lines().next().unwrap_or("");
-    let (code, reply) = if !authorized(&head, token) {
-        (
-            401,
-            serde_json::json!({ "error": "this control endpoint needs the token of BINLAKE_CONTROL_TOKEN" }),
-        )
-    } else if first.starts_with("POST /backfill ") {
-        match serde_json::from_slice::<BackfillRequest>(&body) {
-            Err(e) => (
-                400,
-                serde_json::json!({ "error": format!("bad request body: {e}") }),
-            ),
-            Ok(req) => match check(opts, filter, &req).await {
-                Err(e) => (400, serde_json::json!({ "error": e.to_string() })),
-                Ok(tables) => {
-                    let (rtx, rrx) = oneshot::channel();
-                    let b = Backfill {
-                        tables,
-                        filter: req.filter.clone(),
-                        reason: if req.absent.is_empty() {
-                            "backfill"
-                        } else {
-                            "repair"
-                        },
-                        absent: req.absent,
-                        reply: Some(rtx),
-                    };
-                    if tx.send(b).await.is_err() {
-                        (
-                            503,
-                            serde_json::json!({ "error": "the pipeline is stopping" }),
-                        )
-                    } else {
-                        match rrx.await {
-                            Ok(Ok(q)) => (200, serde_json::json!({ "queued": q })),
-                            Ok(Err(e)) => (409, serde_json::json!({ "error": e.to_string() })),
-                            Err(_) => (
-                                503,
-                                serde_json::json!({ "error": "the pipeline is stopping" }),
-                            ),
-                        }
-                    }
-                }
-            },
-        }
-    } else {
-        (
-            404,
-            serde_json::json!({ "error": "unknown request; this endpoint serves POST /backfill" }),
-        )
+/// `POST /backfill`: checks the request against the source, queues it, and answers with the
+/// tables queued (200), or why not: 400 (the request), 401 (the token), 409 (the pipeline
+/// refused it), 503 (the pipeline is stopping).
+async fn backfill(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> Reply {
+    if !authorized(&headers, ep.token.as_deref()) {
+        return unauthorized();
+    }
+    let req = match serde_json::from_slice::<BackfillRequest>(&body) {
+        Ok(r) => r,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
-    let body = reply.to_string();
-    let status = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        409 => "Conflict",
-        _ => "Service Unavailable",
+    let tables = match check(&ep.opts, &ep.filter, &req).await {
+        Ok(t) => t,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    sock.write_all(
-        format!(
-            "HTTP/1.1 {code} {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    let (rtx, rrx) = oneshot::channel();
+    let b = Backfill {
+        tables,
+        filter: req.filter.clone(),
+        reason: if req.absent.is_empty() {
+            "backfill"
+        } else {
+            "repair"
+        },
+        absent: req.absent,
+        reply: Some(rtx),
+    };
+    let stopping = || reply(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
+    if ep.tx.send(b).await.is_err() {
+        return stopping();
+    }
+    match rrx.await {
+        Ok(Ok(q)) => (StatusCode::OK, Json(serde_json::json!({ "queued": q }))),
+        Ok(Err(e)) => reply(StatusCode::CONFLICT, e.to_string()),
+        Err(_) => stopping(),
+    }
+}
+
+async fn unknown(State(ep): State<Endpoint>, headers: HeaderMap) -> Reply {
+    if !authorized(&headers, ep.token.as_deref()) {
+        return unauthorized();
+    }
+    reply(
+        StatusCode::NOT_FOUND,
+        "unknown request; this endpoint serves POST /backfill",
     )
-    .await?;
-    sock.shutdown().await
+}
+
+fn unauthorized() -> Reply {
+    reply(
+        StatusCode::UNAUTHORIZED,
+        "this control endpoint needs the token of BINLAKE_CONTROL_TOKEN",
+    )
 }
 
 /// The token the clients send: `BINLAKE_CONTROL_TOKEN`, if set.
@@ -282,16 +283,14 @@ fn token() -> Option<String> {
 
 /// Whether a request carries the control token (always, when no token is set: then the
 /// endpoint listens on loopback only, which the config enforces).
-fn authorized(head: &str, want: Option<&str>) -> bool {
+fn authorized(headers: &HeaderMap, want: Option<&str>) -> bool {
     let Some(want) = want else {
         return true;
     };
-    let got = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("authorization")
-            .then(|| v.trim().strip_prefix("Bearer ").map(str::to_string))?
-    });
+    let got = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "));
     // compared in full whatever the first difference (no early exit to time)
     got.is_some_and(|g| {
         g.len() == want.len()
@@ -302,84 +301,57 @@ fn authorized(head: &str, want: Option<&str>) -> bool {
     })
 }
 
-/// Reads one HTTP request or response: the head and a body of `Content-Length` bytes (or up to
-/// the end of the stream).
-async fn read_http(sock: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
-        if n == 0 || buf.len() > 1 << 20 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "incomplete HTTP message",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut body = buf[head_end + 4..].to_vec();
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    match len {
-        Some(len) => {
-            while body.len() < len {
-                let n = sock.read(&mut chunk).await?;
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        }
-        None => {
-            sock.read_to_end(&mut body).await?;
-        }
-    }
-    Ok((head, body))
-}
-
-/// The `binlake backfill` client: sends the request, returns the tables queued.
+/// The `binlake backfill` client (hyper, HTTP/1.1): sends the request, returns the tables
+/// queued.
 pub async fn request_backfill(
     addr: &str,
     req: &BackfillRequest,
 ) -> Result<Vec<String>, RequestError> {
-    let io = |source| RequestError::Io {
+    let http = |source| RequestError::Http {
         addr: addr.to_string(),
         source,
     };
-    let mut sock = TcpStream::connect(addr)
+    let sock = TcpStream::connect(addr)
         .await
         .map_err(|source| RequestError::Unreachable {
             addr: addr.to_string(),
             source,
         })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+        .await
+        .map_err(http)?;
+    tokio::spawn(conn);
     let body = serde_json::to_string(req).expect("a backfill request serialises");
-    sock.write_all(
-        format!(
-            "POST /backfill HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
-            body.len(),
-            token().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
-        )
-        .as_bytes(),
-    )
+    let mut request = hyper::Request::post("/backfill")
+        .header(HOST, addr)
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(t) = token() {
+        request = request.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| RequestError::Reply {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+            status: 0,
+        })?;
+    let response = tokio::time::timeout(REPLY_TIMEOUT, async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body))
+    })
     .await
-    .map_err(io)?;
-    let (head, body) = read_http(&mut sock).await.map_err(io)?;
+    .map_err(|_| RequestError::Timeout {
+        addr: addr.to_string(),
+    })?;
+    let (status, body) = response.map_err(http)?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RequestError::Reply {
         addr: addr.to_string(),
         reason: e.to_string(),
-        head: head.clone(),
+        status: status.as_u16(),
     })?;
-    if head.starts_with("HTTP/1.1 200") {
+    if status == StatusCode::OK {
         Ok(v["queued"]
             .as_array()
             .map(|a| {
@@ -394,6 +366,10 @@ pub async fn request_backfill(
         ))
     }
 }
+
+/// How long the client waits for the pipeline's answer (it checks the request against the
+/// source first).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A five-field cron schedule (minute hour day-of-month month day-of-week), evaluated in UTC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod filter;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 /// Typed source positions (defined with the checkpoint that stores them, in `binlake-sink`).
 pub use binlake_sink::position;
 pub mod schema;

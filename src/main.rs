@@ -3,10 +3,25 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use binlake::config::{FileConfig, Patterns, Settings, Size, SourceEntry, Sources};
+use binlake::config::{
+    ClickHouseFlags, DeltaFlags, FileConfig, LogFlags, ParquetFlags, PipelineFlags, Settings,
+    SourceFlags, TablesFlags, TargetFlags,
+};
 use binlake::pipeline;
 use binlake::source;
 use clap::{Args, Parser, Subcommand};
+
+mod cli {
+    pub mod dbt;
+    pub mod maintain;
+    pub mod sinks;
+    pub mod validate;
+}
+
+use cli::dbt::dbt_sources;
+use cli::maintain::maintain;
+use cli::sinks::{build_sink, settings_sink, SinkOpts};
+use cli::validate::validate;
 
 #[derive(Parser)]
 #[command(
@@ -21,14 +36,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Check that the source is set up for binlake (settings, GTIDs, grants).
-    Check(Common),
+    /// Check that the source is set up for binlake (settings, GTIDs, grants), and, with a
+    /// target, that the target is reachable and where the pipeline would resume.
+    Check(CheckArgs),
     /// Stream changes into the target until stopped (SIGINT/SIGTERM) or caught up.
-    Replicate(Common),
+    Replicate(AllFlags),
     /// Maintain a Delta target: compaction, log checkpoints, tombstone purge, vacuum.
     Maintain(MaintainArgs),
     /// Print the checkpoint a target holds (position, tables, lag) without a running process.
-    Status(Common),
+    Status(StatusArgs),
     /// Decode a binlog file and print its events and rows (for debugging).
     Decode {
         file: std::path::PathBuf,
@@ -38,6 +54,12 @@ enum Cmd {
     },
     /// Print the MySQL -> Arrow type map as a Markdown table.
     Types,
+    /// Print the JSON schema of the config file (or, with --reference, the key reference).
+    Schema {
+        /// The Markdown key reference (docs/configuration.md) instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Compare source and target chunk by chunk (counts and row checksums); exit 0 only when
     /// everything matches. `--repair` backfills the differing key ranges in a running replicate.
     Validate(ValidateArgs),
@@ -74,7 +96,7 @@ enum DbtCmd {
 #[derive(Args)]
 struct DbtArgs {
     #[command(flatten)]
-    common: Common,
+    common: AllFlags,
     /// The dbt project directory to write into.
     #[arg(long, default_value = ".")]
     project_dir: std::path::PathBuf,
@@ -83,7 +105,21 @@ struct DbtArgs {
 #[derive(Args)]
 struct ValidateArgs {
     #[command(flatten)]
-    common: Common,
+    config: ConfigFile,
+    #[command(flatten)]
+    source: SourceFlags,
+    #[command(flatten)]
+    tables: TablesFlags,
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    parquet: ParquetFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    #[command(flatten)]
+    log: LogFlags,
     /// Backfill the differing key ranges through the running replicate's control_addr, wait
     /// for them, and validate those tables again.
     #[arg(long)]
@@ -99,180 +135,137 @@ struct ValidateArgs {
 #[derive(Args)]
 struct MaintainArgs {
     #[command(flatten)]
-    common: Common,
+    config: ConfigFile,
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    tables: TablesFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
-/// Flags shared by the commands; each has the config-file key of the same name.
+/// `--config`, for every command that reads configuration.
 #[derive(Args, Default)]
-struct Common {
-    /// TOML config file; flags override its keys.
+struct ConfigFile {
+    /// TOML config file; flags override its keys (docs/configuration.md lists them).
     #[arg(long)]
     config: Option<String>,
-    /// mysql://user:password@host:port; repeat for several servers of one topology.
-    #[arg(long)]
-    source: Vec<String>,
-    /// Several sources: failover (default) or active-active.
-    #[arg(long)]
-    mode: Option<String>,
-    /// PEM bundle of the CA(s) that signed the source's certificate (turns on verified TLS).
-    #[arg(long)]
-    tls_ca: Option<String>,
-    /// Client certificate (PEM) for source users that REQUIRE X509 (with --tls-key).
-    #[arg(long)]
-    tls_cert: Option<String>,
-    /// The client certificate's private key (PEM).
-    #[arg(long)]
-    tls_key: Option<String>,
-    /// Drop changes written by these server ids (comma-separated; two-way setups).
-    #[arg(long, value_delimiter = ',')]
-    exclude_server_ids: Vec<u32>,
-    /// Drop changes of these MariaDB GTID domains (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    exclude_gtid_domains: Vec<u32>,
-    /// Columns left out of the target: [db.]table.column globs (repeat or comma-separate).
-    #[arg(long)]
-    exclude_columns: Vec<String>,
-    /// Columns replaced by a salted SHA-256: [db.]table.column globs.
-    #[arg(long)]
-    mask: Vec<String>,
-    /// Salt for --mask (prefer the config file with ${ENV}).
-    #[arg(long)]
-    mask_salt: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9187).
-    #[arg(long)]
-    metrics_addr: Option<String>,
-    /// Tables to replicate: globs over db.table, `!` excludes (repeat or comma-separate).
-    #[arg(long)]
-    tables: Vec<String>,
-    /// Sink: parquet.
-    #[arg(long)]
-    sink: Option<String>,
-    /// Target: a directory or s3://bucket/prefix.
-    #[arg(long)]
-    target: Option<String>,
-    /// Without a checkpoint in the target: snapshot (the default: existing rows, then changes),
-    /// earliest, current, a GTID, or file:position.
-    #[arg(long)]
-    start_at: Option<String>,
-    /// Stop once everything the server had at start is applied.
-    #[arg(long)]
-    exit_when_caught_up: bool,
-    /// Pipeline name (several pipelines may share a target).
-    #[arg(long)]
-    pipeline: Option<String>,
-    /// null, fail or dead_letter.
-    #[arg(long)]
-    invalid_values: Option<String>,
-    #[arg(long)]
-    max_batch_rows: Option<usize>,
-    /// e.g. 64MiB
-    #[arg(long)]
-    max_batch_bytes: Option<String>,
-    /// e.g. 1s, 500ms
-    #[arg(long)]
-    max_latency: Option<String>,
-    #[arg(long)]
-    checkpoint_interval: Option<String>,
-    #[arg(long)]
-    heartbeat: Option<String>,
-    /// Replica server id binlake registers with.
-    #[arg(long)]
-    server_id: Option<u32>,
-    #[arg(long)]
-    zstd_level: Option<i32>,
-    /// text or json
-    #[arg(long)]
-    log_format: Option<String>,
-    /// Delta: soft (tombstones) or hard.
-    #[arg(long)]
-    deletes: Option<String>,
-    /// Delta: `replicate` runs maintenance this often, e.g. 6h (default: never).
-    #[arg(long)]
-    maintain_every: Option<String>,
-    /// Delta maintenance: compaction's target file size [default: 128MiB].
-    #[arg(long)]
-    target_file_size: Option<String>,
-    /// Delta maintenance: vacuum keeps files any version younger than this needs [default: 7d].
-    #[arg(long)]
-    vacuum_retention: Option<String>,
-    /// Delta maintenance: tombstones (deleted rows) older than this are purged [default: 7d].
-    #[arg(long)]
-    tombstone_retention: Option<String>,
-    /// ClickHouse inserts: auto (default: LZ4, none to a loopback server), lz4 or none.
-    #[arg(long)]
-    compression: Option<String>,
-    /// ClickHouse: prefix for the database names binlake creates.
-    #[arg(long)]
-    database_prefix: Option<String>,
-    /// ClickHouse over https: PEM bundle of the private CA that signed the server's certificate.
-    #[arg(long)]
-    clickhouse_tls_ca: Option<String>,
-    /// Snapshots: key ranges read at once [default: 2].
-    #[arg(long)]
-    snapshot_parallelism: Option<usize>,
-    /// Snapshots: rows per chunk [default: 20000].
-    #[arg(long)]
-    snapshot_chunk_rows: Option<usize>,
-    /// Listen here for `binlake backfill` (e.g. 127.0.0.1:7219; off by default).
-    #[arg(long)]
-    control_addr: Option<String>,
 }
 
-impl Common {
-    fn file_config(&self) -> Result<FileConfig, binlake::config::ConfigError> {
-        let base = match &self.config {
+impl ConfigFile {
+    /// The file's keys (none without `--config`), then the flags of `groups` over them.
+    fn load(&self, groups: &[&dyn Flags]) -> Result<FileConfig, binlake::config::ConfigError> {
+        let mut fc = match &self.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
-        let flags = FileConfig {
-            source: (!self.source.is_empty()).then(|| match self.source.as_slice() {
-                [one] => Sources::One(one.clone()),
-                many => Sources::Many(many.iter().cloned().map(SourceEntry::Url).collect()),
-            }),
-            mode: self.mode.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            exclude_server_ids: (!self.exclude_server_ids.is_empty())
-                .then(|| self.exclude_server_ids.clone()),
-            exclude_gtid_domains: (!self.exclude_gtid_domains.is_empty())
-                .then(|| self.exclude_gtid_domains.clone()),
-            exclude_columns: (!self.exclude_columns.is_empty())
-                .then(|| Patterns::Many(self.exclude_columns.clone())),
-            mask: (!self.mask.is_empty()).then(|| Patterns::Many(self.mask.clone())),
-            mask_salt: self.mask_salt.clone(),
-            metrics_addr: self.metrics_addr.clone(),
-            tables: (!self.tables.is_empty()).then(|| Patterns::Many(self.tables.clone())),
-            sink: self.sink.clone(),
-            target: self.target.clone(),
-            start_at: self.start_at.clone(),
-            exit_when_caught_up: self.exit_when_caught_up.then_some(true),
-            pipeline: self.pipeline.clone(),
-            invalid_values: self.invalid_values.clone(),
-            max_batch_rows: self.max_batch_rows,
-            max_batch_bytes: self.max_batch_bytes.clone().map(Size::Text),
-            max_latency: self.max_latency.clone(),
-            checkpoint_interval: self.checkpoint_interval.clone(),
-            heartbeat: self.heartbeat.clone(),
-            server_id: self.server_id,
-            zstd_level: self.zstd_level,
-            log_format: self.log_format.clone(),
-            deletes: self.deletes.clone(),
-            maintain_every: self.maintain_every.clone(),
-            target_file_size: self.target_file_size.clone().map(Size::Text),
-            vacuum_retention: self.vacuum_retention.clone(),
-            tombstone_retention: self.tombstone_retention.clone(),
-            compression: self.compression.clone(),
-            database_prefix: self.database_prefix.clone(),
-            clickhouse_tls_ca: self.clickhouse_tls_ca.clone(),
-            snapshot_parallelism: self.snapshot_parallelism,
-            snapshot_chunk_rows: self.snapshot_chunk_rows,
-            control_addr: self.control_addr.clone(),
-            control_token: None,
-            backfill: None,
-        };
-        Ok(base.overlay(flags))
+        for g in groups {
+            g.apply_to(&mut fc);
+        }
+        Ok(fc)
     }
+}
+
+/// A group of flags (see `binlake::config::keys`) that sets its keys.
+trait Flags {
+    fn apply_to(&self, fc: &mut FileConfig);
+}
+
+macro_rules! flag_groups {
+    ($($g:ty),*) => {
+        $(impl Flags for $g {
+            fn apply_to(&self, fc: &mut FileConfig) {
+                self.apply(fc)
+            }
+        })*
+    };
+}
+
+flag_groups!(
+    SourceFlags,
+    TablesFlags,
+    TargetFlags,
+    ParquetFlags,
+    DeltaFlags,
+    ClickHouseFlags,
+    PipelineFlags,
+    LogFlags
+);
+
+/// Every flag: `replicate`, `dbt sources`.
+#[derive(Args, Default)]
+struct AllFlags {
+    #[command(flatten)]
+    config: ConfigFile,
+    #[command(flatten)]
+    source: SourceFlags,
+    #[command(flatten)]
+    tables: TablesFlags,
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    parquet: ParquetFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    #[command(flatten)]
+    pipeline: PipelineFlags,
+    #[command(flatten)]
+    log: LogFlags,
+}
+
+impl AllFlags {
+    fn file_config(&self) -> Result<FileConfig, binlake::config::ConfigError> {
+        self.config.load(&[
+            &self.source,
+            &self.tables,
+            &self.target,
+            &self.parquet,
+            &self.delta,
+            &self.clickhouse,
+            &self.pipeline,
+            &self.log,
+        ])
+    }
+}
+
+/// `check`: the source, and the target when one is given.
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigFile,
+    #[command(flatten)]
+    source: SourceFlags,
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    parquet: ParquetFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    #[command(flatten)]
+    log: LogFlags,
+}
+
+/// `status`: the target only (the sinks' keys say how to reach it).
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigFile,
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    parquet: ParquetFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 fn init_logs(json: bool) {
@@ -343,6 +336,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", binlake::schema::type_map_markdown());
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Schema { reference } => {
+            print!(
+                "{}",
+                if reference {
+                    binlake::config::schema::reference()
+                } else {
+                    binlake::config::schema::schema_text()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Decode { file, rows } => {
             let (dump, err) = binlake::decode::file::dump_file(&file);
             println!(
@@ -366,7 +370,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Check(c) => {
-            let fc = match c.file_config() {
+            let fc = match c.config.load(&[
+                &c.source,
+                &c.target,
+                &c.parquet,
+                &c.delta,
+                &c.clickhouse,
+                &c.log,
+            ]) {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };
@@ -413,6 +424,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(3))
             } else {
                 println!("source is ready for binlake");
+                if fc.target.is_some() {
+                    return check_target(&fc).await;
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -445,23 +459,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status(c) => {
-            let fc = match c.file_config() {
+            let fc = match c
+                .config
+                .load(&[&c.target, &c.parquet, &c.delta, &c.clickhouse, &c.log])
+            {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };
-            let target = fc.target.clone().context("--target is required")?;
-            let pipeline_name = fc.pipeline.clone().unwrap_or_else(|| "default".into());
-            let mut sink = build_sink(&SinkOpts {
-                kind: fc.sink.as_deref().unwrap_or("parquet"),
-                target: &target,
-                pipeline: &pipeline_name,
-                zstd_level: 1,
-                hard_deletes: false,
-                maintenance: &binlake::config::Maintenance::resolve(&fc)?,
-                lz4: None,
-                database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
-                clickhouse_tls_ca: fc.clickhouse_tls_ca.as_deref(),
-            })?;
+            let mut sink = reader_sink(&fc)?;
+            let pipeline_name = fc.pipeline.as_deref().unwrap_or("default");
+            let target = fc.target.as_deref().unwrap_or_default();
             match sink.read_checkpoint().await? {
                 None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
                 Some(cp) => {
@@ -515,7 +522,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replicate(c) => {
-            let settings = match resolve(&c) {
+            let settings = match resolve(c.file_config()) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
@@ -560,89 +567,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[cfg(feature = "delta")]
-async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
-    let fc = match m.common.file_config() {
-        Ok(f) => f,
-        Err(e) => return config_error(e),
-    };
-    init_logs(fc.log_format.as_deref() == Some("json"));
-    if fc.sink.as_deref().unwrap_or("delta") != "delta" {
-        eprintln!("error: `maintain` works on Delta targets (--sink delta); Parquet compaction is not implemented yet");
-        return Ok(ExitCode::from(2));
-    }
-    let Some(target) = fc.target.clone() else {
-        return config_error(binlake::config::ConfigError::Key {
-            key: "target",
-            message: "required".into(),
-        });
-    };
-    let opts = match binlake::config::Maintenance::resolve(&fc) {
-        Ok(m) => maintain_options(&m),
-        Err(e) => return config_error(e),
-    };
-    let patterns: Vec<String> = match &fc.tables {
-        None => vec![],
-        Some(Patterns::One(s)) => vec![s.clone()],
-        Some(Patterns::Many(v)) => v.clone(),
-    };
-    let filter = match binlake::filter::TableFilter::parse(&patterns) {
-        Ok(f) => f,
-        Err(e) => {
-            return config_error(binlake::config::ConfigError::Key {
-                key: "tables",
-                message: e.to_string(),
-            })
-        }
-    };
-    let cfg = binlake_sink_delta::DeltaConfig::new(
-        target,
-        fc.pipeline.clone().unwrap_or_else(|| "default".into()),
-    );
-    let mut failed = 0;
-    for t in binlake_sink_delta::maintain::tables(&cfg).await? {
-        let (db, name) = t.split_once('.').unwrap_or((&t, ""));
-        if !filter.matches(db, name) {
-            continue;
-        }
-        match binlake_sink_delta::maintain::maintain_table(&cfg, &t, &opts).await {
-            Ok(r) => println!(
-                "{:<40} compacted {} files into {}, purged {} tombstones, vacuumed {} files, now at version {}",
-                r.table, r.files_compacted, r.files_written, r.tombstones_purged, r.files_vacuumed, r.version
-            ),
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {t}: {e}");
-            }
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+/// The sink of `fc`'s target, to read it (`status`, `check`): nothing is written.
+fn reader_sink(fc: &FileConfig) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
+    let target = fc.target.clone().context("--target is required")?;
+    let pipeline_name = fc.pipeline.clone().unwrap_or_else(|| "default".into());
+    build_sink(&SinkOpts {
+        kind: fc.sink.as_deref().unwrap_or("parquet"),
+        target: &target,
+        pipeline: &pipeline_name,
+        zstd_level: 1,
+        hard_deletes: false,
+        maintenance: &binlake::config::Maintenance::resolve(fc)?,
+        lz4: None,
+        database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
+        clickhouse_tls_ca: fc.clickhouse_tls_ca.as_deref(),
     })
 }
 
-#[cfg(feature = "delta")]
-fn maintain_options(
-    m: &binlake::config::Maintenance,
-) -> binlake_sink_delta::maintain::MaintainOptions {
-    binlake_sink_delta::maintain::MaintainOptions {
-        target_file_size: m.target_file_size,
-        vacuum_retention: m.vacuum_retention,
-        tombstone_retention: m.tombstone_retention,
+/// `check` with a target: it is reachable with these settings, and where the pipeline resumes.
+async fn check_target(fc: &FileConfig) -> anyhow::Result<ExitCode> {
+    let pipeline = fc.pipeline.as_deref().unwrap_or("default");
+    let mut sink = reader_sink(fc)?;
+    match sink.read_checkpoint().await {
+        Ok(Some(cp)) => println!(
+            "target ({}) is reachable: pipeline `{pipeline}` resumes at {} (commit {})",
+            sink.kind(),
+            cp.position,
+            cp.seq
+        ),
+        Ok(None) => println!(
+            "target ({}) is reachable: no checkpoint of pipeline `{pipeline}` yet (replicate starts at start_at)",
+            sink.kind()
+        ),
+        Err(e) => {
+            eprintln!("error: target ({}): {e}", sink.kind());
+            return Ok(ExitCode::from(1));
+        }
     }
-}
-
-#[cfg(not(feature = "delta"))]
-async fn maintain(_m: MaintainArgs) -> anyhow::Result<ExitCode> {
-    eprintln!("error: `maintain` works on Delta targets; this binary was built without the `delta` feature");
-    Ok(ExitCode::from(2))
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The flags and config file resolved to settings, logs set up; a bad config is exit code 2.
-fn resolve(c: &Common) -> Result<Settings, ExitCode> {
-    let settings = c.file_config().and_then(|fc| Settings::resolve(&fc));
+fn resolve(fc: Result<FileConfig, binlake::config::ConfigError>) -> Result<Settings, ExitCode> {
+    let settings = fc.and_then(|fc| Settings::resolve(&fc));
     match settings {
         Ok(s) => {
             init_logs(s.log_json);
@@ -655,212 +622,9 @@ fn resolve(c: &Common) -> Result<Settings, ExitCode> {
     }
 }
 
-async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let settings = match resolve(&v.common) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let mut sink = settings_sink(&settings)?;
-    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
-    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
-    let mut all_equal = true;
-    // unequal tables that a backfill cannot repair (rows only in the target, skipped tables)
-    let mut unrepairable = false;
-    let mut to_repair = Vec::new();
-    for t in &tables {
-        let r = binlake::validate::validate_table(
-            &opts,
-            sink.as_mut(),
-            t,
-            v.chunk,
-            &settings.pipeline.columns,
-        )
-        .await?;
-        println!("{r}");
-        if !r.equal() {
-            all_equal = false;
-            if r.skipped.is_some() || r.keyless {
-                unrepairable = true;
-            }
-            if r.keyless {
-                println!("  {t}: a table without a primary key cannot be repaired by a backfill; rebuild it");
-                continue;
-            }
-            let extra_unreadable =
-                !r.only_in_target.is_empty() && r.only_in_target_cells.is_empty();
-            if extra_unreadable {
-                unrepairable = true;
-                println!("  {t}: rows only in the target with a key type (or column rule) that a repair cannot read back; rebuild the table to drop them");
-            }
-            if !r.different.is_empty() || !r.only_in_target_cells.is_empty() {
-                to_repair.push((t.clone(), r));
-            }
-        }
-    }
-    if !v.repair || to_repair.is_empty() {
-        return Ok(if all_equal {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
-    }
-    // when each table was last loaded, before the request (a repair loads it again)
-    let before = sink
-        .read_checkpoint()
-        .await?
-        .map(|c| c.loaded)
-        .unwrap_or_default();
-    for (t, r) in &to_repair {
-        let desc = binlake::validate::describe_for_repair(&opts, t)
-            .await?
-            .context("table vanished")?;
-        let preds: Vec<String> = r
-            .different
-            .iter()
-            .filter_map(|c| binlake::validate::range_predicate(&desc, &c.lo, &c.hi))
-            .map(|p| format!("({p})"))
-            .collect();
-        let absent: Vec<serde_json::Value> = r
-            .only_in_target_cells
-            .iter()
-            .take(binlake::control::MAX_ABSENT_KEYS)
-            .cloned()
-            .collect();
-        if absent.len() < r.only_in_target_cells.len() {
-            unrepairable = true;
-            println!(
-                "  {t}: {} rows only in the target; this repair checks the first {}, run validate --repair again for the rest",
-                r.only_in_target_cells.len(),
-                absent.len()
-            );
-        }
-        let req = binlake::control::BackfillRequest {
-            tables: t.to_string(),
-            filter: (!preds.is_empty()).then(|| preds.join(" OR ")),
-            absent,
-        };
-        match binlake::control::request_backfill(&v.control, &req).await {
-            Ok(_) => println!(
-                "{t}: repair queued: {} key range(s) backfilled, {} key(s) only in the target checked at the source",
-                preds.len(),
-                req.absent.len()
-            ),
-            Err(e) => {
-                eprintln!("error: {t}: repair refused: {e}");
-                return Ok(ExitCode::from(1));
-            }
-        }
-    }
-    // wait for the repairs (each table loaded again after the request), then check again
-    let started = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let cp = sink.read_checkpoint().await?;
-        let done = cp.as_ref().is_some_and(|c| {
-            to_repair
-                .iter()
-                .all(|(t, _)| !c.snapshots.contains_key(t) && c.loaded.get(t) > before.get(t))
-        });
-        if done {
-            break;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(1800) {
-            anyhow::bail!("the repair backfills did not finish within 30 minutes");
-        }
-    }
-    let mut equal = !unrepairable;
-    for (t, _) in &to_repair {
-        let r = binlake::validate::validate_table(
-            &opts,
-            sink.as_mut(),
-            t,
-            v.chunk,
-            &settings.pipeline.columns,
-        )
-        .await?;
-        println!("after repair: {r}");
-        equal &= r.equal();
-    }
-    Ok(if equal {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
 fn config_error(e: binlake::config::ConfigError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(2))
-}
-
-/// What the sinks are built from (each build reads the fields of the sinks it has).
-#[allow(dead_code)]
-struct SinkOpts<'a> {
-    kind: &'a str,
-    target: &'a str,
-    pipeline: &'a str,
-    zstd_level: i32,
-    hard_deletes: bool,
-    maintenance: &'a binlake::config::Maintenance,
-    lz4: Option<bool>,
-    database_prefix: &'a str,
-    clickhouse_tls_ca: Option<&'a str>,
-}
-
-/// The sink a resolved configuration names.
-fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
-    build_sink(&SinkOpts {
-        kind: &settings.sink,
-        target: &settings.target,
-        pipeline: &settings.pipeline.name,
-        zstd_level: settings.zstd_level,
-        hard_deletes: settings.hard_deletes,
-        maintenance: &settings.maintenance,
-        lz4: settings.lz4,
-        database_prefix: &settings.database_prefix,
-        clickhouse_tls_ca: settings.clickhouse_tls_ca.as_deref(),
-    })
-}
-
-fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
-    let (target, pipeline) = (o.target, o.pipeline);
-    match o.kind {
-        #[cfg(feature = "parquet")]
-        "parquet" => {
-            let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
-            cfg.zstd_level = o.zstd_level;
-            Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
-        }
-        #[cfg(feature = "delta")]
-        "delta" => {
-            let mut cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
-            if o.hard_deletes {
-                cfg.deletes = binlake_sink_delta::Deletes::Hard;
-            }
-            cfg.maintenance = o
-                .maintenance
-                .every
-                .map(|every| (every, maintain_options(o.maintenance)));
-            Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
-        }
-        #[cfg(feature = "clickhouse")]
-        "clickhouse" => {
-            let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
-            cfg.database_prefix = o.database_prefix.to_string();
-            cfg.tls_ca = o.clickhouse_tls_ca.map(str::to_string);
-            match o.lz4 {
-                Some(true) => cfg.compression = binlake_sink_clickhouse::Compression::Lz4,
-                Some(false) => cfg.compression = binlake_sink_clickhouse::Compression::None,
-                None => {} // the sink's default: LZ4, none to a loopback server
-            }
-            cfg.maintenance = o
-                .maintenance
-                .every
-                .map(|every| (every, o.maintenance.tombstone_retention));
-            Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
-        }
-        other => anyhow::bail!("sink `{other}` is not available in this build"),
-    }
 }
 
 async fn shutdown_signal() {
@@ -879,42 +643,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or(());
-}
-
-/// `binlake dbt sources`: reads the source's catalogue and writes the dbt files.
-async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
-    let settings = match resolve(&a.common) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    let lake = |t: &str| -> String {
-        if t.contains("://") && !t.starts_with("file://") {
-            return t.trim_end_matches('/').to_string();
-        }
-        let p = t.strip_prefix("file://").unwrap_or(t);
-        std::path::absolute(p)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| p.to_string())
-            .trim_end_matches('/')
-            .to_string()
-    };
-    let target = match settings.sink.as_str() {
-        "parquet" => binlake::dbt::DbtTarget::Parquet(lake(&settings.target)),
-        "delta" => binlake::dbt::DbtTarget::Delta(lake(&settings.target)),
-        _ => binlake::dbt::DbtTarget::ClickHouse {
-            prefix: settings.database_prefix.clone(),
-        },
-    };
-    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
-    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
-    if tables.is_empty() {
-        eprintln!("error: no source table matches `tables`");
-        return Ok(ExitCode::from(2));
-    }
-    let described = binlake::dbt::describe(&opts, &tables, &settings.pipeline.columns).await?;
-    let files = binlake::dbt::render(&described, &target, settings.pipeline.max_latency);
-    for p in binlake::dbt::write(&a.project_dir, &files)? {
-        println!("wrote {}", p.display());
-    }
-    Ok(ExitCode::SUCCESS)
 }

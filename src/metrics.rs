@@ -7,28 +7,21 @@
 //! - Lag is measured from the source commit time of a change to the moment its commit finished
 //!   in the target (per table), and, for the pipeline, from the newest applied source commit to
 //!   now unless the source reported that nothing newer exists (then 0).
-//! - Recording is a few atomic or mutex-guarded map updates per commit, never per row.
+//! - Recording is a few atomic updates per table and commit, never per row.
+//! - The registry and the text format are the `prometheus` crate's, the HTTP server is axum.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::routing;
+use axum::Router;
+use prometheus::{
+    Counter, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-
-#[derive(Default, Clone)]
-struct TableStats {
-    rows: u64,
-    transactions: u64,
-    bytes: u64,
-    batches: u64,
-    lag_s: f64,
-    snapshot_rows: u64,
-    snapshot_estimate: u64,
-    snapshot_active: bool,
-}
 
 /// What one commit applied to one table.
 pub struct Applied {
@@ -40,47 +33,162 @@ pub struct Applied {
     pub last_commit_us: i64,
 }
 
-#[derive(Default)]
+/// binlake's metrics, in their own registry (what `/metrics` serves).
 pub struct Metrics {
-    tables: Mutex<BTreeMap<String, TableStats>>,
-    commits: AtomicU64,
-    commit_us_sum: AtomicU64,
-    transactions: AtomicU64,
-    reconnects: AtomicU64,
-    errors_transient: AtomicU64,
-    errors_definite: AtomicU64,
+    registry: Registry,
+    rows: IntCounterVec,
+    table_transactions: IntCounterVec,
+    bytes: IntCounterVec,
+    batches: IntCounterVec,
+    table_lag: GaugeVec,
+    snapshot_rows: GaugeVec,
+    snapshot_estimate: GaugeVec,
+    /// Tables whose snapshot gauges are set (removed when their snapshot ends).
+    snapshotting: Mutex<Vec<String>>,
+    lag: Gauge,
+    transactions: IntCounter,
+    commits: IntCounter,
+    commit_seconds: Counter,
+    reconnects: IntCounter,
+    checkpoint_version: IntGauge,
+    errors: IntCounterVec,
     /// Newest applied source commit time (µs), and whether the source is idle (caught up).
     newest_commit_us: AtomicI64,
-    caught_up: AtomicU64,
-    checkpoint_version: AtomicU64,
+    caught_up: AtomicBool,
 }
 
 pub fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::default)
+    M.get_or_init(Metrics::new)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let per_table = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["table"]).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
+        let table_gauge = |name: &str, help: &str| {
+            let v = GaugeVec::new(Opts::new(name, help), &["table"]).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
+        let m = Metrics {
+            rows: per_table(
+                "binlake_rows_applied_total",
+                "Rows (changes and snapshot rows) durably applied to the target.",
+            ),
+            table_transactions: per_table(
+                "binlake_table_transactions_applied_total",
+                "Source transactions that changed the table, applied.",
+            ),
+            bytes: per_table(
+                "binlake_bytes_applied_total",
+                "Buffered bytes of the rows applied.",
+            ),
+            batches: per_table(
+                "binlake_batches_applied_total",
+                "Batches written to the table.",
+            ),
+            table_lag: table_gauge(
+                "binlake_table_lag_seconds",
+                "Source commit to visible in the target, of the table's last applied change.",
+            ),
+            snapshot_rows: table_gauge(
+                "binlake_snapshot_rows",
+                "Rows read by the table's snapshot in progress.",
+            ),
+            snapshot_estimate: table_gauge(
+                "binlake_snapshot_estimated_rows",
+                "Estimated rows of the table's snapshot in progress.",
+            ),
+            snapshotting: Mutex::new(Vec::new()),
+            lag: Gauge::new(
+                "binlake_lag_seconds",
+                "Now minus the newest applied source commit time (0 when the source has nothing newer).",
+            )
+            .expect("metric"),
+            transactions: IntCounter::new(
+                "binlake_transactions_applied_total",
+                "Source transactions taken in (filtered ones included).",
+            )
+            .expect("metric"),
+            commits: IntCounter::new("binlake_commits_total", "Commits to the target.")
+                .expect("metric"),
+            commit_seconds: Counter::new(
+                "binlake_commit_seconds_total",
+                "Time spent in commits.",
+            )
+            .expect("metric"),
+            reconnects: IntCounter::new(
+                "binlake_source_reconnects_total",
+                "Binlog stream reconnects and failovers.",
+            )
+            .expect("metric"),
+            checkpoint_version: IntGauge::new(
+                "binlake_checkpoint_version",
+                "_binlake_version of the last committed checkpoint.",
+            )
+            .expect("metric"),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "binlake_errors_total",
+                    "Errors by class: transient ones are retried, definite ones stop the pipeline or a table.",
+                ),
+                &["class"],
+            )
+            .expect("metric"),
+            newest_commit_us: AtomicI64::new(0),
+            caught_up: AtomicBool::new(false),
+            registry,
+        };
+        for c in [
+            Box::new(m.lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.transactions.clone()),
+            Box::new(m.commits.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.reconnects.clone()),
+            Box::new(m.checkpoint_version.clone()),
+            Box::new(m.errors.clone()),
+        ] {
+            m.registry.register(c).expect("register");
+        }
+        // both classes are shown from the start (0 until the first error)
+        m.errors.with_label_values(&["transient"]);
+        m.errors.with_label_values(&["definite"]);
+        m
+    }
+
     /// A commit finished: what it applied, and how long it took.
     pub fn committed(&self, applied: &[Applied], took_us: u64, now_us: i64, version: u64) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.commit_us_sum.fetch_add(took_us, Ordering::Relaxed);
-        self.checkpoint_version.store(version, Ordering::Relaxed);
-        let mut t = self.tables.lock().expect("metrics");
+        self.commits.inc();
+        self.commit_seconds.inc_by(took_us as f64 / 1e6);
+        self.checkpoint_version.set(version as i64);
         for a in applied {
-            let s = t.entry(a.table.clone()).or_default();
-            s.rows += a.rows;
-            s.transactions += a.transactions;
-            s.bytes += a.bytes;
-            s.batches += 1;
+            let t = [a.table.as_str()];
+            self.rows.with_label_values(&t).inc_by(a.rows);
+            self.table_transactions
+                .with_label_values(&t)
+                .inc_by(a.transactions);
+            self.bytes.with_label_values(&t).inc_by(a.bytes);
+            self.batches.with_label_values(&t).inc();
+            let lag = self.table_lag.with_label_values(&t);
             if a.last_commit_us > 0 {
-                s.lag_s = ((now_us - a.last_commit_us) as f64 / 1e6).max(0.0);
+                lag.set(((now_us - a.last_commit_us) as f64 / 1e6).max(0.0));
             }
         }
     }
 
     pub fn transactions(&self, n: u64) {
-        self.transactions.fetch_add(n, Ordering::Relaxed);
+        self.transactions.inc_by(n);
     }
 
     /// The pipeline's freshness: newest applied source commit, and whether the source has said
@@ -88,159 +196,83 @@ impl Metrics {
     pub fn freshness(&self, newest_commit_us: i64, caught_up: bool) {
         self.newest_commit_us
             .store(newest_commit_us, Ordering::Relaxed);
-        self.caught_up.store(caught_up as u64, Ordering::Relaxed);
+        self.caught_up.store(caught_up, Ordering::Relaxed);
     }
 
     pub fn reconnect(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects.inc();
     }
 
     pub fn error(&self, transient: bool) {
-        if transient {
-            self.errors_transient.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.errors_definite.fetch_add(1, Ordering::Relaxed);
-        }
+        let class = if transient { "transient" } else { "definite" };
+        self.errors.with_label_values(&[class]).inc();
     }
 
-    /// Snapshot progress of the tables being read (others are marked inactive).
+    /// Snapshot progress of the tables being read, as `(table, rows, estimate)`; the gauges of
+    /// tables no longer being read are removed.
     pub fn snapshots(&self, progress: &[(String, u64, u64)]) {
-        let mut t = self.tables.lock().expect("metrics");
-        for s in t.values_mut() {
-            s.snapshot_active = false;
+        let mut active = self.snapshotting.lock().expect("metrics");
+        for gone in active
+            .iter()
+            .filter(|t| !progress.iter().any(|(p, _, _)| p == *t))
+        {
+            let _ = self.snapshot_rows.remove_label_values(&[gone.as_str()]);
+            let _ = self.snapshot_estimate.remove_label_values(&[gone.as_str()]);
         }
+        active.clear();
         for (table, rows, estimate) in progress {
-            let s = t.entry(table.clone()).or_default();
-            s.snapshot_rows = *rows;
-            s.snapshot_estimate = *estimate;
-            s.snapshot_active = true;
+            let t = [table.as_str()];
+            self.snapshot_rows.with_label_values(&t).set(*rows as f64);
+            self.snapshot_estimate
+                .with_label_values(&t)
+                .set(*estimate as f64);
+            active.push(table.clone());
         }
     }
 
-    /// The text exposition format.
+    /// The text exposition format, with the pipeline's lag as of `now_us`.
     pub fn render(&self, now_us: i64) -> String {
-        let mut o = String::new();
-        let t = self.tables.lock().expect("metrics").clone();
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut family =
-            |name: &str, kind: &str, help: &str, f: &dyn Fn(&TableStats) -> Option<f64>| {
-                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for (table, s) in &t {
-                    if let Some(v) = f(s) {
-                        let _ = writeln!(o, "{name}{{table=\"{}\"}} {v}", esc(table));
-                    }
-                }
-            };
-        family(
-            "binlake_rows_applied_total",
-            "counter",
-            "Rows (changes and snapshot rows) durably applied to the target.",
-            &|s| Some(s.rows as f64),
-        );
-        family(
-            "binlake_table_transactions_applied_total",
-            "counter",
-            "Source transactions that changed the table, applied.",
-            &|s| Some(s.transactions as f64),
-        );
-        family(
-            "binlake_bytes_applied_total",
-            "counter",
-            "Buffered bytes of the rows applied.",
-            &|s| Some(s.bytes as f64),
-        );
-        family(
-            "binlake_batches_applied_total",
-            "counter",
-            "Batches written to the table.",
-            &|s| Some(s.batches as f64),
-        );
-        family(
-            "binlake_table_lag_seconds",
-            "gauge",
-            "Source commit to visible in the target, of the table's last applied change.",
-            &|s| Some(s.lag_s),
-        );
-        family(
-            "binlake_snapshot_rows",
-            "gauge",
-            "Rows read by the table's snapshot in progress.",
-            &|s| s.snapshot_active.then_some(s.snapshot_rows as f64),
-        );
-        family(
-            "binlake_snapshot_estimated_rows",
-            "gauge",
-            "Estimated rows of the table's snapshot in progress.",
-            &|s| s.snapshot_active.then_some(s.snapshot_estimate as f64),
-        );
         let newest = self.newest_commit_us.load(Ordering::Relaxed);
-        let lag = if self.caught_up.load(Ordering::Relaxed) == 1 || newest == 0 {
+        let lag = if self.caught_up.load(Ordering::Relaxed) || newest == 0 {
             0.0
         } else {
             ((now_us - newest) as f64 / 1e6).max(0.0)
         };
-        let scalars: [(&str, &str, &str, f64); 6] = [
-            ("binlake_lag_seconds", "gauge", "Now minus the newest applied source commit time (0 when the source has nothing newer).", lag),
-            ("binlake_transactions_applied_total", "counter", "Source transactions taken in (filtered ones included).", self.transactions.load(Ordering::Relaxed) as f64),
-            ("binlake_commits_total", "counter", "Commits to the target.", self.commits.load(Ordering::Relaxed) as f64),
-            ("binlake_commit_seconds_total", "counter", "Time spent in commits.", self.commit_us_sum.load(Ordering::Relaxed) as f64 / 1e6),
-            ("binlake_source_reconnects_total", "counter", "Binlog stream reconnects and failovers.", self.reconnects.load(Ordering::Relaxed) as f64),
-            ("binlake_checkpoint_version", "gauge", "_binlake_version of the last committed checkpoint.", self.checkpoint_version.load(Ordering::Relaxed) as f64),
-        ];
-        for (name, kind, help, v) in scalars {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP binlake_errors_total Errors by class: transient ones are retried, definite ones stop the pipeline or a table.\n# TYPE binlake_errors_total counter\nbinlake_errors_total{{class=\"transient\"}} {}\nbinlake_errors_total{{class=\"definite\"}} {}",
-            self.errors_transient.load(Ordering::Relaxed),
-            self.errors_definite.load(Ordering::Relaxed)
-        );
-        o
+        self.lag.set(lag);
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
     }
 }
 
-/// Serves `GET /metrics` (any other path: 404) until the process ends.
+/// Every response of binlake's endpoints says `Connection: close`: a scrape or a request is one
+/// short exchange, and clients that read to the end of the stream (scripts, `nc`) then finish.
+pub(crate) async fn close_after(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// Serves `GET /metrics` (axum; any other path: 404) until the process ends.
 pub async fn serve(listener: TcpListener) {
     if let Ok(a) = listener.local_addr() {
         info!(addr = %a, "serving Prometheus metrics at /metrics");
     }
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // the request line and headers (a GET has no body)
-            while n < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[n..]),
+    let app = Router::new()
+        .route(
+            "/metrics",
+            routing::get(|| async {
+                (
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    get().render(crate::clock::now_us()),
                 )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(k)) => n += k,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                ("200 OK", get().render(crate::clock::now_us()))
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(resp.as_bytes()).await {
-                warn!(error = %e, "metrics response");
-            }
-        });
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+        .layer(axum::middleware::map_response(close_after));
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "metrics endpoint stopped");
     }
 }

@@ -11,6 +11,7 @@
 //! - Whatever ends the loop (stop, caught up, an error, a failover), what is complete is
 //!   committed before the run returns.
 
+use crate::progress::TableProgress;
 use std::time::{Duration, Instant};
 
 use binlake_sink::{DdlKind, TableId};
@@ -63,7 +64,7 @@ pub(super) struct Run<'a> {
 
 /// Periodic output: metrics, the progress view, the progress log, the sink keepalive.
 struct View {
-    progress: crate::snapshot::ProgressView,
+    progress: crate::progress::ProgressView,
     last_log: Instant,
     rows_at_last_log: u64,
     snap_metrics: bool,
@@ -97,7 +98,7 @@ impl<'a> Run<'a> {
             caught_up,
             idle: false,
             view: View {
-                progress: crate::snapshot::ProgressView::new(),
+                progress: crate::progress::ProgressView::new(),
                 last_log: Instant::now(),
                 rows_at_last_log: 0,
                 snap_metrics: false,
@@ -391,15 +392,19 @@ impl View {
                     .collect::<Vec<_>>(),
             );
         }
-        if !progress.is_empty() && self.progress.due() {
+        if (!progress.is_empty() || self.progress.active()) && self.progress.due() {
             let now = Instant::now();
-            let rows: Vec<(String, u64, u64, f64)> = progress
+            let rows: Vec<TableProgress> = progress
                 .iter()
                 .filter(|(_, p)| p.reason != KEYLESS)
                 .map(|(t, p)| {
                     let (run, since) = st.snap.run_rows.get(t).copied().unwrap_or((0, now));
-                    let rate = run as f64 / now.duration_since(since).as_secs_f64().max(0.001);
-                    (t.to_string(), p.rows, p.estimate.max(p.rows), rate)
+                    TableProgress {
+                        table: t.to_string(),
+                        rows: p.rows,
+                        estimate: p.estimate.max(p.rows),
+                        rate: run as f64 / now.duration_since(since).as_secs_f64().max(0.001),
+                    }
                 })
                 .collect();
             self.progress.show(&rows);

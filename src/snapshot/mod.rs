@@ -101,6 +101,7 @@
 //! The only state that grows with the snapshot's duration is the set of keys the stream changed
 //! in a table while it is being snapshotted (a few dozen bytes per changed key).
 
+mod plan;
 mod read;
 pub mod values;
 mod window;
@@ -109,6 +110,7 @@ pub mod wire;
 pub(crate) use read::read_chunk;
 use read::{chunk_rows, read_range, Reading};
 
+use plan::plan;
 pub use window::Window;
 use window::{begin_read, touched};
 
@@ -560,97 +562,6 @@ impl From<WireError> for Failure {
     }
 }
 
-/// Describes the table, splits it into key ranges (or takes the ranges of the progress), and
-/// queues the ranges not done.
-#[allow(clippy::too_many_arguments)]
-async fn plan(
-    conn: &mut mysql_async::Conn,
-    queue: &Mutex<VecDeque<Work>>,
-    notify: &Notify,
-    tx: &mpsc::Sender<SnapshotMsg>,
-    id: TableId,
-    mut progress: SnapshotProgress,
-    floor: BinlogPos,
-    cfg: &SnapshotConfig,
-) -> Result<(), Failure> {
-    let Some(table) = values::describe(conn, &id.db, &id.table).await? else {
-        return Err(
-            SourceError::Definite(format!("table {id} does not exist at the source")).into(),
-        );
-    };
-    if let Some(c) = table
-        .map
-        .columns
-        .iter()
-        .find(|c| matches!(c.ty, ColType::Unsupported { .. }))
-    {
-        return Err(SourceError::Definite(format!(
-            "column `{}` of {id} has a type the snapshot cannot read",
-            c.name
-        ))
-        .into());
-    }
-    if table.keyless() {
-        return Err(SourceError::Definite(format!(
-            "{id} has no primary key: it is read once at startup (a backfill would duplicate its rows; rebuild the table in the target instead)"
-        ))
-        .into());
-    }
-    if progress.ranges.is_empty() {
-        let splits = split_points(conn, &table, &id, cfg, progress.filter.is_some()).await?;
-        let mut bounds: Vec<Option<serde_json::Value>> = vec![None];
-        bounds.extend(splits.into_iter().map(Some));
-        bounds.push(None);
-        progress.ranges = bounds
-            .windows(2)
-            .map(|w| RangeProgress {
-                lo: w[0].clone(),
-                hi: w[1].clone(),
-                after: None,
-                done: false,
-            })
-            .collect();
-        progress.estimate = table.estimate;
-        info!(table = %id, ranges = progress.ranges.len(), estimate = table.estimate, reason = %progress.reason, filter = ?progress.filter, "snapshot planned");
-    } else {
-        info!(table = %id, ranges = progress.ranges.iter().filter(|r| !r.done).count(), rows = progress.rows, "snapshot resumes after its last committed chunk");
-    }
-    let table = Arc::new(table);
-    // The plan reaches the pipeline before any chunk of it (same channel, sent first).
-    tx.send(SnapshotMsg::Planned {
-        table: id.clone(),
-        progress: progress.clone(),
-    })
-    .await
-    .map_err(|_| Failure::Closed)?;
-    {
-        let mut q = queue.lock().expect("queue");
-        for (i, r) in progress.ranges.iter().enumerate() {
-            if !r.done {
-                q.push_back(Work::Range {
-                    table: table.clone(),
-                    id: id.clone(),
-                    range: i,
-                    progress: r.clone(),
-                    filter: progress.filter.clone(),
-                    floor: floor.clone(),
-                });
-            }
-        }
-        if !progress.absent.is_empty() {
-            q.push_back(Work::Absent {
-                table: table.clone(),
-                id: id.clone(),
-                keys: progress.absent.clone(),
-                floor: floor.clone(),
-            });
-        }
-    }
-    notify.notify_waiters();
-    Ok(())
-}
-
-/// Keys per query of [`read_absent`].
 const ABSENT_PER_QUERY: usize = 500;
 
 /// Which of `keys` (JSON key cells) the source does not have, in one consistent snapshot: their
@@ -741,73 +652,6 @@ async fn read_absent(
     .map_err(|_| Failure::Closed)
 }
 
-/// Keys that split the table into `parallelism` ranges of about equal size (none for a small
-/// table). A single integer key is split arithmetically; other keys by reading the key at
-/// evenly spaced offsets of the primary key.
-async fn split_points(
-    conn: &mut mysql_async::Conn,
-    table: &SnapTable,
-    id: &TableId,
-    cfg: &SnapshotConfig,
-    filtered: bool,
-) -> Result<Vec<serde_json::Value>, Failure> {
-    let n = cfg.parallelism.max(1) as u64;
-    if n < 2 || table.estimate < 2 * cfg.chunk_rows as u64 || filtered {
-        return Ok(vec![]);
-    }
-    let from = format!("{}.{}", ident(&id.db), ident(&id.table));
-    let keys: Vec<_> = table.key_columns().collect();
-    let q = |e| SourceError::from_mysql(e, "planning a snapshot");
-    let k0 = &table.map.columns[table.map.primary_key[0]];
-    if keys.len() == 1 && matches!(k0.ty, ColType::Int { .. }) {
-        let k = ident(&keys[0].name);
-        let row: Option<(Option<i128>, Option<i128>)> = conn
-            .query_first(format!(
-                "SELECT CAST(MIN({k}) AS DECIMAL(20,0)), CAST(MAX({k}) AS DECIMAL(20,0)) FROM {from}"
-            ))
-            .await
-            .map_err(q)?;
-        let Some((Some(lo), Some(hi))) = row else {
-            return Ok(vec![]);
-        };
-        let unsigned = matches!(k0.ty, ColType::Int { unsigned: true, .. });
-        let mut out = Vec::new();
-        for i in 1..n as i128 {
-            let s = lo + (hi - lo) * i / n as i128;
-            if s > lo {
-                let cell = if unsigned {
-                    My::UInt(s as u64)
-                } else {
-                    My::Int(s as i64)
-                };
-                out.push(key_json(&[cell]));
-            }
-        }
-        out.dedup();
-        return Ok(out);
-    }
-    let cols = keys
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut out = Vec::new();
-    for i in 1..n {
-        let offset = table.estimate * i / n;
-        let row: Option<mysql_async::Row> = conn
-            .query_first(format!(
-                "SELECT {cols} FROM {from} ORDER BY {cols} LIMIT 1 OFFSET {offset}"
-            ))
-            .await
-            .map_err(q)?;
-        if let Some(r) = row {
-            out.push(key_json(&r.unwrap()));
-        }
-    }
-    out.dedup();
-    Ok(out)
-}
-
 /// A keyless table read whole in one consistent snapshot (at startup, before the stream), with
 /// the read's window. No transaction between the window's bounds wrote to the table (checked in
 /// the binlog, read again otherwise), so the read holds exactly the table's transactions up to
@@ -873,85 +717,4 @@ pub async fn list_tables(
         .filter(|(d, t)| filter.matches(d, t))
         .map(|(d, t)| TableId::new(d, t))
         .collect())
-}
-
-/// Snapshot progress on a terminal (one line per table, redrawn), or log lines every 10 s.
-pub struct ProgressView {
-    tty: bool,
-    last_draw: Instant,
-    last_log: Instant,
-    lines: usize,
-}
-
-impl Default for ProgressView {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ProgressView {
-    pub fn new() -> Self {
-        ProgressView {
-            tty: std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("BINLAKE_NO_PROGRESS").is_none(),
-            last_draw: Instant::now(),
-            last_log: Instant::now(),
-            lines: 0,
-        }
-    }
-
-    /// Shows `(table, rows done, estimate, rows/s since start)` for every table in progress.
-    /// Whether [`ProgressView::show`] would draw or log now (callers skip building the rows).
-    pub fn due(&self) -> bool {
-        if self.tty {
-            self.last_draw.elapsed() >= Duration::from_millis(250)
-        } else {
-            self.last_log.elapsed() >= Duration::from_secs(10)
-        }
-    }
-
-    pub fn show(&mut self, tables: &[(String, u64, u64, f64)]) {
-        use std::io::Write;
-        if self.tty {
-            if self.last_draw.elapsed() < Duration::from_millis(250) && !tables.is_empty() {
-                return;
-            }
-            self.last_draw = Instant::now();
-            let mut err = std::io::stderr().lock();
-            for _ in 0..self.lines {
-                let _ = write!(err, "\x1b[1A\x1b[2K");
-            }
-            for (t, done, est, rate) in tables {
-                let frac = if *est > 0 {
-                    (*done as f64 / *est as f64).min(1.0)
-                } else {
-                    0.0
-                };
-                let filled = (frac * 30.0) as usize;
-                let eta = if *rate > 0.0 && est > done {
-                    format!("{:.0}s", (est - done) as f64 / rate)
-                } else {
-                    "-".into()
-                };
-                let _ = writeln!(
-                    err,
-                    "{t:<32} [{}{}] {done}/{est} rows  {:.0} rows/s  ETA {eta}",
-                    "#".repeat(filled),
-                    "-".repeat(30 - filled),
-                    rate
-                );
-            }
-            self.lines = tables.len();
-        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
-            self.last_log = Instant::now();
-            for (t, done, est, rate) in tables {
-                let eta_s = if *rate > 0.0 && est > done {
-                    ((est - done) as f64 / rate) as u64
-                } else {
-                    0
-                };
-                info!(table = %t, rows = done, estimate = est, rows_per_s = *rate as u64, eta_s, "snapshot progress");
-            }
-        }
-    }
 }

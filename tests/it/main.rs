@@ -2,6 +2,7 @@
 mod bad_input;
 #[cfg(feature = "clickhouse")]
 mod clickhouse;
+mod conformance;
 mod crash;
 mod dbt;
 #[cfg(feature = "delta")]
@@ -12,6 +13,7 @@ mod ha;
 mod harness;
 mod names;
 mod observe;
+mod repair;
 mod replicate;
 mod s3;
 mod snapshot;

@@ -398,6 +398,9 @@ impl fmt::Display for Position {
     }
 }
 
+/// The text of [`Position::default`].
+const NO_POSITION: &str = "file::0";
+
 impl Default for Position {
     fn default() -> Self {
         Position::File(BinlogPos::default())
@@ -420,6 +423,11 @@ impl<'de> serde::Deserialize<'de> for Position {
 impl FromStr for Position {
     type Err = PositionParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The default ("no position yet", before the stream has said where it is) must read
+        // back too: a checkpoint committed then is otherwise unreadable, and the target stuck.
+        if s == NO_POSITION {
+            return Ok(Position::default());
+        }
         if let Some(r) = s.strip_prefix("mariadb-gtid:") {
             Ok(Position::MariaDb(r.parse()?))
         } else if let Some(r) = s.strip_prefix("mysql-gtid:") {

@@ -34,7 +34,8 @@ impl DeltaConfig {
         }
     }
 
-    /// The target as a URL (local paths made absolute; the directory is created).
+    /// The target as a URL (local paths made absolute against the working directory). No I/O:
+    /// [`DeltaConfig::local_dir`] names the directory the sink creates.
     pub fn base_url(&self) -> Result<Url, SinkError> {
         let bad = |m: String| SinkError::Definite(format!("target `{}`: {m}", self.target));
         if self.target.starts_with("s3://") || self.target.starts_with("s3a://") {
@@ -54,9 +55,17 @@ impl DeltaConfig {
             }
         }
         let dir = self.target.strip_prefix("file://").unwrap_or(&self.target);
-        std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create directory: {e}")))?;
-        let abs = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+        let abs = std::path::absolute(dir).map_err(|e| bad(e.to_string()))?;
         Url::from_directory_path(&abs).map_err(|_| bad("not an absolute directory".into()))
+    }
+
+    /// The local directory of a target on this machine's disk (`None` for object storage).
+    pub fn local_dir(&self) -> Option<&str> {
+        let t = self.target.as_str();
+        if t.starts_with("s3://") || t.starts_with("s3a://") {
+            return None;
+        }
+        Some(t.strip_prefix("file://").unwrap_or(t))
     }
 
     /// `<target>/<db>/<table>/`

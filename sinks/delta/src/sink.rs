@@ -71,6 +71,14 @@ pub(crate) fn delta_err(table: &str, what: &str, e: DeltaTableError) -> SinkErro
 
 impl DeltaSink {
     pub fn new(config: DeltaConfig) -> Result<Self, SinkError> {
+        if let Some(dir) = config.local_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SinkError::Definite(format!(
+                    "target `{}`: cannot create directory: {e}",
+                    config.target
+                ))
+            })?;
+        }
         let base = config.base_url()?;
         let options = config.storage_options();
         // binlake's own records (commit log, lease) live beside the tables, on the same store.
@@ -178,25 +186,7 @@ impl DeltaSink {
         let table = self.load(&tb.table.db, &tb.table.table).await?;
         let applied = Self::applied(&table, &app_id, &name).await?;
         if tb.replace {
-            // A keyless table's whole content (its snapshot): one overwrite commit replaces
-            // the rows of any earlier attempt that crashed before its checkpoint.
-            let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
-                table: tb.table.clone(),
-                message: format!("converting to Delta types: {e}"),
-            })?;
-            let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
-            table
-                .write(vec![batch])
-                .with_save_mode(SaveMode::Overwrite)
-                .with_schema_mode(SchemaMode::Overwrite)
-                .with_commit_properties(
-                    CommitProperties::default()
-                        .with_application_transaction(Transaction::new(&app_id, version)),
-                )
-                .await
-                .map_err(|e| delta_err(&name, "overwrite", e))?;
-            debug!(table = %name, rows = tb.batch.num_rows(), "table content replaced (keyless snapshot)");
-            return Ok(());
+            return self.replace_content(tb, table, &app_id, applied).await;
         }
         // Snapshot rows carry the version of their read, which may sort below changes already
         // applied (of other keys): such a batch is never skipped by the txn version. The MERGE
@@ -246,29 +236,164 @@ impl DeltaSink {
             }
         }
         if table.version().is_none() || keyless || insert_only {
-            // A new table (its first batch is already one row per key), or an append-only one.
-            let rows = if self.config.deletes == Deletes::Hard && !keyless {
-                without_tombstones(&batch)?
-            } else {
-                batch
-            };
-            let mut write = table
-                .write(vec![rows])
-                .with_save_mode(SaveMode::Append)
-                .with_schema_mode(SchemaMode::Merge)
-                .with_commit_properties(props);
-            if !keyless {
-                // Files of a few MB, each holding a narrow key range (rows arrive mostly in key
-                // order): a MERGE then rewrites only the files whose key range it touches, not
-                // one ever-growing file. `binlake maintain` compacts later, when it is quiet.
-                write = write.with_configuration([(
-                    "delta.targetFileSize",
-                    Some(MERGE_FILE_SIZE.to_string()),
-                )]);
-            }
-            write.await.map_err(|e| delta_err(&name, "write", e))?;
-            return Ok(());
+            return self.append(table, &name, batch, props, keyless).await;
         }
+        let (table, batch) = self.evolve_schema(tb, table, batch).await?;
+        self.merge(tb, &name, table, batch, props).await
+    }
+
+    /// MERGE on the primary key: a source row replaces the stored one only when its version is
+    /// higher (tombstones too, or deletes with `deletes = "hard"`); new keys are inserted.
+    async fn merge(
+        &self,
+        tb: &TableBatch,
+        name: &str,
+        table: DeltaTable,
+        batch: RecordBatch,
+        props: CommitProperties,
+    ) -> Result<(), SinkError> {
+        let ctx = SessionContext::new();
+        let source = ctx
+            .read_batch(batch.clone())
+            .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
+        let s = |c: &str| Expr::Column(Column::new(Some("source"), c));
+        let t = |c: &str| Expr::Column(Column::new(Some("target"), c));
+        let on = tb
+            .primary_key
+            .iter()
+            .map(|k| t(k).eq(s(k)))
+            .reduce(|a, b| a.and(b))
+            .expect("keyed table");
+        // The batch's key range on the target side lets the MERGE skip target files by their
+        // min/max statistics instead of reading the whole table. Target rows outside the range
+        // match no source row either way, so the result is the same.
+        let on = match key_range(&batch, &tb.primary_key) {
+            Some((lo, hi)) => on.and(t(&tb.primary_key[0]).between(lo, hi)),
+            None => on,
+        };
+        let newer = s(COL_VERSION).gt(t(COL_VERSION));
+        let cols: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut merge = table
+            .merge(source, on)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_merge_schema(true)
+            .with_commit_properties(props);
+        let hard = self.config.deletes == Deletes::Hard;
+        if hard {
+            let gone = newer.clone().and(s(COL_DELETED));
+            merge = merge
+                .when_matched_delete(|d| d.predicate(gone))
+                .map_err(|e| delta_err(name, "merge", e))?;
+        }
+        let update_when = if hard {
+            newer.and(col(Column::new(Some("source"), COL_DELETED)).not())
+        } else {
+            newer
+        };
+        let cols_u = cols.clone();
+        merge = merge
+            .when_matched_update(move |mut u| {
+                u = u.predicate(update_when);
+                for c in &cols_u {
+                    u = u.update(Column::new_unqualified(c), s(c));
+                }
+                u
+            })
+            .map_err(|e| delta_err(name, "merge", e))?;
+        merge = merge
+            .when_not_matched_insert(move |mut i| {
+                if hard {
+                    i = i.predicate(s(COL_DELETED).not());
+                }
+                for c in &cols {
+                    i = i.set(Column::new_unqualified(c), s(c));
+                }
+                i
+            })
+            .map_err(|e| delta_err(name, "merge", e))?;
+        let started = std::time::Instant::now();
+        let (_, metrics) = merge.await.map_err(|e| delta_err(name, "merge", e))?;
+        debug!(table = %name, rows = batch.num_rows(), inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, copied = metrics.num_target_rows_copied, files_added = metrics.num_target_files_added, files_removed = metrics.num_target_files_removed, scan_ms = metrics.scan_time_ms, rewrite_ms = metrics.rewrite_time_ms, ms = started.elapsed().as_millis() as u64, "merged");
+        Ok(())
+    }
+
+    /// A keyless table's whole content (its snapshot): one overwrite commit replaces the rows
+    /// of any earlier attempt that crashed before its checkpoint.
+    async fn replace_content(
+        &self,
+        tb: &TableBatch,
+        table: DeltaTable,
+        app_id: &str,
+        applied: Option<i64>,
+    ) -> Result<(), SinkError> {
+        let name = tb.table.to_string();
+        let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
+            table: tb.table.clone(),
+            message: format!("converting to Delta types: {e}"),
+        })?;
+        let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transaction(Transaction::new(app_id, version)),
+            )
+            .await
+            .map_err(|e| delta_err(&name, "overwrite", e))?;
+        debug!(table = %name, rows = tb.batch.num_rows(), "table content replaced (keyless snapshot)");
+        Ok(())
+    }
+
+    /// Appends `batch` to a new table (its first batch is already one row per key), a keyless
+    /// one, or one whose keys are all new to it.
+    async fn append(
+        &self,
+        table: DeltaTable,
+        name: &str,
+        batch: RecordBatch,
+        props: CommitProperties,
+        keyless: bool,
+    ) -> Result<(), SinkError> {
+        let rows = if self.config.deletes == Deletes::Hard && !keyless {
+            without_tombstones(&batch)?
+        } else {
+            batch
+        };
+        let mut write = table
+            .write(vec![rows])
+            .with_save_mode(SaveMode::Append)
+            .with_schema_mode(SchemaMode::Merge)
+            .with_commit_properties(props);
+        if !keyless {
+            // Files of a few MB, each holding a narrow key range (rows arrive mostly in key
+            // order): a MERGE then rewrites only the files whose key range it touches, not
+            // one ever-growing file. `binlake maintain` compacts later, when it is quiet.
+            write = write
+                .with_configuration([("delta.targetFileSize", Some(MERGE_FILE_SIZE.to_string()))]);
+        }
+        write.await.map_err(|e| delta_err(name, "write", e))?;
+        Ok(())
+    }
+
+    /// Brings the table's schema to the batch's before a MERGE: replayed rows from before a
+    /// widening are cast up, a widening MODIFY COLUMN rewrites the stored values exactly into the
+    /// new type, changed source-type metadata is updated, and anything else that is not an
+    /// allowed evolution stops the table.
+    async fn evolve_schema(
+        &self,
+        tb: &TableBatch,
+        table: DeltaTable,
+        batch: RecordBatch,
+    ) -> Result<(DeltaTable, RecordBatch), SinkError> {
+        let name = tb.table.to_string();
         let mut table = table;
         let mut existing = table
             .snapshot()
@@ -346,75 +471,7 @@ impl DeltaSink {
             debug!(table = %name, column = %f.name(), "column metadata updated");
         }
         check_evolution(tb, &existing, &batch.schema())?;
-        let ctx = SessionContext::new();
-        let source = ctx
-            .read_batch(batch.clone())
-            .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
-        let s = |c: &str| Expr::Column(Column::new(Some("source"), c));
-        let t = |c: &str| Expr::Column(Column::new(Some("target"), c));
-        let on = tb
-            .primary_key
-            .iter()
-            .map(|k| t(k).eq(s(k)))
-            .reduce(|a, b| a.and(b))
-            .expect("keyed table");
-        // The batch's key range on the target side lets the MERGE skip target files by their
-        // min/max statistics instead of reading the whole table. Target rows outside the range
-        // match no source row either way, so the result is the same.
-        let on = match key_range(&batch, &tb.primary_key) {
-            Some((lo, hi)) => on.and(t(&tb.primary_key[0]).between(lo, hi)),
-            None => on,
-        };
-        let newer = s(COL_VERSION).gt(t(COL_VERSION));
-        let cols: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let mut merge = table
-            .merge(source, on)
-            .with_source_alias("source")
-            .with_target_alias("target")
-            .with_merge_schema(true)
-            .with_commit_properties(props);
-        let hard = self.config.deletes == Deletes::Hard;
-        if hard {
-            let gone = newer.clone().and(s(COL_DELETED));
-            merge = merge
-                .when_matched_delete(|d| d.predicate(gone))
-                .map_err(|e| delta_err(&name, "merge", e))?;
-        }
-        let update_when = if hard {
-            newer.and(col(Column::new(Some("source"), COL_DELETED)).not())
-        } else {
-            newer
-        };
-        let cols_u = cols.clone();
-        merge = merge
-            .when_matched_update(move |mut u| {
-                u = u.predicate(update_when);
-                for c in &cols_u {
-                    u = u.update(Column::new_unqualified(c), s(c));
-                }
-                u
-            })
-            .map_err(|e| delta_err(&name, "merge", e))?;
-        merge = merge
-            .when_not_matched_insert(move |mut i| {
-                if hard {
-                    i = i.predicate(s(COL_DELETED).not());
-                }
-                for c in &cols {
-                    i = i.set(Column::new_unqualified(c), s(c));
-                }
-                i
-            })
-            .map_err(|e| delta_err(&name, "merge", e))?;
-        let started = std::time::Instant::now();
-        let (_, metrics) = merge.await.map_err(|e| delta_err(&name, "merge", e))?;
-        debug!(table = %name, rows = batch.num_rows(), inserted = metrics.num_target_rows_inserted, updated = metrics.num_target_rows_updated, deleted = metrics.num_target_rows_deleted, copied = metrics.num_target_rows_copied, files_added = metrics.num_target_files_added, files_removed = metrics.num_target_files_removed, scan_ms = metrics.scan_time_ms, rewrite_ms = metrics.rewrite_time_ms, ms = started.elapsed().as_millis() as u64, "merged");
-        Ok(())
+        Ok((table, batch))
     }
 
     /// Appends to one of binlake's own tables (`_binlake_rejects`, `_binlake_watermarks`) at

@@ -9,6 +9,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub mod keys;
+pub mod schema;
+
+pub use keys::{
+    ClickHouseFlags, DeltaFlags, FileConfig, LogFlags, ParquetFlags, PipelineFlags, SourceFlags,
+    TablesFlags, TargetFlags,
+};
+
 use crate::filter::TableFilter;
 use crate::pipeline::{InvalidPolicy, PipelineConfig};
 use crate::source::{with_tls_params, SourceConfig, StartAt};
@@ -115,77 +123,6 @@ pub enum Size {
     Text(String),
 }
 
-/// Every key of the config file. Each has a flag of the same name (`max_batch_rows` =
-/// `--max-batch-rows`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// One URL, a list, or `[[source]]` tables: servers of one replication topology.
-    pub source: Option<Sources>,
-    /// Several sources: `failover` (the default) or `active-active`.
-    pub mode: Option<String>,
-    /// PEM bundle of the CA(s) that signed the source's certificate: TLS, verified.
-    pub tls_ca: Option<String>,
-    /// Client certificate (PEM) for source users that `REQUIRE X509`; with `tls_key`.
-    pub tls_cert: Option<String>,
-    /// The client certificate's private key (PEM).
-    pub tls_key: Option<String>,
-    /// Changes written by these server ids are dropped (two-way setups).
-    pub exclude_server_ids: Option<Vec<u32>>,
-    /// Changes of these MariaDB GTID domains are dropped.
-    pub exclude_gtid_domains: Option<Vec<u32>>,
-    /// Columns left out of the target: `[db.]table.column` globs.
-    pub exclude_columns: Option<Patterns>,
-    /// Columns replaced by a salted SHA-256 (hex): `[db.]table.column` globs.
-    pub mask: Option<Patterns>,
-    /// The salt of `mask` (use `${ENV}`); required with `mask`.
-    pub mask_salt: Option<String>,
-    /// Where to serve Prometheus metrics (`/metrics`), e.g. `127.0.0.1:9187`.
-    pub metrics_addr: Option<String>,
-    pub tables: Option<Patterns>,
-    pub sink: Option<String>,
-    pub target: Option<String>,
-    pub start_at: Option<String>,
-    pub exit_when_caught_up: Option<bool>,
-    pub pipeline: Option<String>,
-    pub invalid_values: Option<String>,
-    pub max_batch_rows: Option<usize>,
-    pub max_batch_bytes: Option<Size>,
-    pub max_latency: Option<String>,
-    pub checkpoint_interval: Option<String>,
-    pub heartbeat: Option<String>,
-    pub server_id: Option<u32>,
-    pub zstd_level: Option<i32>,
-    pub log_format: Option<String>,
-    /// Delta: `soft` (tombstones, the default) or `hard` (deleted rows are removed).
-    pub deletes: Option<String>,
-    /// Delta: run maintenance from `replicate` this often (off when absent), e.g. `6h`.
-    pub maintain_every: Option<String>,
-    /// Delta maintenance: compaction's target file size, e.g. `128MiB`.
-    pub target_file_size: Option<Size>,
-    /// Delta maintenance: vacuum keeps files any version younger than this needs, e.g. `7d`.
-    pub vacuum_retention: Option<String>,
-    /// Delta maintenance: tombstones older than this are purged, e.g. `7d`.
-    pub tombstone_retention: Option<String>,
-    /// ClickHouse: `auto` (the default: LZ4, none to a loopback server), `lz4` or `none`.
-    pub compression: Option<String>,
-    /// ClickHouse: prepended to the database names binlake creates.
-    pub database_prefix: Option<String>,
-    /// ClickHouse over https: PEM bundle of the private CA that signed the server's certificate.
-    pub clickhouse_tls_ca: Option<String>,
-    /// Key ranges a snapshot reads at once (default 2).
-    pub snapshot_parallelism: Option<usize>,
-    /// Rows per snapshot chunk (default 20000).
-    pub snapshot_chunk_rows: Option<usize>,
-    /// Where `replicate` listens for `binlake backfill` (off when absent), e.g. `127.0.0.1:7219`.
-    pub control_addr: Option<String>,
-    /// The token requests to `control_addr` must carry when it is not loopback (use `${ENV}`;
-    /// default: the environment's `BINLAKE_CONTROL_TOKEN`).
-    pub control_token: Option<String>,
-    /// Scheduled backfills: `[[backfill]]` tables, schedule (cron, UTC) and an optional where.
-    pub backfill: Option<Vec<BackfillEntry>>,
-}
-
 /// One `[[backfill]]` entry of the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,57 +150,62 @@ impl FileConfig {
         for (k, v) in table.iter_mut() {
             expand_env(k, v)?;
         }
+        hoist_sink_table(path, &mut table)?;
         FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.to_string(),
         })
     }
+}
 
-    /// `other` wins where it has a value.
-    pub fn overlay(self, other: FileConfig) -> FileConfig {
-        macro_rules! pick { ($($f:ident),*) => { FileConfig { $($f: other.$f.or(self.$f),)* } } }
-        pick!(
-            source,
-            mode,
-            tls_ca,
-            tls_cert,
-            tls_key,
-            exclude_server_ids,
-            exclude_gtid_domains,
-            exclude_columns,
-            mask,
-            mask_salt,
-            metrics_addr,
-            tables,
-            sink,
-            target,
-            start_at,
-            exit_when_caught_up,
-            pipeline,
-            invalid_values,
-            max_batch_rows,
-            max_batch_bytes,
-            max_latency,
-            checkpoint_interval,
-            heartbeat,
-            server_id,
-            zstd_level,
-            log_format,
-            deletes,
-            maintain_every,
-            target_file_size,
-            vacuum_retention,
-            tombstone_retention,
-            compression,
-            database_prefix,
-            clickhouse_tls_ca,
-            snapshot_parallelism,
-            snapshot_chunk_rows,
-            control_addr,
-            control_token,
-            backfill
-        )
+/// `[sink.<name>]`: selects the sink and holds its keys. Rewritten to the flat form (`sink =
+/// "<name>"` and the keys at the top level) before the keys are read, so both forms mean the
+/// same; a key that is not the sink's, or given in both places, is an error naming it.
+fn hoist_sink_table(path: &str, table: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(toml::Value::Table(sinks)) = table.get("sink").cloned() else {
+        return Ok(());
+    };
+    let err = |message: String| ConfigError::Parse {
+        path: path.into(),
+        message,
+    };
+    let mut names = sinks.keys();
+    let (Some(name), None) = (names.next(), names.next()) else {
+        return Err(err(format!(
+            "`[sink]` holds {} sink tables; name exactly one sink, e.g. [sink.delta]",
+            sinks.len()
+        )));
+    };
+    let Some((_, group)) = keys::SINK_GROUPS.iter().find(|(n, _)| n == name) else {
+        return Err(err(format!(
+            "`[sink.{name}]`: unknown sink; expected one of: {}",
+            keys::SINK_GROUPS.map(|(n, _)| n).join(", ")
+        )));
+    };
+    let Some(toml::Value::Table(own)) = sinks.get(name) else {
+        return Err(err(format!("`sink.{name}` must be a table")));
+    };
+    let allowed: Vec<&str> = keys::keys()
+        .into_iter()
+        .filter(|k| k.group == *group)
+        .map(|k| k.name)
+        .collect();
+    table.insert("sink".into(), toml::Value::String(name.clone()));
+    for (k, v) in own {
+        if !allowed.contains(&k.as_str()) {
+            return Err(err(format!(
+                "`sink.{name}.{k}` is not a key of the {name} sink; its keys: {}",
+                allowed.join(", ")
+            )));
+        }
+        if table.contains_key(k) {
+            return Err(err(format!(
+                "`{k}` is given both at the top level and in [sink.{name}]; keep one"
+            )));
+        }
+        table.insert(k.clone(), v.clone());
     }
+    Ok(())
 }
 
 /// A listen address and whether it is loopback only. A bare port (`7219` or `:7219`) listens on

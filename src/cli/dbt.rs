@@ -1,0 +1,45 @@
+//! `binlake dbt sources`: the dbt sources and staging models of the replicated tables.
+
+use std::process::ExitCode;
+
+use binlake::source;
+
+use crate::{resolve, DbtArgs};
+
+/// `binlake dbt sources`: reads the source's catalogue and writes the dbt files.
+pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
+    let settings = match resolve(a.common.file_config()) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let lake = |t: &str| -> String {
+        if t.contains("://") && !t.starts_with("file://") {
+            return t.trim_end_matches('/').to_string();
+        }
+        let p = t.strip_prefix("file://").unwrap_or(t);
+        std::path::absolute(p)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| p.to_string())
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let target = match settings.sink.as_str() {
+        "parquet" => binlake::dbt::DbtTarget::Parquet(lake(&settings.target)),
+        "delta" => binlake::dbt::DbtTarget::Delta(lake(&settings.target)),
+        _ => binlake::dbt::DbtTarget::ClickHouse {
+            prefix: settings.database_prefix.clone(),
+        },
+    };
+    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
+    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
+    if tables.is_empty() {
+        eprintln!("error: no source table matches `tables`");
+        return Ok(ExitCode::from(2));
+    }
+    let described = binlake::dbt::describe(&opts, &tables, &settings.pipeline.columns).await?;
+    let files = binlake::dbt::render(&described, &target, settings.pipeline.max_latency);
+    for p in binlake::dbt::write(&a.project_dir, &files)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

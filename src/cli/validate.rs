@@ -1,0 +1,151 @@
+//! `binlake validate`: compares the target's current state with the source, table by table,
+//! and with `--repair` queues backfills of the key ranges that differ.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use binlake::source;
+
+use crate::cli::sinks::settings_sink;
+use crate::{resolve, ValidateArgs};
+
+pub(crate) async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let settings = match resolve(v.config.load(&[
+        &v.source,
+        &v.tables,
+        &v.target,
+        &v.parquet,
+        &v.delta,
+        &v.clickhouse,
+        &v.log,
+    ])) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let mut sink = settings_sink(&settings)?;
+    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
+    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
+    let mut all_equal = true;
+    // unequal tables that a backfill cannot repair (rows only in the target, skipped tables)
+    let mut unrepairable = false;
+    let mut to_repair = Vec::new();
+    for t in &tables {
+        let r = binlake::validate::validate_table(
+            &opts,
+            sink.as_mut(),
+            t,
+            v.chunk,
+            &settings.pipeline.columns,
+        )
+        .await?;
+        println!("{r}");
+        if !r.equal() {
+            all_equal = false;
+            if r.skipped.is_some() || r.keyless {
+                unrepairable = true;
+            }
+            if r.keyless {
+                println!("  {t}: a table without a primary key cannot be repaired by a backfill; rebuild it");
+                continue;
+            }
+            let extra_unreadable =
+                !r.only_in_target.is_empty() && r.only_in_target_cells.is_empty();
+            if extra_unreadable {
+                unrepairable = true;
+                println!("  {t}: rows only in the target with a key type (or column rule) that a repair cannot read back; rebuild the table to drop them");
+            }
+            if !r.different.is_empty() || !r.only_in_target_cells.is_empty() {
+                to_repair.push((t.clone(), r));
+            }
+        }
+    }
+    if !v.repair || to_repair.is_empty() {
+        return Ok(if all_equal {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    // when each table was last loaded, before the request (a repair loads it again)
+    let before = sink
+        .read_checkpoint()
+        .await?
+        .map(|c| c.loaded)
+        .unwrap_or_default();
+    for (t, r) in &to_repair {
+        let desc = binlake::validate::describe_for_repair(&opts, t)
+            .await?
+            .context("table vanished")?;
+        let preds: Vec<String> = r
+            .different
+            .iter()
+            .filter_map(|c| binlake::validate::range_predicate(&desc, &c.lo, &c.hi))
+            .map(|p| format!("({p})"))
+            .collect();
+        let absent: Vec<serde_json::Value> = r
+            .only_in_target_cells
+            .iter()
+            .take(binlake::control::MAX_ABSENT_KEYS)
+            .cloned()
+            .collect();
+        if absent.len() < r.only_in_target_cells.len() {
+            unrepairable = true;
+            println!(
+                "  {t}: {} rows only in the target; this repair checks the first {}, run validate --repair again for the rest",
+                r.only_in_target_cells.len(),
+                absent.len()
+            );
+        }
+        let req = binlake::control::BackfillRequest {
+            tables: t.to_string(),
+            filter: (!preds.is_empty()).then(|| preds.join(" OR ")),
+            absent,
+        };
+        match binlake::control::request_backfill(&v.control, &req).await {
+            Ok(_) => println!(
+                "{t}: repair queued: {} key range(s) backfilled, {} key(s) only in the target checked at the source",
+                preds.len(),
+                req.absent.len()
+            ),
+            Err(e) => {
+                eprintln!("error: {t}: repair refused: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    // wait for the repairs (each table loaded again after the request), then check again
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let cp = sink.read_checkpoint().await?;
+        let done = cp.as_ref().is_some_and(|c| {
+            to_repair
+                .iter()
+                .all(|(t, _)| !c.snapshots.contains_key(t) && c.loaded.get(t) > before.get(t))
+        });
+        if done {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(1800) {
+            anyhow::bail!("the repair backfills did not finish within 30 minutes");
+        }
+    }
+    let mut equal = !unrepairable;
+    for (t, _) in &to_repair {
+        let r = binlake::validate::validate_table(
+            &opts,
+            sink.as_mut(),
+            t,
+            v.chunk,
+            &settings.pipeline.columns,
+        )
+        .await?;
+        println!("after repair: {r}");
+        equal &= r.equal();
+    }
+    Ok(if equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
