@@ -7,7 +7,8 @@
 # dump (targets: >= 1x with snapshot_parallelism 2, RSS < 500 MiB). Each replica is checked to
 # hold ROWS keys. The server's buffer pool holds the whole table (it is warmed first), so both
 # sides read from memory.
-#   ROWS=5000000 RUNS=3 bash tests/bench/snapshot.sh   (SINKS="parquet delta", KEEP=1 keeps the temp dir)
+#   ROWS=5000000 RUNS=3 bash tests/bench/snapshot.sh   (SINKS="parquet delta", KEEP=1 keeps the temp dir,
+#   BINLAKE=/path/to/binlake measures that binary instead of building this tree's)
 # TLS=1: the server gets a throwaway CA's certificate, and both the dump and binlake read over
 # verified TLS (binlake's chunks then go through mysql_async: its snapshot client is plain TCP).
 set -euo pipefail
@@ -16,8 +17,13 @@ ROWS=${ROWS:-5000000}
 SINKS=${SINKS:-parquet delta}
 RUNS=${RUNS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/binlake/target}
-cargo build --release --quiet --all-features
-B=$CARGO_TARGET_DIR/release/binlake
+# BINLAKE=/path: that binary (e.g. an older build, to compare in the same run); else this tree's
+if [ -n "${BINLAKE:-}" ]; then
+  B=$BINLAKE
+else
+  cargo build --release --quiet --all-features
+  B=$CARGO_TARGET_DIR/release/binlake
+fi
 W=$(mktemp -d "${TMPDIR:-/tmp}/binlake-sbench.XXXXXX")
 trap 'bash tests/scripts/mariadb.sh stop "$W/db" >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
 TLS_SERVER=(); TLS_DUMP=(); TLS_URL=""; TLS_FLAGS=()
