@@ -111,13 +111,7 @@ struct ValidateArgs {
     #[command(flatten)]
     tables: TablesFlags,
     #[command(flatten)]
-    target: TargetFlags,
-    #[command(flatten)]
-    parquet: ParquetFlags,
-    #[command(flatten)]
-    delta: DeltaFlags,
-    #[command(flatten)]
-    clickhouse: ClickHouseFlags,
+    target: TargetArgs,
     #[command(flatten)]
     log: LogFlags,
     /// Backfill the differing key ranges through the running replicate's control_addr, wait
@@ -194,6 +188,28 @@ flag_groups!(
     LogFlags
 );
 
+/// The target and every sink's keys: what a command that opens the target needs.
+#[derive(Args, Default)]
+struct TargetArgs {
+    #[command(flatten)]
+    target: TargetFlags,
+    #[command(flatten)]
+    parquet: ParquetFlags,
+    #[command(flatten)]
+    delta: DeltaFlags,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+}
+
+impl Flags for TargetArgs {
+    fn apply_to(&self, fc: &mut FileConfig) {
+        self.target.apply(fc);
+        self.parquet.apply(fc);
+        self.delta.apply(fc);
+        self.clickhouse.apply(fc);
+    }
+}
+
 /// Every flag: `replicate`, `dbt sources`.
 #[derive(Args, Default)]
 struct AllFlags {
@@ -204,13 +220,7 @@ struct AllFlags {
     #[command(flatten)]
     tables: TablesFlags,
     #[command(flatten)]
-    target: TargetFlags,
-    #[command(flatten)]
-    parquet: ParquetFlags,
-    #[command(flatten)]
-    delta: DeltaFlags,
-    #[command(flatten)]
-    clickhouse: ClickHouseFlags,
+    target: TargetArgs,
     #[command(flatten)]
     pipeline: PipelineFlags,
     #[command(flatten)]
@@ -223,9 +233,6 @@ impl AllFlags {
             &self.source,
             &self.tables,
             &self.target,
-            &self.parquet,
-            &self.delta,
-            &self.clickhouse,
             &self.pipeline,
             &self.log,
         ])
@@ -240,13 +247,7 @@ struct CheckArgs {
     #[command(flatten)]
     source: SourceFlags,
     #[command(flatten)]
-    target: TargetFlags,
-    #[command(flatten)]
-    parquet: ParquetFlags,
-    #[command(flatten)]
-    delta: DeltaFlags,
-    #[command(flatten)]
-    clickhouse: ClickHouseFlags,
+    target: TargetArgs,
     #[command(flatten)]
     log: LogFlags,
 }
@@ -257,13 +258,7 @@ struct StatusArgs {
     #[command(flatten)]
     config: ConfigFile,
     #[command(flatten)]
-    target: TargetFlags,
-    #[command(flatten)]
-    parquet: ParquetFlags,
-    #[command(flatten)]
-    delta: DeltaFlags,
-    #[command(flatten)]
-    clickhouse: ClickHouseFlags,
+    target: TargetArgs,
     #[command(flatten)]
     log: LogFlags,
 }
@@ -370,14 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Check(c) => {
-            let fc = match c.config.load(&[
-                &c.source,
-                &c.target,
-                &c.parquet,
-                &c.delta,
-                &c.clickhouse,
-                &c.log,
-            ]) {
+            let fc = match c.config.load(&[&c.source, &c.target, &c.log]) {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };
@@ -459,10 +447,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Status(c) => {
-            let fc = match c
-                .config
-                .load(&[&c.target, &c.parquet, &c.delta, &c.clickhouse, &c.log])
-            {
+            let fc = match c.config.load(&[&c.target, &c.log]) {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };

@@ -10,15 +10,7 @@ use crate::cli::sinks::settings_sink;
 use crate::{resolve, ValidateArgs};
 
 pub(crate) async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let settings = match resolve(v.config.load(&[
-        &v.source,
-        &v.tables,
-        &v.target,
-        &v.parquet,
-        &v.delta,
-        &v.clickhouse,
-        &v.log,
-    ])) {
+    let settings = match resolve(v.config.load(&[&v.source, &v.tables, &v.target, &v.log])) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };

@@ -117,7 +117,7 @@ impl Maria {
         }
     }
 
-    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+    pub fn try_sql(&self, sql: &str) -> Result<String, Failed> {
         let out = Command::new("mariadb")
             .args([
                 "--no-defaults",
@@ -143,7 +143,7 @@ impl Maria {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            Err(Failed(String::from_utf8_lossy(&out.stderr).into_owned()))
         }
     }
 
@@ -398,13 +398,23 @@ pub fn wait_duck(sql: &str, want: &str, timeout: Duration) {
     }
 }
 
+/// A helper's failure: what the failed step printed (a client's stderr, the last comparison).
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Polls the independent comparison until the replica equals the source (or `timeout`).
 pub fn wait_until_equal(
     m: &Maria,
     target: &str,
     table: &str,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, Failed> {
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < timeout {
@@ -415,7 +425,7 @@ pub fn wait_until_equal(
         last = text;
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(last)
+    Err(Failed(last))
 }
 
 /// Sends SIGTERM and waits for the exit.
