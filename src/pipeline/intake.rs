@@ -11,8 +11,13 @@
 //!   the policy: NULL and counted, the whole row to the dead-letter table, or a stop naming
 //!   table, column, value and position. Never a silent change of value.
 //! - A row image that lacks a column (binlog_row_image other than FULL) stops the pipeline.
-//! - Rows whose table changed shape while others were buffered keep their shape: the buffered
-//!   ones are set aside and written first by the next commit.
+//! - A stream transaction that changes a table's shape while rows of the old shape are buffered
+//!   is taken only after those rows are committed ([`changes_shape`]; the event loop commits
+//!   first). So one commit never holds two shapes of a table from the stream, and a crash in the
+//!   commit that alters the target (a column added, a type widened) replays only rows of the new
+//!   shape: the target is never ahead of the rows replayed into it.
+//! - Snapshot rows whose table changed shape while others were buffered keep their shape: the
+//!   buffered ones are set aside and written first by the next commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,6 +125,34 @@ struct TxnMeta {
     pos: String,
     /// Binlog end of the transaction (keyless snapshots skip what they already hold).
     file_pos: Coord,
+}
+
+/// True when `txn` holds rows of a table in another shape than the rows buffered for it (the
+/// table was altered at the source): the buffered rows must be committed before it is taken.
+pub(super) fn changes_shape(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    txn: &Transaction,
+) -> Result<bool, PipelineError> {
+    let mut last: Option<&Arc<TableMap>> = None;
+    for c in &txn.changes {
+        if last.is_some_and(|l| Arc::ptr_eq(l, &c.table)) {
+            continue;
+        }
+        last = Some(&c.table);
+        let id = TableId::new(&c.table.db, &c.table.table);
+        let Some(buf) = st.intake.buffers.get(&id) else {
+            continue;
+        };
+        if buf.is_empty() || Arc::ptr_eq(&buf.table, &c.table) {
+            continue;
+        }
+        let (shaped, _) = apply_column_rules(st, cfg, &id, &c.table, Vec::new())?;
+        if !st.intake.buffers[&id].same_shape(&shaped) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Takes one transaction in: its rows into the buffers, its position as the one the next commit

@@ -8,6 +8,9 @@
 //!   TABLE of a replicated table) is applied only after everything before it is committed, and
 //!   the position moves past it only after it is applied: a crash in between replays it, and
 //!   sinks apply it idempotently.
+//! - A transaction that changes a table's shape waits until the rows of the old shape are
+//!   committed (see [`super::intake`]): a commit that alters the target replays, after a crash,
+//!   only rows of the new shape.
 //! - Whatever ends the loop (stop, caught up, an error, a failover), what is complete is
 //!   committed before the run returns.
 
@@ -23,7 +26,7 @@ use super::commit::{
     time_due, Committer,
 };
 use super::handoff::{after_stream_moved, queue_backfill, KEYLESS};
-use super::intake::take_txn;
+use super::intake::{changes_shape, take_txn};
 use super::state::State;
 use super::{PipelineConfig, PipelineError, Summary};
 use crate::clock::now_us;
@@ -223,6 +226,10 @@ impl<'a> Run<'a> {
             for (table, kind) in actions {
                 apply_ddl(&mut self.st, &mut self.committer, &table, kind, txn.version).await?;
             }
+        }
+        if changes_shape(&mut self.st, self.cfg, &txn)? {
+            info!(position = %txn.position, "a table changed shape: committing its older rows first");
+            commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
         }
         if ours {
             self.st.snap.saw(&file_pos, Some(txn.version));

@@ -10,8 +10,9 @@
 //!   source where the sink applies them (Delta, ClickHouse); Parquet stops the table instead of
 //!   showing rows the source no longer has, and says so in `binlake status`.
 //! - **crash after data**: the `after-data` failpoint aborts binlake between a commit's data and
-//!   its checkpoint; the restart replays the commit, and the replica (a keyed table and a keyless
-//!   changelog) equals the source: nothing lost, nothing doubled.
+//!   its checkpoint, in the commit that adds a column to the target; the restart replays the
+//!   commit, and the replica (a keyed table and a keyless changelog) equals the source: nothing
+//!   lost, nothing doubled, nothing stopped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -326,12 +327,19 @@ fn crash_after_data(kind: Kind) {
     m.sql("INSERT INTO cf.t VALUES (1, 1), (2, 2), (3, 3); INSERT INTO cf.log VALUES (1), (2);");
     t.catch_up(&m, "cf.*", &[]);
     m.sql("UPDATE cf.t SET v = v * 10; DELETE FROM cf.t WHERE id = 1; INSERT INTO cf.t VALUES (4, 4); INSERT INTO cf.log VALUES (3), (4), (5);");
+    // A column added in the window: the rows before it are committed first, so the crash
+    // lands in the commit that alters the target, and the replay brings only rows of the new
+    // shape (a replay of older rows into the altered table stopped it in ClickHouse).
+    m.sql("ALTER TABLE cf.t ADD COLUMN w INT; UPDATE cf.t SET w = id * 100; INSERT INTO cf.t VALUES (5, 5, 500); INSERT INTO cf.log VALUES (6);");
     let url = m.url();
     let mut args = replicate_args(&url, &t.target, "cf.*", &["--exit-when-caught-up"]);
     args.extend(t.sink_args());
     let out = binlake_env(
         &args,
-        &[("BINLAKE_FAILPOINT", "after-data")],
+        &[
+            ("BINLAKE_FAILPOINT", "after-data"),
+            ("BINLAKE_FAILPOINT_AT", "2"),
+        ],
         Duration::from_secs(300),
     );
     assert!(
