@@ -8,6 +8,13 @@
 //! of a table id: `` `d.x`.`t.y` ``, `` `d.x`.* ``. A backtick-quoted part matches literally
 //! (`*` and `?` inside are characters); a doubled backtick inside stands for one. Commas
 //! separate patterns only outside backticks.
+//!
+//! The shadow tables of online schema change tools are not selected by a wildcard: `_<t>_new`
+//! and `_<t>_old` (pt-online-schema-change), `_<t>_gho`, `_<t>_ghc` and `_<t>_del` (gh-ost).
+//! They hold a copy of a table being migrated, filled by the tool; binlake follows the migration
+//! at its cut-over (`RENAME TABLE t TO _t_old, _t_new TO t`), where it reads `t` again, so
+//! replicating the copies would only double the work and leave stray tables in the target. A
+//! pattern that names one exactly (no wildcard in its table part) still selects it.
 
 const SYSTEM_DBS: [&str; 4] = ["mysql", "sys", "information_schema", "performance_schema"];
 
@@ -122,12 +129,25 @@ impl TableFilter {
         if SYSTEM_DBS.contains(&db) && !self.include.iter().any(|(d, _)| d.names(db)) {
             return false;
         }
+        if is_shadow_table(table) && !self.include.iter().any(|(_, t)| t.names(table)) {
+            return false;
+        }
         self.include.is_empty()
             || self
                 .include
                 .iter()
                 .any(|(d, t)| d.matches(db) && t.matches(table))
     }
+}
+
+/// A shadow table of pt-online-schema-change or gh-ost (`_<t>_new`, `_<t>_old`, `_<t>_gho`,
+/// `_<t>_ghc`, `_<t>_del`).
+pub fn is_shadow_table(table: &str) -> bool {
+    table.starts_with('_')
+        && table.len() > 5
+        && ["_new", "_old", "_gho", "_ghc", "_del"]
+            .iter()
+            .any(|s| table.ends_with(s))
 }
 
 /// `*` matches any run, `?` one character; everything else literally (case-sensitive, as table
@@ -175,6 +195,26 @@ mod tests {
             .matches("mysql", "user"));
         assert!(TableFilter::parse(&["noschema"]).is_err());
         assert!(glob("a?c*", "abcdef") && !glob("a?c", "abcd"));
+    }
+
+    #[test]
+    fn shadow_tables_of_online_schema_change_tools_are_not_selected_by_wildcards() {
+        let f = TableFilter::parse(&["shop.*"]).unwrap();
+        for t in [
+            "_orders_new",
+            "_orders_old",
+            "_orders_gho",
+            "_orders_ghc",
+            "_orders_del",
+        ] {
+            assert!(!f.matches("shop", t), "{t}");
+        }
+        for t in ["orders_new", "_new", "_orders", "_orders_news"] {
+            assert!(f.matches("shop", t), "{t}");
+        }
+        assert!(TableFilter::parse(&["shop._orders_new"])
+            .unwrap()
+            .matches("shop", "_orders_new"));
     }
 
     #[test]

@@ -195,23 +195,8 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
     } else if kw(i, "NOWAIT") {
         i += 1;
     }
-    // Split the rest into clauses at commas outside parentheses.
-    let mut clauses: Vec<&[Tok]> = Vec::new();
-    let (mut depth, mut start) = (0usize, i);
-    for (j, t) in toks.iter().enumerate().skip(i) {
-        match t {
-            Tok::Punct('(') => depth += 1,
-            Tok::Punct(')') => depth = depth.saturating_sub(1),
-            Tok::Punct(',') | Tok::Punct(';') if depth == 0 => {
-                clauses.push(&toks[start..j]);
-                start = j + 1;
-            }
-            _ => {}
-        }
-    }
-    clauses.push(&toks[start..]);
     let mut out = Vec::new();
-    for c in clauses {
+    for c in clauses(&toks[i..]) {
         let k = |j: usize, w: &str| c.get(j).is_some_and(|t| t.is_kw(w));
         let mut j;
         if k(0, "DROP") {
@@ -294,9 +279,140 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
     out
 }
 
+/// The tables statement `sql`, run in database `db`, changes without row events, so the
+/// target must read them again (see the pipeline's re-snapshot): `ALTER TABLE ... ADD COLUMN`
+/// whose existing rows get a value other than NULL (a `DEFAULT` other than NULL, `NOT NULL`,
+/// `AUTO_INCREMENT`, or a generated column), with the reason.
+pub fn reread_ddl(db: &str, sql: &str) -> Vec<(TableId, &'static str)> {
+    let toks = tokenize(sql);
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
+    if !kw(0, "ALTER") {
+        return Vec::new();
+    }
+    let mut i = 1;
+    while kw(i, "ONLINE") || kw(i, "OFFLINE") || kw(i, "IGNORE") {
+        i += 1;
+    }
+    if !kw(i, "TABLE") {
+        return Vec::new();
+    }
+    i += 1;
+    if kw(i, "IF") && kw(i + 1, "EXISTS") {
+        i += 2;
+    }
+    let Some(table) = table_name(&toks, &mut i, db) else {
+        return Vec::new();
+    };
+    if kw(i, "WAIT") {
+        i += 2;
+    } else if kw(i, "NOWAIT") {
+        i += 1;
+    }
+    for c in clauses(&toks[i..]) {
+        let k = |j: usize, w: &str| c.get(j).is_some_and(|t| t.is_kw(w));
+        if !k(0, "ADD") {
+            continue;
+        }
+        let mut j = 1;
+        if k(j, "COLUMN") {
+            j += 1;
+        } else if [
+            "PRIMARY",
+            "INDEX",
+            "KEY",
+            "FOREIGN",
+            "CONSTRAINT",
+            "CHECK",
+            "PARTITION",
+            "PERIOD",
+            "SYSTEM",
+            "UNIQUE",
+            "FULLTEXT",
+            "SPATIAL",
+        ]
+        .iter()
+        .any(|w| k(j, w))
+        {
+            continue;
+        }
+        if k(j, "IF") && k(j + 1, "NOT") && k(j + 2, "EXISTS") {
+            j += 3;
+        }
+        // `ADD COLUMN (a INT, b INT)`: every definition inside the parentheses
+        if fills_existing_rows(&c[j..]) {
+            return vec![(table, "ADD COLUMN with a value for the existing rows")];
+        }
+    }
+    Vec::new()
+}
+
+/// A column definition (or a parenthesised list of them) that gives existing rows a value
+/// other than NULL.
+fn fills_existing_rows(def: &[Tok]) -> bool {
+    let kw = |j: usize, w: &str| def.get(j).is_some_and(|t| t.is_kw(w));
+    (0..def.len()).any(|j| {
+        (kw(j, "NOT") && kw(j + 1, "NULL"))
+            || kw(j, "AUTO_INCREMENT")
+            || kw(j, "GENERATED")
+            || (kw(j, "AS") && def.get(j + 1) == Some(&Tok::Punct('(')))
+            || (kw(j, "DEFAULT") && !kw(j + 1, "NULL"))
+    })
+}
+
+/// The clauses of an ALTER TABLE after the table name, split at commas outside parentheses.
+fn clauses(toks: &[Tok]) -> Vec<&[Tok]> {
+    let mut out: Vec<&[Tok]> = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (j, t) in toks.iter().enumerate() {
+        match t {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth = depth.saturating_sub(1),
+            Tok::Punct(',') | Tok::Punct(';') if depth == 0 => {
+                out.push(&toks[start..j]);
+                start = j + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&toks[start..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_columns_that_fill_existing_rows() {
+        let t = || {
+            vec![(
+                TableId::new("s", "t"),
+                "ADD COLUMN with a value for the existing rows",
+            )]
+        };
+        for sql in [
+            "ALTER TABLE t ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark'",
+            "ALTER TABLE t ADD theme VARCHAR(10) DEFAULT 'dark'",
+            "ALTER TABLE `s`.`t` ADD COLUMN n INT NOT NULL",
+            "alter table t add column (a INT, b INT DEFAULT 3)",
+            "ALTER TABLE t ADD COLUMN c DATETIME DEFAULT CURRENT_TIMESTAMP",
+            "ALTER TABLE t ADD COLUMN g INT AS (a + 1) STORED",
+            "ALTER TABLE t ADD INDEX i (a), ADD COLUMN seq INT AUTO_INCREMENT UNIQUE",
+        ] {
+            assert_eq!(reread_ddl("s", sql), t(), "{sql}");
+        }
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c INT",
+            "ALTER TABLE t ADD COLUMN c INT NULL DEFAULT NULL",
+            "ALTER TABLE t ADD INDEX i (a), ADD UNIQUE KEY u (b)",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)",
+            "ALTER TABLE t MODIFY c INT NOT NULL",
+            "ALTER TABLE t COMMENT 'add column x int not null'",
+            "CREATE TABLE t (a INT NOT NULL DEFAULT 1)",
+        ] {
+            assert!(reread_ddl("s", sql).is_empty(), "{sql}");
+        }
+    }
 
     fn ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
         table_ddl(db, sql)

@@ -282,6 +282,9 @@ pub struct TableBuffer {
     pub insert_only: bool,
     /// The rows are the table's whole content (see `TableBatch::replace`).
     pub replace: bool,
+    /// Rows of the table below this version go after this batch (see
+    /// `TableBatch::purge_below`): set when a re-snapshot finishes.
+    pub purge_below: Option<u64>,
     /// Some rows are snapshot rows (see `TableBatch::snapshot_rows`).
     snapshot_rows: bool,
     /// Segments (index, first row) of insert-only snapshot chunks whose keys are not in
@@ -323,6 +326,7 @@ impl TableBuffer {
             stream_max_version: 0,
             insert_only: true,
             replace: false,
+            purge_below: None,
             snapshot_rows: false,
             unindexed: Vec::new(),
             bytes: 0,
@@ -517,22 +521,31 @@ impl TableBuffer {
 
     /// Builds the batch (dedup applied); consumes the buffer.
     pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, BuildError> {
-        if self.rows == 0 && !self.replace {
+        if self.rows == 0 && !self.replace && self.purge_below.is_none() {
             return Ok(None);
         }
+        let primary_key: Vec<String> = self
+            .table
+            .primary_key
+            .iter()
+            .filter_map(|&i| self.table.columns.get(i).map(|c| c.name.clone()))
+            .collect();
         let n = self.rows;
         if n == 0 {
-            // an empty table's snapshot still replaces what the target holds of it
+            // an empty table's snapshot still replaces what the target holds of it, and a
+            // finished re-snapshot with no rows left to write still removes the older ones
             return Ok(Some(TableBatch {
                 table: self.id,
                 batch: RecordBatch::new_empty(self.schema.clone()),
-                primary_key: vec![],
+                primary_key: if self.replace { vec![] } else { primary_key },
                 min_version: 0,
                 max_version: 0,
                 stream_max_version: 0,
                 insert_only: false,
-                replace: true,
-                snapshot_rows: true,
+                replace: self.replace,
+                snapshot_rows: self.replace,
+                purge_below: self.purge_below,
+                reshape: false,
             }));
         }
         self.finish_segment()?;
@@ -564,12 +577,6 @@ impl TableBuffer {
                 .collect::<Result<Vec<_>, _>>()?;
             batch = RecordBatch::try_new(self.schema.clone(), cols)?;
         }
-        let primary_key = self
-            .table
-            .primary_key
-            .iter()
-            .filter_map(|&i| self.table.columns.get(i).map(|c| c.name.clone()))
-            .collect();
         Ok(Some(TableBatch {
             table: self.id,
             batch,
@@ -580,6 +587,8 @@ impl TableBuffer {
             insert_only: self.insert_only,
             replace: self.replace,
             snapshot_rows: self.snapshot_rows,
+            purge_below: self.purge_below,
+            reshape: false,
         }))
     }
 }

@@ -110,6 +110,11 @@ pub(super) async fn apply_ddl(
             Err(PipelineError::Sink(e)) if e.is_transient() => {
                 backoff("DDL", &e, &mut attempt).await
             }
+            Err(PipelineError::Sink(SinkError::Reread { message, .. })) => {
+                warn!(%table, reason = %message, "the table is read again (re-snapshot) in its new shape");
+                super::handoff::reread(st, table, version);
+                return Ok(());
+            }
             Err(PipelineError::Sink(SinkError::Table { message, .. })) => {
                 error!(%table, error = %message, "table stopped (quarantined); the other tables go on");
                 if let DdlKind::RenameTable { to } = &kind {
@@ -226,6 +231,9 @@ pub(super) struct Done {
     took: Duration,
     /// Tables this commit had to stop (see `Checkpoint::quarantined`).
     quarantined: Vec<(TableId, String)>,
+    /// Tables the target asked to read again, and the version their re-snapshot starts at
+    /// (already in this commit's checkpoint).
+    rereads: Vec<(TableId, u64)>,
 }
 
 impl Committer {
@@ -325,6 +333,7 @@ async fn run_commit(
     let rows = commit.rows();
     let mut attempt = 0;
     let mut quarantined = Vec::new();
+    let mut rereads = Vec::new();
     loop {
         match sink.commit(commit.clone()).await {
             Ok(()) => {
@@ -335,6 +344,7 @@ async fn run_commit(
                     rows,
                     took: started.elapsed(),
                     quarantined,
+                    rereads,
                 };
                 return (sink, Ok(done));
             }
@@ -353,6 +363,20 @@ async fn run_commit(
                     .insert(table.clone(), message.clone());
                 quarantined.push((table, message));
             }
+            // A shape change the target cannot follow in place: the table is read again (its
+            // batch here is dropped; the re-snapshot, in this commit's checkpoint, brings
+            // every key again above this commit's version).
+            Err(SinkError::Reread { table, message })
+                if commit.batches.iter().any(|b| b.table == table) =>
+            {
+                warn!(%table, reason = %message, "the table is read again (re-snapshot) in its new shape");
+                commit.batches.retain(|b| b.table != table);
+                commit
+                    .checkpoint
+                    .snapshots
+                    .insert(table.clone(), super::handoff::resnapshot_progress(version));
+                rereads.push((table, version));
+            }
             Err(e) => return (sink, Err(e)),
         }
     }
@@ -365,6 +389,9 @@ pub(super) fn note_done(st: &mut State, done: Option<Done>) {
         st.intake.forget(&t);
         st.snap.forget(&t);
         st.tables.quarantine(t, why);
+    }
+    for (t, version) in d.rereads {
+        super::handoff::reread(st, &t, version);
     }
     debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
     crate::metrics::get().committed(&d.applied, d.took.as_micros() as u64, now_us(), d.version);
@@ -407,7 +434,13 @@ pub(super) async fn commit(
             });
         }
         match buf.into_batch(synced) {
-            Ok(Some(b)) => {
+            Ok(Some(mut b)) => {
+                b.reshape = b.purge_below.is_some()
+                    || st
+                        .snap
+                        .progress
+                        .get(&b.table)
+                        .is_some_and(|p| p.purge_below.is_some());
                 if stream_max > 0 {
                     let v = st.tables.versions.entry(b.table.clone()).or_default();
                     *v = (*v).max(stream_max);

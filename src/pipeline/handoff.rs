@@ -83,6 +83,8 @@ pub(super) struct SnapState {
     fresh: HashSet<TableId>,
     /// The highest version given to snapshot rows (checkpointed).
     pub last_version: u64,
+    /// Re-snapshots queued by [`reread`], for the readers (see [`restart_snapshots`]).
+    pub restart: Vec<(TableId, SnapshotProgress)>,
 }
 
 impl SnapState {
@@ -323,8 +325,17 @@ fn take_chunk(
     low: u64,
 ) -> Result<(), PipelineError> {
     let id = chunk.table.clone();
-    if st.tables.quarantined.contains_key(&id) || !st.snap.progress.contains_key(&id) {
+    if st.tables.quarantined.contains_key(&id) {
         return Ok(());
+    }
+    match st.snap.progress.get(&id) {
+        Some(p) if p.started_at_us == chunk.plan => {}
+        Some(_) => {
+            // read for a plan a DDL statement replaced: the new plan reads it again
+            debug!(table = %id, "chunk of a replaced snapshot dropped");
+            return Ok(());
+        }
+        None => return Ok(()),
     }
     let tm = chunk.map.clone();
     let read = chunk.rows.len() as u64;
@@ -419,8 +430,71 @@ fn take_chunk(
         done: chunk.done,
         tombstones: chunk.tombstones,
     };
-    record_chunk(st, &id, read, read_to);
+    finish_chunk(st, &id, &tm, read, read_to)
+}
+
+/// Records a chunk; at a re-snapshot's end, the rows below its start go with the next commit.
+fn finish_chunk(
+    st: &mut State,
+    id: &TableId,
+    tm: &Arc<TableMap>,
+    read: u64,
+    read_to: ReadTo,
+) -> Result<(), PipelineError> {
+    if let Some(below) = record_chunk(st, id, read, read_to) {
+        // the keys it did not read again are gone at the source
+        let shape = target_shape(&st.intake, id, tm);
+        buffer_for(&mut st.intake, id.clone(), &shape)?.purge_below = Some(below);
+        info!(table = %id, below, "re-snapshot finished: rows below its start go with the next commit");
+    }
     Ok(())
+}
+
+/// The progress reason of a re-snapshot that replaces a table's content.
+pub(super) const RESNAPSHOT: &str = "resnapshot";
+
+/// Reads `t` again from the source while the stream goes on, replacing what the target holds
+/// of it: the target takes the table's new shape, and once every key is read again the rows
+/// below `version` (the statement, or the commit, that made it necessary) are removed. A
+/// snapshot of `t` already running is replaced: its queued reads are dropped and chunks of its
+/// plan still arriving are ignored. The readers get it from [`restart_snapshots`].
+pub(super) fn reread(st: &mut State, t: &TableId, version: u64) {
+    let mut p = resnapshot_progress(version);
+    if let Some(old) = st.snap.progress.get(t) {
+        // a new plan identity (see `Chunk::plan`), and nothing older than the old bound kept
+        p.started_at_us = p.started_at_us.max(old.started_at_us + 1);
+        p.purge_below = p.purge_below.max(old.purge_below);
+        info!(table = %t, version, reason = %old.reason, "a snapshot of the table was running: it starts again in the new shape");
+    } else {
+        info!(table = %t, version, "re-snapshot queued: the table's content is read again");
+    }
+    st.snap.fresh.remove(t);
+    st.snap.planned(t.clone(), p.clone());
+    st.snap.restart.retain(|(r, _)| r != t);
+    st.snap.restart.push((t.clone(), p));
+}
+
+/// The progress of a re-snapshot that starts at `version` (not planned yet).
+pub(super) fn resnapshot_progress(version: u64) -> SnapshotProgress {
+    let mut p = crate::snapshot::new_progress(RESNAPSHOT, None);
+    p.purge_below = Some(version);
+    p
+}
+
+/// [`reread`], handed to the readers at once.
+pub(super) fn resnapshot(st: &mut State, snapshotter: &Snapshotter, t: &TableId, version: u64) {
+    reread(st, t, version);
+    restart_snapshots(st, snapshotter);
+}
+
+/// Hands the readers the re-snapshots [`reread`] queued (dropping queued reads of the plans
+/// they replace).
+pub(super) fn restart_snapshots(st: &mut State, snapshotter: &Snapshotter) {
+    for (t, p) in std::mem::take(&mut st.snap.restart) {
+        snapshotter.cancel(&t);
+        st.snap.run_rows.insert(t.clone(), (0, Instant::now()));
+        snapshotter.add(t, p, st.snap.read_floor());
+    }
 }
 
 /// How far a chunk read its key range.
@@ -432,14 +506,13 @@ struct ReadTo {
 }
 
 /// Records a chunk as read in its table's progress; a table whose ranges are all read (and
-/// whose absent keys are checked) is loaded.
-fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) {
+/// whose absent keys are checked) is loaded. Returns the version below which a finished
+/// re-snapshot removes rows.
+fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) -> Option<u64> {
     if let Some(r) = st.snap.run_rows.get_mut(id) {
         r.0 += read;
     }
-    let Some(p) = st.snap.progress.get_mut(id) else {
-        return;
-    };
+    let p = st.snap.progress.get_mut(id)?;
     p.rows += read;
     if chunk.tombstones {
         p.absent.clear();
@@ -451,6 +524,7 @@ fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) {
         r.done |= chunk.done;
     }
     if p.ranges.iter().all(|r| r.done) && p.absent.is_empty() {
+        let below = p.purge_below;
         let secs = (now_us() - p.started_at_us) as f64 / 1e6;
         info!(table = %id, rows = p.rows, secs, reason = %p.reason, "snapshot finished");
         st.snap.progress.remove(id);
@@ -458,7 +532,9 @@ fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) {
         st.snap.run_rows.remove(id);
         st.snap.fresh.remove(id);
         st.snap.loaded.insert(id.clone(), now_us());
+        return below;
     }
+    None
 }
 
 /// Decides which tables need a snapshot: at a fresh start with `--start-at snapshot`, every

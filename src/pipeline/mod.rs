@@ -29,6 +29,7 @@
 
 pub mod buffer;
 mod commit;
+mod ddl;
 mod handoff;
 mod intake;
 mod run;

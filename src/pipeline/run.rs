@@ -17,7 +17,6 @@
 use crate::progress::TableProgress;
 use std::time::{Duration, Instant};
 
-use binlake_sink::{DdlKind, TableId};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -25,7 +24,8 @@ use super::commit::{
     apply_ddl, commit, commit_and_wait, needs_size_flush, next_deadline, note_done, size_exceeds,
     time_due, Committer,
 };
-use super::handoff::{after_stream_moved, queue_backfill, KEYLESS};
+use super::ddl::{ddl_steps, DdlStep};
+use super::handoff::{after_stream_moved, queue_backfill, resnapshot, restart_snapshots, KEYLESS};
 use super::intake::{changes_shape, take_txn};
 use super::state::State;
 use super::{PipelineConfig, PipelineError, Summary};
@@ -123,7 +123,13 @@ impl<'a> Run<'a> {
     ) -> Result<End, PipelineError> {
         loop {
             if self.caught_up && self.cfg.exit_when_caught_up && !self.st.snap.busy() {
-                return Ok(End::Stopped);
+                // What is complete goes in first: the target may still ask for a table to be
+                // read again (a shape it cannot follow in place), and that is work to finish.
+                commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
+                restart_snapshots(&mut self.st, &self.snapshotter);
+                if !self.st.snap.busy() {
+                    return Ok(End::Stopped);
+                }
             }
             let mut deadline = next_deadline(&self.st, self.cfg);
             if self.committer.busy() {
@@ -153,6 +159,7 @@ impl<'a> Run<'a> {
             if let Some(end) = end {
                 return Ok(end);
             }
+            restart_snapshots(&mut self.st, &self.snapshotter);
             self.tick().await?;
         }
     }
@@ -210,21 +217,28 @@ impl<'a> Run<'a> {
     async fn on_txn(&mut self, txn: Transaction) -> Result<Option<End>, PipelineError> {
         self.idle = false;
         let file_pos = txn.file_pos.clone();
+        let txn_version = txn.version;
         let ours = txn.via == self.via;
         let filter = self.filter;
-        let actions: Vec<(TableId, DdlKind)> = txn
-            .ddl
-            .iter()
-            .flat_map(|d| d.actions.iter().cloned())
-            .filter(|(t, k)| {
-                filter.matches(&t.db, &t.table)
-                    || matches!(k, DdlKind::RenameTable { to } if filter.matches(&to.db, &to.table))
-            })
-            .collect();
-        if !actions.is_empty() {
+        let steps = ddl_steps(&txn.ddl, filter);
+        let mut reread = Vec::new();
+        if !steps.is_empty() {
             commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
-            for (table, kind) in actions {
-                apply_ddl(&mut self.st, &mut self.committer, &table, kind, txn.version).await?;
+            for step in steps {
+                match step {
+                    DdlStep::Apply(table, kind) => {
+                        apply_ddl(&mut self.st, &mut self.committer, &table, kind, txn.version)
+                            .await?;
+                        // a snapshot running was planned in the old shape: it starts again
+                        if self.st.snap.progress.contains_key(&table) {
+                            reread.push(table);
+                        }
+                    }
+                    DdlStep::Reread(table, why) => {
+                        info!(table = %table, why, "the table is read again (re-snapshot)");
+                        reread.push(table);
+                    }
+                }
             }
         }
         if changes_shape(&mut self.st, self.cfg, &txn)? {
@@ -236,6 +250,10 @@ impl<'a> Run<'a> {
         }
         if let Err(e) = take_txn(&mut self.st, self.cfg, txn) {
             return Ok(Some(End::Failed(e)));
+        }
+        // Read after the statement (the read floor is past it), versioned above it.
+        for t in reread {
+            resnapshot(&mut self.st, &self.snapshotter, &t, txn_version);
         }
         if let Err(e) = after_stream_moved(&mut self.st, self.cfg) {
             return Ok(Some(End::Failed(e)));
@@ -284,7 +302,32 @@ impl<'a> Run<'a> {
                 let insert_only = self.st.intake.buffers.values().all(|b| b.insert_only);
                 self.size_flush(if insert_only { 2 } else { 4 }).await?;
             }
-            SnapshotMsg::Failed { table, error } => {
+            SnapshotMsg::Failed {
+                table,
+                error,
+                plan,
+                reshaped,
+                gone,
+            } => {
+                let current = self.st.snap.progress.get(&table).map(|p| p.started_at_us);
+                if plan.is_some() && plan != current {
+                    debug!(%table, %error, "a read of a replaced snapshot failed; ignored");
+                    return Ok(None);
+                }
+                if gone {
+                    // dropped or renamed at the source: the stream's statement decides
+                    warn!(%table, %error, "the table is gone at the source; its snapshot ends");
+                    self.st.snap.forget(&table);
+                    return Ok(None);
+                }
+                if reshaped {
+                    // The table changed at the source since it was planned (a DDL statement
+                    // the stream has not reached yet): read it again in its current shape.
+                    warn!(%table, %error, "the table changed while its snapshot ran: it is read again");
+                    let version = self.st.progress.position.version();
+                    super::handoff::reread(&mut self.st, &table, version);
+                    return Ok(None);
+                }
                 error!(%table, %error, "snapshot failed: the table is stopped (quarantined); the other tables go on");
                 self.st.snap.forget(&table);
                 self.st.intake.buffers.remove(&table);

@@ -176,6 +176,9 @@ pub struct Chunk {
     /// The rows are tombstones (key columns set, the rest NULL) of keys the source does not
     /// have at `at`: the answer to a progress's `absent` keys. Not a key range's chunk.
     pub tombstones: bool,
+    /// The plan it belongs to (its progress's `started_at_us`): a chunk of a snapshot that was
+    /// replaced since (a DDL statement started the table's snapshot again) is dropped.
+    pub plan: i64,
 }
 
 /// A chunk's rows: values per row, or (the fast path) already in Arrow columns.
@@ -211,6 +214,13 @@ pub enum SnapshotMsg {
     Failed {
         table: TableId,
         error: String,
+        /// The plan the failed work belonged to (None: planning itself failed).
+        plan: Option<i64>,
+        /// The table changed shape at the source since it was planned (an unknown column, a
+        /// changed definition): it is read again.
+        reshaped: bool,
+        /// The table is gone at the source: the stream's DROP or RENAME decides what follows.
+        gone: bool,
     },
 }
 
@@ -230,6 +240,7 @@ enum Work {
         progress: RangeProgress,
         filter: Option<String>,
         floor: BinlogPos,
+        plan: i64,
     },
     /// Check which of these keys the source lacks (see `SnapshotProgress::absent`).
     Absent {
@@ -237,10 +248,18 @@ enum Work {
         id: TableId,
         keys: Vec<serde_json::Value>,
         floor: BinlogPos,
+        plan: i64,
     },
 }
 
 impl Work {
+    fn plan(&self) -> Option<i64> {
+        match self {
+            Work::Plan { .. } => None,
+            Work::Range { plan, .. } | Work::Absent { plan, .. } => Some(*plan),
+        }
+    }
+
     fn table(&self) -> TableId {
         match self {
             Work::Plan { table, .. } => table.clone(),
@@ -288,6 +307,15 @@ impl Snapshotter {
 
     /// Plans `table` (a new snapshot, or one in progress to continue). Every read of it starts
     /// only once the source has committed everything up to `floor` (see the module doc).
+    /// Drops the queued reads of `table` (its snapshot was replaced; reads in progress finish,
+    /// and the pipeline ignores their chunks).
+    pub fn cancel(&self, table: &TableId) {
+        self.queue
+            .lock()
+            .expect("queue")
+            .retain(|w| &w.table() != table);
+    }
+
     pub fn add(&self, table: TableId, progress: SnapshotProgress, floor: BinlogPos) {
         self.queue.lock().expect("queue").push_back(Work::Plan {
             table,
@@ -310,6 +338,7 @@ pub fn new_progress(reason: &str, filter: Option<String>) -> SnapshotProgress {
         started_at_us: crate::clock::now_us(),
         absent: vec![],
         cut: None,
+        purge_below: None,
     }
 }
 
@@ -396,6 +425,7 @@ async fn reader(
                     progress,
                     filter,
                     floor,
+                    plan,
                 },
             ) if !wire_off => {
                 let mut c = ChunkConn::Wire(w);
@@ -403,6 +433,7 @@ async fn reader(
                     table: &table,
                     id: &id,
                     floor: &floor,
+                    plan,
                 };
                 read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
             }
@@ -434,12 +465,14 @@ async fn reader(
                         progress,
                         filter,
                         floor,
+                        plan,
                     } => {
                         let mut c = ChunkConn::My(c);
                         let r = Reading {
                             table: &table,
                             id: &id,
                             floor: &floor,
+                            plan,
                         };
                         read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
                     }
@@ -448,11 +481,13 @@ async fn reader(
                         id,
                         keys,
                         floor,
+                        plan,
                     } => {
                         let r = Reading {
                             table: &table,
                             id: &id,
                             floor: &floor,
+                            plan,
                         };
                         read_absent(&mut ChunkConn::My(c), &tx, r, &keys).await
                     }
@@ -483,7 +518,10 @@ async fn reader(
                 if tx
                     .send(SnapshotMsg::Failed {
                         table,
+                        reshaped: reshaped(&e),
+                        gone: gone(&e),
                         error: e.to_string(),
+                        plan: work.plan(),
                     })
                     .await
                     .is_err()
@@ -517,9 +555,29 @@ async fn connect_failed(
     }
     let failed = SnapshotMsg::Failed {
         table: work.table(),
+        reshaped: reshaped(&e),
+        gone: gone(&e),
         error: e.to_string(),
+        plan: work.plan(),
     };
     tx.send(failed).await.is_ok()
+}
+
+/// The error says the table changed shape since it was planned: an unknown column (1054), a
+/// definition changed under the read's snapshot (1412).
+fn reshaped(e: &SourceError) -> bool {
+    matches!(
+        e,
+        SourceError::Server {
+            code: 1054 | 1412,
+            ..
+        }
+    )
+}
+
+/// The error says the table is gone (1146: no such table).
+fn gone(e: &SourceError) -> bool {
+    matches!(e, SourceError::Server { code: 1146, .. })
 }
 
 /// The connection a key range is read through.
@@ -647,6 +705,7 @@ async fn read_absent(
         window,
         read_at_us: crate::clock::now_us(),
         tombstones: true,
+        plan: r.plan,
     }))
     .await
     .map_err(|_| Failure::Closed)

@@ -21,9 +21,13 @@ pub(super) async fn plan(
     cfg: &SnapshotConfig,
 ) -> Result<(), Failure> {
     let Some(table) = values::describe(conn, &id.db, &id.table).await? else {
-        return Err(
-            SourceError::Definite(format!("table {id} does not exist at the source")).into(),
-        );
+        // (as the server says it: the stream's DROP or RENAME decides what follows)
+        return Err(SourceError::Server {
+            code: 1146,
+            message: format!("table {id} does not exist at the source"),
+            context: "planning a snapshot".into(),
+        }
+        .into());
     };
     if let Some(c) = table
         .map
@@ -81,6 +85,7 @@ pub(super) async fn plan(
                     progress: r.clone(),
                     filter: progress.filter.clone(),
                     floor: floor.clone(),
+                    plan: progress.started_at_us,
                 });
             }
         }
@@ -90,6 +95,7 @@ pub(super) async fn plan(
                 id: id.clone(),
                 keys: progress.absent.clone(),
                 floor: floor.clone(),
+                plan: progress.started_at_us,
             });
         }
     }

@@ -17,6 +17,8 @@ pub(super) struct Reading<'a> {
     pub table: &'a SnapTable,
     pub id: &'a TableId,
     pub floor: &'a BinlogPos,
+    /// The plan the work belongs to (see [`super::Chunk::plan`]).
+    pub plan: i64,
 }
 
 /// Reads one key range chunk by chunk until it is done.
@@ -75,6 +77,7 @@ pub(super) async fn read_range(
             window,
             read_at_us: crate::clock::now_us(),
             tombstones: false,
+            plan: r.plan,
         }))
         .await
         .map_err(|_| Failure::Closed)?;

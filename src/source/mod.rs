@@ -178,12 +178,20 @@ pub struct Ddl {
     pub db: String,
     pub sql: String,
     pub actions: Vec<(binlake_sink::TableId, binlake_sink::DdlKind)>,
+    /// Tables it changes without row events, which must be read again, and why.
+    pub rereads: Vec<(binlake_sink::TableId, &'static str)>,
 }
 
 impl Ddl {
     pub fn new(db: String, sql: String) -> Ddl {
         let actions = crate::decode::ddl::table_ddl(&db, &sql);
-        Ddl { db, sql, actions }
+        let rereads = crate::decode::ddl::reread_ddl(&db, &sql);
+        Ddl {
+            db,
+            sql,
+            actions,
+            rereads,
+        }
     }
 }
 

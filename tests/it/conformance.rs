@@ -7,8 +7,8 @@
 //!   restart from an older checkpoint does): the table's current state (the highest version per
 //!   key, tombstones dropped) is the batch's, once, and the checkpoint reads back.
 //! - **DDL**: TRUNCATE, then DROP COLUMN, at the source between changes: the replica equals the
-//!   source where the sink applies them (Delta, ClickHouse); Parquet stops the table instead of
-//!   showing rows the source no longer has, and says so in `binlake status`.
+//!   source in every sink, and no table is stopped (the rest of the table lifecycle is in
+//!   [`crate::lifecycle`]).
 //! - **crash after data**: the `after-data` failpoint aborts binlake between a commit's data and
 //!   its checkpoint, in the commit that adds a column to the target; the restart replays the
 //!   commit, and the replica (a keyed table and a keyless changelog) equals the source: nothing
@@ -26,7 +26,7 @@ use crate::harness::*;
 use crate::replicate::{ZOO_DDL, ZOO_ROWS};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
-enum Kind {
+pub(crate) enum Kind {
     Parquet,
     #[cfg(feature = "delta")]
     Delta,
@@ -35,16 +35,16 @@ enum Kind {
 }
 
 /// A sink's target for one test: where it is, the flags that select it, the reader that reads it.
-struct Target {
-    kind: Kind,
+pub(crate) struct Target {
+    pub(crate) kind: Kind,
     /// The `--target` value.
-    target: String,
+    pub(crate) target: String,
     #[cfg(feature = "clickhouse")]
     ch: Option<ClickHouse>,
 }
 
 impl Target {
-    fn new(kind: Kind, dir: &TestDir, test: &str) -> Target {
+    pub(crate) fn new(kind: Kind, dir: &TestDir, test: &str) -> Target {
         #[cfg(feature = "clickhouse")]
         if kind == Kind::ClickHouse {
             let ch = ClickHouse::start(&dir.0.join("ch"), test);
@@ -65,7 +65,7 @@ impl Target {
 
     /// `rows sum(n)` of the keyless table `cf.log` in the target (compare.py compares keyed
     /// tables only).
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let target = &self.target;
         match self.kind {
             Kind::Parquet => duck(&format!(
@@ -89,7 +89,7 @@ impl Target {
     }
 
     /// The replicate flags after `--target` (the sink and its settings).
-    fn sink_args(&self) -> Vec<&str> {
+    pub(crate) fn sink_args(&self) -> Vec<&str> {
         match self.kind {
             Kind::Parquet => vec![],
             #[cfg(feature = "delta")]
@@ -103,7 +103,7 @@ impl Target {
     }
 
     /// The `compare.py` flags that read this sink's current state.
-    fn reader(&self) -> Vec<&str> {
+    pub(crate) fn reader(&self) -> Vec<&str> {
         match self.kind {
             Kind::Parquet => vec![],
             #[cfg(feature = "delta")]
@@ -113,15 +113,33 @@ impl Target {
         }
     }
 
-    fn catch_up(&self, m: &Maria, tables: &str, env: &[(&str, &str)]) -> std::process::Output {
+    pub(crate) fn catch_up(
+        &self,
+        m: &Maria,
+        tables: &str,
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         catch_up_env(m, &self.target, tables, &self.sink_args(), env)
     }
 
-    fn assert_equal(&self, m: &Maria, table: &str) {
+    pub(crate) fn assert_equal(&self, m: &Maria, table: &str) {
         let (equal, text) = compare(m, &self.target, table, &self.reader());
         assert!(
             equal,
             "{:?}: replica of {table} differs from the source:\n{text}",
+            self.kind
+        );
+    }
+
+    /// `binlake status` lists no stopped table.
+    pub(crate) fn assert_nothing_stopped(&self) {
+        let mut args = vec!["status", "--target", &self.target];
+        args.extend(self.sink_args());
+        let out = binlake(&args, Duration::from_secs(60));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("STOPPED"),
+            "{:?}: a table is stopped:\n{text}",
             self.kind
         );
     }
@@ -260,6 +278,8 @@ fn replay_of_a_committed_batch(kind: Kind) {
                     insert_only: false,
                     replace: false,
                     snapshot_rows: false,
+                    purge_below: None,
+                    reshape: false,
                 }],
                 checkpoint,
                 ..Default::default()
@@ -301,22 +321,12 @@ fn ddl(kind: Kind) {
     t.catch_up(&m, "cf.*", &[]);
     t.assert_equal(&m, "cf.t");
     m.sql("TRUNCATE TABLE cf.t; INSERT INTO cf.t VALUES (3, 'three', 30);");
-    if kind == Kind::Parquet {
-        // Parquet's log is append-only: the table stops instead of keeping rows 1 and 2
-        t.catch_up(&m, "cf.*", &[]);
-        let out = binlake(&["status", "--target", &t.target], Duration::from_secs(60));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("cf.t") && text.contains("STOPPED"),
-            "Parquet must stop the table at TRUNCATE:\n{text}"
-        );
-        return;
-    }
     t.catch_up(&m, "cf.*", &[]);
     t.assert_equal(&m, "cf.t");
     m.sql("ALTER TABLE cf.t DROP COLUMN b; INSERT INTO cf.t VALUES (4, 'four'); UPDATE cf.t SET a = 'THREE' WHERE id = 3;");
     t.catch_up(&m, "cf.*", &[]);
     t.assert_equal(&m, "cf.t");
+    t.assert_nothing_stopped();
 }
 
 fn crash_after_data(kind: Kind) {

@@ -11,6 +11,7 @@ mod filters;
 mod fixtures;
 mod ha;
 mod harness;
+mod lifecycle;
 mod names;
 mod observe;
 mod repair;

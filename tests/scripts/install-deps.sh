@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what binlake's demo, tests and benchmarks need and is missing: MariaDB server and client,
-# sysbench and curl (Debian), a Rust toolchain check, and the Python readers/peers, the chdb
+# sysbench, curl and percona-toolkit (Debian), a Rust toolchain check, and the Python readers/peers, the chdb
 # engine behind the ClickHouse test front and dbt-duckdb (PyPI). Idempotent.
 set -euo pipefail
 need_apt=()
@@ -9,6 +9,8 @@ command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v mariadb-binlog >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# pt-online-schema-change, for the online schema change tests
+command -v pt-online-schema-change >/dev/null 2>&1 || need_apt+=(percona-toolkit)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -253,6 +253,17 @@ pub struct TableBatch {
     /// Some rows are snapshot rows (`_binlake_op = 'snapshot'`, versioned at their read rather
     /// than at a transaction): a sink that treats them apart need not scan the column.
     pub snapshot_rows: bool,
+    /// After the rows are written, every row of the table whose key's current version is below
+    /// this is removed (a tombstone, or deleted): the end of a re-snapshot that started at this
+    /// version (after RENAME TABLE into the name, an ADD COLUMN with a default...). Every key
+    /// the source still holds was read again or changed since, with a higher version; the keys
+    /// left below it are gone at the source. Idempotent (a replay finds nothing left below it).
+    pub purge_below: Option<u64>,
+    /// A re-snapshot replaces this table's content (it was renamed into place, or altered in a
+    /// way no row event shows): the target takes the batch's shape as it is. Columns the rows
+    /// no longer have are dropped and a type that is not a widening is replaced (the rows not
+    /// yet read again show NULL there until they are), instead of stopping the table.
+    pub reshape: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -325,6 +336,11 @@ pub struct SnapshotProgress {
     /// range's `after` as `{"cut": ...}`: see [`SnapshotProgress::keyless_cut`].)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<BinlogPos>,
+    /// A re-snapshot that replaces the table's content (reason `resnapshot`): the version it
+    /// started at. When its last range is read, the rows still below it are removed (see
+    /// [`TableBatch::purge_below`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_below: Option<u64>,
 }
 
 impl SnapshotProgress {
@@ -408,6 +424,13 @@ pub enum SinkError {
     /// One table cannot be written (a type or schema the target rejects); others may go on.
     #[error("table {table}: {message}")]
     Table { table: TableId, message: String },
+    /// One table changed at the source in a way its rows cannot follow in place (a column gone
+    /// without a DROP statement, a type that is not a widening, a key column retyped): the
+    /// pipeline reads the table again (a re-snapshot, whose batches carry
+    /// [`TableBatch::reshape`]) instead of stopping it. A sink never returns it for a batch
+    /// that already has `reshape` set.
+    #[error("table {table} must be read again: {message}")]
+    Reread { table: TableId, message: String },
 }
 
 impl SinkError {
@@ -438,6 +461,7 @@ pub trait Sink: Send {
     ///    idempotent: a replay after a crash changes nothing).
     /// 3. [`Sink::write_meta`]: the dead-letter rows, then the watermarks.
     /// 4. the `after-data` [`failpoint`] (the crash the tests inject between data and checkpoint).
+    ///    A batch with [`TableBatch::purge_below`] removes the older rows in this step too.
     /// 5. [`Sink::write_checkpoint`]: the resume point, last. Until it is durable the commit is
     ///    not done: a crash before it replays steps 2-3, which their idempotence makes harmless.
     /// 6. [`Sink::after_commit`]: bookkeeping that needs the commit done (maintenance schedules).

@@ -289,17 +289,72 @@ impl ClickHouseSink {
             return Ok(());
         }
         let mut altered = false;
-        // columns that no longer arrive, not explained by a DDL statement binlake applied
-        let gone: Vec<&str> = have
+        let mut have = have;
+        // columns that no longer arrive, not explained by a DDL statement binlake applied, and
+        // columns whose new type is not a widening
+        let gone: Vec<String> = have
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| n.clone())
             .filter(|n| !want.iter().any(|(w, _)| w == n))
             .collect();
-        if !gone.is_empty() {
-            return Err(SinkError::Table {
-                table: t.clone(),
-                message: format!("column(s) {gone:?} no longer arrive from the source, and no DROP or RENAME COLUMN statement in the binlog said what became of them. The table is stopped; the others go on. To resume it, apply the change to the ClickHouse table by hand (ALTER TABLE ... DROP/RENAME COLUMN) and restart"),
-            });
+        let retyped: Vec<String> = want
+            .iter()
+            .filter(|(n, ty)| {
+                have.iter()
+                    .any(|(h, old)| h == n && old != ty && !widens(ty, old) && !widens(old, ty))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !gone.is_empty() || !retyped.is_empty() {
+            // A table being read again (re-snapshot), or one that holds no rows (dropped and
+            // created again at the source), takes the new shape as it is.
+            // Otherwise the rows cannot say what became of the old values: the table is read
+            // again in its new shape (the pipeline's re-snapshot), never stopped or guessed.
+            if !tb.reshape && !self.holds_no_rows(t).await? {
+                if !gone.is_empty() {
+                    return Err(SinkError::Reread {
+                        table: t.clone(),
+                        message: format!("column(s) {gone:?} no longer arrive from the source, and no DROP or RENAME COLUMN statement in the binlog said what became of them"),
+                    });
+                }
+                let n = &retyped[0];
+                let old = have
+                    .iter()
+                    .find(|(h, _)| h == n)
+                    .map(|(_, o)| o.as_str())
+                    .unwrap_or("?");
+                let ty = want
+                    .iter()
+                    .find(|(w, _)| w == n)
+                    .map(|(_, t)| t.as_str())
+                    .unwrap_or("?");
+                return Err(SinkError::Reread {
+                    table: t.clone(),
+                    message: format!("column `{n}` changed type from {old} to {ty}, which is not a widening every stored value survives exactly"),
+                });
+            }
+            for c in gone.iter().chain(&retyped) {
+                let dropped = self
+                    .exec(&format!(
+                        "ALTER TABLE {} DROP COLUMN IF EXISTS {}",
+                        self.table_name(t),
+                        ident(c)
+                    ))
+                    .await;
+                if let Err(e) = dropped {
+                    // a key column (the table's ORDER BY): the table is created again in the
+                    // new shape, and the re-read fills it
+                    info!(table = %name, column = %c, error = %e, "column cannot be dropped; the table is created again in its new shape");
+                    self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
+                        .await
+                        .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
+                    self.tables.remove(&name);
+                    return Box::pin(self.ensure_table(tb)).await;
+                }
+                info!(table = %name, column = %c, "column dropped: the table takes the source's new shape");
+            }
+            have = self.server_columns(t).await?;
+            altered = true;
         }
         for (i, (n, ty)) in want.iter().enumerate() {
             match have.iter().find(|(h, _)| h == n) {
@@ -328,13 +383,32 @@ impl ClickHouseSink {
                             message: format!("column `{n}` changed type from {old} to {ty} (MODIFY COLUMN), which is not a widening every stored value survives exactly. The table is stopped; the others go on. To resume it, convert the column by hand (ALTER TABLE ... MODIFY COLUMN) and restart, or rebuild the table"),
                         });
                     }
-                    self.exec(&format!(
-                        "ALTER TABLE {} MODIFY COLUMN {} {ty}",
-                        self.table_name(t),
-                        ident(n)
-                    ))
-                    .await
-                    .map_err(|e| classify(e, "widening a column", Some(t)))?;
+                    let widened = self
+                        .exec(&format!(
+                            "ALTER TABLE {} MODIFY COLUMN {} {ty}",
+                            self.table_name(t),
+                            ident(n)
+                        ))
+                        .await;
+                    if let Err(e) = widened {
+                        if !tb.primary_key.iter().any(|k| k == n) {
+                            return Err(classify(e, "widening a column", Some(t)));
+                        }
+                        // ClickHouse cannot retype a key column in place: the table is made
+                        // again in the new shape and filled by a re-read
+                        if !tb.reshape && !self.holds_no_rows(t).await? {
+                            return Err(SinkError::Reread {
+                                table: t.clone(),
+                                message: format!("key column `{n}` widened to {ty}, which ClickHouse cannot do in place ({e})"),
+                            });
+                        }
+                        info!(table = %name, column = %n, "key column retyped: the table is created again in its new shape");
+                        self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
+                            .await
+                            .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
+                        self.tables.remove(&name);
+                        return Box::pin(self.ensure_table(tb)).await;
+                    }
                     info!(table = %name, column = %n, from = %old, to = %ty, "column widened");
                     altered = true;
                 }
@@ -348,6 +422,36 @@ impl ClickHouseSink {
         }
         debug!(table = %name, columns = want.len(), "table ready");
         self.tables.insert(name, want);
+        Ok(())
+    }
+
+    /// True when the table holds no rows at all (emptied by TRUNCATE or DROP TABLE).
+    async fn holds_no_rows(&self, t: &TableId) -> Result<bool, SinkError> {
+        let rows = self
+            .rows(&format!("SELECT count() AS n FROM {}", self.table_name(t)))
+            .await
+            .map_err(|e| classify(e, "counting rows", Some(t)))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
+            == Some(0))
+    }
+
+    /// Removes every row below `version` (a finished re-snapshot: the keys it did not read again
+    /// are gone at the source; newer versions of the keys it read stay). A mutation, waited for,
+    /// so the checkpoint after it is written only once it is done; idempotent.
+    async fn purge(&self, t: &TableId, full: &str, version: u64) -> Result<(), SinkError> {
+        self.client
+            .query(&format!(
+                "ALTER TABLE {full} DELETE WHERE {} < {version}",
+                ident(COL_VERSION)
+            ))
+            .with_setting("mutations_sync", "1")
+            .execute()
+            .await
+            .map_err(|e| classify(e, "removing rows below a re-snapshot", Some(t)))?;
+        info!(table = %t, below = version, "rows below the re-snapshot removed");
         Ok(())
     }
 
@@ -660,7 +764,7 @@ impl Sink for ClickHouseSink {
         let _ = seq; // the versions make replays idempotent; the seq is in the checkpoint row
         for tb in batches
             .iter()
-            .filter(|b| b.batch.num_rows() > 0 || b.replace)
+            .filter(|b| b.batch.num_rows() > 0 || b.replace || b.purge_below.is_some())
         {
             if let Err(e) = self.ensure_table(tb).await {
                 self.tables.remove(&tb.table.to_string());
@@ -702,8 +806,13 @@ impl Sink for ClickHouseSink {
                 self.applied.insert(key, high.max(tb.max_version));
                 continue;
             }
-            self.insert(&tb.table, &name, &tb.batch).await?;
-            debug!(table = %tb.table, rows = tb.batch.num_rows(), "inserted");
+            if tb.batch.num_rows() > 0 {
+                self.insert(&tb.table, &name, &tb.batch).await?;
+                debug!(table = %tb.table, rows = tb.batch.num_rows(), "inserted");
+            }
+            if let Some(below) = tb.purge_below {
+                self.purge(&tb.table, &name, below).await?;
+            }
         }
         Ok(())
     }

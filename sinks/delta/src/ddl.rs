@@ -1,5 +1,7 @@
-//! Source DDL applied to Delta tables: TRUNCATE and DROP TABLE (every older row becomes a
-//! tombstone, or is deleted with `deletes = "hard"`), DROP COLUMN and RENAME COLUMN (the table
+//! Source DDL and schema evolution in Delta tables: a batch's new shape (added columns, widened
+//! types, and the new shape of a table being read again) before its MERGE; TRUNCATE and DROP TABLE (every older row becomes a
+//! tombstone, or is deleted with `deletes = "hard"`; a finished re-snapshot does the same for the
+//! rows below its start), DROP COLUMN and RENAME COLUMN (the table
 //! rewritten in one commit).
 //!
 //! Invariants: each statement is one Delta commit per table, taken under the table's lock (no
@@ -7,11 +9,12 @@
 //! already at `version`, the column already gone or renamed); RENAME TABLE is refused (the table
 //! stops) rather than leaving a partial replica under the new name.
 
+use std::collections::HashMap;
 use std::ops::Not;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use binlake_sink::{SinkError, TableId, COL_DELETED, COL_VERSION};
+use binlake_sink::{SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::logical_expr::{col, Expr};
 use deltalake::operations::write::SchemaMode;
@@ -20,7 +23,7 @@ use deltalake::DeltaTable;
 use tracing::{debug, info};
 
 use crate::config::Deletes;
-use crate::sink::{delta_err, table_id, DeltaSink};
+use crate::sink::{delta_err, narrower_than_table, table_id, widens, DeltaSink};
 
 impl DeltaSink {
     /// Rewrites the whole table in one commit (an overwrite with the new schema): `column` maps
@@ -65,6 +68,29 @@ impl DeltaSink {
             .map_err(|e| delta_err(name, what, e))?;
         info!(table = %name, what, seconds = started.elapsed().as_secs_f64(), version = ?table.version(), "table rewritten");
         Ok(table)
+    }
+
+    /// Rows that are not tombstones.
+    pub(crate) async fn live_rows(
+        &self,
+        table: &DeltaTable,
+        name: &str,
+    ) -> Result<usize, SinkError> {
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Table {
+            table: table_id(name),
+            message: format!("counting live rows: {e}"),
+        };
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(name, "counting live rows", e))?;
+        let provider = table.table_provider().await.map_err(df_err)?;
+        ctx.read_table(provider)
+            .and_then(|df| df.filter(col(Column::new_unqualified(COL_DELETED)).not()))
+            .map_err(df_err)?
+            .count()
+            .await
+            .map_err(df_err)
     }
 
     /// DROP COLUMN: the table is rewritten without it. Idempotent: a column already gone is
@@ -122,20 +148,159 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// Every row older than `version` becomes a tombstone (or, with hard deletes, is removed).
-    /// Idempotent: a replay finds those rows already at `version`.
+    /// Brings the table's schema to the batch's before a MERGE: replayed rows from before a
+    /// widening are cast up, a widening MODIFY COLUMN rewrites the stored values exactly into the
+    /// new type, changed source-type metadata is updated, and anything else that is not an
+    /// allowed evolution stops the table.
+    pub(crate) async fn evolve_schema(
+        &self,
+        tb: &TableBatch,
+        table: DeltaTable,
+        batch: RecordBatch,
+    ) -> Result<(DeltaTable, RecordBatch), SinkError> {
+        let name = tb.table.to_string();
+        let mut table = table;
+        let mut existing = table
+            .snapshot()
+            .map_err(|e| delta_err(&name, "snapshot", e))?
+            .snapshot()
+            .arrow_schema();
+        // Rows from before a widening, replayed after a crash: cast up to the table's type
+        // (exact, by the same rule).
+        let batch = match narrower_than_table(&batch, &existing) {
+            Some(b) => b.map_err(|e| SinkError::Table {
+                table: tb.table.clone(),
+                message: format!("casting replayed rows to the widened type: {e}"),
+            })?,
+            None => batch,
+        };
+        // A table being read again (re-snapshot), or one that holds no live rows (dropped and
+        // created again at the source), takes the new shape as it is: columns that no longer
+        // arrive are dropped, a type that is not a widening is replaced (NULL until re-read).
+        let incoming = batch.schema();
+        let gone = |f: &arrow_schema::Field| {
+            !f.name().starts_with("_binlake_") && incoming.field_with_name(f.name()).is_err()
+        };
+        let retyped = |f: &arrow_schema::Field| {
+            incoming.field_with_name(f.name()).ok().filter(|n| {
+                !same_kind(f.data_type(), n.data_type()) && !widens(f.data_type(), n.data_type())
+            })
+        };
+        let conflict = existing
+            .fields()
+            .iter()
+            .any(|f| gone(f) || retyped(f).is_some());
+        if conflict && (tb.reshape || self.live_rows(&table, &name).await? == 0) {
+            info!(table = %name, "the table takes the source's new shape (re-read, or emptied)");
+            table = self
+                .rewrite(table, &name, "take the new shape", |f| {
+                    let c = Expr::Column(Column::new_unqualified(f.name()));
+                    if gone(f) {
+                        return None;
+                    }
+                    Some(match retyped(f) {
+                        Some(n) => {
+                            let null =
+                                deltalake::datafusion::scalar::ScalarValue::try_from(n.data_type())
+                                    .ok()?;
+                            deltalake::datafusion::logical_expr::lit(null).alias(f.name())
+                        }
+                        None => c,
+                    })
+                })
+                .await?;
+            existing = table
+                .snapshot()
+                .map_err(|e| delta_err(&name, "snapshot", e))?
+                .snapshot()
+                .arrow_schema();
+        }
+        // A widening MODIFY COLUMN (INT to BIGINT, DECIMAL(10,2) to DECIMAL(20,4), ...): the
+        // stored values are rewritten exactly into the new type first, in a commit of their own
+        // (a replay finds the table already widened).
+        let widen: Vec<(String, arrow_schema::DataType)> = batch
+            .schema()
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                let old = existing.field_with_name(f.name()).ok()?;
+                (!same_kind(old.data_type(), f.data_type())
+                    && widens(old.data_type(), f.data_type()))
+                .then(|| (f.name().clone(), f.data_type().clone()))
+            })
+            .collect();
+        if !widen.is_empty() {
+            info!(table = %name, columns = ?widen, "widening columns (MODIFY COLUMN at the source): rewriting the table");
+            table = self
+                .rewrite(table, &name, "widen columns", |f| {
+                    let c = Expr::Column(Column::new_unqualified(f.name()));
+                    Some(match widen.iter().find(|(n, _)| n == f.name()) {
+                        Some((n, t)) => {
+                            deltalake::datafusion::logical_expr::cast(c, t.clone()).alias(n)
+                        }
+                        None => c,
+                    })
+                })
+                .await?;
+            existing = table
+                .snapshot()
+                .map_err(|e| delta_err(&name, "snapshot", e))?
+                .snapshot()
+                .arrow_schema();
+        }
+        // The source type in the column metadata changes with a MODIFY (VARCHAR(10) to
+        // VARCHAR(200) keeps the Delta type): a metadata-only commit keeps it true, and MERGE,
+        // which refuses to merge differing metadata, goes on.
+        for f in batch.schema().fields() {
+            let Ok(old) = existing.field_with_name(f.name()) else {
+                continue;
+            };
+            if old.metadata() == f.metadata() || !same_kind(old.data_type(), f.data_type()) {
+                continue;
+            }
+            let update: HashMap<String, deltalake::kernel::MetadataValue> = f
+                .metadata()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        deltalake::kernel::MetadataValue::String(v.clone()),
+                    )
+                })
+                .collect();
+            table = table
+                .update_field_metadata()
+                .with_field_name(f.name())
+                .with_metadata(update)
+                .await
+                .map_err(|e| delta_err(&name, "update column metadata", e))?;
+            debug!(table = %name, column = %f.name(), "column metadata updated");
+        }
+        check_evolution(tb, &existing, &batch.schema())?;
+        Ok((table, batch))
+    }
+
+    /// TRUNCATE and DROP TABLE empty the table ([`DeltaSink::purge`]); DROP and RENAME
+    /// COLUMN rewrite it.
     pub(crate) async fn apply_ddl(
         &mut self,
         table: &TableId,
         kind: binlake_sink::DdlKind,
         version: u64,
     ) -> Result<(), SinkError> {
-        use deltalake::datafusion::logical_expr::lit;
-        use deltalake::datafusion::scalar::ScalarValue;
-        if let binlake_sink::DdlKind::RenameTable { to } = &kind {
-            return Err(binlake_sink::rename_table_unsupported("delta", table, to));
-        }
+        use binlake_sink::DdlKind;
         let name = table.to_string();
+        match &kind {
+            DdlKind::RenameTable { to } => {
+                return Err(binlake_sink::rename_table_unsupported("delta", table, to))
+            }
+            DdlKind::Truncate | DdlKind::DropTable => {
+                self.purge(table, version).await?;
+                info!(table = %name, ?kind, version, "table emptied in Delta");
+                return Ok(());
+            }
+            DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. } => {}
+        }
         let lock = self.locks.get(&name);
         let _held = lock.lock().await;
         let t = self.load(&table.db, &table.table).await?;
@@ -143,19 +308,32 @@ impl DeltaSink {
             return Ok(()); // nothing replicated yet
         }
         match &kind {
-            binlake_sink::DdlKind::DropColumn(c) => return self.drop_column(t, &name, c).await,
-            binlake_sink::DdlKind::RenameColumn { from, to } => {
-                return self.rename_column(t, &name, from, to).await
-            }
-            binlake_sink::DdlKind::RenameTable { .. } => unreachable!("handled above"),
-            binlake_sink::DdlKind::Truncate | binlake_sink::DdlKind::DropTable => {}
+            DdlKind::DropColumn(c) => self.drop_column(t, &name, c).await,
+            DdlKind::RenameColumn { from, to } => self.rename_column(t, &name, from, to).await,
+            _ => unreachable!("handled above"),
+        }
+    }
+
+    /// Every row older than `version` becomes a tombstone at `version` (or, with hard deletes,
+    /// is removed), in one Delta commit: a TRUNCATE, or the end of a re-snapshot (the keys it
+    /// did not read again are gone at the source). Idempotent: a replay finds those rows
+    /// already at `version`.
+    pub(crate) async fn purge(&self, table: &TableId, version: u64) -> Result<(), SinkError> {
+        use deltalake::datafusion::logical_expr::lit;
+        use deltalake::datafusion::scalar::ScalarValue;
+        let name = table.to_string();
+        let lock = self.locks.get(&name);
+        let _held = lock.lock().await;
+        let t = self.load(&table.db, &table.table).await?;
+        if t.version().is_none() {
+            return Ok(()); // nothing replicated yet
         }
         let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
         if self.config.deletes == Deletes::Hard {
             t.delete()
                 .with_predicate(older)
                 .await
-                .map_err(|e| delta_err(&name, "truncate", e))?;
+                .map_err(|e| delta_err(&name, "purge", e))?;
         } else {
             let now = binlake_sink::store::now_us();
             t.update()
@@ -171,11 +349,73 @@ impl DeltaSink {
                     )),
                 )
                 .await
-                .map_err(|e| delta_err(&name, "truncate", e))?;
+                .map_err(|e| delta_err(&name, "purge", e))?;
         }
-        info!(table = %name, ?kind, version, "table emptied in Delta");
+        debug!(table = %name, version, "rows below the version removed");
         Ok(())
     }
+}
+
+/// Same kind of Arrow type as far as Delta is concerned (readers may hand strings back as views).
+pub(crate) fn same_kind(a: &arrow_schema::DataType, b: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    let norm = |t: &D| match t {
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => D::Utf8,
+        D::Binary | D::LargeBinary | D::BinaryView => D::Binary,
+        D::Timestamp(u, Some(_)) => D::Timestamp(*u, Some("UTC".into())),
+        other => other.clone(),
+    };
+    norm(a) == norm(b)
+}
+
+/// What is left after the DDL statements and widenings were applied: added columns (MERGE adds
+/// them). A column that stopped arriving without a DROP or RENAME statement binlake understood,
+/// or a type change that is not a widening, stops this table with an error saying so, rather
+/// than leaving stale or misplaced values.
+fn check_evolution(
+    tb: &TableBatch,
+    existing: &arrow_schema::Schema,
+    incoming: &arrow_schema::Schema,
+) -> Result<(), SinkError> {
+    // read again in the new shape (see SinkError::Reread), unless this already is that read
+    let stop = |message: String| {
+        Err(if tb.reshape {
+            SinkError::Table {
+                table: tb.table.clone(),
+                message,
+            }
+        } else {
+            SinkError::Reread {
+                table: tb.table.clone(),
+                message,
+            }
+        })
+    };
+    let gone: Vec<&str> = existing
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| !n.starts_with("_binlake_") && incoming.field_with_name(n).is_err())
+        .collect();
+    if !gone.is_empty() {
+        return stop(format!(
+            "column(s) {gone:?} no longer arrive from the source (now {:?}), and no DROP or RENAME COLUMN statement in the binlog said what became of them, so binlake cannot tell a rename from a drop. The table is stopped; the others go on. To resume it, apply the change to the Delta table by hand (drop or rename the column) and restart, or rebuild the table",
+            incoming.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with("_binlake_")).collect::<Vec<_>>()
+        ));
+    }
+    for f in incoming.fields() {
+        if let Ok(old) = existing.field_with_name(f.name()) {
+            if !same_kind(old.data_type(), f.data_type()) {
+                return stop(format!(
+                    "column `{}` changed type from {} to {} (MODIFY COLUMN), which is not a widening every stored value survives exactly. The table is stopped; the others go on. To resume it, rebuild the Delta table (or convert the column by hand and restart)",
+                    f.name(),
+                    old.data_type(),
+                    f.data_type()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stored column a DDL statement names: exact, else the one that matches ignoring case

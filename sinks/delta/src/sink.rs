@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use url::Url;
 
 use crate::config::{Deletes, DeltaConfig};
+use crate::ddl::same_kind;
 use crate::types::to_delta;
 
 pub struct DeltaSink {
@@ -383,97 +384,6 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// Brings the table's schema to the batch's before a MERGE: replayed rows from before a
-    /// widening are cast up, a widening MODIFY COLUMN rewrites the stored values exactly into the
-    /// new type, changed source-type metadata is updated, and anything else that is not an
-    /// allowed evolution stops the table.
-    async fn evolve_schema(
-        &self,
-        tb: &TableBatch,
-        table: DeltaTable,
-        batch: RecordBatch,
-    ) -> Result<(DeltaTable, RecordBatch), SinkError> {
-        let name = tb.table.to_string();
-        let mut table = table;
-        let mut existing = table
-            .snapshot()
-            .map_err(|e| delta_err(&name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
-        // Rows from before a widening, replayed after a crash: cast up to the table's type
-        // (exact, by the same rule).
-        let batch = match narrower_than_table(&batch, &existing) {
-            Some(b) => b.map_err(|e| SinkError::Table {
-                table: tb.table.clone(),
-                message: format!("casting replayed rows to the widened type: {e}"),
-            })?,
-            None => batch,
-        };
-        // A widening MODIFY COLUMN (INT to BIGINT, DECIMAL(10,2) to DECIMAL(20,4), ...): the
-        // stored values are rewritten exactly into the new type first, in a commit of their own
-        // (a replay finds the table already widened).
-        let widen: Vec<(String, arrow_schema::DataType)> = batch
-            .schema()
-            .fields()
-            .iter()
-            .filter_map(|f| {
-                let old = existing.field_with_name(f.name()).ok()?;
-                (!same_kind(old.data_type(), f.data_type())
-                    && widens(old.data_type(), f.data_type()))
-                .then(|| (f.name().clone(), f.data_type().clone()))
-            })
-            .collect();
-        if !widen.is_empty() {
-            info!(table = %name, columns = ?widen, "widening columns (MODIFY COLUMN at the source): rewriting the table");
-            table = self
-                .rewrite(table, &name, "widen columns", |f| {
-                    let c = Expr::Column(Column::new_unqualified(f.name()));
-                    Some(match widen.iter().find(|(n, _)| n == f.name()) {
-                        Some((n, t)) => {
-                            deltalake::datafusion::logical_expr::cast(c, t.clone()).alias(n)
-                        }
-                        None => c,
-                    })
-                })
-                .await?;
-            existing = table
-                .snapshot()
-                .map_err(|e| delta_err(&name, "snapshot", e))?
-                .snapshot()
-                .arrow_schema();
-        }
-        // The source type in the column metadata changes with a MODIFY (VARCHAR(10) to
-        // VARCHAR(200) keeps the Delta type): a metadata-only commit keeps it true, and MERGE,
-        // which refuses to merge differing metadata, goes on.
-        for f in batch.schema().fields() {
-            let Ok(old) = existing.field_with_name(f.name()) else {
-                continue;
-            };
-            if old.metadata() == f.metadata() || !same_kind(old.data_type(), f.data_type()) {
-                continue;
-            }
-            let update: HashMap<String, deltalake::kernel::MetadataValue> = f
-                .metadata()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        deltalake::kernel::MetadataValue::String(v.clone()),
-                    )
-                })
-                .collect();
-            table = table
-                .update_field_metadata()
-                .with_field_name(f.name())
-                .with_metadata(update)
-                .await
-                .map_err(|e| delta_err(&name, "update column metadata", e))?;
-            debug!(table = %name, column = %f.name(), "column metadata updated");
-        }
-        check_evolution(tb, &existing, &batch.schema())?;
-        Ok((table, batch))
-    }
-
     /// Appends to one of binlake's own tables (`_binlake_rejects`, `_binlake_watermarks`) at
     /// `<target>/<name>`, once per commit `seq` (its `txn` version makes a replay a no-op).
     async fn append_meta(&self, name: &str, rows: &RecordBatch, seq: u64) -> Result<(), SinkError> {
@@ -521,7 +431,7 @@ pub(crate) fn table_id(name: &str) -> binlake_sink::TableId {
 
 /// Every value of `from` has an exact representation in `to` (what a widening MODIFY COLUMN
 /// does at the source).
-fn widens(from: &arrow_schema::DataType, to: &arrow_schema::DataType) -> bool {
+pub(crate) fn widens(from: &arrow_schema::DataType, to: &arrow_schema::DataType) -> bool {
     use arrow_schema::DataType as D;
     let int_digits = |t: &D| match t {
         D::Int8 => Some(3),
@@ -553,7 +463,7 @@ fn widens(from: &arrow_schema::DataType, to: &arrow_schema::DataType) -> bool {
 
 /// The batch with its columns cast up to the table's wider types, when some column is narrower
 /// than the table's (`None` when none is).
-fn narrower_than_table(
+pub(crate) fn narrower_than_table(
     batch: &RecordBatch,
     table: &arrow_schema::Schema,
 ) -> Option<Result<RecordBatch, arrow_schema::ArrowError>> {
@@ -607,60 +517,6 @@ fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
         arrow_schema::DataType::Int64 => range!(Int64Type),
         _ => None,
     }
-}
-
-/// Same kind of Arrow type as far as Delta is concerned (readers may hand strings back as views).
-fn same_kind(a: &arrow_schema::DataType, b: &arrow_schema::DataType) -> bool {
-    use arrow_schema::DataType as D;
-    let norm = |t: &D| match t {
-        D::Utf8 | D::LargeUtf8 | D::Utf8View => D::Utf8,
-        D::Binary | D::LargeBinary | D::BinaryView => D::Binary,
-        D::Timestamp(u, Some(_)) => D::Timestamp(*u, Some("UTC".into())),
-        other => other.clone(),
-    };
-    norm(a) == norm(b)
-}
-
-/// What is left after the DDL statements and widenings were applied: added columns (MERGE adds
-/// them). A column that stopped arriving without a DROP or RENAME statement binlake understood,
-/// or a type change that is not a widening, stops this table with an error saying so, rather
-/// than leaving stale or misplaced values.
-fn check_evolution(
-    tb: &TableBatch,
-    existing: &arrow_schema::Schema,
-    incoming: &arrow_schema::Schema,
-) -> Result<(), SinkError> {
-    let stop = |message: String| {
-        Err(SinkError::Table {
-            table: tb.table.clone(),
-            message,
-        })
-    };
-    let gone: Vec<&str> = existing
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| !n.starts_with("_binlake_") && incoming.field_with_name(n).is_err())
-        .collect();
-    if !gone.is_empty() {
-        return stop(format!(
-            "column(s) {gone:?} no longer arrive from the source (now {:?}), and no DROP or RENAME COLUMN statement in the binlog said what became of them, so binlake cannot tell a rename from a drop. The table is stopped; the others go on. To resume it, apply the change to the Delta table by hand (drop or rename the column) and restart, or rebuild the table",
-            incoming.fields().iter().map(|f| f.name().as_str()).filter(|n| !n.starts_with("_binlake_")).collect::<Vec<_>>()
-        ));
-    }
-    for f in incoming.fields() {
-        if let Ok(old) = existing.field_with_name(f.name()) {
-            if !same_kind(old.data_type(), f.data_type()) {
-                return stop(format!(
-                    "column `{}` changed type from {} to {} (MODIFY COLUMN), which is not a widening every stored value survives exactly. The table is stopped; the others go on. To resume it, rebuild the Delta table (or convert the column by hand and restart)",
-                    f.name(),
-                    old.data_type(),
-                    f.data_type()
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Rows per file below which a batch is not split for parallel encoding.
@@ -850,7 +706,7 @@ impl Sink for DeltaSink {
         let mut per_table: Vec<Vec<&TableBatch>> = Vec::new();
         for tb in batches
             .iter()
-            .filter(|b| b.batch.num_rows() > 0 || b.replace)
+            .filter(|b| b.batch.num_rows() > 0 || b.replace || b.purge_below.is_some())
         {
             match per_table.iter_mut().find(|g| g[0].table == tb.table) {
                 Some(g) => g.push(tb),
@@ -860,7 +716,12 @@ impl Sink for DeltaSink {
         let this = &*self;
         futures::future::try_join_all(per_table.into_iter().map(|group| async move {
             for (n, tb) in group.into_iter().enumerate() {
-                this.apply(tb, seq as i64 * 1024 + n as i64).await?;
+                if tb.batch.num_rows() > 0 || tb.replace {
+                    this.apply(tb, seq as i64 * 1024 + n as i64).await?;
+                }
+                if let Some(below) = tb.purge_below {
+                    this.purge(&tb.table, below).await?;
+                }
             }
             Ok::<(), SinkError>(())
         }))

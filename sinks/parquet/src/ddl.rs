@@ -2,21 +2,239 @@
 //! the shapes by column name, so a dropped or renamed column needs nothing rewritten: older files
 //! keep their columns, newer ones have the new shape.
 //!
-//! TRUNCATE, DROP TABLE and RENAME TABLE cannot be shown without rewriting or hiding files the
-//! log has committed (append-only by design): the table is stopped with an error that says so,
-//! and the other tables go on. A silently wrong replica is never the outcome.
+//! TRUNCATE and DROP TABLE of a keyed table, and the end of a re-snapshot
+//! ([`binlake_sink::TableBatch::purge_below`]), write **tombstones**: one file holding, for every
+//! key whose current row is below the statement's version, its key columns and a deleted row at
+//! that version. The log is append-only, so nothing committed is rewritten or hidden; the
+//! documented one-query current state (highest version per key, tombstones dropped) shows the
+//! table empty (or holding only what came after) as soon as that one file's log entry exists, and
+//! never half of it.
+//!
+//! Invariants: the tombstones are computed from committed files only, at a version no row of
+//! the table has (a DDL transaction holds no rows), so each (key, version) still appears once;
+//! applying a statement again (a replay) finds no live key below the version and writes nothing.
+//! A keyless table's changelog cannot show a TRUNCATE without rewriting files: that table is
+//! stopped with an error that says so, and the other tables go on.
 
-use binlake_sink::{rename_table_unsupported, DdlKind, SinkError, TableId};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-/// What the Parquet sink does for a DDL statement at `version` (idempotent: it writes nothing).
-pub(crate) fn apply(table: &TableId, kind: DdlKind, version: u64) -> Result<(), SinkError> {
-    let _ = version;
-    match kind {
-        DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. } => Ok(()),
-        DdlKind::RenameTable { to } => Err(rename_table_unsupported("parquet", table, &to)),
-        DdlKind::Truncate | DdlKind::DropTable => Err(SinkError::Table {
-            table: table.clone(),
-            message: format!("{kind:?} at the source: the parquet sink does not apply it yet, so the replica would diverge. The table is stopped; rebuild it to resume"),
-        }),
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema};
+use binlake_sink::{
+    metadata_fields, rename_table_unsupported, DdlKind, SinkError, TableId, COL_DELETED,
+    COL_VERSION,
+};
+use tracing::info;
+
+use crate::manifest::data_file_name;
+use crate::sink::{FileJob, ParquetSink};
+
+impl ParquetSink {
+    /// What the Parquet sink does for a DDL statement at `version` (idempotent).
+    pub(crate) async fn apply_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        match kind {
+            DdlKind::DropColumn(_) | DdlKind::RenameColumn { .. } => Ok(()),
+            DdlKind::RenameTable { to } => Err(rename_table_unsupported("parquet", table, &to)),
+            DdlKind::Truncate | DdlKind::DropTable => self.empty_table(table, &kind, version).await,
+        }
     }
+
+    /// TRUNCATE or DROP TABLE: a commit of its own (everything before the statement is
+    /// committed, so the log's last checkpoint is the position before it) holding the
+    /// tombstones of every live row.
+    async fn empty_table(
+        &mut self,
+        table: &TableId,
+        kind: &DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        let name = table.to_string();
+        let files: Vec<_> = self
+            .committed_files()
+            .await?
+            .into_iter()
+            .filter(|f| f.table == name)
+            .collect();
+        if files.is_empty() {
+            return Ok(()); // nothing replicated yet
+        }
+        let Some(key) = files
+            .iter()
+            .rev()
+            .find(|f| !f.key.is_empty())
+            .map(|f| f.key.clone())
+        else {
+            return Err(SinkError::Table {
+                table: table.clone(),
+                message: format!("{kind:?} at the source: the Parquet lake holds {table} as a keyless changelog (or its files predate recorded keys), which cannot show the table emptied without rewriting committed files. The table is stopped; the others go on. Rebuild it to resume (delete its folder and `binlake backfill --tables {table}`)"),
+            });
+        };
+        let Some(mut checkpoint) = binlake_sink::Sink::read_checkpoint(self).await? else {
+            return Ok(());
+        };
+        let seq = binlake_sink::Sink::begin_commit(self).await?;
+        let Some(job) = self.purge_job(table, &key, version, seq, 0).await? else {
+            info!(table = %name, ?kind, "already empty in the Parquet lake (replay)");
+            return Ok(());
+        };
+        let rows = job.batch.num_rows();
+        self.write_files(vec![job]).await?;
+        checkpoint.seq = seq;
+        binlake_sink::Sink::write_checkpoint(self, seq, &checkpoint).await?;
+        info!(table = %name, ?kind, version, tombstones = rows, "table emptied in the Parquet lake");
+        Ok(())
+    }
+
+    /// The file of tombstones for every key of `table` whose current row (in committed files)
+    /// is live and below `below`; None when there is none.
+    pub(crate) async fn purge_job(
+        &mut self,
+        table: &TableId,
+        key: &[String],
+        below: u64,
+        seq: u64,
+        n: usize,
+    ) -> Result<Option<FileJob>, SinkError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let batches = binlake_sink::Sink::read_table(self, table).await?;
+        let Some(batch) = tombstones(table, &batches, key, below)? else {
+            return Ok(None);
+        };
+        info!(table = %table, below, rows = batch.num_rows(), "tombstones for rows the source no longer holds");
+        Ok(Some(FileJob {
+            rel: format!(
+                "{}/{}/{}",
+                table.db,
+                table.table,
+                data_file_name(seq, n, &self.config.pipeline)
+            ),
+            table: table.to_string(),
+            batch,
+            min_version: below,
+            max_version: below,
+            unique: None,
+            key: key.to_vec(),
+        }))
+    }
+}
+
+/// Tombstones at version `below` for the keys whose highest-version row in `batches` (the
+/// table's files, oldest first) is live and below it: the key columns, cast to their newest
+/// type, and the metadata columns.
+fn tombstones(
+    table: &TableId,
+    batches: &[RecordBatch],
+    key: &[String],
+    below: u64,
+) -> Result<Option<RecordBatch>, SinkError> {
+    let err = |m: String| SinkError::Definite(format!("{table}: tombstones: {m}"));
+    let opts = arrow_cast::display::FormatOptions::default();
+    // key text -> (version, deleted, batch, row)
+    let mut current: HashMap<String, (u64, bool, usize, usize)> = HashMap::new();
+    let mut newest: Option<Vec<Field>> = None;
+    for (bi, b) in batches.iter().enumerate() {
+        let schema = b.schema();
+        let Some(cols) = key
+            .iter()
+            .map(|k| schema.index_of(k).ok())
+            .collect::<Option<Vec<usize>>>()
+        else {
+            continue; // written before the key had this shape
+        };
+        let (Ok(vi), Ok(di)) = (schema.index_of(COL_VERSION), schema.index_of(COL_DELETED)) else {
+            continue;
+        };
+        newest = Some(cols.iter().map(|&i| schema.field(i).clone()).collect());
+        let version =
+            arrow_cast::cast(b.column(vi), &DataType::UInt64).map_err(|e| err(e.to_string()))?;
+        let version = version
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| err("version column".into()))?
+            .clone();
+        let deleted = b
+            .column(di)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| err("deleted column".into()))?
+            .clone();
+        let fmts = cols
+            .iter()
+            .map(|&i| arrow_cast::display::ArrayFormatter::try_new(b.column(i).as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        for r in 0..b.num_rows() {
+            let mut k = String::new();
+            for f in &fmts {
+                let v = f.value(r).to_string();
+                k.push_str(&format!("{}:{v}", v.len()));
+            }
+            let v = version.value(r);
+            let e = current.entry(k).or_insert((0, true, bi, r));
+            if v >= e.0 {
+                *e = (v, deleted.value(r), bi, r);
+            }
+        }
+    }
+    let Some(fields) = newest else {
+        return Ok(None);
+    };
+    let mut stale: Vec<(usize, usize)> = current
+        .into_values()
+        .filter(|&(v, deleted, _, _)| !deleted && v < below)
+        .map(|(_, _, b, r)| (b, r))
+        .collect();
+    if stale.is_empty() {
+        return Ok(None);
+    }
+    stale.sort_unstable();
+    let n = stale.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len() + 6);
+    for f in &fields {
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        for group in stale.chunk_by(|a, b| a.0 == b.0) {
+            let b = &batches[group[0].0];
+            let col = b.column(b.schema().index_of(f.name()).expect("checked above"));
+            let idx =
+                arrow_array::UInt32Array::from_iter_values(group.iter().map(|&(_, r)| r as u32));
+            let taken = arrow_select::take::take(col.as_ref(), &idx, None)
+                .map_err(|e| err(e.to_string()))?;
+            parts.push(arrow_cast::cast(&taken, f.data_type()).map_err(|e| err(e.to_string()))?);
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        columns.push(arrow_select::concat::concat(&refs).map_err(|e| err(e.to_string()))?);
+    }
+    let now = binlake_sink::store::now_us();
+    columns.push(Arc::new(UInt64Array::from(vec![below; n])));
+    columns.push(Arc::new(BooleanArray::from(vec![true; n])));
+    columns.push(Arc::new(StringArray::from(vec!["delete"; n])));
+    for _ in 0..2 {
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
+        ));
+    }
+    columns.push(Arc::new(StringArray::from(vec![
+        format!(
+            "purge below_version={below}"
+        );
+        n
+    ])));
+    let schema: Vec<Field> = fields
+        .into_iter()
+        .map(|f| f.with_nullable(true))
+        .chain(metadata_fields())
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(schema)), columns)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }

@@ -21,6 +21,10 @@ pub struct FileEntry {
     pub bytes: usize,
     pub min_version: u64,
     pub max_version: u64,
+    /// The table's primary-key columns when the file was written (empty: keyless, or a lake
+    /// written before keys were recorded). TRUNCATE and DROP TABLE need them to write tombstones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
 }
 
 /// `part-<seq:020>-<n:04>-<pipeline>.parquet` -> seq, for files of `pipeline` only.

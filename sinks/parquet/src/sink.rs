@@ -12,21 +12,23 @@ use crate::config::ParquetConfig;
 use crate::manifest::{data_file_name, data_file_seq, FileEntry, LogEntry};
 
 pub struct ParquetSink {
-    config: ParquetConfig,
-    log: TargetLog,
+    pub(crate) config: ParquetConfig,
+    pub(crate) log: TargetLog,
     /// Files written by the commit in progress, for its log entry.
     staged: Vec<FileEntry>,
 }
 
 /// One file of a commit, before encoding.
-struct FileJob {
-    rel: String,
-    table: String,
-    batch: RecordBatch,
-    min_version: u64,
-    max_version: u64,
+pub(crate) struct FileJob {
+    pub(crate) rel: String,
+    pub(crate) table: String,
+    pub(crate) batch: RecordBatch,
+    pub(crate) min_version: u64,
+    pub(crate) max_version: u64,
     /// A column whose values are all distinct (no dictionary).
-    unique: Option<String>,
+    pub(crate) unique: Option<String>,
+    /// The table's primary key (recorded in the log entry).
+    pub(crate) key: Vec<String>,
 }
 
 impl ParquetSink {
@@ -44,7 +46,7 @@ impl ParquetSink {
 
     /// Encodes the files (CPU work: one blocking task per file, in parallel, off the async
     /// workers), writes them (in parallel), and stages their entries for the commit's log entry.
-    async fn write_files(&mut self, jobs: Vec<FileJob>) -> Result<(), SinkError> {
+    pub(crate) async fn write_files(&mut self, jobs: Vec<FileJob>) -> Result<(), SinkError> {
         let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
         let encoded = futures::future::try_join_all(jobs.into_iter().map(|j| async move {
             let rows = j.batch.num_rows();
@@ -62,6 +64,7 @@ impl ParquetSink {
                     bytes: bytes.len(),
                     min_version: j.min_version,
                     max_version: j.max_version,
+                    key: j.key,
                 },
                 bytes,
             ))
@@ -104,7 +107,7 @@ impl Sink for ParquetSink {
         kind: DdlKind,
         version: u64,
     ) -> Result<(), SinkError> {
-        crate::ddl::apply(table, kind, version)
+        self.apply_ddl(table, kind, version).await
     }
 
     async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
@@ -202,7 +205,23 @@ impl Sink for ParquetSink {
                     max_version: tb.max_version,
                     // a one-column key is distinct within a batch (deduplicated per key)
                     unique: (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
+                    key: tb.primary_key.clone(),
                 });
+            }
+        }
+        // Re-snapshots that finished: tombstones for the keys they did not read again (the
+        // committed files only; this commit's rows are all above the bound).
+        let mut n = batches.len();
+        for tb in batches {
+            let Some(below) = tb.purge_below else {
+                continue;
+            };
+            if let Some(job) = self
+                .purge_job(&tb.table, &tb.primary_key, below, seq, n)
+                .await?
+            {
+                jobs.push(job);
+                n += 1;
             }
         }
         self.write_files(jobs).await
@@ -227,6 +246,7 @@ impl Sink for ParquetSink {
             min_version: 0,
             max_version: 0,
             unique: None,
+            key: vec![],
         }])
         .await
     }

@@ -1,0 +1,215 @@
+//! The table lifecycle, in every sink: online schema change tools (a real
+//! `pt-online-schema-change` under concurrent writes while binlake streams, killed with -9 right
+//! after the cut-over; then a gh-ost cut-over by SQL), ADD COLUMN with a default on a table with
+//! rows, RENAME TABLE into and out of the filter, TRUNCATE, DROP TABLE then CREATE with another
+//! shape, a table created mid-stream, and an ALTER while the table's snapshot holds a read open.
+//! Each ends with the replica equal to the source, value by value, and no table stopped.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::conformance::{Kind, Target};
+use crate::harness::*;
+
+/// Writes to `cf.users` (inserts, updates, deletes) until `stop`, one short transaction at a
+/// time, through the mariadb client; returns how many statements ran.
+fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let sql = format!(
+                "INSERT INTO cf.users (name) VALUES ('w{i}'); UPDATE cf.users SET name = CONCAT(name, '+') WHERE id = {}; DELETE FROM cf.users WHERE id = {};",
+                1 + (i * 37) % 1500,
+                1 + (i * 53) % 1500
+            );
+            let ok = Command::new("mariadb")
+                .args(["--no-defaults", "-h127.0.0.1", "-uroot"])
+                .arg(format!("-P{port}"))
+                .args(["-e", &sql])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                n += 1;
+            }
+            // pt-osc's triggers and chunk copies run between these
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    })
+}
+
+fn online_schema_change(kind: Kind) {
+    let dir = TestDir::new("lc_osc");
+    let t = Target::new(kind, &dir, "lcosc");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE cf; CREATE TABLE cf.users (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT);");
+    m.sql("INSERT INTO cf.users (name, n) SELECT CONCAT('u', seq), seq FROM cf.seq_1_to_2000;");
+    let url = m.url();
+    let mut args = replicate_args(&url, &t.target, "cf.*", &[]);
+    args.extend(t.sink_args());
+    let mut streaming = spawn_binlake(&args);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(m.port, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    // pt-online-schema-change: _users_new filled by chunks and triggers, then the swap
+    let osc = Command::new("pt-online-schema-change")
+        .args([
+            "--alter",
+            "ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark', DROP COLUMN n",
+            "--execute",
+            "--recursion-method=none",
+            "--chunk-size=200",
+            "--no-check-unique-key-change",
+        ])
+        .arg(format!("D=cf,t=users,h=127.0.0.1,P={},u=root", m.port))
+        .output()
+        .expect("run pt-online-schema-change (percona-toolkit; tests/scripts/install-deps.sh)");
+    assert!(
+        osc.status.success(),
+        "pt-online-schema-change failed:\n{}\n{}",
+        String::from_utf8_lossy(&osc.stdout),
+        String::from_utf8_lossy(&osc.stderr)
+    );
+    // a crash right after the cut-over, while the table is read again
+    streaming.kill().expect("kill -9");
+    let _ = streaming.wait_with_output();
+    let mut streaming = spawn_binlake(&args);
+    std::thread::sleep(Duration::from_millis(1500));
+    // gh-ost's cut-over, by SQL: a shadow table filled by row events, then the swap
+    m.sql("CREATE TABLE cf._users_gho LIKE cf.users; ALTER TABLE cf._users_gho ADD COLUMN score INT NOT NULL DEFAULT 5, MODIFY name VARCHAR(80) NOT NULL;");
+    m.sql("INSERT INTO cf._users_gho (id, name, theme) SELECT id, name, theme FROM cf.users;");
+    m.sql("RENAME TABLE cf.users TO cf._users_del, cf._users_gho TO cf.users; DROP TABLE cf._users_del;");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let writes = w.join().expect("writer");
+    assert!(writes > 10, "the writer ran {writes} statements");
+    streaming.kill().expect("stop");
+    let _ = streaming.wait_with_output();
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.users");
+    t.assert_nothing_stopped();
+}
+
+fn table_lifecycle(kind: Kind) {
+    let dir = TestDir::new("lc_ddl");
+    let t = Target::new(kind, &dir, "lcddl");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE cf; CREATE DATABASE other; CREATE TABLE cf.t (id INT PRIMARY KEY, a VARCHAR(20)); INSERT INTO cf.t VALUES (1, 'one'), (2, 'two'), (3, 'three');");
+    m.sql("CREATE TABLE other.staging (id INT PRIMARY KEY, v INT); INSERT INTO other.staging VALUES (1, 10), (2, 20);");
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.t");
+    // existing rows get the default at the source without a row event
+    m.sql("ALTER TABLE cf.t ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark'; INSERT INTO cf.t VALUES (4, 'four', 'light');");
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.t");
+    // a table renamed into the filter, then changed
+    m.sql("RENAME TABLE other.staging TO cf.moved; UPDATE cf.moved SET v = v + 1 WHERE id = 2; INSERT INTO cf.moved VALUES (3, 30);");
+    // TRUNCATE, then new rows
+    m.sql("TRUNCATE TABLE cf.t; INSERT INTO cf.t VALUES (5, 'five', 'dark');");
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.moved");
+    t.assert_equal(&m, "cf.t");
+    // DROP TABLE, then CREATE with another shape; a table created mid-stream
+    m.sql("DROP TABLE cf.t; CREATE TABLE cf.t (id BIGINT PRIMARY KEY, label TEXT, at DATE); INSERT INTO cf.t VALUES (7, 'seven', '2024-01-02'), (8, 'eight', NULL);");
+    m.sql("CREATE TABLE cf.fresh (k VARCHAR(10) PRIMARY KEY, n INT); INSERT INTO cf.fresh VALUES ('a', 1), ('b', 2); DELETE FROM cf.fresh WHERE k = 'a';");
+    // renamed out of the filter: the name is dropped (an empty table of that name at the
+    // source then equals the replica only if the old rows are gone)
+    m.sql("RENAME TABLE cf.moved TO other.archived; CREATE TABLE cf.moved (id INT PRIMARY KEY, v INT);");
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.t");
+    t.assert_equal(&m, "cf.fresh");
+    t.assert_equal(&m, "cf.moved");
+    t.assert_nothing_stopped();
+}
+
+/// An ALTER that gives existing rows a value lands while a chunk of the table's initial snapshot
+/// holds its consistent read open (the `snapshot-race` failpoint): the snapshot starts again in
+/// the new shape, and the replica ends equal, nothing stopped.
+fn ddl_during_a_snapshot(kind: Kind) {
+    let dir = TestDir::new("lc_snap");
+    let t = Target::new(kind, &dir, "lcsnap");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE cf; CREATE TABLE cf.big (id INT PRIMARY KEY, v INT NOT NULL);");
+    m.sql("INSERT INTO cf.big SELECT seq, seq FROM cf.seq_1_to_5000;");
+    let gate = dir.path("gate");
+    let url = m.url();
+    let mut args = vec![
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "cf.*",
+        "--target",
+        &t.target,
+        "--start-at",
+        "snapshot",
+    ];
+    args.extend(t.sink_args());
+    let r = spawn_binlake_env(
+        &args,
+        &[
+            ("BINLAKE_FAILPOINT", "snapshot-race"),
+            ("BINLAKE_FAILPOINT_FILE", &gate),
+        ],
+    );
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(&format!("{gate}.ready")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the failpoint did not fire"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m.sql("ALTER TABLE cf.big ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark'; UPDATE cf.big SET v = -v, theme = 'light' WHERE id <= 10; DELETE FROM cf.big WHERE id BETWEEN 11 AND 20;");
+    std::fs::write(&gate, "").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let out = terminate(r, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(log.contains("failpoint snapshot-race"), "{log}");
+    t.catch_up(&m, "cf.*", &[]);
+    t.assert_equal(&m, "cf.big");
+    t.assert_nothing_stopped();
+}
+
+macro_rules! lifecycle {
+    ($kind:expr, $osc:ident, $ddl:ident, $snap:ident) => {
+        #[test]
+        fn $snap() {
+            ddl_during_a_snapshot($kind);
+        }
+        #[test]
+        fn $osc() {
+            online_schema_change($kind);
+        }
+        #[test]
+        fn $ddl() {
+            table_lifecycle($kind);
+        }
+    };
+}
+
+lifecycle!(
+    Kind::Parquet,
+    parquet_online_schema_change,
+    parquet_table_lifecycle,
+    parquet_ddl_during_a_snapshot
+);
+#[cfg(feature = "delta")]
+lifecycle!(
+    Kind::Delta,
+    delta_online_schema_change,
+    delta_table_lifecycle,
+    delta_ddl_during_a_snapshot
+);
+#[cfg(feature = "clickhouse")]
+lifecycle!(
+    Kind::ClickHouse,
+    clickhouse_online_schema_change,
+    clickhouse_table_lifecycle,
+    clickhouse_ddl_during_a_snapshot
+);
