@@ -69,8 +69,6 @@ pub struct Backfill {
 /// Why the pipeline did not queue a backfill.
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillRefused {
-    #[error("{table} is stopped ({why}); rebuild it instead")]
-    Quarantined { table: String, why: String },
     #[error("{table} has a snapshot in progress already")]
     InProgress { table: String },
 }

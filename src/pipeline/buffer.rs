@@ -285,6 +285,9 @@ pub struct TableBuffer {
     /// Rows of the table below this version go after this batch (see
     /// `TableBatch::purge_below`): set when a re-snapshot finishes.
     pub purge_below: Option<u64>,
+    /// The target must hold the table even if no row is buffered (a snapshot of an empty
+    /// table finished): an empty batch goes out.
+    pub ensure: bool,
     /// Some rows are snapshot rows (see `TableBatch::snapshot_rows`).
     snapshot_rows: bool,
     /// Segments (index, first row) of insert-only snapshot chunks whose keys are not in
@@ -327,6 +330,7 @@ impl TableBuffer {
             insert_only: true,
             replace: false,
             purge_below: None,
+            ensure: false,
             snapshot_rows: false,
             unindexed: Vec::new(),
             bytes: 0,
@@ -521,7 +525,7 @@ impl TableBuffer {
 
     /// Builds the batch (dedup applied); consumes the buffer.
     pub fn into_batch(mut self, synced_at_us: i64) -> Result<Option<TableBatch>, BuildError> {
-        if self.rows == 0 && !self.replace && self.purge_below.is_none() {
+        if self.rows == 0 && !self.replace && self.purge_below.is_none() && !self.ensure {
             return Ok(None);
         }
         let primary_key: Vec<String> = self
@@ -532,8 +536,9 @@ impl TableBuffer {
             .collect();
         let n = self.rows;
         if n == 0 {
-            // an empty table's snapshot still replaces what the target holds of it, and a
-            // finished re-snapshot with no rows left to write still removes the older ones
+            // an empty table's snapshot still replaces what the target holds of it (keyless)
+            // or makes it exist, and a finished re-snapshot with no rows left to write still
+            // removes the older ones
             return Ok(Some(TableBatch {
                 table: self.id,
                 batch: RecordBatch::new_empty(self.schema.clone()),

@@ -229,19 +229,13 @@ impl SnapState {
 }
 
 /// Queues a backfill's tables; it is in the next checkpoint (an empty plan, planned again after
-/// a restart).
+/// a restart). A stopped table is un-stopped and read again whole (see [`reread`]).
 pub(super) fn queue_backfill(
     st: &mut State,
     snapshotter: &Snapshotter,
     b: &Backfill,
 ) -> Result<Vec<TableId>, BackfillRefused> {
     for t in &b.tables {
-        if let Some(why) = st.tables.quarantined.get(t) {
-            return Err(BackfillRefused::Quarantined {
-                table: t.to_string(),
-                why: why.clone(),
-            });
-        }
         if st.snap.progress.contains_key(t) {
             return Err(BackfillRefused::InProgress {
                 table: t.to_string(),
@@ -249,6 +243,14 @@ pub(super) fn queue_backfill(
         }
     }
     for t in &b.tables {
+        if let Some(why) = st.tables.quarantined.remove(t) {
+            // A stopped table is rebuilt: read again whole in the source's current shape, the
+            // rows it does not find removed at the end (a filter or key list cannot rebuild it).
+            info!(table = %t, stopped_for = %why, "backfill of a stopped table: it is read again whole and resumes");
+            reread(st, t, st.progress.position.version());
+            restart_snapshots(st, snapshotter);
+            continue;
+        }
         let mut p = match (&b.filter, b.absent.is_empty()) {
             // only keys to check: no key range to read again
             (None, false) => crate::snapshot::new_progress(b.reason, Some("FALSE".into())),
@@ -441,10 +443,16 @@ fn finish_chunk(
     read: u64,
     read_to: ReadTo,
 ) -> Result<(), PipelineError> {
-    if let Some(below) = record_chunk(st, id, read, read_to) {
+    let Some(below) = record_chunk(st, id, read, read_to) else {
+        return Ok(());
+    };
+    // The table exists in the target from here on, even when the source's is empty.
+    let shape = target_shape(&st.intake, id, tm);
+    let buf = buffer_for(&mut st.intake, id.clone(), &shape)?;
+    buf.ensure = true;
+    if let Some(below) = below {
         // the keys it did not read again are gone at the source
-        let shape = target_shape(&st.intake, id, tm);
-        buffer_for(&mut st.intake, id.clone(), &shape)?.purge_below = Some(below);
+        buf.purge_below = Some(below);
         info!(table = %id, below, "re-snapshot finished: rows below its start go with the next commit");
     }
     Ok(())
@@ -506,9 +514,9 @@ struct ReadTo {
 }
 
 /// Records a chunk as read in its table's progress; a table whose ranges are all read (and
-/// whose absent keys are checked) is loaded. Returns the version below which a finished
-/// re-snapshot removes rows.
-fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) -> Option<u64> {
+/// whose absent keys are checked) is loaded. Returns, when the snapshot finished, the version
+/// below which a finished re-snapshot removes rows.
+fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) -> Option<Option<u64>> {
     if let Some(r) = st.snap.run_rows.get_mut(id) {
         r.0 += read;
     }
@@ -532,7 +540,7 @@ fn record_chunk(st: &mut State, id: &TableId, read: u64, chunk: ReadTo) -> Optio
         st.snap.run_rows.remove(id);
         st.snap.fresh.remove(id);
         st.snap.loaded.insert(id.clone(), now_us());
-        return below;
+        return Some(below);
     }
     None
 }

@@ -176,8 +176,46 @@ fn ddl_during_a_snapshot(kind: Kind) {
     t.assert_nothing_stopped();
 }
 
+/// Every table the initial snapshot covers exists in the target, an empty one too: the
+/// documented reader (DuckDB's current-state query for Parquet, the Delta table, the ClickHouse
+/// view) finds it and sees it empty.
+fn empty_tables_exist(kind: Kind) {
+    let dir = TestDir::new("lc_empty");
+    let t = Target::new(kind, &dir, "lcempty");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE cf; CREATE TABLE cf.empty (id INT PRIMARY KEY, v VARCHAR(10)); CREATE TABLE cf.full (id INT PRIMARY KEY); INSERT INTO cf.full VALUES (1);");
+    let url = m.url();
+    let mut args = vec![
+        "replicate",
+        "--source",
+        &url,
+        "--tables",
+        "cf.*",
+        "--target",
+        &t.target,
+        "--start-at",
+        "snapshot",
+        "--exit-when-caught-up",
+    ];
+    args.extend(t.sink_args());
+    let out = binlake(&args, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut reader = t.reader();
+    if kind == Kind::Parquet {
+        reader = vec!["--reader", "duckdb"];
+    }
+    for table in ["cf.empty", "cf.full"] {
+        let (equal, text) = compare(&m, &t.target, table, &reader);
+        assert!(equal, "{kind:?}: {table}: {text}");
+    }
+}
+
 macro_rules! lifecycle {
-    ($kind:expr, $osc:ident, $ddl:ident, $snap:ident) => {
+    ($kind:expr, $osc:ident, $ddl:ident, $snap:ident, $empty:ident) => {
+        #[test]
+        fn $empty() {
+            empty_tables_exist($kind);
+        }
         #[test]
         fn $snap() {
             ddl_during_a_snapshot($kind);
@@ -197,19 +235,22 @@ lifecycle!(
     Kind::Parquet,
     parquet_online_schema_change,
     parquet_table_lifecycle,
-    parquet_ddl_during_a_snapshot
+    parquet_ddl_during_a_snapshot,
+    parquet_empty_tables_exist
 );
 #[cfg(feature = "delta")]
 lifecycle!(
     Kind::Delta,
     delta_online_schema_change,
     delta_table_lifecycle,
-    delta_ddl_during_a_snapshot
+    delta_ddl_during_a_snapshot,
+    delta_empty_tables_exist
 );
 #[cfg(feature = "clickhouse")]
 lifecycle!(
     Kind::ClickHouse,
     clickhouse_online_schema_change,
     clickhouse_table_lifecycle,
-    clickhouse_ddl_during_a_snapshot
+    clickhouse_ddl_during_a_snapshot,
+    clickhouse_empty_tables_exist
 );

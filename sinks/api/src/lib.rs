@@ -491,7 +491,8 @@ pub trait Sink: Send {
     async fn begin_commit(&mut self) -> Result<u64, SinkError>;
 
     /// Commit step 2: writes the batches (empty ones included: a batch with `replace` set and no
-    /// rows empties its table).
+    /// rows empties its table; any other empty batch asks that the table exist in the target,
+    /// with the batch's columns, if it does not yet: a snapshot of an empty source table).
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError>;
 
     /// Commit step 3: appends rows (never empty) to one of binlake's own tables.

@@ -762,10 +762,8 @@ impl Sink for ClickHouseSink {
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         let _ = seq; // the versions make replays idempotent; the seq is in the checkpoint row
-        for tb in batches
-            .iter()
-            .filter(|b| b.batch.num_rows() > 0 || b.replace || b.purge_below.is_some())
-        {
+                     // every batch: an empty one makes its table exist (ensure_table creates it)
+        for tb in batches {
             if let Err(e) = self.ensure_table(tb).await {
                 self.tables.remove(&tb.table.to_string());
                 return Err(e);

@@ -324,6 +324,29 @@ impl DeltaSink {
         Ok(())
     }
 
+    /// Creates the table (no rows, the batch's columns) if it does not exist: a snapshot of an
+    /// empty source table, so that readers and dbt find it.
+    async fn ensure_exists(&self, tb: &TableBatch) -> Result<(), SinkError> {
+        let name = tb.table.to_string();
+        let lock = self.locks.get(&name);
+        let _held = lock.lock().await;
+        let table = self.load(&tb.table.db, &tb.table.table).await?;
+        if table.version().is_some() {
+            return Ok(());
+        }
+        let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
+            table: tb.table.clone(),
+            message: format!("converting to Delta types: {e}"),
+        })?;
+        table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .map_err(|e| delta_err(&name, "create", e))?;
+        info!(table = %name, "empty table created");
+        Ok(())
+    }
+
     /// A keyless table's whole content (its snapshot): one overwrite commit replaces the rows
     /// of any earlier attempt that crashed before its checkpoint.
     async fn replace_content(
@@ -704,10 +727,7 @@ impl Sink for DeltaSink {
         // Tables are independent Delta tables: commit them concurrently. Batches of one table
         // (an older shape set aside by a schema change, then the new one) go in order.
         let mut per_table: Vec<Vec<&TableBatch>> = Vec::new();
-        for tb in batches
-            .iter()
-            .filter(|b| b.batch.num_rows() > 0 || b.replace || b.purge_below.is_some())
-        {
+        for tb in batches {
             match per_table.iter_mut().find(|g| g[0].table == tb.table) {
                 Some(g) => g.push(tb),
                 None => per_table.push(vec![tb]),
@@ -718,6 +738,8 @@ impl Sink for DeltaSink {
             for (n, tb) in group.into_iter().enumerate() {
                 if tb.batch.num_rows() > 0 || tb.replace {
                     this.apply(tb, seq as i64 * 1024 + n as i64).await?;
+                } else {
+                    this.ensure_exists(tb).await?;
                 }
                 if let Some(below) = tb.purge_below {
                     this.purge(&tb.table, below).await?;

@@ -189,8 +189,28 @@ impl Sink for ParquetSink {
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         let mut jobs = Vec::with_capacity(batches.len());
+        let empty: Vec<&TableBatch> = batches
+            .iter()
+            .filter(|b| b.batch.num_rows() == 0 && !b.replace && b.purge_below.is_none())
+            .collect();
+        // an empty table still gets a file (no rows, its columns), so that readers find it
+        let missing = if empty.is_empty() {
+            Default::default()
+        } else {
+            let have: std::collections::HashSet<String> = self
+                .committed_files()
+                .await?
+                .into_iter()
+                .map(|f| f.table)
+                .collect();
+            empty
+                .iter()
+                .map(|b| b.table.to_string())
+                .filter(|t| !have.contains(t))
+                .collect::<std::collections::HashSet<String>>()
+        };
         for (n, tb) in batches.iter().enumerate() {
-            if tb.batch.num_rows() > 0 {
+            if tb.batch.num_rows() > 0 || missing.contains(&tb.table.to_string()) {
                 let rel = format!(
                     "{}/{}/{}",
                     tb.table.db,
