@@ -318,6 +318,12 @@ config_keys! {
         /// `fail` (stop, naming table, column and position) or `dead_letter` (the row goes to
         /// `_binlake_rejects`).
         invalid_values: String, flag Option<String>;
+        /// When the binlog the checkpoint needs is gone (purged during a long stop, or a
+        /// failover to a server without it): `resnapshot` (the default: start from the current
+        /// position and read every table again while the stream goes on, each table's rows
+        /// replaced as it finishes, readers never seeing it empty) or `fail` (stop with the
+        /// recovery command).
+        on_position_lost: String, flag Option<String>;
         /// A commit is made at this many buffered rows (default 100000).
         max_batch_rows: usize, flag Option<usize>;
         /// ... or at this many buffered bytes, e.g. `64MiB` (the default).

@@ -490,6 +490,14 @@ impl Settings {
             .map_err(|e: crate::pipeline::UnknownPolicy| {
             key_err("invalid_values", e.to_string())
         })?;
+        let on_position_lost: crate::pipeline::OnPositionLost = c
+            .on_position_lost
+            .as_deref()
+            .unwrap_or("resnapshot")
+            .parse()
+            .map_err(|e: crate::pipeline::UnknownOnPositionLost| {
+                key_err("on_position_lost", e.to_string())
+            })?;
         let pipeline = c.pipeline.clone().unwrap_or_else(|| "default".into());
         if pipeline.is_empty()
             || !pipeline
@@ -599,6 +607,7 @@ impl Settings {
                 max_latency,
                 checkpoint_interval,
                 invalid_values,
+                on_position_lost,
                 exit_when_caught_up: c.exit_when_caught_up.unwrap_or(false),
                 start_at,
                 control_addr: c

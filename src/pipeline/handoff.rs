@@ -554,6 +554,7 @@ pub(super) async fn start_snapshots(
     cfg: &PipelineConfig,
     started: &Started,
     fresh: bool,
+    recover: Option<u64>,
     committer: &mut Committer,
 ) -> Result<Snapshotter, PipelineError> {
     let mut snap_cfg = cfg.snapshot.clone();
@@ -564,7 +565,21 @@ pub(super) async fn start_snapshots(
     let opts = &started.opts;
     let snapshotter = Snapshotter::spawn(opts.clone(), snap_cfg);
     let mut new_tables = Vec::new();
-    if cfg.start_at == StartAt::Snapshot {
+    if let Some(version) = recover {
+        // The checkpoint's binlog is gone: every selected table is read again (snapshots in
+        // progress too: what they had not read yet may have changed unseen).
+        st.snap.progress.clear();
+        st.snap.keyless_cut.clear();
+        for t in crate::snapshot::list_tables(opts, &started.src.filter).await? {
+            if !st.tables.quarantined.contains_key(&t) {
+                new_tables.push(t);
+            }
+        }
+        info!(
+            tables = new_tables.len(),
+            version, "position lost: every table is read again"
+        );
+    } else if cfg.start_at == StartAt::Snapshot {
         for t in crate::snapshot::list_tables(opts, &started.src.filter).await? {
             let seen = st.tables.versions.contains_key(&t)
                 || st.snap.loaded.contains_key(&t)
@@ -606,6 +621,14 @@ pub(super) async fn start_snapshots(
         else {
             continue;
         };
+        if let (Some(version), false) = (recover, desc.keyless()) {
+            // a re-snapshot: the target's rows stay until each key is read again, and the
+            // ones the source no longer has go when the table is done
+            let p = resnapshot_progress(version);
+            st.snap.planned(t.clone(), p.clone());
+            snapshotter.add(t, p, st.snap.read_floor());
+            continue;
+        }
         if !desc.keyless() {
             info!(table = %t, estimate = desc.estimate, "table gets an initial snapshot");
             st.snap.changed.entry(t.clone()).or_default();

@@ -59,6 +59,7 @@ pub struct PipelineConfig {
     pub max_latency: Duration,
     pub checkpoint_interval: Duration,
     pub invalid_values: InvalidPolicy,
+    pub on_position_lost: OnPositionLost,
     pub exit_when_caught_up: bool,
     pub start_at: StartAt,
     pub snapshot: crate::snapshot::SnapshotConfig,
@@ -69,6 +70,35 @@ pub struct PipelineConfig {
     pub schedules: Vec<crate::control::Scheduled>,
     /// Columns excluded or masked (see [`crate::columns`]).
     pub columns: crate::columns::ColumnRules,
+}
+
+/// What a run does when the source no longer has the binlog its checkpoint needs
+/// (`on_position_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPositionLost {
+    /// Start from the source's current position and read every selected table again while the
+    /// stream goes on (keyed tables: a re-snapshot whose end removes the rows it did not find;
+    /// keyless ones: read whole and replaced). The default: the replica converges without a
+    /// person, and no reader sees a table empty.
+    Resnapshot,
+    /// Stop, naming the recovery command.
+    Fail,
+}
+
+/// An `on_position_lost` setting that is neither policy.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}`: expected resnapshot or fail")]
+pub struct UnknownOnPositionLost(String);
+
+impl std::str::FromStr for OnPositionLost {
+    type Err = UnknownOnPositionLost;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "resnapshot" => Ok(OnPositionLost::Resnapshot),
+            "fail" => Ok(OnPositionLost::Fail),
+            _ => Err(UnknownOnPositionLost(s.to_string())),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -142,9 +172,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut sink = sink;
     let mut from = 0;
+    let mut lost = false;
     let mut total = Summary::default();
     loop {
-        match run_once(&cfg, &src, sink, from, shutdown.as_mut()).await? {
+        match run_once(&cfg, &src, sink, from, lost, shutdown.as_mut()).await? {
             Outcome::Done(s) => {
                 total.add(s);
                 return Ok(total);
@@ -154,11 +185,13 @@ pub async fn run(
                 from: next,
                 summary,
                 why,
+                position_lost,
             } => {
-                info!(reason = %why, "restarting the pipeline from the target's checkpoint");
+                info!(reason = %why, "restarting the pipeline");
                 total.add(summary);
                 sink = back;
                 from = next;
+                lost = position_lost;
             }
         }
     }
@@ -173,27 +206,40 @@ enum Outcome {
         from: usize,
         summary: Summary,
         why: String,
+        /// The source no longer has the checkpoint's binlog: the next run starts at the
+        /// current position and reads every table again (`on_position_lost = "resnapshot"`).
+        position_lost: bool,
     },
 }
 
 /// One run: from the target's checkpoint on the first fit source from `from` on, until the
-/// loop ends.
+/// loop ends. `lost`: the checkpoint's binlog is gone; the run starts at the source's current
+/// position and reads every selected table again.
 async fn run_once(
     cfg: &PipelineConfig,
     src: &SourceConfig,
     mut sink: Box<dyn Sink>,
     from: usize,
+    lost: bool,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Outcome, PipelineError> {
     let checkpoint = open_sink(sink.as_mut()).await?;
     let started = source::start::start(
         src,
-        checkpoint.as_ref().map(|c| &c.position),
+        checkpoint.as_ref().map(|c| &c.position).filter(|_| !lost),
         from,
-        &cfg.start_at,
+        if lost {
+            &StartAt::Current
+        } else {
+            &cfg.start_at
+        },
     )
     .await?;
     let fresh = checkpoint.is_none();
+    let recover = lost.then(|| started.start.version());
+    if let Some(v) = recover {
+        warn!(position = %started.start, version = v, "the checkpoint's binlog is gone (on_position_lost = resnapshot): streaming from the current position and reading every table again");
+    }
     let mut st = State::resume(checkpoint, &started, sink.date_range_days());
     let mut committer = Committer::new(sink);
 
@@ -215,7 +261,8 @@ async fn run_once(
             tx,
         ));
     }
-    let snapshotter = handoff::start_snapshots(&mut st, cfg, s, fresh, &mut committer).await?;
+    let snapshotter =
+        handoff::start_snapshots(&mut st, cfg, s, fresh, recover, &mut committer).await?;
     let (bf_tx, mut bf_rx) = mpsc::channel::<crate::control::Backfill>(8);
     // Tasks that end with this run (a restart listens again).
     let mut aux = spawn_control(cfg, s, bf_tx).await?;
@@ -238,6 +285,20 @@ async fn run_once(
     run.finish(&end).await?;
     let summary = run.summary();
     match end {
+        End::Failed(PipelineError::Source(SourceError::PositionGone { position, message }))
+            if cfg.on_position_lost == OnPositionLost::Resnapshot && !lost =>
+        {
+            src_task.abort_all();
+            aux.abort_all();
+            let Run { committer, .. } = run;
+            Ok(Outcome::Restart {
+                sink: committer.into_sink(),
+                from,
+                summary,
+                why: format!("the source no longer has the binlog at {position} ({message})"),
+                position_lost: true,
+            })
+        }
         End::Failed(e) => Err(e),
         End::Restart { from, why } => {
             src_task.abort_all();
@@ -248,6 +309,7 @@ async fn run_once(
                 from,
                 summary,
                 why,
+                position_lost: false,
             })
         }
         End::Stopped => {

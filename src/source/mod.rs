@@ -50,7 +50,7 @@ pub enum SourceError {
     Tls { context: String, message: String },
     #[error("source preflight failed:\n{0}")]
     Preflight(String),
-    #[error("the source cannot serve the requested position {position}: {message}. The binlogs it needs may have been purged: start again with --start-at (the table needs a fresh load).")]
+    #[error("the source cannot serve the requested position {position}: {message}. The binlogs it needs have been purged (or this server never had them). To recover, run replicate once with `--on-position-lost resnapshot` (or set on_position_lost = \"resnapshot\"): it streams from the current position and reads every table again, replacing each table's rows as it finishes.")]
     PositionGone { position: String, message: String },
     #[error("source server error {code} ({context}): {message}")]
     Server {

@@ -189,6 +189,25 @@ impl Sink for ParquetSink {
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         let mut jobs = Vec::with_capacity(batches.len());
+        // A keyless table's whole content (`replace`) over rows already committed: an
+        // append-only changelog cannot drop them without rewriting or hiding committed files.
+        if batches.iter().any(|b| b.replace) {
+            let committed: std::collections::HashSet<String> = self
+                .committed_files()
+                .await?
+                .into_iter()
+                .map(|f| f.table)
+                .collect();
+            if let Some(b) = batches
+                .iter()
+                .find(|b| b.replace && committed.contains(&b.table.to_string()))
+            {
+                return Err(SinkError::Table {
+                    table: b.table.clone(),
+                    message: "its content must be replaced (it was read again whole: a lost binlog position), but a Parquet lake holds a keyless table as an append-only changelog, which cannot drop the rows it has. The table is stopped; the others go on. Rebuild it: delete its folder and restart (a table the target has never seen is read again)".into(),
+                });
+            }
+        }
         let empty: Vec<&TableBatch> = batches
             .iter()
             .filter(|b| b.batch.num_rows() == 0 && !b.replace && b.purge_below.is_none())
