@@ -173,28 +173,9 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
         }
         return out;
     }
-    if !kw(0, "ALTER") {
-        return Vec::new();
-    }
-    i = 1;
-    while kw(i, "ONLINE") || kw(i, "OFFLINE") || kw(i, "IGNORE") {
-        i += 1;
-    }
-    if !kw(i, "TABLE") {
-        return Vec::new();
-    }
-    i += 1;
-    if kw(i, "IF") && kw(i + 1, "EXISTS") {
-        i += 2;
-    }
-    let Some(table) = table_name(&toks, &mut i, db) else {
+    let Some((table, i)) = alter_table(&toks, db) else {
         return Vec::new();
     };
-    if kw(i, "WAIT") {
-        i += 2;
-    } else if kw(i, "NOWAIT") {
-        i += 1;
-    }
     let mut out = Vec::new();
     for c in clauses(&toks[i..]) {
         let k = |j: usize, w: &str| c.get(j).is_some_and(|t| t.is_kw(w));
@@ -204,23 +185,7 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
             let explicit = k(j, "COLUMN");
             if explicit {
                 j += 1;
-            } else if [
-                "PRIMARY",
-                "INDEX",
-                "KEY",
-                "FOREIGN",
-                "CONSTRAINT",
-                "CHECK",
-                "PARTITION",
-                "PERIOD",
-                "SYSTEM",
-                "UNIQUE",
-                "FULLTEXT",
-                "SPATIAL",
-            ]
-            .iter()
-            .any(|w| k(j, w))
-            {
+            } else if NOT_A_COLUMN.iter().any(|w| k(j, w)) {
                 continue;
             }
             if k(j, "IF") && k(j + 1, "EXISTS") {
@@ -285,29 +250,9 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
 /// `AUTO_INCREMENT`, or a generated column), with the reason.
 pub fn reread_ddl(db: &str, sql: &str) -> Vec<(TableId, &'static str)> {
     let toks = tokenize(sql);
-    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
-    if !kw(0, "ALTER") {
-        return Vec::new();
-    }
-    let mut i = 1;
-    while kw(i, "ONLINE") || kw(i, "OFFLINE") || kw(i, "IGNORE") {
-        i += 1;
-    }
-    if !kw(i, "TABLE") {
-        return Vec::new();
-    }
-    i += 1;
-    if kw(i, "IF") && kw(i + 1, "EXISTS") {
-        i += 2;
-    }
-    let Some(table) = table_name(&toks, &mut i, db) else {
+    let Some((table, i)) = alter_table(&toks, db) else {
         return Vec::new();
     };
-    if kw(i, "WAIT") {
-        i += 2;
-    } else if kw(i, "NOWAIT") {
-        i += 1;
-    }
     for c in clauses(&toks[i..]) {
         let k = |j: usize, w: &str| c.get(j).is_some_and(|t| t.is_kw(w));
         if !k(0, "ADD") {
@@ -316,23 +261,7 @@ pub fn reread_ddl(db: &str, sql: &str) -> Vec<(TableId, &'static str)> {
         let mut j = 1;
         if k(j, "COLUMN") {
             j += 1;
-        } else if [
-            "PRIMARY",
-            "INDEX",
-            "KEY",
-            "FOREIGN",
-            "CONSTRAINT",
-            "CHECK",
-            "PARTITION",
-            "PERIOD",
-            "SYSTEM",
-            "UNIQUE",
-            "FULLTEXT",
-            "SPATIAL",
-        ]
-        .iter()
-        .any(|w| k(j, w))
-        {
+        } else if NOT_A_COLUMN.iter().any(|w| k(j, w)) {
             continue;
         }
         if k(j, "IF") && k(j + 1, "NOT") && k(j + 2, "EXISTS") {
@@ -357,6 +286,49 @@ fn fills_existing_rows(def: &[Tok]) -> bool {
             || (kw(j, "AS") && def.get(j + 1) == Some(&Tok::Punct('(')))
             || (kw(j, "DEFAULT") && !kw(j + 1, "NULL"))
     })
+}
+
+/// The words after ADD or DROP that name something other than a column.
+const NOT_A_COLUMN: [&str; 12] = [
+    "PRIMARY",
+    "INDEX",
+    "KEY",
+    "FOREIGN",
+    "CONSTRAINT",
+    "CHECK",
+    "PARTITION",
+    "PERIOD",
+    "SYSTEM",
+    "UNIQUE",
+    "FULLTEXT",
+    "SPATIAL",
+];
+
+/// `ALTER [ONLINE|OFFLINE|IGNORE] TABLE [IF EXISTS] name [WAIT n|NOWAIT]`: the table and where
+/// its clauses start.
+fn alter_table(toks: &[Tok], db: &str) -> Option<(TableId, usize)> {
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
+    if !kw(0, "ALTER") {
+        return None;
+    }
+    let mut i = 1;
+    while kw(i, "ONLINE") || kw(i, "OFFLINE") || kw(i, "IGNORE") {
+        i += 1;
+    }
+    if !kw(i, "TABLE") {
+        return None;
+    }
+    i += 1;
+    if kw(i, "IF") && kw(i + 1, "EXISTS") {
+        i += 2;
+    }
+    let table = table_name(toks, &mut i, db)?;
+    if kw(i, "WAIT") {
+        i += 2;
+    } else if kw(i, "NOWAIT") {
+        i += 1;
+    }
+    Some((table, i))
 }
 
 /// The clauses of an ALTER TABLE after the table name, split at commas outside parentheses.

@@ -284,41 +284,34 @@ async fn run_once(
         .await?;
     run.finish(&end).await?;
     let summary = run.summary();
-    match end {
+    // (next server, why, position lost) for a run that starts again with the sink handed back
+    let again = match end {
         End::Failed(PipelineError::Source(SourceError::PositionGone { position, message }))
             if cfg.on_position_lost == OnPositionLost::Resnapshot && !lost =>
         {
-            src_task.abort_all();
-            aux.abort_all();
-            let Run { committer, .. } = run;
-            Ok(Outcome::Restart {
-                sink: committer.into_sink(),
-                from,
-                summary,
-                why: format!("the source no longer has the binlog at {position} ({message})"),
-                position_lost: true,
-            })
+            let why = format!("the source no longer has the binlog at {position} ({message})");
+            (from, why, true)
         }
-        End::Failed(e) => Err(e),
-        End::Restart { from, why } => {
-            src_task.abort_all();
-            aux.abort_all();
-            let Run { committer, .. } = run;
-            Ok(Outcome::Restart {
-                sink: committer.into_sink(),
-                from,
-                summary,
-                why,
-                position_lost: false,
-            })
-        }
+        End::Failed(e) => return Err(e),
+        End::Restart { from, why } => (from, why, false),
         End::Stopped => {
             for (t, n) in &run.st.intake.invalid_by_table {
                 warn!(table = %t, count = n, policy = ?cfg.invalid_values, "invalid values handled by policy");
             }
-            Ok(Outcome::Done(summary))
+            return Ok(Outcome::Done(summary));
         }
-    }
+    };
+    src_task.abort_all();
+    aux.abort_all();
+    let Run { committer, .. } = run;
+    let (from, why, position_lost) = again;
+    Ok(Outcome::Restart {
+        sink: committer.into_sink(),
+        from,
+        summary,
+        why,
+        position_lost,
+    })
 }
 
 /// The control endpoint (backfill requests), if configured, and the backfill schedules.

@@ -13,6 +13,32 @@ use std::time::Duration;
 use crate::conformance::{Kind, Target};
 use crate::harness::*;
 
+/// A fresh source and target for one case.
+fn setup(kind: Kind, name: &str) -> (TestDir, Target, Maria) {
+    let dir = TestDir::new(name);
+    let t = Target::new(kind, &dir, &name.replace('_', ""));
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    (dir, t, m)
+}
+
+/// `replicate` of `cf.*` into `t` from a snapshot (`--start-at snapshot`), then `extra`.
+fn from_snapshot<'a>(url: &'a str, t: &'a Target, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "replicate",
+        "--source",
+        url,
+        "--tables",
+        "cf.*",
+        "--target",
+        &t.target,
+        "--start-at",
+        "snapshot",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(t.sink_args());
+    args
+}
+
 /// Writes to `cf.users` (inserts, updates, deletes) until `stop`, one short transaction at a
 /// time, through the mariadb client; returns how many statements ran.
 fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -44,9 +70,7 @@ fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
 }
 
 fn online_schema_change(kind: Kind) {
-    let dir = TestDir::new("lc_osc");
-    let t = Target::new(kind, &dir, "lcosc");
-    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let (_dir, t, m) = setup(kind, "lc_osc");
     m.sql("CREATE DATABASE cf; CREATE TABLE cf.users (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT);");
     m.sql("INSERT INTO cf.users (name, n) SELECT CONCAT('u', seq), seq FROM cf.seq_1_to_2000;");
     let url = m.url();
@@ -96,9 +120,7 @@ fn online_schema_change(kind: Kind) {
 }
 
 fn table_lifecycle(kind: Kind) {
-    let dir = TestDir::new("lc_ddl");
-    let t = Target::new(kind, &dir, "lcddl");
-    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let (_dir, t, m) = setup(kind, "lc_ddl");
     m.sql("CREATE DATABASE cf; CREATE DATABASE other; CREATE TABLE cf.t (id INT PRIMARY KEY, a VARCHAR(20)); INSERT INTO cf.t VALUES (1, 'one'), (2, 'two'), (3, 'three');");
     m.sql("CREATE TABLE other.staging (id INT PRIMARY KEY, v INT); INSERT INTO other.staging VALUES (1, 10), (2, 20);");
     t.catch_up(&m, "cf.*", &[]);
@@ -131,25 +153,12 @@ fn table_lifecycle(kind: Kind) {
 /// holds its consistent read open (the `snapshot-race` failpoint): the snapshot starts again in
 /// the new shape, and the replica ends equal, nothing stopped.
 fn ddl_during_a_snapshot(kind: Kind) {
-    let dir = TestDir::new("lc_snap");
-    let t = Target::new(kind, &dir, "lcsnap");
-    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let (dir, t, m) = setup(kind, "lc_snap");
     m.sql("CREATE DATABASE cf; CREATE TABLE cf.big (id INT PRIMARY KEY, v INT NOT NULL);");
     m.sql("INSERT INTO cf.big SELECT seq, seq FROM cf.seq_1_to_5000;");
     let gate = dir.path("gate");
     let url = m.url();
-    let mut args = vec![
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "cf.*",
-        "--target",
-        &t.target,
-        "--start-at",
-        "snapshot",
-    ];
-    args.extend(t.sink_args());
+    let args = from_snapshot(&url, &t, &[]);
     let r = spawn_binlake_env(
         &args,
         &[
@@ -180,24 +189,10 @@ fn ddl_during_a_snapshot(kind: Kind) {
 /// documented reader (DuckDB's current-state query for Parquet, the Delta table, the ClickHouse
 /// view) finds it and sees it empty.
 fn empty_tables_exist(kind: Kind) {
-    let dir = TestDir::new("lc_empty");
-    let t = Target::new(kind, &dir, "lcempty");
-    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let (_dir, t, m) = setup(kind, "lc_empty");
     m.sql("CREATE DATABASE cf; CREATE TABLE cf.empty (id INT PRIMARY KEY, v VARCHAR(10)); CREATE TABLE cf.full (id INT PRIMARY KEY); INSERT INTO cf.full VALUES (1);");
     let url = m.url();
-    let mut args = vec![
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "cf.*",
-        "--target",
-        &t.target,
-        "--start-at",
-        "snapshot",
-        "--exit-when-caught-up",
-    ];
-    args.extend(t.sink_args());
+    let args = from_snapshot(&url, &t, &["--exit-when-caught-up"]);
     let out = binlake(&args, Duration::from_secs(120));
     assert!(out.status.success(), "{}", stderr(&out));
     let mut reader = t.reader();
@@ -216,9 +211,7 @@ fn empty_tables_exist(kind: Kind) {
 /// replica ends equal (deleted keys gone, the keyless table replaced, not doubled; a Parquet
 /// lake's keyless changelog cannot be replaced, so that one table stops instead).
 fn lost_position_is_recovered(kind: Kind) {
-    let dir = TestDir::new("lc_lost");
-    let t = Target::new(kind, &dir, "lclost");
-    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let (_dir, t, m) = setup(kind, "lc_lost");
     m.sql("CREATE DATABASE cf; CREATE TABLE cf.t (id INT PRIMARY KEY, v INT); CREATE TABLE cf.log (n INT);");
     m.sql("INSERT INTO cf.t SELECT seq, seq FROM cf.seq_1_to_300; INSERT INTO cf.log VALUES (1), (2);");
     t.catch_up(&m, "cf.*", &[]);

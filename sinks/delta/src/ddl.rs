@@ -40,11 +40,7 @@ impl DeltaSink {
             table: table_id(name),
             message: format!("{what}: {e}"),
         };
-        let schema = table
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
+        let schema = schema_of(&table, name)?;
         let exprs: Vec<Expr> = schema.fields().iter().filter_map(|f| column(f)).collect();
         // deltalake's session: its planner executes the write's own plan nodes
         let ctx = deltalake::delta_datafusion::create_session().into_inner();
@@ -96,11 +92,7 @@ impl DeltaSink {
     /// DROP COLUMN: the table is rewritten without it. Idempotent: a column already gone is
     /// nothing to do.
     async fn drop_column(&self, t: DeltaTable, name: &str, column: &str) -> Result<(), SinkError> {
-        let schema = t
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
+        let schema = schema_of(&t, name)?;
         let Some(stored) = find_column(&schema, column) else {
             debug!(table = %name, column, "DROP COLUMN: not in the Delta table (already applied)");
             return Ok(());
@@ -122,11 +114,7 @@ impl DeltaSink {
         from: &str,
         to: &str,
     ) -> Result<(), SinkError> {
-        let schema = t
-            .snapshot()
-            .map_err(|e| delta_err(name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
+        let schema = schema_of(&t, name)?;
         let old = find_column(&schema, from);
         let new = schema.field_with_name(to).ok().map(|f| f.name().clone());
         let Some(old) = old else {
@@ -160,11 +148,7 @@ impl DeltaSink {
     ) -> Result<(DeltaTable, RecordBatch), SinkError> {
         let name = tb.table.to_string();
         let mut table = table;
-        let mut existing = table
-            .snapshot()
-            .map_err(|e| delta_err(&name, "snapshot", e))?
-            .snapshot()
-            .arrow_schema();
+        let mut existing = schema_of(&table, &name)?;
         // Rows from before a widening, replayed after a crash: cast up to the table's type
         // (exact, by the same rule).
         let batch = match narrower_than_table(&batch, &existing) {
@@ -209,11 +193,7 @@ impl DeltaSink {
                     })
                 })
                 .await?;
-            existing = table
-                .snapshot()
-                .map_err(|e| delta_err(&name, "snapshot", e))?
-                .snapshot()
-                .arrow_schema();
+            existing = schema_of(&table, &name)?;
         }
         // A widening MODIFY COLUMN (INT to BIGINT, DECIMAL(10,2) to DECIMAL(20,4), ...): the
         // stored values are rewritten exactly into the new type first, in a commit of their own
@@ -242,11 +222,7 @@ impl DeltaSink {
                     })
                 })
                 .await?;
-            existing = table
-                .snapshot()
-                .map_err(|e| delta_err(&name, "snapshot", e))?
-                .snapshot()
-                .arrow_schema();
+            existing = schema_of(&table, &name)?;
         }
         // The source type in the column metadata changes with a MODIFY (VARCHAR(10) to
         // VARCHAR(200) keeps the Delta type): a metadata-only commit keeps it true, and MERGE,
@@ -416,6 +392,15 @@ fn check_evolution(
         }
     }
     Ok(())
+}
+
+/// The Arrow schema of the table's current version.
+fn schema_of(table: &DeltaTable, name: &str) -> Result<arrow_schema::SchemaRef, SinkError> {
+    Ok(table
+        .snapshot()
+        .map_err(|e| delta_err(name, "snapshot", e))?
+        .snapshot()
+        .arrow_schema())
 }
 
 /// The stored column a DDL statement names: exact, else the one that matches ignoring case
