@@ -171,6 +171,18 @@ impl Drop for Maria {
     }
 }
 
+/// Waits (at most 60 s) until the `snapshot-race` failpoint holds a read open (`<gate>.ready`).
+pub fn wait_for_failpoint(gate: &str) {
+    let start = Instant::now();
+    while !std::path::Path::new(&format!("{gate}.ready")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the failpoint did not fire"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `binlake ARGS`, waiting at most `timeout`.
 pub fn binlake(args: &[&str], timeout: Duration) -> Output {
     binlake_env(args, &[], timeout)

@@ -166,14 +166,7 @@ fn ddl_during_a_snapshot(kind: Kind) {
             ("BINLAKE_FAILPOINT_FILE", &gate),
         ],
     );
-    let start = std::time::Instant::now();
-    while !std::path::Path::new(&format!("{gate}.ready")).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the failpoint did not fire"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_failpoint(&gate);
     m.sql("ALTER TABLE cf.big ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark'; UPDATE cf.big SET v = -v, theme = 'light' WHERE id <= 10; DELETE FROM cf.big WHERE id BETWEEN 11 AND 20;");
     std::fs::write(&gate, "").unwrap();
     std::thread::sleep(Duration::from_secs(3));

@@ -576,14 +576,7 @@ fn a_change_committed_while_a_chunk_reads_is_not_lost() {
             ("BINLAKE_FAILPOINT_FILE", &gate),
         ],
     );
-    let start = Instant::now();
-    while !std::path::Path::new(&format!("{gate}.ready")).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the failpoint did not fire"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_failpoint(&gate);
     m.sql("UPDATE shop.t SET v = 'new' WHERE id IN (5, 50); DELETE FROM shop.t WHERE id = 7;");
     std::fs::write(&gate, "").unwrap();
     wait_equal(&m, &target, "shop.t", &[], Duration::from_secs(60));

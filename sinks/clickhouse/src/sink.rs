@@ -345,11 +345,7 @@ impl ClickHouseSink {
                     // a key column (the table's ORDER BY): the table is created again in the
                     // new shape, and the re-read fills it
                     info!(table = %name, column = %c, error = %e, "column cannot be dropped; the table is created again in its new shape");
-                    self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
-                        .await
-                        .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
-                    self.tables.remove(&name);
-                    return Box::pin(self.ensure_table(tb)).await;
+                    return self.recreate(tb).await;
                 }
                 info!(table = %name, column = %c, "column dropped: the table takes the source's new shape");
             }
@@ -403,11 +399,7 @@ impl ClickHouseSink {
                             });
                         }
                         info!(table = %name, column = %n, "key column retyped: the table is created again in its new shape");
-                        self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
-                            .await
-                            .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
-                        self.tables.remove(&name);
-                        return Box::pin(self.ensure_table(tb)).await;
+                        return self.recreate(tb).await;
                     }
                     info!(table = %name, column = %n, from = %old, to = %ty, "column widened");
                     altered = true;
@@ -423,6 +415,17 @@ impl ClickHouseSink {
         debug!(table = %name, columns = want.len(), "table ready");
         self.tables.insert(name, want);
         Ok(())
+    }
+
+    /// Drops the table and creates it in the batch's shape (a re-read, or an emptied table, whose
+    /// new shape ClickHouse cannot reach by ALTER: a key column changed).
+    async fn recreate(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
+        let t = &tb.table;
+        self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
+            .await
+            .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
+        self.tables.remove(&t.to_string());
+        Box::pin(self.ensure_table(tb)).await
     }
 
     /// True when the table holds no rows at all (emptied by TRUNCATE or DROP TABLE).

@@ -189,45 +189,37 @@ impl Sink for ParquetSink {
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         let mut jobs = Vec::with_capacity(batches.len());
+        let empty =
+            |b: &&TableBatch| b.batch.num_rows() == 0 && !b.replace && b.purge_below.is_none();
+        // The tables the log has files of, when a batch needs to know.
+        let committed: std::collections::HashSet<String> =
+            if batches.iter().any(|b| b.replace || empty(&b)) {
+                self.committed_files()
+                    .await?
+                    .into_iter()
+                    .map(|f| f.table)
+                    .collect()
+            } else {
+                Default::default()
+            };
         // A keyless table's whole content (`replace`) over rows already committed: an
         // append-only changelog cannot drop them without rewriting or hiding committed files.
-        if batches.iter().any(|b| b.replace) {
-            let committed: std::collections::HashSet<String> = self
-                .committed_files()
-                .await?
-                .into_iter()
-                .map(|f| f.table)
-                .collect();
-            if let Some(b) = batches
-                .iter()
-                .find(|b| b.replace && committed.contains(&b.table.to_string()))
-            {
-                return Err(SinkError::Table {
-                    table: b.table.clone(),
-                    message: "its content must be replaced (it was read again whole: a lost binlog position), but a Parquet lake holds a keyless table as an append-only changelog, which cannot drop the rows it has. The table is stopped; the others go on. Rebuild it: delete its folder and restart (a table the target has never seen is read again)".into(),
-                });
-            }
-        }
-        let empty: Vec<&TableBatch> = batches
+        if let Some(b) = batches
             .iter()
-            .filter(|b| b.batch.num_rows() == 0 && !b.replace && b.purge_below.is_none())
-            .collect();
+            .find(|b| b.replace && committed.contains(&b.table.to_string()))
+        {
+            return Err(SinkError::Table {
+                table: b.table.clone(),
+                message: "its content must be replaced (it was read again whole: a lost binlog position), but a Parquet lake holds a keyless table as an append-only changelog, which cannot drop the rows it has. The table is stopped; the others go on. Rebuild it: delete its folder and restart (a table the target has never seen is read again)".into(),
+            });
+        }
         // an empty table still gets a file (no rows, its columns), so that readers find it
-        let missing = if empty.is_empty() {
-            Default::default()
-        } else {
-            let have: std::collections::HashSet<String> = self
-                .committed_files()
-                .await?
-                .into_iter()
-                .map(|f| f.table)
-                .collect();
-            empty
-                .iter()
-                .map(|b| b.table.to_string())
-                .filter(|t| !have.contains(t))
-                .collect::<std::collections::HashSet<String>>()
-        };
+        let missing: std::collections::HashSet<String> = batches
+            .iter()
+            .filter(empty)
+            .map(|b| b.table.to_string())
+            .filter(|t| !committed.contains(t))
+            .collect();
         for (n, tb) in batches.iter().enumerate() {
             if tb.batch.num_rows() > 0 || missing.contains(&tb.table.to_string()) {
                 let rel = format!(
