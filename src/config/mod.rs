@@ -40,6 +40,19 @@ fn key_err(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Setting `key` (its value, or `default` when unset) parsed; a bad value is an error naming
+/// the key.
+fn choice<T>(key: &'static str, value: Option<&str>, default: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e: T::Err| key_err(key, e.to_string()))
+}
+
 /// Tables: one pattern, a comma-separated list, or a TOML array.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -450,12 +463,7 @@ impl Settings {
             crate::source::parse_url(u).map_err(|e| key_err(e.key(), e.to_string()))?;
         }
         let url = urls[0].clone();
-        let mode: crate::source::SourceMode = c
-            .mode
-            .as_deref()
-            .unwrap_or("failover")
-            .parse()
-            .map_err(|m: crate::source::BadSetting| key_err("mode", m.to_string()))?;
+        let mode: crate::source::SourceMode = choice("mode", c.mode.as_deref(), "failover")?;
         let patterns: Vec<String> = match &c.tables {
             None => vec![],
             Some(Patterns::One(s)) => vec![s.clone()],
@@ -476,28 +484,14 @@ impl Settings {
             .target
             .clone()
             .ok_or_else(|| key_err("target", "required: a directory or s3://bucket/prefix"))?;
-        let start_at: StartAt = c
-            .start_at
-            .as_deref()
-            .unwrap_or("snapshot")
-            .parse()
-            .map_err(|m: crate::source::BadSetting| key_err("start_at", m.to_string()))?;
-        let invalid_values: InvalidPolicy = c
-            .invalid_values
-            .as_deref()
-            .unwrap_or("null")
-            .parse()
-            .map_err(|e: crate::pipeline::UnknownPolicy| {
-            key_err("invalid_values", e.to_string())
-        })?;
-        let on_position_lost: crate::pipeline::OnPositionLost = c
-            .on_position_lost
-            .as_deref()
-            .unwrap_or("resnapshot")
-            .parse()
-            .map_err(|e: crate::pipeline::UnknownOnPositionLost| {
-                key_err("on_position_lost", e.to_string())
-            })?;
+        let start_at: StartAt = choice("start_at", c.start_at.as_deref(), "snapshot")?;
+        let invalid_values: InvalidPolicy =
+            choice("invalid_values", c.invalid_values.as_deref(), "null")?;
+        let on_position_lost: crate::pipeline::OnPositionLost = choice(
+            "on_position_lost",
+            c.on_position_lost.as_deref(),
+            "resnapshot",
+        )?;
         let pipeline = c.pipeline.clone().unwrap_or_else(|| "default".into());
         if pipeline.is_empty()
             || !pipeline
