@@ -489,12 +489,6 @@ pub(super) fn resnapshot_progress(version: u64) -> SnapshotProgress {
     p
 }
 
-/// [`reread`], handed to the readers at once.
-pub(super) fn resnapshot(st: &mut State, snapshotter: &Snapshotter, t: &TableId, version: u64) {
-    reread(st, t, version);
-    restart_snapshots(st, snapshotter);
-}
-
 /// Hands the readers the re-snapshots [`reread`] queued (dropping queued reads of the plans
 /// they replace).
 pub(super) fn restart_snapshots(st: &mut State, snapshotter: &Snapshotter) {

@@ -25,7 +25,7 @@ use super::commit::{
     time_due, Committer,
 };
 use super::ddl::{ddl_steps, DdlStep};
-use super::handoff::{after_stream_moved, queue_backfill, resnapshot, restart_snapshots, KEYLESS};
+use super::handoff::{after_stream_moved, queue_backfill, reread, restart_snapshots, KEYLESS};
 use super::intake::{changes_shape, take_txn};
 use super::state::State;
 use super::{PipelineConfig, PipelineError, Summary};
@@ -221,7 +221,7 @@ impl<'a> Run<'a> {
         let ours = txn.via == self.via;
         let filter = self.filter;
         let steps = ddl_steps(&txn.ddl, filter);
-        let mut reread = Vec::new();
+        let mut to_reread = Vec::new();
         if !steps.is_empty() {
             commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
             for step in steps {
@@ -231,12 +231,12 @@ impl<'a> Run<'a> {
                             .await?;
                         // a snapshot running was planned in the old shape: it starts again
                         if self.st.snap.progress.contains_key(&table) {
-                            reread.push(table);
+                            to_reread.push(table);
                         }
                     }
                     DdlStep::Reread(table, why) => {
                         info!(table = %table, why, "the table is read again (re-snapshot)");
-                        reread.push(table);
+                        to_reread.push(table);
                     }
                 }
             }
@@ -251,9 +251,10 @@ impl<'a> Run<'a> {
         if let Err(e) = take_txn(&mut self.st, self.cfg, txn) {
             return Ok(Some(End::Failed(e)));
         }
-        // Read after the statement (the read floor is past it), versioned above it.
-        for t in reread {
-            resnapshot(&mut self.st, &self.snapshotter, &t, txn_version);
+        // Read after the statement (handed to the readers by the loop, with a read floor past
+        // it), versioned above it.
+        for t in to_reread {
+            reread(&mut self.st, &t, txn_version);
         }
         if let Err(e) = after_stream_moved(&mut self.st, self.cfg) {
             return Ok(Some(End::Failed(e)));
@@ -325,7 +326,7 @@ impl<'a> Run<'a> {
                     // the stream has not reached yet): read it again in its current shape.
                     warn!(%table, %error, "the table changed while its snapshot ran: it is read again");
                     let version = self.st.progress.position.version();
-                    super::handoff::reread(&mut self.st, &table, version);
+                    reread(&mut self.st, &table, version);
                     return Ok(None);
                 }
                 error!(%table, %error, "snapshot failed: the table is stopped (quarantined); the other tables go on");
