@@ -18,7 +18,8 @@ use axum::http::StatusCode;
 use axum::routing;
 use axum::Router;
 use prometheus::{
-    Counter, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Counter, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -31,6 +32,9 @@ pub struct Applied {
     pub bytes: u64,
     /// Source commit time (µs) of the newest change of the table in the commit (0: none).
     pub last_commit_us: i64,
+    /// Commit time (µs clock, see `Transaction::clock_us`) of the oldest change of the table in
+    /// the commit (0: none).
+    pub first_clock_us: i64,
 }
 
 /// binlake's metrics, in their own registry (what `/metrics` serves).
@@ -41,6 +45,9 @@ pub struct Metrics {
     bytes: IntCounterVec,
     batches: IntCounterVec,
     table_lag: GaugeVec,
+    /// Source commit to durable in the target, per table (one observation per table and
+    /// commit: its oldest change, the commit's worst case).
+    commit_to_visible: HistogramVec,
     snapshot_rows: GaugeVec,
     snapshot_estimate: GaugeVec,
     /// Tables whose snapshot gauges are set (removed when their snapshot ends).
@@ -102,6 +109,21 @@ impl Metrics {
                 "binlake_table_lag_seconds",
                 "Source commit to visible in the target, of the table's last applied change.",
             ),
+            commit_to_visible: {
+                let v = HistogramVec::new(
+                    HistogramOpts::new(
+                        "binlake_table_commit_to_visible_seconds",
+                        "Source commit to durably committed in the target, of the oldest change of the table in each commit (the commit's worst case): alert on its quantiles for freshness SLOs.",
+                    )
+                    .buckets(vec![
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    ]),
+                    &["table"],
+                )
+                .expect("metric");
+                registry.register(Box::new(v.clone())).expect("register");
+                v
+            },
             snapshot_rows: table_gauge(
                 "binlake_snapshot_rows",
                 "Rows read by the table's snapshot in progress.",
@@ -180,6 +202,11 @@ impl Metrics {
                 .inc_by(a.transactions);
             self.bytes.with_label_values(&t).inc_by(a.bytes);
             self.batches.with_label_values(&t).inc();
+            if a.first_clock_us > 0 {
+                self.commit_to_visible
+                    .with_label_values(&t)
+                    .observe(((now_us - a.first_clock_us) as f64 / 1e6).max(0.0));
+            }
             let lag = self.table_lag.with_label_values(&t);
             if a.last_commit_us > 0 {
                 lag.set(((now_us - a.last_commit_us) as f64 / 1e6).max(0.0));

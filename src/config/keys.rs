@@ -330,6 +330,12 @@ config_keys! {
         max_batch_bytes: Size, flag Option<String>;
         /// ... or when the oldest buffered change is this old, e.g. `1s` (the default), `500ms`.
         max_latency: String, flag Option<String>;
+        /// When the source has nothing more to send (it is drained at a transaction boundary),
+        /// what is buffered is committed at once, but never sooner than this after the last
+        /// commit started (the floor that keeps a steady trickle from becoming one commit per
+        /// transaction). Default per sink: `50ms` ClickHouse, `100ms` Parquet, `200ms` Delta.
+        /// `max_latency` stays the bound under load.
+        min_commit_interval: String, flag Option<String>;
         /// The checkpoint is committed at least this often while the source is idle (default
         /// `10s`).
         checkpoint_interval: String, flag Option<String>;

@@ -512,6 +512,11 @@ impl Settings {
             None => 64 << 20,
         };
         let max_latency = parse_duration("max_latency", c.max_latency.as_deref().unwrap_or("1s"))?;
+        let min_commit_interval = c
+            .min_commit_interval
+            .as_deref()
+            .map(|v| parse_duration("min_commit_interval", v))
+            .transpose()?;
         let checkpoint_interval = parse_duration(
             "checkpoint_interval",
             c.checkpoint_interval.as_deref().unwrap_or("10s"),
@@ -599,6 +604,7 @@ impl Settings {
                 max_batch_rows,
                 max_batch_bytes,
                 max_latency,
+                min_commit_interval,
                 checkpoint_interval,
                 invalid_values,
                 on_position_lost,

@@ -244,6 +244,41 @@ pub fn table_ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {
     out
 }
 
+/// `CREATE [OR REPLACE] TABLE [IF NOT EXISTS] name ...` (not a TEMPORARY table, which the
+/// binlog does not carry rows of): the table, and whether it replaces one of that name (MariaDB's
+/// `OR REPLACE`, a DROP TABLE and a CREATE in one statement).
+pub fn created_table(db: &str, sql: &str) -> Option<(TableId, bool)> {
+    let toks = tokenize(sql);
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
+    if !kw(0, "CREATE") {
+        return None;
+    }
+    let mut i = 1;
+    let replaces = kw(i, "OR") && kw(i + 1, "REPLACE");
+    if replaces {
+        i += 2;
+    }
+    if !kw(i, "TABLE") {
+        return None; // TEMPORARY TABLE, VIEW, INDEX, DATABASE...
+    }
+    i += 1;
+    if kw(i, "IF") && kw(i + 1, "NOT") && kw(i + 2, "EXISTS") {
+        i += 3;
+    }
+    table_name(&toks, &mut i, db).map(|t| (t, replaces))
+}
+
+/// `DROP {DATABASE|SCHEMA} [IF EXISTS] name`: the database.
+pub fn dropped_database(sql: &str) -> Option<String> {
+    let toks = tokenize(sql);
+    let kw = |i: usize, k: &str| toks.get(i).is_some_and(|t| t.is_kw(k));
+    if !(kw(0, "DROP") && (kw(1, "DATABASE") || kw(1, "SCHEMA"))) {
+        return None;
+    }
+    let i = if kw(2, "IF") && kw(3, "EXISTS") { 4 } else { 2 };
+    toks.get(i).and_then(Tok::name).map(str::to_string)
+}
+
 /// The tables statement `sql`, run in database `db`, changes without row events, so the
 /// target must read them again (see the pipeline's re-snapshot): `ALTER TABLE ... ADD COLUMN`
 /// whose existing rows get a value other than NULL (a `DEFAULT` other than NULL, `NOT NULL`,
@@ -384,6 +419,38 @@ mod tests {
         ] {
             assert!(reread_ddl("s", sql).is_empty(), "{sql}");
         }
+    }
+
+    #[test]
+    fn created_tables_and_dropped_databases() {
+        let t = |d: &str, n: &str| TableId::new(d, n);
+        assert_eq!(
+            created_table("s", "CREATE TABLE t (a INT PRIMARY KEY)"),
+            Some((t("s", "t"), false))
+        );
+        assert_eq!(
+            created_table("s", "create table if not exists `x`.`t 1` like s.u"),
+            Some((t("x", "t 1"), false))
+        );
+        assert_eq!(
+            created_table("s", "CREATE OR REPLACE TABLE t2 AS SELECT 1"),
+            Some((t("s", "t2"), true))
+        );
+        for sql in [
+            "CREATE TEMPORARY TABLE t (a INT)",
+            "CREATE VIEW v AS SELECT 1",
+            "CREATE INDEX i ON t (a)",
+            "CREATE DATABASE d",
+            "ALTER TABLE t ADD c INT",
+        ] {
+            assert_eq!(created_table("s", sql), None, "{sql}");
+        }
+        assert_eq!(dropped_database("DROP DATABASE shop"), Some("shop".into()));
+        assert_eq!(
+            dropped_database("drop schema if exists `a.b`"),
+            Some("a.b".into())
+        );
+        assert_eq!(dropped_database("DROP TABLE shop"), None);
     }
 
     fn ddl(db: &str, sql: &str) -> Vec<(TableId, DdlKind)> {

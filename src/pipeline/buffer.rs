@@ -302,6 +302,9 @@ pub struct TableBuffer {
     pub last_change: Option<(u64, i64, Arc<Provenance>)>,
     /// Source transactions with binlog changes in the buffer (for metrics).
     pub txns: u64,
+    /// Commit time (µs clock, see `Transaction::clock_us`) of the oldest binlog change
+    /// buffered, 0 for none: the freshness histogram measures from it.
+    pub first_clock_us: i64,
 }
 
 impl TableBuffer {
@@ -337,6 +340,7 @@ impl TableBuffer {
             oldest: None,
             last_change: None,
             txns: 0,
+            first_clock_us: 0,
         })
     }
 

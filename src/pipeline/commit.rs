@@ -61,6 +61,14 @@ pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
     data.min(pos_only)
 }
 
+/// A commit is due because the source is drained (`idle`: it has nothing more right now):
+/// binlog changes are buffered and the floor since the last commit has passed. Snapshot rows
+/// alone wait for the size or time bounds (a drained source says nothing about them).
+pub(super) fn drained_due(st: &State, floor: Duration, idle: bool) -> bool {
+    idle && Instant::now() >= st.progress.last_commit + floor
+        && st.intake.buffers.values().any(|b| b.txns > 0)
+}
+
 /// A commit is due by time: rows waited `max_latency`, or the position moved
 /// `checkpoint_interval` ago.
 pub(super) fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
@@ -215,6 +223,8 @@ fn rejects_batch(rejects: &[Reject]) -> Option<RecordBatch> {
 pub(super) struct Committer {
     /// The sink prefers fewer, larger commits (see `Sink::prefers_large_commits`).
     pub large: bool,
+    /// The sink's floor between commits made because the source is drained.
+    pub floor: Duration,
     sink: Option<Box<dyn Sink>>,
     inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
@@ -240,6 +250,7 @@ impl Committer {
     pub fn new(sink: Box<dyn Sink>) -> Committer {
         Committer {
             large: sink.prefers_large_commits(),
+            floor: sink.min_commit_interval(),
             sink: Some(sink),
             inflight: None,
         }
@@ -423,6 +434,7 @@ pub(super) async fn commit(
             transactions: buf.txns,
             bytes: buf.bytes as u64,
             last_commit_us: buf.last_change.as_ref().map_or(0, |c| c.1),
+            first_clock_us: buf.first_clock_us,
         });
         if let Some((version, commit_us, source)) = &buf.last_change {
             st.tables.commit_us.insert(table.clone(), *commit_us);

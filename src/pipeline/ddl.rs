@@ -12,8 +12,14 @@
 //!   `t` and never shows it empty.
 //! - `ALTER TABLE ... ADD COLUMN` that gives existing rows a value (a default, NOT NULL) reads
 //!   the table again: the binlog carries no row events for those values.
+//! - `CREATE TABLE` of a selected name is remembered ([`DdlStep::Created`]): the table starts
+//!   from its CREATE in the stream, and one that got no rows by the time the source is drained
+//!   is read once, so that it exists in the target even while empty. `CREATE OR REPLACE` drops
+//!   the old table first.
+//! - `DROP DATABASE` drops every selected table of that database the pipeline knows of (the
+//!   checkpoint's tables, snapshots and buffers).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use binlake_sink::{DdlKind, TableId};
 
@@ -27,13 +33,28 @@ pub(super) enum DdlStep {
     Apply(TableId, DdlKind),
     /// Read the table again from the source, replacing what the target holds (with the reason).
     Reread(TableId, &'static str),
+    /// The table was created: it must exist in the target even if no rows follow.
+    Created(TableId),
 }
 
-/// The steps for `ddl`, in statement order, for the tables `filter` selects.
-pub(super) fn ddl_steps(ddl: &[Ddl], filter: &TableFilter) -> Vec<DdlStep> {
+/// The steps for `ddl`, in statement order, for the tables `filter` selects; `known` are the
+/// tables the pipeline knows of (what a DROP DATABASE drops).
+pub(super) fn ddl_steps(
+    ddl: &[Ddl],
+    filter: &TableFilter,
+    known: &BTreeSet<TableId>,
+) -> Vec<DdlStep> {
     let selected = |t: &TableId| filter.matches(&t.db, &t.table);
     let mut out = Vec::new();
     for d in ddl {
+        if let Some(db) = &d.dropped_db {
+            out.extend(
+                known
+                    .iter()
+                    .filter(|t| &t.db == db && selected(t))
+                    .map(|t| DdlStep::Apply(t.clone(), DdlKind::DropTable)),
+            );
+        }
         let renamed_into: HashSet<&TableId> = d
             .actions
             .iter()
@@ -61,12 +82,15 @@ pub(super) fn ddl_steps(ddl: &[Ddl], filter: &TableFilter) -> Vec<DdlStep> {
                 out.push(DdlStep::Reread(t.clone(), why));
             }
         }
+        if let Some(t) = d.created.as_ref().filter(|t| selected(t)) {
+            out.push(DdlStep::Created(t.clone()));
+        }
     }
     // one re-read per table is enough
     let mut seen = HashSet::new();
     out.retain(|s| match s {
         DdlStep::Reread(t, _) => seen.insert(t.clone()),
-        DdlStep::Apply(..) => true,
+        DdlStep::Apply(..) | DdlStep::Created(..) => true,
     });
     out
 }
@@ -77,7 +101,8 @@ mod tests {
 
     fn steps(filter: &str, sql: &str) -> Vec<DdlStep> {
         let f = TableFilter::parse(&[filter]).unwrap();
-        ddl_steps(&[Ddl::new("shop".into(), sql.into())], &f)
+        let known = [t("orders"), t("users"), TableId::new("crm", "users")].into();
+        ddl_steps(&[Ddl::new("shop".into(), sql.into())], &f, &known)
     }
 
     fn t(name: &str) -> TableId {
@@ -117,6 +142,29 @@ mod tests {
             ]
         );
         assert!(steps("shop.orders", "RENAME TABLE x TO y").is_empty());
+    }
+
+    #[test]
+    fn created_tables_and_dropped_databases() {
+        assert_eq!(
+            steps("shop.*", "CREATE TABLE n (id INT PRIMARY KEY)"),
+            vec![DdlStep::Created(t("n"))]
+        );
+        assert_eq!(
+            steps(
+                "shop.*",
+                "CREATE OR REPLACE TABLE users (id INT PRIMARY KEY)"
+            ),
+            vec![
+                DdlStep::Apply(t("users"), DdlKind::DropTable),
+                DdlStep::Created(t("users"))
+            ]
+        );
+        assert!(steps("shop.orders", "CREATE TABLE n (id INT)").is_empty());
+        assert_eq!(
+            steps("*.users", "DROP DATABASE shop"),
+            vec![DdlStep::Apply(t("users"), DdlKind::DropTable)]
+        );
     }
 
     #[test]

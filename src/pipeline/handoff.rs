@@ -450,6 +450,8 @@ fn finish_chunk(
     let shape = target_shape(&st.intake, id, tm);
     let buf = buffer_for(&mut st.intake, id.clone(), &shape)?;
     buf.ensure = true;
+    // due like a row: even a table read empty is committed within `max_latency`
+    buf.oldest.get_or_insert_with(std::time::Instant::now);
     if let Some(below) = below {
         // the keys it did not read again are gone at the source
         buf.purge_below = Some(below);

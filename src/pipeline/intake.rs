@@ -95,7 +95,9 @@ impl Intake {
 
     /// Something waits to be committed.
     pub fn has_data(&self) -> bool {
-        self.buffers.values().any(|b| !b.is_empty())
+        self.buffers
+            .values()
+            .any(|b| !b.is_empty() || b.ensure || b.purge_below.is_some())
             || !self.set_aside.is_empty()
             || !self.rejects.is_empty()
     }
@@ -120,6 +122,8 @@ impl Intake {
 struct TxnMeta {
     version: u64,
     commit_us: i64,
+    /// See [`Transaction::clock_us`].
+    clock_us: i64,
     source: Arc<Provenance>,
     /// The GTID (or file:pos) for errors and rejects.
     pos: String,
@@ -171,6 +175,7 @@ pub(super) fn take_txn(
         gtid,
         version,
         commit_us,
+        clock_us,
         origin_server_id,
         read_server_id,
         position,
@@ -182,6 +187,7 @@ pub(super) fn take_txn(
         let meta = TxnMeta {
             version,
             commit_us,
+            clock_us,
             pos: gtid.clone().unwrap_or_else(|| file_pos.to_string()),
             file_pos: file_pos.key(),
             source: Arc::new(Provenance::Binlog {
@@ -265,7 +271,13 @@ fn take_group(
         }
     }
     st.snap.note_changed(&id, tm, &rows);
-    take_rows(st, cfg, tm, rows, &meta.pos, false)
+    take_rows(st, cfg, tm, rows, &meta.pos, false)?;
+    if let Some(b) = st.intake.buffers.get_mut(&id) {
+        if b.first_clock_us == 0 {
+            b.first_clock_us = meta.clock_us;
+        }
+    }
+    Ok(())
 }
 
 /// Checks values against the invalid-value policy and the target's range, and buffers the rows

@@ -57,6 +57,9 @@ pub struct PipelineConfig {
     pub max_batch_rows: usize,
     pub max_batch_bytes: usize,
     pub max_latency: Duration,
+    /// The floor between commits made because the source is drained (None: the sink's
+    /// [`Sink::min_commit_interval`]).
+    pub min_commit_interval: Option<Duration>,
     pub checkpoint_interval: Duration,
     pub invalid_values: InvalidPolicy,
     pub on_position_lost: OnPositionLost,

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::commit::{
-    apply_ddl, commit, commit_and_wait, needs_size_flush, next_deadline, note_done, size_exceeds,
-    time_due, Committer,
+    apply_ddl, commit, commit_and_wait, drained_due, needs_size_flush, next_deadline, note_done,
+    size_exceeds, time_due, Committer,
 };
 use super::ddl::{ddl_steps, DdlStep};
 use super::handoff::{after_stream_moved, queue_backfill, reread, restart_snapshots, KEYLESS};
@@ -126,12 +126,17 @@ impl<'a> Run<'a> {
                 // What is complete goes in first: the target may still ask for a table to be
                 // read again (a shape it cannot follow in place), and that is work to finish.
                 commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
+                self.read_created_empty();
                 restart_snapshots(&mut self.st, &self.snapshotter);
                 if !self.st.snap.busy() {
                     return Ok(End::Stopped);
                 }
             }
             let mut deadline = next_deadline(&self.st, self.cfg);
+            if self.idle && self.st.intake.buffers.values().any(|b| b.txns > 0) {
+                // drained: commit once the floor since the last commit has passed
+                deadline = deadline.min(self.st.progress.last_commit + self.floor());
+            }
             if self.committer.busy() {
                 // look again soon: the next commit starts as soon as this one is done
                 deadline = deadline.min(Instant::now() + Duration::from_millis(20));
@@ -190,6 +195,7 @@ impl<'a> Run<'a> {
                 // The server has nothing newer: whatever is buffered is all there is.
                 self.idle = true;
                 self.st.snap.saw(&file_pos, None);
+                self.read_created_empty();
                 return Ok(self.moved(file_pos));
             }
             SourceMsg::Reconnecting { error, attempt } => {
@@ -200,6 +206,15 @@ impl<'a> Run<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// Tables created in the stream that got no rows: read once (they may be empty, or filled
+    /// without row events), so that they exist in the target.
+    fn read_created_empty(&mut self) {
+        for (t, version) in self.st.take_created_empty() {
+            info!(table = %t, "a table created in the stream has no rows yet: it is read once so that it exists in the target");
+            reread(&mut self.st, &t, version);
+        }
     }
 
     /// The stream reached `at` on the handoff's server: chunks waiting for it are taken, and
@@ -220,7 +235,11 @@ impl<'a> Run<'a> {
         let txn_version = txn.version;
         let ours = txn.via == self.via;
         let filter = self.filter;
-        let steps = ddl_steps(&txn.ddl, filter);
+        let steps = if txn.ddl.is_empty() {
+            Vec::new()
+        } else {
+            ddl_steps(&txn.ddl, filter, &self.st.known_tables())
+        };
         let mut to_reread = Vec::new();
         if !steps.is_empty() {
             commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
@@ -237,6 +256,9 @@ impl<'a> Run<'a> {
                     DdlStep::Reread(table, why) => {
                         info!(table = %table, why, "the table is read again (re-snapshot)");
                         to_reread.push(table);
+                    }
+                    DdlStep::Created(table) => {
+                        self.st.tables.created.insert(table, txn.version);
                     }
                 }
             }
@@ -289,7 +311,17 @@ impl<'a> Run<'a> {
     async fn on_snapshot(&mut self, msg: SnapshotMsg) -> Result<Option<End>, PipelineError> {
         match msg {
             SnapshotMsg::Planned { table, progress } => {
-                if !self.st.tables.quarantined.contains_key(&table) {
+                // A plan that a re-read replaced before its message came in is stale: the
+                // newer plan (a later `started_at_us`, see `Chunk::plan`) stays.
+                let stale = self
+                    .st
+                    .snap
+                    .progress
+                    .get(&table)
+                    .is_some_and(|p| p.started_at_us > progress.started_at_us);
+                if stale {
+                    debug!(%table, "the plan of a replaced snapshot ignored");
+                } else if !self.st.tables.quarantined.contains_key(&table) {
                     self.st.snap.planned(table, progress);
                 }
             }
@@ -353,6 +385,11 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The floor between commits made because the source is drained.
+    fn floor(&self) -> Duration {
+        self.cfg.min_commit_interval.unwrap_or(self.committer.floor)
+    }
+
     /// Between messages: metrics and progress, finished commits, commits due by time, the
     /// sink keepalive, the progress log.
     async fn tick(&mut self) -> Result<(), PipelineError> {
@@ -361,9 +398,15 @@ impl<'a> Run<'a> {
         self.view.snapshots(st);
         let done = self.committer.reap().await?;
         note_done(st, done);
-        // A time-bound commit is deferred while another runs, and then takes everything
-        // buffered meanwhile: adaptive commit size.
-        if (time_due(st, self.cfg) || (self.committer.large && needs_size_flush(st, self.cfg)))
+        // A commit is due when the source is drained (group commit: a quiet source is visible
+        // at once, a busy one batches while the last commit runs) or by time. One that falls
+        // due while another runs is deferred, and then takes everything buffered meanwhile:
+        // adaptive commit size.
+        let floor = self.floor();
+        let st = &mut self.st;
+        if (drained_due(st, floor, self.idle)
+            || time_due(st, self.cfg)
+            || (self.committer.large && needs_size_flush(st, self.cfg)))
             && !self.committer.busy()
         {
             commit(st, self.cfg, &mut self.committer).await?;

@@ -36,6 +36,43 @@ pub(super) struct Tables {
     pub commit_us: BTreeMap<TableId, i64>,
     /// Tables stopped by a definite table error: their changes are skipped until rebuilt.
     pub quarantined: BTreeMap<TableId, String>,
+    /// Tables created in the stream (CREATE TABLE at this version) that have had no rows
+    /// since: read once when the source is drained, so that they exist in the target. Not
+    /// checkpointed: after a restart such a table appears with its first row.
+    pub created: BTreeMap<TableId, u64>,
+}
+
+impl State {
+    /// The tables the pipeline knows of: in the checkpoint, being read, or buffered.
+    pub fn known_tables(&self) -> std::collections::BTreeSet<TableId> {
+        let t = &self.tables;
+        t.versions
+            .keys()
+            .chain(t.quarantined.keys())
+            .chain(t.created.keys())
+            .chain(self.snap.progress.keys())
+            .chain(self.snap.loaded.keys())
+            .chain(self.intake.buffers.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// The created tables (see [`Tables::created`]) that got no rows since their CREATE, taken.
+    pub fn take_created_empty(&mut self) -> Vec<(TableId, u64)> {
+        let created = std::mem::take(&mut self.tables.created);
+        created
+            .into_iter()
+            .filter(|(t, v)| {
+                let applied = self.tables.versions.get(t).is_some_and(|a| a > v);
+                let buffered = self
+                    .intake
+                    .buffers
+                    .get(t)
+                    .is_some_and(|b| b.stream_max_version > *v);
+                !applied && !buffered && !self.snap.progress.contains_key(t)
+            })
+            .collect()
+    }
 }
 
 impl Tables {
@@ -90,6 +127,7 @@ impl State {
                 versions: cp.tables,
                 commit_us: cp.table_commit_us,
                 quarantined: cp.quarantined,
+                created: Default::default(),
             },
             progress: Progress {
                 // a fresh start may commit snapshot rows before the stream delivers a transaction

@@ -364,6 +364,7 @@ mod tests {
             gtid: Some(g.into()),
             version: 0,
             commit_us: 0,
+            clock_us: 0,
             origin_server_id: 1,
             maria: Some(g.parse::<MariaGtid>().unwrap()),
             mysql: None,

@@ -153,6 +153,11 @@ pub struct Transaction {
     pub version: u64,
     /// Source commit time, µs since the epoch.
     pub commit_us: i64,
+    /// The commit time on a µs clock, as well as binlake can tell, for freshness metrics:
+    /// `commit_us` when the source logs µs (MySQL's commit timestamps); MariaDB logs whole
+    /// seconds, so there it is the moment binlake received the transaction when that falls in
+    /// the logged second (the transfer, well under a millisecond on a LAN, is left out).
+    pub clock_us: i64,
     /// Server that originally wrote the transaction (the event header's server id).
     pub origin_server_id: u32,
     /// The GTID, parsed (MariaDB or MySQL flavour), for deduplication across sources.
@@ -180,17 +185,31 @@ pub struct Ddl {
     pub actions: Vec<(binlake_sink::TableId, binlake_sink::DdlKind)>,
     /// Tables it changes without row events, which must be read again, and why.
     pub rereads: Vec<(binlake_sink::TableId, &'static str)>,
+    /// A table it creates (`CREATE TABLE`; with `OR REPLACE`, `actions` drops it first).
+    pub created: Option<binlake_sink::TableId>,
+    /// A database it drops with all its tables.
+    pub dropped_db: Option<String>,
 }
 
 impl Ddl {
     pub fn new(db: String, sql: String) -> Ddl {
-        let actions = crate::decode::ddl::table_ddl(&db, &sql);
-        let rereads = crate::decode::ddl::reread_ddl(&db, &sql);
+        use crate::decode::ddl;
+        let mut actions = ddl::table_ddl(&db, &sql);
+        let rereads = ddl::reread_ddl(&db, &sql);
+        let created = ddl::created_table(&db, &sql).map(|(t, replaces)| {
+            if replaces {
+                actions.push((t.clone(), binlake_sink::DdlKind::DropTable));
+            }
+            t
+        });
+        let dropped_db = ddl::dropped_database(&sql);
         Ddl {
             db,
             sql,
             actions,
             rereads,
+            created,
+            dropped_db,
         }
     }
 }

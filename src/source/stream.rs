@@ -52,7 +52,15 @@ struct State {
     /// Position after the last delivered transaction.
     last: Position,
     open: Option<Open>,
+    /// Binlog end of the transaction just delivered, until the next event arrives.
+    sent: Option<BinlogPos>,
 }
+
+/// How long the stream waits for the next event after a transaction before it tells the
+/// pipeline that the server has nothing more right now (an `Idle`), so that a quiet source is
+/// committed at once instead of after `max_latency`. Events already in flight arrive in
+/// microseconds; a server still writing its binlog is not drained.
+const DRAIN_WAIT: Duration = Duration::from_millis(2);
 
 /// Streams from `start` until the receiver is dropped. Transient errors reconnect with backoff
 /// (1 s doubling to 30 s) from the position after the last delivered transaction.
@@ -76,6 +84,7 @@ pub async fn run(
         skip_until: None,
         last: start.clone(),
         open: None,
+        sent: None,
     };
     let mut attempt = 0u32;
     loop {
@@ -191,7 +200,26 @@ async fn stream_once(
     let mut dec = Decoder::new();
     let idle_limit = (cfg.heartbeat * 5).max(Duration::from_secs(10));
     loop {
-        let next = match tokio::time::timeout(idle_limit, stream.next()).await {
+        let drained_at = st.sent.take();
+        let next = {
+            let fut = tokio::time::timeout(idle_limit, stream.next());
+            tokio::pin!(fut);
+            match drained_at {
+                Some(at) => tokio::select! {
+                    biased;
+                    n = &mut fut => n,
+                    _ = tokio::time::sleep(DRAIN_WAIT) => {
+                        let idle = SourceMsg::Idle { via: st.via, file_pos: at };
+                        if tx.send(idle).await.is_err() {
+                            return Ok(());
+                        }
+                        fut.await
+                    }
+                },
+                None => fut.await,
+            }
+        };
+        let next = match next {
             Ok(n) => n,
             Err(_) => {
                 return Err(SourceError::Stream(format!(
@@ -429,6 +457,14 @@ async fn finish(
     } else {
         (open.changes, open.ddl)
     };
+    let commit_us = open
+        .commit_us
+        .map(|u| u as i64)
+        .unwrap_or(header.timestamp as i64 * 1_000_000);
+    let clock_us = match open.commit_us {
+        Some(_) => commit_us,
+        None => crate::clock::now_us().clamp(commit_us, commit_us + 999_999),
+    };
     let txn = Transaction {
         maria: open.maria,
         mysql: open.mysql.clone(),
@@ -436,15 +472,14 @@ async fn finish(
         read_server_id: st.server_id,
         gtid: gtid_text,
         version,
-        commit_us: open
-            .commit_us
-            .map(|u| u as i64)
-            .unwrap_or(header.timestamp as i64 * 1_000_000),
+        commit_us,
+        clock_us,
         origin_server_id,
         position,
-        file_pos: end,
+        file_pos: end.clone(),
         changes,
         ddl,
     };
+    st.sent = Some(end);
     Ok(tx.send(SourceMsg::Txn(txn)).await.is_ok())
 }

@@ -125,6 +125,13 @@ fn trickle_latency_watermarks_metrics_and_status() {
         "binlake_table_transactions_applied_total{table=\"shop.t\"}",
     );
     assert_eq!(txns, Some(3.0), "{text}");
+    // freshness histogram: one observation per commit holding changes of the table (the
+    // three inserts, committed apart; snapshot rows are not changes)
+    let observed = metric(
+        &text,
+        "binlake_table_commit_to_visible_seconds_count{table=\"shop.t\"}",
+    );
+    assert_eq!(observed, Some(3.0), "{text}");
     let lag = metric(&text, "binlake_table_lag_seconds{table=\"shop.t\"}").unwrap();
     // MariaDB's binlog stamps commits in whole seconds: up to 1 s more than the real latency
     assert!((0.0..3.0).contains(&lag), "{text}");

@@ -542,6 +542,13 @@ pub trait Sink: Send {
         false
     }
 
+    /// The shortest time between two commits made because the source is drained (a quiet
+    /// source is committed at once, a steady trickle no more often than this): what one commit
+    /// costs the target and its readers (files, log entries, merges).
+    fn min_commit_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(100)
+    }
+
     /// Every row the target holds for `table` (readers keep the highest `_binlake_version` per
     /// key and drop tombstones), for `binlake validate`. Read-only: safe while a pipeline
     /// writes. Empty when the table is not in the target.

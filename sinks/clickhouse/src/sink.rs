@@ -687,6 +687,11 @@ impl Sink for ClickHouseSink {
         "clickhouse"
     }
 
+    /// An INSERT is cheap; the server merges its parts in the background.
+    fn min_commit_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(50)
+    }
+
     fn date_range_days(&self) -> Option<(i32, i32)> {
         Some(crate::types::DATE_RANGE_DAYS)
     }

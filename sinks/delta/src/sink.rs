@@ -670,6 +670,11 @@ impl Sink for DeltaSink {
         true
     }
 
+    /// Each commit is a log entry and, for updates, a MERGE that rewrites files.
+    fn min_commit_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(200)
+    }
+
     async fn apply_table_ddl(
         &mut self,
         table: &binlake_sink::TableId,

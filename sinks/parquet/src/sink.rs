@@ -189,8 +189,7 @@ impl Sink for ParquetSink {
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
         let mut jobs = Vec::with_capacity(batches.len());
-        let empty =
-            |b: &&TableBatch| b.batch.num_rows() == 0 && !b.replace && b.purge_below.is_none();
+        let empty = |b: &&TableBatch| b.batch.num_rows() == 0 && !b.replace;
         // The tables the log has files of, when a batch needs to know.
         let committed: std::collections::HashSet<String> =
             if batches.iter().any(|b| b.replace || empty(&b)) {
