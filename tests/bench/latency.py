@@ -1,15 +1,17 @@
 """Steady-state latency for the benchmark scripts: a paced workload, then commit-to-visible.
 
-  latency.py load  PORT RATE SECONDS        writes RATE row changes/s for SECONDS into bench.lat
-  latency.py delta TABLE_DIR LOAD_FILE      p50/p99 from the Delta log of the replica
-  latency.py parquet TARGET LOAD_FILE       p50/p99 from binlake's commit log of a Parquet lake
-  latency.py clickhouse URL DB LOAD_FILE    p50/p99 from the polls the load made (POLL_CLICKHOUSE)
+  latency.py load  PORT RATE SECONDS OUT [ROWS_PER_TXN]   writes RATE row changes/s for SECONDS
+                                                         into bench.lat (default 100 rows/txn)
+  latency.py delta TABLE_DIR LOAD_FILE      p50/p99/max from the Delta log of the replica
+  latency.py parquet TARGET LOAD_FILE       p50/p99/max from binlake's commit log of a Parquet lake
+  latency.py clickhouse POLLS LOAD_FILE     p50/p99/max from the polls the load made (POLL_CLICKHOUSE)
 
 Every transaction stamps its rows with `ts_us`, the client's clock just before COMMIT (one
-increasing value per transaction). Visible time: the Delta commit's `commitInfo.timestamp`, or the `committed_at_us` of
-binlake's commit log entry whose files hold the rows (Parquet); for ClickHouse, which keeps no
-commit time, the load polls `max(ts_us)` of the `_current` view every 50 ms (POLL_CLICKHOUSE=URL
-and POLL_DB=database), so its figures carry up to 50 ms of polling error. Same machine, same clock.
+increasing value per transaction). Visible time: the moment the log entry that makes the rows
+visible was written (the file's modification time: a Delta log version, or binlake's commit log
+entry whose files hold the rows in a Parquet lake); for ClickHouse, which keeps no commit time,
+the load polls `max(ts_us)` of the `_current` view every 20 ms (POLL_CLICKHOUSE=URL and
+POLL_DB=database), so its figures carry up to 20 ms of polling error. Same machine, same clock.
 """
 import glob
 import json
@@ -21,7 +23,7 @@ import time
 TXN_ROWS = 100  # half new keys, half updates of existing keys
 
 
-def load(port, rate, seconds):
+def load(port, rate, seconds, txn_rows=TXN_ROWS):
     import pymysql
 
     con = pymysql.connect(host="127.0.0.1", port=int(port), user="root", autocommit=False)
@@ -48,11 +50,12 @@ def load(port, rate, seconds):
                     polls.append((time.time_ns() // 1000, int(v or 0)))
                 except Exception:
                     pass
-                time.sleep(0.05)
+                time.sleep(0.02)
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-    per_s = rate / TXN_ROWS  # transactions per second
+    per_s = rate / txn_rows  # transactions per second
+    fresh = max(1, txn_rows // 2)  # new keys per transaction, the rest updates
     n_txn = int(per_s * seconds)
     next_id = 1
     start = time.monotonic()
@@ -66,11 +69,15 @@ def load(port, rate, seconds):
         elif now - due > 0.5:
             late += 1
         rows = []
-        for _ in range(TXN_ROWS // 2):
-            rows.append(next_id)
-            next_id += 1
-        if next_id > TXN_ROWS:
-            rows += random.sample(range(1, next_id - TXN_ROWS // 2), min(TXN_ROWS // 2, next_id - TXN_ROWS // 2 - 1))
+        if txn_rows == 1 and i % 2 == 1:
+            rows.append(random.randrange(1, next_id))  # single-row: insert, update, insert...
+        else:
+            for _ in range(fresh):
+                rows.append(next_id)
+                next_id += 1
+            older = next_id - fresh - 1
+            if txn_rows > fresh and older > 0:
+                rows += random.sample(range(1, older + 1), min(txn_rows - fresh, older))
         ts = time.time_ns() // 1000
         values = ",".join(f"({r},{random.randrange(1 << 20)},'{random.randrange(1 << 60):060d}',{ts})" for r in rows)
         cur.execute(
@@ -84,7 +91,7 @@ def load(port, rate, seconds):
         time.sleep(5)
         poll_stop = True
         json.dump(polls, open(os.environ["POLL_OUT"], "w"))
-    changes = n_txn * TXN_ROWS
+    changes = n_txn * txn_rows
     print(f"load: {changes} row changes in {n_txn} transactions over {took:.1f} s = {changes / took:.0f} changes/s (target {rate}); {late} transactions started > 0.5 s late", flush=True)
     return stamps
 
@@ -134,18 +141,16 @@ def from_frontier(name, stamps, seen, note=""):
 
 
 def clickhouse_polls(polls_file, stamps):
-    """polls: [(time_us, max stamp visible)] taken every 50 ms during the load."""
-    return from_frontier("clickhouse", stamps, [tuple(p) for p in json.load(open(polls_file))], " (polled every 50 ms)")
+    """polls: [(time_us, max stamp visible)] taken every 20 ms during the load."""
+    return from_frontier("clickhouse", stamps, [tuple(p) for p in json.load(open(polls_file))], " (polled every 20 ms)")
 
 
 def delta(table_dir, stamps):
     versions = []
     for path in sorted(glob.glob(os.path.join(table_dir, "_delta_log", "*.json"))):
-        vis, adds = None, []
+        vis, adds = os.stat(path).st_mtime_ns // 1000, []
         for line in open(path):
             a = json.loads(line)
-            if "commitInfo" in a:
-                vis = a["commitInfo"]["timestamp"] * 1000
             if "add" in a:
                 adds.append(os.path.join(table_dir, a["add"]["path"]))
         versions.append((vis, adds))
@@ -157,7 +162,7 @@ def parquet(target, stamps):
     for path in glob.glob(os.path.join(target, "_binlake", "default", "log", "*.json")):
         entry = json.load(open(path))
         files = [os.path.join(target, f["path"]) for f in entry.get("files", []) if f["table"] == "bench.lat"]
-        commits.append((entry["checkpoint"]["committed_at_us"], files))
+        commits.append((os.stat(path).st_mtime_ns // 1000, files))
     commits.sort()
     return report("parquet", stamps, commits)
 
@@ -165,7 +170,8 @@ def parquet(target, stamps):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "load":
-        stamps = load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        rows = int(sys.argv[6]) if len(sys.argv) > 6 else TXN_ROWS
+        stamps = load(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), rows)
         json.dump(stamps, open(sys.argv[5], "w"))
         code = 0
     else:
