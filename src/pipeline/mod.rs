@@ -13,9 +13,11 @@
 //! - At start the checkpoint is read back from the sink, never from local state; the source
 //!   resumes right after it. As a second guard, a change whose version is not above its table's
 //!   checkpointed version is skipped (idempotent replays).
-//! - A commit happens when a table's buffer reaches `max_batch_rows` or `max_batch_bytes`, or
-//!   when the oldest buffered transaction has waited `max_latency`: a partial buffer never waits
-//!   longer than the time bound. With no data but an advancing position (changes to tables not
+//! - A commit happens when the source is drained (it has no next event right now) and binlog
+//!   changes are buffered, no sooner than `min_commit_interval` after the last one (group
+//!   commit: a quiet source is visible at once); when a table's buffer reaches `max_batch_rows`
+//!   or `max_batch_bytes`; or when the oldest buffered transaction has waited `max_latency`: a
+//!   partial buffer never waits longer than the time bound. With no data but an advancing position (changes to tables not
 //!   replicated), a position-only commit happens every `checkpoint_interval`.
 //! - Adaptive commit size: one commit runs at a time, in the background, while intake goes on.
 //!   A commit that falls due by time while another runs starts the moment it ends, with

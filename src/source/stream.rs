@@ -56,12 +56,6 @@ struct State {
     sent: Option<BinlogPos>,
 }
 
-/// How long the stream waits for the next event after a transaction before it tells the
-/// pipeline that the server has nothing more right now (an `Idle`), so that a quiet source is
-/// committed at once instead of after `max_latency`. Events already in flight arrive in
-/// microseconds; a server still writing its binlog is not drained.
-const DRAIN_WAIT: Duration = Duration::from_millis(2);
-
 /// Streams from `start` until the receiver is dropped. Transient errors reconnect with backoff
 /// (1 s doubling to 30 s) from the position after the last delivered transaction.
 pub async fn run(
@@ -204,12 +198,19 @@ async fn stream_once(
         let next = {
             let fut = tokio::time::timeout(idle_limit, stream.next());
             tokio::pin!(fut);
+            // After a transaction, one poll tells whether the next event has already arrived
+            // (it is in the connection's buffers): if not, the source is drained right now and
+            // the pipeline hears so (an `Idle`), so that what it holds is committed at once
+            // instead of after `max_latency`. While binlake is behind, the next event is always
+            // there and nothing extra is sent.
             match drained_at {
-                Some(at) => tokio::select! {
-                    biased;
-                    n = &mut fut => n,
-                    _ = tokio::time::sleep(DRAIN_WAIT) => {
-                        let idle = SourceMsg::Idle { via: st.via, file_pos: at };
+                Some(at) => match futures::poll!(&mut fut) {
+                    std::task::Poll::Ready(n) => n,
+                    std::task::Poll::Pending => {
+                        let idle = SourceMsg::Idle {
+                            via: st.via,
+                            file_pos: at,
+                        };
                         if tx.send(idle).await.is_err() {
                             return Ok(());
                         }
