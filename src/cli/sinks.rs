@@ -41,6 +41,10 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
         "parquet" => {
             let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
             cfg.zstd_level = o.zstd_level;
+            cfg.maintenance = o
+                .maintenance
+                .every
+                .map(|every| (every, compact_options(o.maintenance)));
             Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
         }
         #[cfg(feature = "delta")]
@@ -72,5 +76,17 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
             Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),
+    }
+}
+
+/// Parquet compaction's options from the maintenance settings.
+#[cfg(feature = "parquet")]
+pub(crate) fn compact_options(
+    m: &binlake::config::Maintenance,
+) -> binlake_sink_parquet::CompactOptions {
+    binlake_sink_parquet::CompactOptions {
+        target_file_size: m.target_file_size,
+        version_retention: m.version_retention,
+        grace: m.replaced_grace,
     }
 }

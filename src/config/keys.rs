@@ -287,14 +287,21 @@ config_keys! {
         /// are removed).
         deletes: String, flag Option<String>;
         /// `replicate` runs table maintenance this often, e.g. `6h` (default: never; run
-        /// `binlake maintain`).
+        /// `binlake maintain`). Delta and ClickHouse maintain in the background; a Parquet lake
+        /// is compacted between two commits.
         maintain_every: String, flag Option<String>;
         /// Maintenance: compaction's target file size, e.g. `128MiB` (the default).
         target_file_size: Size, flag Option<String>;
-        /// Maintenance: vacuum keeps the files any version younger than this needs (default `7d`).
+        /// Maintenance: vacuum keeps the files any version younger than this needs (default
+        /// `7d`); in a Parquet lake, the files a compaction replaced are deleted this long after
+        /// it (default `10m`, so queries running meanwhile still find them).
         vacuum_retention: String, flag Option<String>;
         /// Maintenance: tombstones older than this are purged (default `7d`).
         tombstone_retention: String, flag Option<String>;
+        /// Maintenance of a Parquet lake: compaction drops row versions superseded by a newer
+        /// version of their key and written longer ago than this, e.g. `7d` (default: every
+        /// version is kept; watermark history is kept 7 days).
+        version_retention: String, flag Option<String>;
     }
 
     /// The ClickHouse sink.

@@ -406,7 +406,8 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
 }
 
-/// Table maintenance (Delta): `binlake maintain`, or a schedule inside `replicate`.
+/// Table maintenance (Delta, Parquet compaction, ClickHouse OPTIMIZE): `binlake maintain`, or a
+/// schedule inside `replicate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Maintenance {
     /// How often `replicate` maintains its tables; `None`: never (run `binlake maintain`).
@@ -414,6 +415,10 @@ pub struct Maintenance {
     pub target_file_size: u64,
     pub vacuum_retention: Duration,
     pub tombstone_retention: Duration,
+    /// Parquet: superseded row versions older than this are dropped by compaction.
+    pub version_retention: Option<Duration>,
+    /// Parquet: replaced files are deleted this long after their compaction.
+    pub replaced_grace: Duration,
 }
 
 impl Maintenance {
@@ -445,6 +450,15 @@ impl Maintenance {
             tombstone_retention: parse_duration(
                 "tombstone_retention",
                 c.tombstone_retention.as_deref().unwrap_or("7d"),
+            )?,
+            version_retention: c
+                .version_retention
+                .as_deref()
+                .map(|v| parse_duration("version_retention", v))
+                .transpose()?,
+            replaced_grace: parse_duration(
+                "vacuum_retention",
+                c.vacuum_retention.as_deref().unwrap_or("10m"),
             )?,
         })
     }
@@ -572,12 +586,6 @@ impl Settings {
             return Err(key_err(
                 "database_prefix",
                 format!("`{database_prefix}`: use letters, digits and _"),
-            ));
-        }
-        if maintenance.every.is_some() && sink == "parquet" {
-            return Err(key_err(
-                "maintain_every",
-                "scheduled maintenance is for the delta and clickhouse sinks; this pipeline writes parquet",
             ));
         }
         let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));

@@ -348,12 +348,16 @@ async fn run_commit(
     loop {
         match sink.commit(commit.clone()).await {
             Ok(()) => {
+                let took = started.elapsed();
+                if let Err(e) = sink.maintain().await {
+                    warn!(error = %e, "target maintenance failed; it is tried again after the next commit");
+                }
                 let done = Done {
                     applied,
                     version,
                     position,
                     rows,
-                    took: started.elapsed(),
+                    took,
                     quarantined,
                     rereads,
                 };

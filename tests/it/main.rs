@@ -2,6 +2,7 @@
 mod bad_input;
 #[cfg(feature = "clickhouse")]
 mod clickhouse;
+mod compaction;
 mod conformance;
 mod crash;
 mod dbt;

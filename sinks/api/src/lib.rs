@@ -559,6 +559,14 @@ pub trait Sink: Send {
         )))
     }
 
+    /// Called after each successful commit, in the commit's task (intake goes on meanwhile):
+    /// maintenance that must not interleave with commits (a Parquet lake's compaction, by the
+    /// one writer) runs here when it is due. An error is logged and the pipeline goes on; the
+    /// next call tries again.
+    async fn maintain(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Called about every 10 s while the pipeline runs, so a sink can renew what proves it is
     /// the target's one writer.
     async fn keepalive(&mut self) -> Result<(), SinkError> {

@@ -235,6 +235,35 @@ impl TargetLog {
         }
     }
 
+    fn entry_path(&self, seq: u64) -> Path {
+        self.path(&format!("_binlake/{}/log/{}", self.pipeline, log_name(seq)))
+    }
+
+    /// The sequence numbers of the log's entries, ascending.
+    pub async fn seqs(&self) -> Result<Vec<u64>, SinkError> {
+        let mut seqs: Vec<u64> = self
+            .list(&self.log_dir())
+            .await?
+            .iter()
+            .filter_map(|p| p.filename().and_then(parse_log_name))
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Entry `seq`.
+    pub async fn entry<T: DeserializeOwned>(&self, seq: u64) -> Result<T, SinkError> {
+        self.read(&self.entry_path(seq)).await
+    }
+
+    /// Deletes entry `seq` (one a newer entry made unneeded; never the last).
+    pub async fn remove_entry(&self, seq: u64) -> Result<(), SinkError> {
+        match self.store.delete(&self.entry_path(seq)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     /// Every entry, in commit order.
     pub async fn entries<T: DeserializeOwned>(&self) -> Result<Vec<T>, SinkError> {
         let mut names = self.list(&self.log_dir()).await?;

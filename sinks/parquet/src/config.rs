@@ -19,6 +19,8 @@ pub struct ParquetConfig {
     pub zstd_level: i32,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Compaction between two commits, this often (`maintain_every`), with these options.
+    pub maintenance: Option<(std::time::Duration, crate::CompactOptions)>,
 }
 
 #[derive(Debug, Error)]
@@ -36,6 +38,7 @@ impl ParquetConfig {
             pipeline: pipeline.into(),
             zstd_level: 1,
             row_group_rows: 1 << 20,
+            maintenance: None,
         }
     }
 

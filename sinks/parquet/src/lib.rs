@@ -6,6 +6,7 @@
 //! _binlake_rejects/part-<seq>-0-<pipeline>.parquet dead-letter rows
 //! _binlake_watermarks/part-<seq>-0-<pipeline>.parquet per table: last applied GTID, commit time
 //! _binlake/<pipeline>/log/<seq>.json               the commit log: one entry per commit = the checkpoint
+//!                                                  (from the newest compaction on: see `compact`)
 //! _binlake/<pipeline>/owner.json                   the owner lease (one writer per pipeline)
 //! ```
 //!
@@ -23,11 +24,13 @@
 //!   Between a crash and the restart such leftovers hold only committed source data, never half
 //!   a transaction.
 
+mod compact;
 mod config;
 mod ddl;
 mod manifest;
 mod sink;
 mod types;
 
+pub use compact::{CompactOptions, CompactReport, CompactSummary};
 pub use config::{ParquetConfig, ParquetConfigError};
 pub use sink::ParquetSink;

@@ -1,16 +1,72 @@
 //! The Parquet sink's commit-log entries (see `binlake_sink::store` for the log itself) and its
 //! data-file names.
 //!
-//! An entry is the checkpoint plus the files its commit added. Entries are immutable and written
+//! An entry is the checkpoint plus the files its commit added (and, for a compaction, the files
+//! it replaced). Entries are immutable and written
 //! create-if-absent, so the highest `seq` is the last complete commit.
 
-use binlake_sink::Checkpoint;
+use binlake_sink::{Checkpoint, SinkError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogEntry {
     pub checkpoint: Checkpoint,
     pub files: Vec<FileEntry>,
+    /// A compaction's entry (a base): `files` is every live file of the pipeline after it, so
+    /// the entries before it are no longer needed (see `crate::compact`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base: bool,
+    /// A base's files that compactions replaced and that may still exist (deleted once their
+    /// grace has passed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedFile>,
+}
+
+/// A file a compaction replaced, and when (µs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedFile {
+    pub path: String,
+    pub at_us: i64,
+}
+
+/// The pipeline's files as its log says: the newest base's and the commits' after it.
+#[derive(Debug, Default)]
+pub struct LiveFiles {
+    /// In commit order.
+    pub files: Vec<FileEntry>,
+    /// Replaced files that may still exist (the newest base's `removed`).
+    pub removed: Vec<RemovedFile>,
+    /// The entries before this one are no longer needed (0: no base yet).
+    pub base_seq: u64,
+    /// The last entry's checkpoint.
+    pub last: Option<LogEntry>,
+}
+
+/// Reads the log from its newest base on (newest first until the base, so the cost is the
+/// commits since the last compaction).
+pub async fn live_files(log: &binlake_sink::store::TargetLog) -> Result<LiveFiles, SinkError> {
+    let seqs = log.seqs().await?;
+    let mut since: Vec<LogEntry> = Vec::new();
+    let mut out = LiveFiles::default();
+    for &seq in seqs.iter().rev() {
+        let e: LogEntry = log.entry(seq).await?;
+        let base = e.base;
+        if out.last.is_none() {
+            out.last = Some(e.clone());
+        }
+        since.push(e);
+        if base {
+            out.base_seq = seq;
+            break;
+        }
+    }
+    for e in since.into_iter().rev() {
+        if e.base {
+            out.removed = e.removed;
+        }
+        out.files.extend(e.files);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

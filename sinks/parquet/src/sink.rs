@@ -15,7 +15,9 @@ pub struct ParquetSink {
     pub(crate) config: ParquetConfig,
     pub(crate) log: TargetLog,
     /// Files written by the commit in progress, for its log entry.
-    staged: Vec<FileEntry>,
+    pub(crate) staged: Vec<FileEntry>,
+    /// When the last compaction ran (`maintain_every`).
+    last_compaction: std::time::Instant,
 }
 
 /// One file of a commit, before encoding.
@@ -41,6 +43,7 @@ impl ParquetSink {
             config,
             log,
             staged: Vec::new(),
+            last_compaction: std::time::Instant::now(),
         })
     }
 
@@ -83,15 +86,10 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// The files this pipeline committed, from its log (for tests and maintenance).
+    /// The files this pipeline committed and no compaction replaced, from its log, in commit
+    /// order (for tests and maintenance).
     pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
-        Ok(self
-            .log
-            .entries::<LogEntry>()
-            .await?
-            .into_iter()
-            .flat_map(|e| e.files)
-            .collect())
+        Ok(crate::manifest::live_files(&self.log).await?.files)
     }
 }
 
@@ -179,6 +177,21 @@ impl Sink for ParquetSink {
 
     async fn keepalive(&mut self) -> Result<(), SinkError> {
         self.log.keepalive().await
+    }
+
+    /// Compaction every `maintain_every`, between two commits (see `crate::compact`).
+    async fn maintain(&mut self) -> Result<(), SinkError> {
+        let Some((every, opts)) = self.config.maintenance.clone() else {
+            return Ok(());
+        };
+        if self.last_compaction.elapsed() < every {
+            return Ok(());
+        }
+        self.last_compaction = std::time::Instant::now();
+        self.log.keepalive().await?;
+        let s = self.compact(&opts, &|_| true).await?;
+        debug!(tables = s.tables.len(), deleted = s.deleted, seq = ?s.seq, "parquet maintenance");
+        Ok(())
     }
 
     async fn begin_commit(&mut self) -> Result<u64, SinkError> {
@@ -294,6 +307,8 @@ impl Sink for ParquetSink {
                 &LogEntry {
                     checkpoint: checkpoint.clone(),
                     files,
+                    base: false,
+                    removed: Vec::new(),
                 },
             )
             .await?;
