@@ -13,32 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// Inserts, updates and deletes in `cf.t` until `stop`, one short transaction at a time.
-fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut n = 0u64;
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let sql = format!(
-                "INSERT INTO cf.t (name) VALUES ('w{i}'); UPDATE cf.t SET name = CONCAT(name, '+') WHERE id = {}; DELETE FROM cf.t WHERE id = {};",
-                1 + (i * 37) % 1500,
-                1 + (i * 53) % 1500
-            );
-            let ok = Command::new("mariadb")
-                .args(["--no-defaults", "-h127.0.0.1", "-uroot"])
-                .arg(format!("-P{port}"))
-                .args(["-e", &sql])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            n += u64::from(ok);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        n
-    })
-}
-
 /// Waits for a process that a failpoint aborts; returns its stderr.
 fn wait_abort(mut child: Running, within: Duration) -> String {
     let start = Instant::now();
@@ -87,7 +61,7 @@ fn compaction_beside_a_stream(
         ],
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(m.port, stop.clone());
+    let w = writer(m.port, "cf.t", stop.clone());
     // killed after the second compaction wrote its merged files, before its log entry
     let mut e: Vec<(&str, &str)> = env.to_vec();
     e.extend([

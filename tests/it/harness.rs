@@ -678,3 +678,35 @@ impl Drop for ClickHouse {
             .output();
     }
 }
+
+/// Writes to `table` (`id` AUTO_INCREMENT key, `name` text) until `stop`: an insert, an update
+/// and a delete per transaction, one short transaction at a time through the mariadb client, so
+/// that tools and binlake run between them; returns how many transactions ran.
+pub fn writer(
+    port: u16,
+    table: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let sql = format!(
+                "INSERT INTO {table} (name) VALUES ('w{i}'); UPDATE {table} SET name = CONCAT(name, '+') WHERE id = {}; DELETE FROM {table} WHERE id = {};",
+                1 + (i * 37) % 1500,
+                1 + (i * 53) % 1500
+            );
+            let ok = Command::new("mariadb")
+                .args(["--no-defaults", "-h127.0.0.1", "-uroot"])
+                .arg(format!("-P{port}"))
+                .args(["-e", &sql])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            n += u64::from(ok);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    })
+}

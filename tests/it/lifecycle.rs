@@ -39,36 +39,6 @@ fn from_snapshot<'a>(url: &'a str, t: &'a Target, extra: &[&'a str]) -> Vec<&'a 
     args
 }
 
-/// Writes to `cf.users` (inserts, updates, deletes) until `stop`, one short transaction at a
-/// time, through the mariadb client; returns how many statements ran.
-fn writer(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut n = 0u64;
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let sql = format!(
-                "INSERT INTO cf.users (name) VALUES ('w{i}'); UPDATE cf.users SET name = CONCAT(name, '+') WHERE id = {}; DELETE FROM cf.users WHERE id = {};",
-                1 + (i * 37) % 1500,
-                1 + (i * 53) % 1500
-            );
-            let ok = Command::new("mariadb")
-                .args(["--no-defaults", "-h127.0.0.1", "-uroot"])
-                .arg(format!("-P{port}"))
-                .args(["-e", &sql])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                n += 1;
-            }
-            // pt-osc's triggers and chunk copies run between these
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        n
-    })
-}
-
 fn online_schema_change(kind: Kind) {
     let (_dir, t, m) = setup(kind, "lc_osc");
     m.sql("CREATE DATABASE cf; CREATE TABLE cf.users (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(40) NOT NULL, n INT);");
@@ -78,7 +48,7 @@ fn online_schema_change(kind: Kind) {
     args.extend(t.sink_args());
     let mut streaming = spawn_binlake(&args);
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(m.port, stop.clone());
+    let w = writer(m.port, "cf.users", stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     // pt-online-schema-change: _users_new filled by chunks and triggers, then the swap
     let osc = Command::new("pt-online-schema-change")
