@@ -138,6 +138,17 @@ async fn maintain_delta(
             }
         }
     }
+    match binlake_sink_delta::maintain::maintain_watermarks(&cfg, &opts).await {
+        Ok(Some(r)) => println!(
+            "{:<40} trimmed {} rows, compacted {} files into {}, now at version {}",
+            r.table, r.tombstones_purged, r.files_compacted, r.files_written, r.version
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            failed += 1;
+            eprintln!("error: {}: {e}", binlake_sink::WATERMARKS_TABLE);
+        }
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -153,6 +164,9 @@ pub(crate) fn maintain_options(
         target_file_size: m.target_file_size,
         vacuum_retention: m.vacuum_retention,
         tombstone_retention: m.tombstone_retention,
+        watermark_retention: m
+            .version_retention
+            .unwrap_or(std::time::Duration::from_secs(7 * 86400)),
     }
 }
 

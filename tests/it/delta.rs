@@ -212,7 +212,8 @@ fn delta_column_changes_mid_stream() {
 }
 
 /// `binlake maintain`: after many small commits, compaction leaves fewer files, tombstones past
-/// the retention are purged, a log checkpoint is written, and the table still equals the source.
+/// the retention are purged, a log checkpoint is written, the watermarks keep only their newest
+/// row per table, and the table still equals the source.
 #[test]
 fn delta_maintain_compacts_purges_and_checkpoints() {
     let dir = TestDir::new("dmaint");
@@ -236,6 +237,19 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
         delta_q(&table, "SELECT count(*) FROM t WHERE _binlake_deleted"),
         "6"
     );
+    let wm = format!("{target}/_binlake_watermarks");
+    let wm_rows = || {
+        delta_q(&wm, "SELECT count(*) FROM t")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let pairs = || {
+        delta_q(&wm, "SELECT count(DISTINCT (pipeline, \"table\")) FROM t")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let last_gtid = m.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+    assert!(wm_rows() >= 12, "a watermark row per table and commit");
     let out = binlake(
         &[
             "maintain",
@@ -246,6 +260,8 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
             "--tombstone-retention",
             "0s",
             "--vacuum-retention",
+            "0s",
+            "--version-retention",
             "0s",
         ],
         Duration::from_secs(120),
@@ -276,6 +292,16 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
         "no log checkpoint"
     );
     assert_replica_equal(&m, &target, "mt.t", &["--reader", "delta"]);
+    // the watermarks keep the newest row per (pipeline, table), history past the retention goes
+    assert!(report.contains("_binlake_watermarks"), "{report}");
+    assert_eq!(wm_rows(), pairs(), "{report}");
+    assert_eq!(
+        delta_q(
+            &wm,
+            "SELECT gtid FROM t WHERE \"table\" = 'mt.t' ORDER BY applied_at DESC LIMIT 1"
+        ),
+        last_gtid
+    );
     // replication goes on after maintenance
     m.sql("UPDATE mt.t SET v = 42 WHERE id = 1; INSERT INTO mt.t VALUES (50, 50);");
     catch_up(&m, &target, "mt.*", &DELTA);

@@ -110,6 +110,9 @@ pub struct MaintainOptions {
     pub target_file_size: u64,
     pub vacuum_retention: std::time::Duration,
     pub tombstone_retention: std::time::Duration,
+    /// `_binlake_watermarks` keeps the newest row per (pipeline, table) and the rows younger
+    /// than this.
+    pub watermark_retention: std::time::Duration,
 }
 
 impl Default for MaintainOptions {
@@ -118,6 +121,7 @@ impl Default for MaintainOptions {
             target_file_size: 128 << 20,
             vacuum_retention: std::time::Duration::from_secs(7 * 86400),
             tombstone_retention: std::time::Duration::from_secs(7 * 86400),
+            watermark_retention: std::time::Duration::from_secs(7 * 86400),
         }
     }
 }

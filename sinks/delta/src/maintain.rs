@@ -108,6 +108,16 @@ pub async fn maintain_table(
         .map_err(|e| err(name, "purge tombstones", e))?;
     report.tombstones_purged = m.num_deleted_rows.unwrap_or(0);
 
+    compact_and_vacuum(table, name, opts, report).await
+}
+
+/// Compacts small files, writes a log checkpoint and vacuums (maintenance steps 2-4).
+async fn compact_and_vacuum(
+    table: DeltaTable,
+    name: &str,
+    opts: &MaintainOptions,
+    mut report: MaintainReport,
+) -> Result<MaintainReport, SinkError> {
     // 2. Compact small files.
     let size = NonZeroU64::new(opts.target_file_size.max(1 << 20)).expect("non-zero");
     let (table, m) = table
@@ -136,6 +146,111 @@ pub async fn maintain_table(
     report.version = table.version().map_or(-1, |v| v as i64);
     info!(table = %name, compacted = report.files_compacted, written = report.files_written, tombstones = report.tombstones_purged, vacuumed = report.files_vacuumed, version = report.version, "maintained");
     Ok(report)
+}
+
+/// Maintains `_binlake_watermarks` (a row per table and commit, append-only): per (pipeline,
+/// table), the rows older than both `watermark_retention` and that pair's newest row are
+/// deleted, so each keeps its newest row and the recent history; then it is compacted,
+/// checkpointed and vacuumed like a data table. A pipeline appending meanwhile only adds files
+/// the DELETE did not read. None: the target has no watermarks table yet.
+pub async fn maintain_watermarks(
+    config: &DeltaConfig,
+    opts: &MaintainOptions,
+) -> Result<Option<MaintainReport>, SinkError> {
+    use deltalake::datafusion::logical_expr::{col, lit};
+    use deltalake::datafusion::scalar::ScalarValue;
+    let name = binlake_sink::WATERMARKS_TABLE;
+    let url = config
+        .base_url()?
+        .join(&format!("{name}/"))
+        .map_err(|e| SinkError::Definite(e.to_string()))?;
+    let table =
+        match DeltaTable::try_from_url_with_storage_options(url, config.storage_options()).await {
+            Ok(t) => t,
+            Err(deltalake::DeltaTableError::NotATable(_)) => return Ok(None),
+            Err(e) => return Err(err(name, "open", e)),
+        };
+    let df_err = |e: deltalake::datafusion::error::DataFusionError| {
+        SinkError::Definite(format!("{name}: {e}"))
+    };
+    let ctx = deltalake::delta_datafusion::create_session().into_inner();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| err(name, "read", e))?;
+    let provider = table.table_provider().await.map_err(df_err)?;
+    let newest = ctx
+        .read_table(provider)
+        .and_then(|df| {
+            df.aggregate(
+                vec![col("pipeline"), col("table")],
+                vec![
+                    deltalake::datafusion::functions_aggregate::expr_fn::max(col("applied_at"))
+                        .alias("newest"),
+                ],
+            )
+        })
+        .map_err(df_err)?
+        .collect()
+        .await
+        .map_err(df_err)?;
+    let cutoff = binlake_sink::store::now_us() - opts.watermark_retention.as_micros() as i64;
+    let ts = |us: i64| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(us),
+            Some("UTC".into()),
+        ))
+    };
+    let mut doomed: Option<deltalake::datafusion::logical_expr::Expr> = None;
+    for b in &newest {
+        let text = |i: usize| {
+            arrow_cast::cast(b.column(i), &arrow_schema::DataType::Utf8)
+                .map_err(|e| SinkError::Definite(format!("{name}: {e}")))
+        };
+        let (p, t) = (text(0)?, text(1)?);
+        let (p, t) = (
+            p.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .expect("utf8"),
+            t.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .expect("utf8"),
+        );
+        let n = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+            .ok_or_else(|| SinkError::Definite(format!("{name}: applied_at is not a timestamp")))?;
+        for r in 0..b.num_rows() {
+            let below = cutoff.min(n.value(r));
+            let e = col("pipeline")
+                .eq(lit(p.value(r)))
+                .and(col("table").eq(lit(t.value(r))))
+                .and(col("applied_at").lt(ts(below)));
+            doomed = Some(match doomed {
+                None => e,
+                Some(d) => d.or(e),
+            });
+        }
+    }
+    let mut report = MaintainReport {
+        table: name.to_string(),
+        ..Default::default()
+    };
+    let table = match doomed {
+        Some(predicate) => {
+            let (table, m) = table
+                .delete()
+                .with_predicate(predicate)
+                .await
+                .map_err(|e| err(name, "trim", e))?;
+            report.tombstones_purged = m.num_deleted_rows.unwrap_or(0);
+            table
+        }
+        None => table,
+    };
+    compact_and_vacuum(table, name, opts, report)
+        .await
+        .map(Some)
 }
 
 /// Maintenance scheduled by a replicating sink.
@@ -176,6 +291,9 @@ impl DeltaSink {
                 if let Err(e) = crate::maintain::maintain_table(&config, t, &opts).await {
                     tracing::warn!(table = %t, error = %e, "scheduled maintenance failed; will retry at the next pass");
                 }
+            }
+            if let Err(e) = crate::maintain::maintain_watermarks(&config, &opts).await {
+                tracing::warn!(error = %e, "scheduled maintenance of the watermarks failed; will retry at the next pass");
             }
             info!(
                 tables = tables.len(),
