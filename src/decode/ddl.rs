@@ -311,11 +311,15 @@ pub fn reread_ddl(db: &str, sql: &str) -> Vec<(TableId, &'static str)> {
 }
 
 /// A column definition (or a parenthesised list of them) that gives existing rows a value
-/// other than NULL.
+/// other than NULL. A TIMESTAMP column not declared NULL counts: with
+/// `explicit_defaults_for_timestamp` off (MySQL 5.7, MariaDB before 10.10) it is implicitly
+/// NOT NULL with a default (reading the table again is right either way).
 fn fills_existing_rows(def: &[Tok]) -> bool {
     let kw = |j: usize, w: &str| def.get(j).is_some_and(|t| t.is_kw(w));
+    let says_null = (0..def.len()).any(|j| kw(j, "NULL") && !(j > 0 && kw(j - 1, "NOT")));
     (0..def.len()).any(|j| {
-        (kw(j, "NOT") && kw(j + 1, "NULL"))
+        (kw(j, "TIMESTAMP") && !says_null)
+            || (kw(j, "NOT") && kw(j + 1, "NULL"))
             || kw(j, "AUTO_INCREMENT")
             || kw(j, "GENERATED")
             || (kw(j, "AS") && def.get(j + 1) == Some(&Tok::Punct('(')))
@@ -405,12 +409,14 @@ mod tests {
             "ALTER TABLE t ADD COLUMN c DATETIME DEFAULT CURRENT_TIMESTAMP",
             "ALTER TABLE t ADD COLUMN g INT AS (a + 1) STORED",
             "ALTER TABLE t ADD INDEX i (a), ADD COLUMN seq INT AUTO_INCREMENT UNIQUE",
+            "ALTER TABLE t ADD COLUMN changed TIMESTAMP",
         ] {
             assert_eq!(reread_ddl("s", sql), t(), "{sql}");
         }
         for sql in [
             "ALTER TABLE t ADD COLUMN c INT",
             "ALTER TABLE t ADD COLUMN c INT NULL DEFAULT NULL",
+            "ALTER TABLE t ADD COLUMN changed TIMESTAMP NULL",
             "ALTER TABLE t ADD INDEX i (a), ADD UNIQUE KEY u (b)",
             "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)",
             "ALTER TABLE t MODIFY c INT NOT NULL",

@@ -97,12 +97,14 @@ fn table_lifecycle(kind: Kind) {
     t.assert_equal(&m, "cf.t");
     // existing rows get the default at the source without a row event
     m.sql("ALTER TABLE cf.t ADD COLUMN theme VARCHAR(10) NOT NULL DEFAULT 'dark'; INSERT INTO cf.t VALUES (4, 'four', 'light');");
+    // an implicit TIMESTAMP default (explicit_defaults_for_timestamp off, as in MySQL 5.7)
+    m.sql("SET SESSION explicit_defaults_for_timestamp = 0; ALTER TABLE cf.t ADD COLUMN changed TIMESTAMP;");
     t.catch_up(&m, "cf.*", &[]);
     t.assert_equal(&m, "cf.t");
     // a table renamed into the filter, then changed
     m.sql("RENAME TABLE other.staging TO cf.moved; UPDATE cf.moved SET v = v + 1 WHERE id = 2; INSERT INTO cf.moved VALUES (3, 30);");
     // TRUNCATE, then new rows
-    m.sql("TRUNCATE TABLE cf.t; INSERT INTO cf.t VALUES (5, 'five', 'dark');");
+    m.sql("TRUNCATE TABLE cf.t; INSERT INTO cf.t (id, a, theme) VALUES (5, 'five', 'dark');");
     t.catch_up(&m, "cf.*", &[]);
     t.assert_equal(&m, "cf.moved");
     t.assert_equal(&m, "cf.t");
@@ -310,3 +312,55 @@ lifecycle!(
     clickhouse_empty_tables_exist,
     clickhouse_lost_position_is_recovered
 );
+
+/// A table binlake cannot follow stops, `binlake status` names it, and `binlake backfill
+/// --tables` clears it once the cause is fixed at the source: a keyless table renamed into the
+/// filter (a keyless table cannot be read again while the stream runs) stops; given a primary
+/// key at the source and backfilled, it is read again whole and streams on.
+#[test]
+fn parquet_backfill_clears_a_stopped_table() {
+    let (_dir, t, m) = setup(Kind::Parquet, "lc_unstop");
+    m.sql("CREATE DATABASE cf; CREATE DATABASE other; CREATE TABLE cf.a (id INT PRIMARY KEY); INSERT INTO cf.a VALUES (1);");
+    m.sql("CREATE TABLE other.k (id INT NOT NULL, v INT); INSERT INTO other.k VALUES (1, 10), (2, 20);");
+    let control = format!("127.0.0.1:{}", crate::observe::free_port());
+    let url = m.url();
+    let args = replicate_args(
+        &url,
+        &t.target,
+        "cf.*",
+        &["--control-addr", &control, "--max-latency", "100ms"],
+    );
+    let r = spawn_binlake(&args);
+    crate::snapshot::wait_equal(&m, &t.target, "cf.a", &[], Duration::from_secs(60));
+    m.sql("RENAME TABLE other.k TO cf.k;");
+    let status = || {
+        let out = binlake(&["status", "--target", &t.target], Duration::from_secs(30));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let s = status();
+        if s.lines()
+            .any(|l| l.contains("cf.k") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "cf.k was not stopped:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // fixed at the source, then backfilled: read again whole, and streamed on
+    m.sql("ALTER TABLE cf.k ADD PRIMARY KEY (id); INSERT INTO cf.k VALUES (3, 30); UPDATE cf.k SET v = 21 WHERE id = 2;");
+    let out = binlake(
+        &["backfill", "--control", &control, "--tables", "cf.k"],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    m.sql("UPDATE cf.k SET v = 11 WHERE id = 1;");
+    crate::snapshot::wait_equal(&m, &t.target, "cf.k", &[], Duration::from_secs(60));
+    let out = terminate(r, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.assert_nothing_stopped();
+}
