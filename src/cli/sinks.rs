@@ -45,6 +45,7 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
                 .maintenance
                 .every
                 .map(|every| (every, compact_options(o.maintenance)));
+            cfg.validate()?;
             Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
         }
         #[cfg(feature = "delta")]
@@ -57,6 +58,7 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
                 .maintenance
                 .every
                 .map(|every| (every, maintain_options(o.maintenance)));
+            cfg.validate()?;
             Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
         }
         #[cfg(feature = "clickhouse")]
@@ -73,6 +75,7 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
                 .maintenance
                 .every
                 .map(|every| (every, o.maintenance.tombstone_retention));
+            cfg.validate()?;
             Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
         }
         other => anyhow::bail!("sink `{other}` is not available in this build"),

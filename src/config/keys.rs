@@ -294,7 +294,7 @@ config_keys! {
         target_file_size: Size, flag Option<String>;
         /// Maintenance: vacuum keeps the files any version younger than this needs (default
         /// `7d`); in a Parquet lake, the files a compaction replaced are deleted this long after
-        /// it (default `10m`, so queries running meanwhile still find them).
+        /// it (default `1m`, so queries running meanwhile still find them).
         vacuum_retention: String, flag Option<String>;
         /// Maintenance: tombstones older than this are purged (default `7d`).
         tombstone_retention: String, flag Option<String>;

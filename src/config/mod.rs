@@ -458,7 +458,7 @@ impl Maintenance {
                 .transpose()?,
             replaced_grace: parse_duration(
                 "vacuum_retention",
-                c.vacuum_retention.as_deref().unwrap_or("10m"),
+                c.vacuum_retention.as_deref().unwrap_or("1m"),
             )?,
         })
     }

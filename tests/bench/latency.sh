@@ -12,6 +12,10 @@
 # for ClickHouse the first poll of the `_current` view (every 20 ms) that shows it.
 # Targets: p99 under 250 ms for Parquet and ClickHouse, under 500 ms for Delta. Not a test: it
 # prints p50/p99/max per sink and load; it fails only if a change never became visible.
+# EXTRA="--maintain-every 10s" passes flags to replicate; READS=1 samples the read time of the
+# current state of bench.lat every 10 s meanwhile (tests/bench/readtime.py; Parquet and Delta).
+# With compaction in EXTRA, Parquet's latency figures mean nothing: compaction deletes the log
+# entries the measurement reads (use those runs for the read times only).
 #   bash tests/bench/latency.sh     SINKS="parquet delta" PROFILES="single batch" SECONDS_=30 KEEP=1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,8 +53,13 @@ for sink in $SINKS; do
       *) echo "unknown profile $profile"; exit 2 ;;
     esac
     "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" --tables 'bench.*,sbtest.*' --sink "$sink" \
-      --target "$target" "${extra[@]}" --start-at current 2>"$W/$run.log" &
+      --target "$target" "${extra[@]}" ${EXTRA:-} --start-at current 2>"$W/$run.log" &
     pid=$!
+    rpid=""
+    if [ -n "${READS:-}" ] && [ "$sink" != clickhouse ]; then
+      python3 tests/bench/readtime.py "$sink" "$target" 10 "$W/$run.stop" &
+      rpid=$!
+    fi
     sleep 2
     sbpid=""
     if [ "$profile" = sysbench ]; then
@@ -65,6 +74,7 @@ for sink in $SINKS; do
     fi
     unset POLL_CLICKHOUSE
     sleep 3
+    if [ -n "$rpid" ]; then touch "$W/$run.stop"; wait "$rpid" || true; fi
     kill -TERM $pid; wait $pid || true
     echo "commits: $(grep -c '"committed"\|committed rows' "$W/$run.log" || true) logged; $(grep -o 'commits=[0-9]*' "$W/$run.log" | tail -1)"
     case $sink in

@@ -73,6 +73,35 @@ impl ClickHouseConfig {
         })
     }
 
+    /// Checks the settings without I/O (the URL was parsed by [`ClickHouseConfig::new`]); the
+    /// error names what is wrong.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let bad = |m: String| Err(SinkError::Definite(m));
+        if self.pipeline.is_empty() || self.pipeline.contains('/') {
+            return bad("the pipeline name must be non-empty and contain no '/'".into());
+        }
+        if !self
+            .database_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(format!(
+                "database_prefix `{}`: use letters, digits and _",
+                self.database_prefix
+            ));
+        }
+        if self.maintenance.is_some_and(|(every, _)| every.is_zero()) {
+            return bad("maintain_every must be above zero".into());
+        }
+        if self.tls_ca.is_some() && !self.url.starts_with("https://") {
+            return bad(format!(
+                "clickhouse_tls_ca is set but the target {} is not https://",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+
     /// The ClickHouse database of a source database.
     pub fn database(&self, db: &str) -> String {
         format!("{}{db}", self.database_prefix)

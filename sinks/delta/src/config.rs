@@ -34,6 +34,28 @@ impl DeltaConfig {
         }
     }
 
+    /// Checks the settings without I/O; the error names what is wrong.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let bad = |m: &str| {
+            Err(SinkError::Definite(format!(
+                "target `{}`: {m}",
+                self.target
+            )))
+        };
+        if self.pipeline.is_empty() || self.pipeline.contains('/') {
+            return bad("the pipeline name must be non-empty and contain no '/'");
+        }
+        if let Some((every, opts)) = &self.maintenance {
+            if every.is_zero() {
+                return bad("maintain_every must be above zero");
+            }
+            if opts.target_file_size < 1 << 20 {
+                return bad("target_file_size must be at least 1MiB");
+            }
+        }
+        self.base_url().map(|_| ())
+    }
+
     /// The target as a URL (local paths made absolute against the working directory). No I/O:
     /// [`DeltaConfig::local_dir`] names the directory the sink creates.
     pub fn base_url(&self) -> Result<Url, SinkError> {
