@@ -491,6 +491,7 @@ pub(super) async fn commit(
         snapshot_version: st.snap.last_version,
         table_commit_us: st.tables.commit_us.clone(),
         last_error: st.progress.last_error.clone(),
+        created: st.tables.created.clone(),
     };
     let commit = Commit {
         batches,

@@ -12,7 +12,8 @@
 //!   `t` and never shows it empty.
 //! - `ALTER TABLE ... ADD COLUMN` that gives existing rows a value (a default, NOT NULL) reads
 //!   the table again: the binlog carries no row events for those values.
-//! - `CREATE TABLE` of a selected name is remembered ([`DdlStep::Created`]): the table starts
+//! - `CREATE TABLE` of a selected name is remembered, in the checkpoint
+//!   ([`DdlStep::Created`]): the table starts
 //!   from its CREATE in the stream, and one that got no rows by the time the source is drained
 //!   is read once, so that it exists in the target even while empty. `CREATE OR REPLACE` drops
 //!   the old table first.

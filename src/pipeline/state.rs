@@ -37,8 +37,8 @@ pub(super) struct Tables {
     /// Tables stopped by a definite table error: their changes are skipped until rebuilt.
     pub quarantined: BTreeMap<TableId, String>,
     /// Tables created in the stream (CREATE TABLE at this version) that have had no rows
-    /// since: read once when the source is drained, so that they exist in the target. Not
-    /// checkpointed: after a restart such a table appears with its first row.
+    /// since: read once when the source is drained, so that they exist in the target
+    /// (checkpointed: a restart reads them too).
     pub created: BTreeMap<TableId, u64>,
 }
 
@@ -127,7 +127,7 @@ impl State {
                 versions: cp.tables,
                 commit_us: cp.table_commit_us,
                 quarantined: cp.quarantined,
-                created: Default::default(),
+                created: cp.created,
             },
             progress: Progress {
                 // a fresh start may commit snapshot rows before the stream delivers a transaction

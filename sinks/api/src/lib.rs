@@ -309,6 +309,10 @@ pub struct Checkpoint {
     /// The last error the pipeline retried or failed over from (wall-clock µs, message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<(i64, String)>,
+    /// Tables created in the stream (CREATE TABLE, at this version) that no row has reached
+    /// yet: read once when the source is next drained, so that they exist in the target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub created: BTreeMap<TableId, u64>,
 }
 
 /// A table's snapshot in progress (see `binlake::snapshot`). Keys are opaque JSON to sinks.
