@@ -65,8 +65,7 @@ pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
 /// binlog changes are buffered and the floor since the last commit has passed. Snapshot rows
 /// alone wait for the size or time bounds (a drained source says nothing about them).
 pub(super) fn drained_due(st: &State, floor: Duration, idle: bool) -> bool {
-    idle && Instant::now() >= st.progress.last_commit + floor
-        && st.intake.buffers.values().any(|b| b.txns > 0)
+    idle && Instant::now() >= st.progress.last_commit + floor && st.intake.holds_changes()
 }
 
 /// A commit is due by time: rows waited `max_latency`, or the position moved

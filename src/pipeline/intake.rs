@@ -93,6 +93,11 @@ impl Intake {
         self.buffers.values().map(|b| b.bytes).sum()
     }
 
+    /// Binlog changes (not only snapshot rows) are buffered.
+    pub fn holds_changes(&self) -> bool {
+        self.buffers.values().any(|b| b.txns > 0)
+    }
+
     /// Something waits to be committed.
     pub fn has_data(&self) -> bool {
         self.buffers

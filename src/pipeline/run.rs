@@ -133,7 +133,7 @@ impl<'a> Run<'a> {
                 }
             }
             let mut deadline = next_deadline(&self.st, self.cfg);
-            if self.idle && self.st.intake.buffers.values().any(|b| b.txns > 0) {
+            if self.idle && self.st.intake.holds_changes() {
                 // drained: commit once the floor since the last commit has passed
                 deadline = deadline.min(self.st.progress.last_commit + self.floor());
             }

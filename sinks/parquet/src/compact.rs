@@ -86,24 +86,22 @@ impl ParquetSink {
         let checkpoint = last.checkpoint;
         let now = now_us();
         let live = state.files;
-        let all_live = live.clone();
         let pending = state.removed;
         let small = opts.target_file_size / 4;
-        let mut groups: BTreeMap<String, Vec<Vec<FileEntry>>> = BTreeMap::new();
-        for f in live {
+        // per table, runs of consecutive small files up to the target size (with their bytes)
+        let mut groups: BTreeMap<String, Vec<(u64, Vec<FileEntry>)>> = BTreeMap::new();
+        for f in &live {
             let keyed = !f.key.is_empty() || f.table == WATERMARKS_TABLE;
             if !keyed || !select(&f.table) || f.bytes as u64 >= small {
                 continue;
             }
             let runs = groups.entry(f.table.clone()).or_default();
             match runs.last_mut() {
-                Some(g)
-                    if g.iter().map(|x| x.bytes as u64).sum::<u64>() + f.bytes as u64
-                        <= opts.target_file_size =>
-                {
-                    g.push(f)
+                Some((bytes, g)) if *bytes + f.bytes as u64 <= opts.target_file_size => {
+                    *bytes += f.bytes as u64;
+                    g.push(f.clone());
                 }
-                _ => runs.push(vec![f]),
+                _ => runs.push((f.bytes as u64, vec![f.clone()])),
             }
         }
         let seq = self.log.last_seq + 1;
@@ -116,7 +114,7 @@ impl ParquetSink {
                 table: table.clone(),
                 ..Default::default()
             };
-            for group in runs.into_iter().filter(|g| g.len() > 1) {
+            for (_, group) in runs.into_iter().filter(|(_, g)| g.len() > 1) {
                 for run in self.read_runs(group).await? {
                     if run.len() < 2 {
                         continue; // a shape of its own: nothing to merge it with
@@ -151,23 +149,24 @@ impl ParquetSink {
                 summary.tables.push(report);
             }
         }
-        // Replaced files that still exist (the listing), and those whose grace has passed.
-        let present: HashSet<String> = self
-            .log
-            .list(self.log.root())
-            .await?
-            .into_iter()
-            .map(|p| p.to_string())
-            .collect();
-        let exists = |p: &str| present.contains(self.log.path(p).as_ref());
-        let mut pending: Vec<RemovedFile> =
-            pending.into_iter().filter(|r| exists(&r.path)).collect();
+        // Replaced files that still exist (one listing, only when there are any to look for).
+        let mut pending = pending;
+        if !pending.is_empty() {
+            let present: HashSet<String> = self
+                .log
+                .list(self.log.root())
+                .await?
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect();
+            pending.retain(|r| present.contains(self.log.path(&r.path).as_ref()));
+        }
         if !outputs.is_empty() {
             self.staged.clear();
             self.write_files(outputs).await?;
             failpoint("compact-after-files");
             let gone: HashSet<&str> = removed.iter().map(String::as_str).collect();
-            let mut files: Vec<FileEntry> = all_live
+            let mut files: Vec<FileEntry> = live
                 .into_iter()
                 .filter(|f| !gone.contains(f.path.as_str()))
                 .collect();
