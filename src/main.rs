@@ -525,7 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
+            tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink.kind, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
                 settings.pipeline.clone(),
                 settings.source.clone(),
@@ -557,15 +557,10 @@ fn reader_sink(fc: &FileConfig) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
     let target = fc.target.clone().context("--target is required")?;
     let pipeline_name = fc.pipeline.clone().unwrap_or_else(|| "default".into());
     build_sink(&SinkOpts {
-        kind: fc.sink.as_deref().unwrap_or("parquet"),
         target: &target,
         pipeline: &pipeline_name,
-        zstd_level: 1,
-        hard_deletes: false,
+        sink: &binlake::config::SinkSettings::resolve(fc)?,
         maintenance: &binlake::config::Maintenance::resolve(fc)?,
-        lz4: None,
-        database_prefix: fc.database_prefix.as_deref().unwrap_or(""),
-        clickhouse_tls_ca: fc.clickhouse_tls_ca.as_deref(),
     })
 }
 

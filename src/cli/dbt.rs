@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use binlake::config::SinkKind;
 use binlake::source;
 
 use crate::{resolve, DbtArgs};
@@ -23,11 +24,11 @@ pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
             .trim_end_matches('/')
             .to_string()
     };
-    let target = match settings.sink.as_str() {
-        "parquet" => binlake::dbt::DbtTarget::Parquet(lake(&settings.target)),
-        "delta" => binlake::dbt::DbtTarget::Delta(lake(&settings.target)),
-        _ => binlake::dbt::DbtTarget::ClickHouse {
-            prefix: settings.database_prefix.clone(),
+    let target = match settings.sink.kind {
+        SinkKind::Parquet => binlake::dbt::DbtTarget::Parquet(lake(&settings.target)),
+        SinkKind::Delta => binlake::dbt::DbtTarget::Delta(lake(&settings.target)),
+        SinkKind::ClickHouse => binlake::dbt::DbtTarget::ClickHouse {
+            prefix: settings.sink.clickhouse.database_prefix.clone(),
         },
     };
     let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use crate::MaintainArgs;
 use crate::{config_error, init_logs};
-use binlake::config::Patterns;
+use binlake::config::{Patterns, SinkKind};
 
 pub(crate) async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
     let fc = match m.config.load(&[&m.target, &m.tables, &m.delta, &m.log]) {
@@ -40,9 +40,13 @@ pub(crate) async fn maintain(m: MaintainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let pipeline = fc.pipeline.clone().unwrap_or_else(|| "default".into());
-    match fc.sink.as_deref().unwrap_or("parquet") {
-        "parquet" => maintain_parquet(target, pipeline, &maintenance, &filter).await,
-        "delta" => maintain_delta(target, pipeline, &maintenance, &filter).await,
+    let sink = match binlake::config::SinkSettings::resolve(&fc) {
+        Ok(s) => s,
+        Err(e) => return config_error(e),
+    };
+    match sink.kind {
+        SinkKind::Parquet => maintain_parquet(target, pipeline, &maintenance, &filter).await,
+        SinkKind::Delta => maintain_delta(target, pipeline, &maintenance, &filter).await,
         other => {
             eprintln!("error: `maintain` works on Parquet and Delta targets (--sink parquet|delta), not `{other}` (ClickHouse merges by itself; `maintain_every` in replicate runs OPTIMIZE)");
             Ok(ExitCode::from(2))
@@ -123,8 +127,11 @@ async fn maintain_delta(
     let cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
     let mut failed = 0;
     for t in binlake_sink_delta::maintain::tables(&cfg).await? {
-        let (db, name) = t.split_once('.').unwrap_or((&t, ""));
-        if !filter.matches(db, name) {
+        let selected = t
+            .parse::<binlake_sink::TableId>()
+            .map(|id| filter.matches(&id.db, &id.table))
+            .unwrap_or(true);
+        if !selected {
             continue;
         }
         match binlake_sink_delta::maintain::maintain_table(&cfg, &t, &opts).await {

@@ -1,46 +1,37 @@
 //! Building the sink a configuration names (each build has the sinks of its cargo features).
 
-use binlake::config::Settings;
+#[allow(unused_imports)] // each build uses the enums of its sinks
+use binlake::config::{Deletes, InsertCompression, Settings, SinkKind};
 
 #[cfg(feature = "delta")]
 use crate::cli::maintain::maintain_options;
 
-/// What the sinks are built from (each build reads the fields of the sinks it has).
-#[allow(dead_code)]
+/// What a sink is built from: the target, the pipeline, the sinks' settings and maintenance.
 pub(crate) struct SinkOpts<'a> {
-    pub(crate) kind: &'a str,
     pub(crate) target: &'a str,
     pub(crate) pipeline: &'a str,
-    pub(crate) zstd_level: i32,
-    pub(crate) hard_deletes: bool,
+    pub(crate) sink: &'a binlake::config::SinkSettings,
+    #[allow(dead_code)] // read by the sinks of this build that have maintenance
     pub(crate) maintenance: &'a binlake::config::Maintenance,
-    pub(crate) lz4: Option<bool>,
-    pub(crate) database_prefix: &'a str,
-    pub(crate) clickhouse_tls_ca: Option<&'a str>,
 }
 
 /// The sink a resolved configuration names.
 pub(crate) fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
     build_sink(&SinkOpts {
-        kind: &settings.sink,
         target: &settings.target,
         pipeline: &settings.pipeline.name,
-        zstd_level: settings.zstd_level,
-        hard_deletes: settings.hard_deletes,
+        sink: &settings.sink,
         maintenance: &settings.maintenance,
-        lz4: settings.lz4,
-        database_prefix: &settings.database_prefix,
-        clickhouse_tls_ca: settings.clickhouse_tls_ca.as_deref(),
     })
 }
 
 pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
     let (target, pipeline) = (o.target, o.pipeline);
-    match o.kind {
+    match o.sink.kind {
         #[cfg(feature = "parquet")]
-        "parquet" => {
+        SinkKind::Parquet => {
             let mut cfg = binlake_sink_parquet::ParquetConfig::new(target, pipeline);
-            cfg.zstd_level = o.zstd_level;
+            cfg.zstd_level = o.sink.parquet.zstd_level;
             cfg.maintenance = o
                 .maintenance
                 .every
@@ -49,11 +40,12 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
             Ok(Box::new(binlake_sink_parquet::ParquetSink::new(cfg)?))
         }
         #[cfg(feature = "delta")]
-        "delta" => {
+        SinkKind::Delta => {
             let mut cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
-            if o.hard_deletes {
-                cfg.deletes = binlake_sink_delta::Deletes::Hard;
-            }
+            cfg.deletes = match o.sink.delta.deletes {
+                Deletes::Soft => binlake_sink_delta::Deletes::Soft,
+                Deletes::Hard => binlake_sink_delta::Deletes::Hard,
+            };
             cfg.maintenance = o
                 .maintenance
                 .every
@@ -62,14 +54,16 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
             Ok(Box::new(binlake_sink_delta::DeltaSink::new(cfg)?))
         }
         #[cfg(feature = "clickhouse")]
-        "clickhouse" => {
+        SinkKind::ClickHouse => {
+            use binlake_sink_clickhouse::Compression;
+            let ch = &o.sink.clickhouse;
             let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
-            cfg.database_prefix = o.database_prefix.to_string();
-            cfg.tls_ca = o.clickhouse_tls_ca.map(str::to_string);
-            match o.lz4 {
-                Some(true) => cfg.compression = binlake_sink_clickhouse::Compression::Lz4,
-                Some(false) => cfg.compression = binlake_sink_clickhouse::Compression::None,
-                None => {} // the sink's default: LZ4, none to a loopback server
+            cfg.database_prefix = ch.database_prefix.clone();
+            cfg.tls_ca = ch.tls_ca.clone();
+            match ch.compression {
+                InsertCompression::Lz4 => cfg.compression = Compression::Lz4,
+                InsertCompression::None => cfg.compression = Compression::None,
+                InsertCompression::Auto => {} // the sink's default: LZ4, none to a loopback server
             }
             cfg.maintenance = o
                 .maintenance
@@ -78,6 +72,7 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
             cfg.validate()?;
             Ok(Box::new(binlake_sink_clickhouse::ClickHouseSink::new(cfg)?))
         }
+        #[allow(unreachable_patterns)] // every sink is in a full build
         other => anyhow::bail!("sink `{other}` is not available in this build"),
     }
 }

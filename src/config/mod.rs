@@ -11,10 +11,16 @@ use thiserror::Error;
 
 pub mod keys;
 pub mod schema;
+pub mod sink;
 
 pub use keys::{
     ClickHouseFlags, DeltaFlags, FileConfig, LogFlags, ParquetFlags, PipelineFlags, SourceFlags,
     TablesFlags, TargetFlags,
+};
+
+pub use sink::{
+    ClickHouseSettings, Deletes, DeltaSettings, InsertCompression, ParquetSettings, SinkKind,
+    SinkSettings, SINKS,
 };
 
 use crate::filter::TableFilter;
@@ -374,34 +380,16 @@ pub fn parse_size(key: &'static str, s: &Size) -> Result<usize, ConfigError> {
     Ok((n * mult) as usize)
 }
 
-/// Which sinks this build has.
-pub const SINKS: &[&str] = &[
-    #[cfg(feature = "parquet")]
-    "parquet",
-    #[cfg(feature = "delta")]
-    "delta",
-    #[cfg(feature = "clickhouse")]
-    "clickhouse",
-];
-
 /// Everything `replicate` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub source: SourceConfig,
     pub pipeline: PipelineConfig,
-    pub sink: String,
+    /// The selected sink and the sinks' own settings.
+    pub sink: SinkSettings,
     pub target: String,
-    pub zstd_level: i32,
     pub log_json: bool,
-    /// Hard deletes (Delta).
-    pub hard_deletes: bool,
     pub maintenance: Maintenance,
-    /// ClickHouse: compress inserts with LZ4.
-    /// ClickHouse: `Some(true)` LZ4, `Some(false)` none, `None` auto.
-    pub lz4: Option<bool>,
-    /// ClickHouse: database name prefix.
-    pub database_prefix: String,
-    pub clickhouse_tls_ca: Option<String>,
     /// Where to serve Prometheus metrics.
     pub metrics_addr: Option<String>,
 }
@@ -484,16 +472,7 @@ impl Settings {
             Some(Patterns::Many(v)) => v.clone(),
         };
         let filter = TableFilter::parse(&patterns).map_err(|e| key_err("tables", e.to_string()))?;
-        let sink = c.sink.clone().unwrap_or_else(|| "parquet".into());
-        if !SINKS.contains(&sink.as_str()) {
-            return Err(key_err(
-                "sink",
-                format!(
-                    "`{sink}` is not available in this build; expected one of: {}",
-                    SINKS.join(", ")
-                ),
-            ));
-        }
+        let sink = SinkSettings::resolve(c)?;
         let target = c
             .target
             .clone()
@@ -539,13 +518,6 @@ impl Settings {
         if heartbeat < Duration::from_millis(100) {
             return Err(key_err("heartbeat", "must be at least 100ms"));
         }
-        let zstd_level = c.zstd_level.unwrap_or(1);
-        if !(1..=22).contains(&zstd_level) {
-            return Err(key_err(
-                "zstd_level",
-                format!("expected 1..=22, got {zstd_level}"),
-            ));
-        }
         let log_json = match c.log_format.as_deref().unwrap_or("text") {
             "text" => false,
             "json" => true,
@@ -556,38 +528,7 @@ impl Settings {
                 ))
             }
         };
-        let hard_deletes = match c.deletes.as_deref().unwrap_or("soft") {
-            "soft" => false,
-            "hard" => true,
-            other => {
-                return Err(key_err(
-                    "deletes",
-                    format!("expected soft or hard, got `{other}`"),
-                ))
-            }
-        };
         let maintenance = Maintenance::resolve(c)?;
-        let lz4 = match c.compression.as_deref().unwrap_or("auto") {
-            "auto" => None,
-            "lz4" => Some(true),
-            "none" => Some(false),
-            other => {
-                return Err(key_err(
-                    "compression",
-                    format!("expected auto, lz4 or none, got `{other}`"),
-                ))
-            }
-        };
-        let database_prefix = c.database_prefix.clone().unwrap_or_default();
-        if !database_prefix
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-        {
-            return Err(key_err(
-                "database_prefix",
-                format!("`{database_prefix}`: use letters, digits and _"),
-            ));
-        }
         let replica_server_id = c.server_id.unwrap_or_else(|| default_server_id(&pipeline));
         if replica_server_id == 0 {
             return Err(key_err(
@@ -671,13 +612,8 @@ impl Settings {
             },
             sink,
             target,
-            zstd_level,
             log_json,
-            hard_deletes,
             maintenance,
-            lz4,
-            database_prefix,
-            clickhouse_tls_ca: c.clickhouse_tls_ca.clone(),
             metrics_addr: c
                 .metrics_addr
                 .as_deref()
