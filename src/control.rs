@@ -149,8 +149,8 @@ pub async fn check(
             .await
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad(format!("{t} does not exist")))?;
-        if d.keyless() {
-            return Err(bad(format!("{t} has no primary key: a backfill would duplicate its rows (rebuild the table in the target instead)")));
+        if d.keyless() && (req.filter.is_some() || !req.absent.is_empty()) {
+            return Err(bad(format!("{t} has no primary key: it is backfilled whole (read again in one consistent read that replaces its rows), without a predicate or keys to check")));
         }
         if let Some(w) = &req.filter {
             conn.query_drop(format!(

@@ -499,6 +499,40 @@ impl TableBuffer {
         Ok(())
     }
 
+    /// Drops the rows below `version` from a keyless table's buffer: a whole read of the table
+    /// versioned at `version` holds their transactions (see `handoff`). Keyless buffers have
+    /// no key index to keep in step.
+    pub fn drop_below(&mut self, version: u64) -> Result<(), BuildError> {
+        debug_assert!(matches!(self.last_by_key, LastByKey::None));
+        if self.rows == 0 || self.min_version >= version {
+            return Ok(());
+        }
+        self.finish_segment()?;
+        let at = self.cols.len(); // the version column of a segment
+        let before = self.rows;
+        let mut versions = Vec::with_capacity(before);
+        for seg in &mut self.segments {
+            let v = seg[at]
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .expect("version column");
+            let mask = BooleanArray::from_iter(v.iter().map(|x| Some(x.unwrap_or(0) >= version)));
+            versions.extend(v.iter().flatten().filter(|&x| x >= version));
+            *seg = seg
+                .iter()
+                .map(|c| arrow_select::filter::filter(c.as_ref(), &mask))
+                .collect::<Result<_, _>>()?;
+        }
+        self.segments
+            .retain(|s| s.first().is_some_and(|c| !c.is_empty()));
+        self.rows = versions.len();
+        self.min_version = versions.iter().copied().min().unwrap_or(u64::MAX);
+        self.max_version = versions.iter().copied().max().unwrap_or(0);
+        self.versions = versions;
+        self.bytes = self.bytes * self.rows / before.max(1);
+        Ok(())
+    }
+
     /// Moves the rows in the builders into a segment.
     fn finish_segment(&mut self) -> Result<(), BuildError> {
         if self.building == 0 {

@@ -350,11 +350,24 @@ fn take_chunk(
     // missed deletes) are snapshot rows like any chunk's: versioned at the read, never taken for
     // binlog changes.
     let deleted = chunk.tombstones;
-    let mut fresh = st.snap.fresh.contains(&id) && !deleted;
+    // A keyless table's whole read (see `read_whole`): no transaction wrote to it inside the
+    // window, so the read holds exactly its transactions at or below `version`; the buffered
+    // rows below go, the read replaces what the target holds below `version`, and the stream's
+    // later rows stay on top.
+    let keyless = tm.primary_key.is_empty();
+    if keyless {
+        if let Some(buf) = st.intake.buffers.get_mut(&id) {
+            buf.drop_below(version).map_err(|e| PipelineError::Build {
+                table: id.clone(),
+                source: e,
+            })?;
+        }
+    }
+    let mut fresh = st.snap.fresh.contains(&id) && !deleted && !keyless;
     let changed = st.snap.changed.get(&id).filter(|c| !c.is_empty());
     // DBLog: rows whose key the stream changed in or after this read's window are dropped;
     // a key the stream changed before it is not new to the target.
-    let check = changed.is_some();
+    let check = changed.is_some() && !keyless;
     let mut keep = |kb: &[u8]| match changed.and_then(|c| c.get(kb)) {
         Some(&v) if v >= low => false,
         Some(_) => {
@@ -432,7 +445,15 @@ fn take_chunk(
         done: chunk.done,
         tombstones: chunk.tombstones,
     };
-    finish_chunk(st, &id, &tm, read, read_to)
+    finish_chunk(st, &id, &tm, read, read_to)?;
+    if keyless {
+        let shape = target_shape(&st.intake, &id, &tm);
+        let buf = buffer_for(&mut st.intake, id.clone(), &shape)?;
+        buf.replace = true;
+        buf.purge_below = Some(version);
+        info!(table = %id, rows = read, version, "keyless table read again: it replaces the target's rows below its version");
+    }
+    Ok(())
 }
 
 /// Records a chunk; at a re-snapshot's end, the rows below its start go with the next commit.

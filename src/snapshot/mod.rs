@@ -73,18 +73,25 @@
 //! with the version of its newest read.
 //!
 //! ## Tables without a primary key
-//! They cannot be paged or merged by key, so they are read in one consistent read at startup,
-//! before the stream starts, and committed in one commit. Rows cannot be dropped by key, so the
-//! read's window must hold no transaction that wrote to the table: the binlog between `low` and
-//! `high` is checked for a table map of it (`SHOW BINLOG EVENTS`), and the table is read again
-//! when one is there. The read then holds exactly the table's transactions up to `high`, and the
-//! stream drops that table's transactions at or before `high` (the cut). A backfill of such a
-//! table is refused (it would duplicate every row). The read's batch is marked as the table's
-//! whole content (`TableBatch::replace`): a crash between a keyless snapshot's data and its
-//! checkpoint, in a sink whose commits are not atomic across tables, makes the restart read the
-//! table again, and that read replaces the first attempt's rows (Delta: one overwrite commit;
-//! ClickHouse: TRUNCATE, then the insert) instead of adding to them. Parquet commits data and
-//! checkpoint at once, so it never sees a keyless snapshot twice.
+//! They cannot be paged or merged by key, so they are read whole in one consistent read. Rows
+//! cannot be dropped by key, so the read's window must hold no transaction that wrote to the
+//! table: the binlog between `low` and `high` is checked for a table map of it (`SHOW BINLOG
+//! EVENTS`), and the table is read again when one is there. The read then holds exactly the
+//! table's transactions up to `high`.
+//! - At startup (a table new to the target) the read comes before the stream, is committed in
+//!   one commit, and the stream drops that table's transactions at or before `high` (the cut).
+//! - While the stream runs (a re-snapshot after RENAME TABLE into the name or a lost position,
+//!   a backfill) it is one chunk ([`read_whole`]), placed by the pipeline at its window like any
+//!   chunk: versioned between the last transaction at or before `high` and the next, it replaces
+//!   what the target holds of the table below that version, while the stream's later changes
+//!   stay. A backfill `--where` is refused (the read is whole).
+//!
+//! The read's batch is marked as the table's whole content (`TableBatch::replace`): a crash
+//! between its data and its checkpoint, in a sink whose commits are not atomic across tables,
+//! makes the restart read the table again, and that read replaces the first attempt's rows
+//! (Delta: one overwrite commit; ClickHouse: a shadow table swapped in with `EXCHANGE TABLES`;
+//! Parquet: delete rows that cancel what the changelog counted, in the read's file) instead of
+//! adding to them.
 //!
 //! ## Reading
 //! Key ranges are read through [`wire`], binlake's own client for the chunk queries (the same
@@ -242,6 +249,13 @@ enum Work {
         floor: BinlogPos,
         plan: i64,
     },
+    /// Read a keyless table whole in one consistent read (see [`read_whole`]).
+    Whole {
+        table: Arc<SnapTable>,
+        id: TableId,
+        floor: BinlogPos,
+        plan: i64,
+    },
     /// Check which of these keys the source lacks (see `SnapshotProgress::absent`).
     Absent {
         table: Arc<SnapTable>,
@@ -256,14 +270,16 @@ impl Work {
     fn plan(&self) -> Option<i64> {
         match self {
             Work::Plan { .. } => None,
-            Work::Range { plan, .. } | Work::Absent { plan, .. } => Some(*plan),
+            Work::Range { plan, .. } | Work::Absent { plan, .. } | Work::Whole { plan, .. } => {
+                Some(*plan)
+            }
         }
     }
 
     fn table(&self) -> TableId {
         match self {
             Work::Plan { table, .. } => table.clone(),
-            Work::Range { id, .. } | Work::Absent { id, .. } => id.clone(),
+            Work::Range { id, .. } | Work::Absent { id, .. } | Work::Whole { id, .. } => id.clone(),
         }
     }
 }
@@ -475,6 +491,20 @@ async fn reader(
                             plan,
                         };
                         read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
+                    }
+                    Work::Whole {
+                        table,
+                        id,
+                        floor,
+                        plan,
+                    } => {
+                        let r = Reading {
+                            table: &table,
+                            id: &id,
+                            floor: &floor,
+                            plan,
+                        };
+                        read_whole(c, &tx, r).await
                     }
                     Work::Absent {
                         table,
@@ -712,9 +742,7 @@ async fn read_absent(
 }
 
 /// A keyless table read whole in one consistent snapshot (at startup, before the stream), with
-/// the read's window. No transaction between the window's bounds wrote to the table (checked in
-/// the binlog, read again otherwise), so the read holds exactly the table's transactions up to
-/// `window.high`: the stream skips those and applies the rest.
+/// the read's window (see [`read_whole_table`]).
 pub async fn read_keyless(
     opts: &Opts,
     id: &TableId,
@@ -724,16 +752,57 @@ pub async fn read_keyless(
     let table = values::describe(&mut conn, &id.db, &id.table)
         .await?
         .ok_or_else(|| SourceError::Definite(format!("table {id} does not exist")))?;
+    let (rows, window) = read_whole_table(&mut conn, &table, id, floor, None)
+        .await
+        .map_err(Failure::into_source)?;
+    Ok((table.map.clone(), rows, window))
+}
+
+/// A keyless table read again while the stream runs (a re-snapshot, a backfill): the whole
+/// table in one chunk, placed by the pipeline at its window like any chunk, where it replaces
+/// what the target holds of the table below the chunk's version.
+async fn read_whole(
+    conn: &mut mysql_async::Conn,
+    tx: &mpsc::Sender<SnapshotMsg>,
+    r: Reading<'_>,
+) -> Result<(), Failure> {
+    let (rows, window) = read_whole_table(conn, r.table, r.id, r.floor, Some(tx)).await?;
+    info!(table = %r.id, rows = rows.len(), %window, "keyless table read again whole in one consistent snapshot");
+    tx.send(SnapshotMsg::Chunk(Chunk {
+        table: r.id.clone(),
+        range: 0,
+        map: r.table.map.clone(),
+        rows: ChunkRows::Rows(rows),
+        after: None,
+        done: true,
+        window,
+        read_at_us: crate::clock::now_us(),
+        tombstones: false,
+        plan: r.plan,
+    }))
+    .await
+    .map_err(|_| Failure::Closed)
+}
+
+/// Reads keyless `table` whole, with the read's window. No transaction between the window's
+/// bounds wrote to the table (checked in the binlog, read again otherwise), so the read holds
+/// exactly the table's transactions up to `window.high`: the stream skips those and applies
+/// the rest. Gives up (definite) when every read for 10 minutes had a write to the table inside.
+async fn read_whole_table(
+    conn: &mut mysql_async::Conn,
+    table: &SnapTable,
+    id: &TableId,
+    floor: &BinlogPos,
+    tx: Option<&mpsc::Sender<SnapshotMsg>>,
+) -> Result<(Vec<Vec<Value>>, Window), Failure> {
     let (sql, _) = table
         .chunk_query(id, &[], None, None)
         .expect("no key to read back");
     let started = Instant::now();
     let mut attempt = 0u32;
     loop {
-        let window = begin_read(&mut ChunkConn::My(&mut conn), floor, None)
-            .await
-            .map_err(Failure::into_source)?;
-        let (rows, _) = chunk_rows(&mut conn, &sql, vec![], &table, &[], None).await?;
+        let window = begin_read(&mut ChunkConn::My(conn), floor, tx).await?;
+        let (rows, _) = chunk_rows(conn, &sql, vec![], table, &[], None).await?;
         conn.query_drop("COMMIT")
             .await
             .map_err(|e| SourceError::from_mysql(e, "reading a keyless table"))?;
@@ -741,17 +810,15 @@ pub async fn read_keyless(
             ChunkRows::Rows(r) => r,
             ChunkRows::Columns(_) => unreachable!("rows were asked for"),
         };
-        if !touched(&mut ChunkConn::My(&mut conn), &window, id)
-            .await
-            .map_err(Failure::into_source)?
-        {
-            return Ok((table.map.clone(), rows, window));
+        if !touched(&mut ChunkConn::My(conn), &window, id).await? {
+            return Ok((rows, window));
         }
         attempt += 1;
         if started.elapsed() > Duration::from_secs(600) {
             return Err(SourceError::Definite(format!(
-                "{id} has no primary key and was written to during each of {attempt} reads in 10 minutes: binlake cannot tell which of those writes a read holds. Give the table a primary key, or start while it is quieter"
-            )));
+                "{id} has no primary key and was written to during each of {attempt} reads in 10 minutes: binlake cannot tell which of those writes a read holds. Give the table a primary key, or backfill it while it is quieter"
+            ))
+            .into());
         }
         info!(table = %id, %window, attempt, "a transaction inside the read's window wrote to the keyless table; reading it again");
         tokio::time::sleep(Duration::from_millis(10 << attempt.min(7))).await;

@@ -42,10 +42,31 @@ pub(super) async fn plan(
         .into());
     }
     if table.keyless() {
-        return Err(SourceError::Definite(format!(
-            "{id} has no primary key: it is read once at startup (a backfill would duplicate its rows; rebuild the table in the target instead)"
-        ))
-        .into());
+        // no key to split on or to continue after: read whole in one chunk, again from the
+        // start if interrupted (the chunk replaces what the target holds below its version)
+        if progress.filter.is_some() {
+            return Err(SourceError::Definite(format!(
+                "{id} has no primary key: it is read whole (a backfill cannot select part of it with --where)"
+            ))
+            .into());
+        }
+        progress.ranges = vec![RangeProgress::default()];
+        progress.estimate = table.estimate;
+        info!(table = %id, estimate = table.estimate, reason = %progress.reason, "keyless table planned: read whole in one consistent snapshot");
+        tx.send(SnapshotMsg::Planned {
+            table: id.clone(),
+            progress: progress.clone(),
+        })
+        .await
+        .map_err(|_| Failure::Closed)?;
+        queue.lock().expect("queue").push_back(Work::Whole {
+            table: Arc::new(table),
+            id,
+            floor,
+            plan: progress.started_at_us,
+        });
+        notify.notify_waiters();
+        return Ok(());
     }
     if progress.ranges.is_empty() {
         let splits = split_points(conn, &table, &id, cfg, progress.filter.is_some()).await?;

@@ -66,21 +66,28 @@ impl Target {
     /// `rows sum(n)` of the keyless table `cf.log` in the target (compare.py compares keyed
     /// tables only).
     pub(crate) fn log(&self) -> String {
+        self.keyless("cf", "log", "n")
+    }
+
+    /// `rows sum(col)` of keyless table `db.table` as its changelog counts it: each row once,
+    /// minus its delete rows (a DELETE of a keyless row is a row with `_binlake_deleted`).
+    pub(crate) fn keyless(&self, db: &str, table: &str, col: &str) -> String {
         let target = &self.target;
+        let sign = "CASE WHEN _binlake_deleted THEN -1 ELSE 1 END";
+        let sql = |from: &str| {
+            format!("SELECT coalesce(sum({sign}), 0)::VARCHAR || ' ' || coalesce(sum({sign} * {col}), 0)::VARCHAR FROM {from}")
+        };
         match self.kind {
-            Kind::Parquet => duck(&format!(
-                "SELECT count(*)::VARCHAR || ' ' || sum(n)::VARCHAR FROM read_parquet('{target}/cf/log/*.parquet', union_by_name = true)"
-            )),
+            Kind::Parquet => duck(&sql(&format!(
+                "read_parquet('{target}/{db}/{table}/*.parquet', union_by_name = true)"
+            ))),
             #[cfg(feature = "delta")]
-            Kind::Delta => delta_q(
-                &format!("{target}/cf/log"),
-                "SELECT count(*)::VARCHAR || ' ' || sum(n)::VARCHAR FROM t",
-            ),
+            Kind::Delta => delta_q(&format!("{target}/{db}/{table}"), &sql("t")),
             #[cfg(feature = "clickhouse")]
             Kind::ClickHouse => {
                 let ch = self.ch.as_ref().expect("started");
                 ch.q(&format!(
-                    "SELECT count(), sum(n) FROM {}cf.log_current",
+                    "SELECT sum({sign}), sum({sign} * {col}) FROM {}{db}.{table}_current",
                     ch.prefix
                 ))
                 .replace('\t', " ")

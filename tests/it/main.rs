@@ -12,6 +12,7 @@ mod filters;
 mod fixtures;
 mod ha;
 mod harness;
+mod keyless;
 mod lifecycle;
 mod names;
 mod observe;

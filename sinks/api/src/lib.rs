@@ -245,10 +245,12 @@ pub struct TableBatch {
     /// run, whose keys no binlog change has touched): a sink may append instead of merging.
     /// Never set for rows that a restart could bring again.
     pub insert_only: bool,
-    /// The rows are the table's whole content (a keyless table's snapshot, which has no key to
-    /// merge on): the sink replaces what it holds of the table, in the same step where it can.
-    /// A keyless snapshot repeated after a crash between its data and its checkpoint then
-    /// replaces the first attempt's rows instead of doubling them.
+    /// The rows are the table's whole content (a keyless table's read, which has no key to
+    /// merge on): the sink replaces what it holds of the table, in one step readers see whole
+    /// where it can. With `purge_below`, only what it holds below that version is replaced (the
+    /// read is versioned there; rows at or above it are the stream's later changes, some
+    /// already committed, and stay). A read repeated after a crash between its data and its
+    /// checkpoint then replaces the first attempt's rows instead of doubling them.
     pub replace: bool,
     /// Some rows are snapshot rows (`_binlake_op = 'snapshot'`, versioned at their read rather
     /// than at a transaction): a sink that treats them apart need not scan the column.
@@ -258,6 +260,7 @@ pub struct TableBatch {
     /// version (after RENAME TABLE into the name, an ADD COLUMN with a default...). Every key
     /// the source still holds was read again or changed since, with a higher version; the keys
     /// left below it are gone at the source. Idempotent (a replay finds nothing left below it).
+    /// For a `replace` batch, the bound of what it replaces (see there).
     pub purge_below: Option<u64>,
     /// A re-snapshot replaces this table's content (it was renamed into place, or altered in a
     /// way no row event shows): the target takes the batch's shape as it is. Columns the rows

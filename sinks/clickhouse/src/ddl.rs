@@ -2,16 +2,66 @@
 //! pipeline has committed everything before the statement, so exactly the older rows go), DROP
 //! COLUMN and RENAME COLUMN (`ALTER TABLE`, then the `_current` view is rebuilt).
 //!
+//! A keyless table's content is replaced (its whole read: at startup, after a RENAME into the
+//! name, a lost position or a backfill) in a shadow table swapped in with `EXCHANGE TABLES`,
+//! atomic in ClickHouse's Atomic databases (the default): readers see the old content or the
+//! new, never a mix or an empty table.
+//!
 //! Invariants: every statement is idempotent (`IF EXISTS`, and a column already gone or renamed
 //! is a no-op), so a replay after a crash changes nothing; a table whose columns cannot be read
 //! is retried, never assumed absent; RENAME TABLE stops the table instead of a partial replica.
 
-use binlake_sink::{DdlKind, SinkError, TableId};
+use binlake_sink::{DdlKind, SinkError, TableBatch, TableId, COL_VERSION};
 use tracing::info;
 
 use crate::sink::{classify, ident, lit, ClickHouseSink};
 
 impl ClickHouseSink {
+    /// Replaces keyless table `name` (created already) with the batch's rows and the rows it
+    /// holds at or above the batch's `purge_below` (the stream's changes after the read; all of
+    /// them go without it): both are written to a shadow table, which `EXCHANGE TABLES` swaps in.
+    /// A shadow left by a crash is dropped first.
+    pub(crate) async fn replace_keyless(
+        &self,
+        tb: &TableBatch,
+        name: &str,
+    ) -> Result<(), SinkError> {
+        let shadow = format!(
+            "{}.{}",
+            ident(&self.config.database(&tb.table.db)),
+            ident(&format!("{}__binlake_replace", tb.table.table))
+        );
+        let step = |what: &'static str| {
+            let table = tb.table.clone();
+            move |e| classify(e, what, Some(&table))
+        };
+        self.exec(&format!("DROP TABLE IF EXISTS {shadow}"))
+            .await
+            .map_err(step("dropping a shadow table"))?;
+        self.exec(&format!("CREATE TABLE {shadow} AS {name}"))
+            .await
+            .map_err(step("creating a shadow table"))?;
+        if let Some(below) = tb.purge_below {
+            self.exec(&format!(
+                "INSERT INTO {shadow} SELECT * FROM {name} WHERE {} >= {below}",
+                ident(COL_VERSION)
+            ))
+            .await
+            .map_err(step("copying the rows a keyless read keeps"))?;
+        }
+        if tb.batch.num_rows() > 0 {
+            self.insert(&tb.table, &shadow, &tb.batch).await?;
+        }
+        self.exec(&format!("EXCHANGE TABLES {name} AND {shadow}"))
+            .await
+            .map_err(step("swapping a keyless table's new content in"))?;
+        self.exec(&format!("DROP TABLE IF EXISTS {shadow}"))
+            .await
+            .map_err(step("dropping a shadow table"))?;
+        info!(table = %tb.table, rows = tb.batch.num_rows(), below = ?tb.purge_below, "keyless table content replaced (EXCHANGE TABLES)");
+        Ok(())
+    }
+
     pub(crate) async fn apply_ddl(
         &mut self,
         table: &TableId,

@@ -460,7 +460,7 @@ impl ClickHouseSink {
 
     /// One INSERT per table and commit: ClickHouse makes an insert of up to
     /// `max_insert_block_size` rows atomic, and the setting is raised to the batch's size.
-    async fn insert(
+    pub(crate) async fn insert(
         &self,
         table: &TableId,
         full_name: &str,
@@ -784,19 +784,12 @@ impl Sink for ClickHouseSink {
                 // version says exactly which transactions are in.
                 let key = tb.table.to_string();
                 if tb.replace {
-                    // A keyless table's whole content (its snapshot): what an earlier attempt
-                    // that crashed before its checkpoint inserted goes first. A crash between
-                    // the two leaves the table short, never doubled, and the snapshot (not yet
-                    // in the checkpoint) is read and written again at restart.
-                    self.exec(&format!("TRUNCATE TABLE {name}"))
-                        .await
-                        .map_err(|e| {
-                            classify(e, "replacing a keyless snapshot", Some(&tb.table))
-                        })?;
-                    if tb.batch.num_rows() > 0 {
-                        self.insert(&tb.table, &name, &tb.batch).await?;
-                    }
-                    self.applied.insert(key, tb.max_version);
+                    // A keyless table's whole content (its read): swapped in atomically (see
+                    // `replace_keyless`). A crash before the checkpoint reads it again at
+                    // restart, and that read replaces this one.
+                    self.replace_keyless(tb, &name).await?;
+                    let before = self.applied.get(&key).copied().unwrap_or(0);
+                    self.applied.insert(key, before.max(tb.max_version));
                     continue;
                 }
                 let high = match self.applied.get(&key) {

@@ -17,6 +17,8 @@ use arrow_array::RecordBatch;
 use binlake_sink::{SinkError, TableBatch, TableId, COL_DELETED, COL_VERSION};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::logical_expr::{col, Expr};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
@@ -24,6 +26,7 @@ use tracing::{debug, info};
 
 use crate::config::Deletes;
 use crate::sink::{delta_err, narrower_than_table, table_id, widens, DeltaSink};
+use crate::types::to_delta;
 
 impl DeltaSink {
     /// Rewrites the whole table in one commit (an overwrite with the new schema): `column` maps
@@ -64,6 +67,77 @@ impl DeltaSink {
             .map_err(|e| delta_err(name, what, e))?;
         info!(table = %name, what, seconds = started.elapsed().as_secs_f64(), version = ?table.version(), "table rewritten");
         Ok(table)
+    }
+
+    /// A keyless table's whole content (its read): one overwrite commit holds the batch's rows
+    /// and, with `purge_below`, the rows the table holds at or above it (the stream's changes
+    /// after the read). Readers see the old content or the new; a read repeated after a crash
+    /// before its checkpoint replaces this one the same way.
+    pub(crate) async fn replace_content(
+        &self,
+        tb: &TableBatch,
+        table: DeltaTable,
+        app_id: &str,
+        applied: Option<i64>,
+    ) -> Result<(), SinkError> {
+        let name = tb.table.to_string();
+        let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
+            table: tb.table.clone(),
+            message: format!("converting to Delta types: {e}"),
+        })?;
+        let mut batches = Vec::new();
+        if let (Some(below), Some(_)) = (tb.purge_below, table.version()) {
+            let kept = self.rows_from(&table, &name, below).await?;
+            let schema = batch.schema();
+            for k in kept.iter().filter(|k| k.num_rows() > 0) {
+                batches.push(conform(k, &schema).map_err(|e| SinkError::Table {
+                    table: tb.table.clone(),
+                    message: format!("keeping the rows after a keyless read: {e}"),
+                })?);
+            }
+        }
+        let kept: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        batches.insert(0, batch);
+        let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
+        table
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transaction(Transaction::new(app_id, version)),
+            )
+            .await
+            .map_err(|e| delta_err(&name, "overwrite", e))?;
+        info!(table = %name, rows = tb.batch.num_rows(), kept, "keyless table content replaced");
+        Ok(())
+    }
+
+    /// The table's rows at or above `version`.
+    async fn rows_from(
+        &self,
+        table: &DeltaTable,
+        name: &str,
+        version: u64,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        use deltalake::datafusion::logical_expr::lit;
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| SinkError::Table {
+            table: table_id(name),
+            message: format!("reading the rows after a keyless read: {e}"),
+        };
+        let ctx = deltalake::delta_datafusion::create_session().into_inner();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| delta_err(name, "reading", e))?;
+        let provider = table.table_provider().await.map_err(df_err)?;
+        ctx.read_table(provider)
+            .and_then(|df| {
+                df.filter(col(Column::new_unqualified(COL_VERSION)).gt_eq(lit(version as i64)))
+            })
+            .map_err(df_err)?
+            .collect()
+            .await
+            .map_err(df_err)
     }
 
     /// Rows that are not tombstones.
@@ -412,4 +486,22 @@ fn find_column(schema: &arrow_schema::Schema, name: &str) -> Option<String> {
         .find(|f| f.name() == name)
         .or_else(|| fields.iter().find(|f| f.name().eq_ignore_ascii_case(name)))
         .map(|f| f.name().clone())
+}
+
+/// `batch` in `schema`'s columns, by name: cast where the stored type differs (a reader may hand
+/// strings back as views), NULL where the stored rows lack a column.
+fn conform(
+    batch: &RecordBatch,
+    schema: &arrow_schema::SchemaRef,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow_cast::cast(c, f.data_type()),
+            None => Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }

@@ -347,35 +347,6 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// A keyless table's whole content (its snapshot): one overwrite commit replaces the rows
-    /// of any earlier attempt that crashed before its checkpoint.
-    async fn replace_content(
-        &self,
-        tb: &TableBatch,
-        table: DeltaTable,
-        app_id: &str,
-        applied: Option<i64>,
-    ) -> Result<(), SinkError> {
-        let name = tb.table.to_string();
-        let batch = to_delta(&tb.batch).map_err(|e| SinkError::Table {
-            table: tb.table.clone(),
-            message: format!("converting to Delta types: {e}"),
-        })?;
-        let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
-        table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(SchemaMode::Overwrite)
-            .with_commit_properties(
-                CommitProperties::default()
-                    .with_application_transaction(Transaction::new(app_id, version)),
-            )
-            .await
-            .map_err(|e| delta_err(&name, "overwrite", e))?;
-        debug!(table = %name, rows = tb.batch.num_rows(), "table content replaced (keyless snapshot)");
-        Ok(())
-    }
-
     /// Appends `batch` to a new table (its first batch is already one row per key), a keyless
     /// one, or one whose keys are all new to it.
     async fn append(
@@ -746,7 +717,8 @@ impl Sink for DeltaSink {
                 } else {
                     this.ensure_exists(tb).await?;
                 }
-                if let Some(below) = tb.purge_below {
+                // (a keyless replace already dropped the rows below it)
+                if let Some(below) = tb.purge_below.filter(|_| !tb.replace) {
                     this.purge(&tb.table, below).await?;
                 }
             }

@@ -13,8 +13,11 @@
 //! Invariants: the tombstones are computed from committed files only, at a version no row of
 //! the table has (a DDL transaction holds no rows), so each (key, version) still appears once;
 //! applying a statement again (a replay) finds no live key below the version and writes nothing.
-//! A keyless table's changelog cannot show a TRUNCATE without rewriting files: that table is
-//! stopped with an error that says so, and the other tables go on.
+//! A keyless table's changelog has no key for tombstones: TRUNCATE, DROP TABLE and a whole read
+//! of it (which replaces its rows below the read's version) write a **reset** instead: a delete
+//! row for each row the changelog still counts (inserts minus deletes of the same row), so a
+//! reader that counts the changelog finds the table empty (or holding the read) from that one
+//! commit on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,22 +69,24 @@ impl ParquetSink {
         if files.is_empty() {
             return Ok(()); // nothing replicated yet
         }
-        let Some(key) = files
+        // a keyless changelog: its rows are cancelled by delete rows (see `reset_job`)
+        let key = files
             .iter()
             .rev()
             .find(|f| !f.key.is_empty())
-            .map(|f| f.key.clone())
-        else {
-            return Err(SinkError::Table {
-                table: table.clone(),
-                message: format!("{kind:?} at the source: the Parquet lake holds {table} as a keyless changelog (or its files predate recorded keys), which cannot show the table emptied without rewriting committed files. The table is stopped; the others go on. Rebuild it to resume (delete its folder and `binlake backfill --tables {table}`)"),
-            });
-        };
+            .map(|f| f.key.clone());
         let Some(mut checkpoint) = binlake_sink::Sink::read_checkpoint(self).await? else {
             return Ok(());
         };
         let seq = binlake_sink::Sink::begin_commit(self).await?;
-        let Some(job) = self.purge_job(table, &key, version, seq, 0).await? else {
+        let job = match &key {
+            Some(key) => self.purge_job(table, key, version, seq, 0).await?,
+            None => {
+                self.reset_job(table, Some(version), version, seq, 0)
+                    .await?
+            }
+        };
+        let Some(job) = job else {
             info!(table = %name, ?kind, "already empty in the Parquet lake (replay)");
             return Ok(());
         };
@@ -126,6 +131,204 @@ impl ParquetSink {
             key: key.to_vec(),
         }))
     }
+}
+
+impl ParquetSink {
+    /// The file that resets a keyless table's changelog: a delete row at version `at` for each
+    /// row still counted among the committed rows below `below` (all of them with None), so that
+    /// inserts minus deletes is nothing below it; None when nothing is counted.
+    pub(crate) async fn reset_job(
+        &mut self,
+        table: &TableId,
+        below: Option<u64>,
+        at: u64,
+        seq: u64,
+        n: usize,
+    ) -> Result<Option<FileJob>, SinkError> {
+        let batches = binlake_sink::Sink::read_table(self, table).await?;
+        let Some(batch) = reset_rows(table, &batches, below.unwrap_or(u64::MAX), at)? else {
+            return Ok(None);
+        };
+        info!(table = %table, ?below, rows = batch.num_rows(), "keyless changelog reset: delete rows for what it counted");
+        Ok(Some(FileJob {
+            rel: format!(
+                "{}/{}/{}",
+                table.db,
+                table.table,
+                data_file_name(seq, n, &self.config.pipeline)
+            ),
+            table: table.to_string(),
+            batch,
+            min_version: at,
+            max_version: at,
+            unique: None,
+            key: vec![],
+        }))
+    }
+}
+
+/// `extra`'s rows followed by `batch`'s, in `batch`'s schema (cast by column name); None when
+/// `extra` has a column `batch` lacks or a value that does not cast.
+pub(crate) fn append_rows(extra: &RecordBatch, batch: &RecordBatch) -> Option<RecordBatch> {
+    let schema = batch.schema();
+    let extra_schema = extra.schema();
+    if extra_schema
+        .fields()
+        .iter()
+        .any(|f| schema.index_of(f.name()).is_err())
+    {
+        return None;
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| {
+            let e = match extra_schema.index_of(f.name()) {
+                Ok(i) => arrow_cast::cast(extra.column(i), f.data_type()).ok()?,
+                Err(_) => arrow_array::new_null_array(f.data_type(), extra.num_rows()),
+            };
+            arrow_select::concat::concat(&[e.as_ref(), c.as_ref()]).ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    RecordBatch::try_new(schema, columns).ok()
+}
+
+/// Delete rows at version `at` for the rows a keyless changelog (`batches`, its files) still
+/// counts below version `below`: each distinct row (all its data columns, by name) counted as
+/// often as it was inserted (or read) minus deleted (and insert rows for a count below zero). Their columns are the union of the files'
+/// (the newest type of each).
+fn reset_rows(
+    table: &TableId,
+    batches: &[RecordBatch],
+    below: u64,
+    at: u64,
+) -> Result<Option<RecordBatch>, SinkError> {
+    let err = |m: String| SinkError::Definite(format!("{table}: keyless reset: {m}"));
+    let opts = arrow_cast::display::FormatOptions::default().with_null("\u{0}NULL");
+    // the data columns of every shape, by name (the newest type wins)
+    let mut fields: Vec<Field> = Vec::new();
+    for b in batches {
+        for f in b.schema().fields() {
+            if f.name().starts_with("_binlake_") {
+                continue;
+            }
+            match fields.iter_mut().find(|x| x.name() == f.name()) {
+                Some(x) => *x = f.as_ref().clone(),
+                None => fields.push(f.as_ref().clone()),
+            }
+        }
+    }
+    // row text -> (count, a row holding it)
+    let mut counts: HashMap<String, (i64, usize, usize)> = HashMap::new();
+    for (bi, b) in batches.iter().enumerate() {
+        let schema = b.schema();
+        let (Ok(vi), Ok(di)) = (schema.index_of(COL_VERSION), schema.index_of(COL_DELETED)) else {
+            continue;
+        };
+        let version =
+            arrow_cast::cast(b.column(vi), &DataType::UInt64).map_err(|e| err(e.to_string()))?;
+        let version = version
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| err("version column".into()))?
+            .clone();
+        let deleted = b
+            .column(di)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| err("deleted column".into()))?
+            .clone();
+        let fmts = fields
+            .iter()
+            .map(|f| {
+                schema
+                    .index_of(f.name())
+                    .ok()
+                    .map(|i| {
+                        arrow_cast::display::ArrayFormatter::try_new(b.column(i).as_ref(), &opts)
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        for r in 0..b.num_rows() {
+            if version.value(r) >= below {
+                continue;
+            }
+            let mut k = String::new();
+            for f in &fmts {
+                let v = f
+                    .as_ref()
+                    .map_or_else(|| "\u{0}NULL".to_string(), |f| f.value(r).to_string());
+                k.push_str(&format!("{}:{v}", v.len()));
+            }
+            let e = counts.entry(k).or_insert((0, bi, r));
+            e.0 += if deleted.value(r) { -1 } else { 1 };
+        }
+    }
+    // (batch, row, cancelled by a delete row): a row counted n times gets n delete rows; one
+    // counted below zero (a DELETE committed before the read of a row the changelog never had:
+    // a table renamed into the filter) gets insert rows, so the count below `below` is zero
+    let mut rows: Vec<(usize, usize, bool)> = counts
+        .into_values()
+        .flat_map(|(c, b, r)| std::iter::repeat_n((b, r, c > 0), c.unsigned_abs() as usize))
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    rows.sort_unstable();
+    let n = rows.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len() + 6);
+    for f in &fields {
+        let mut parts: Vec<ArrayRef> = Vec::new();
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
+            let b = &batches[group[0].0];
+            match b.schema().index_of(f.name()) {
+                Ok(i) => {
+                    let idx = arrow_array::UInt32Array::from_iter_values(
+                        group.iter().map(|&(_, r, _)| r as u32),
+                    );
+                    let taken = arrow_select::take::take(b.column(i).as_ref(), &idx, None)
+                        .map_err(|e| err(e.to_string()))?;
+                    parts.push(
+                        arrow_cast::cast(&taken, f.data_type()).map_err(|e| err(e.to_string()))?,
+                    );
+                }
+                Err(_) => parts.push(arrow_array::new_null_array(f.data_type(), group.len())),
+            }
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        columns.push(arrow_select::concat::concat(&refs).map_err(|e| err(e.to_string()))?);
+    }
+    let now = binlake_sink::store::now_us();
+    columns.push(Arc::new(UInt64Array::from(vec![at; n])));
+    columns.push(Arc::new(BooleanArray::from_iter(
+        rows.iter().map(|&(_, _, d)| Some(d)),
+    )));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        rows.iter()
+            .map(|&(_, _, d)| if d { "delete" } else { "insert" }),
+    )));
+    for _ in 0..2 {
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
+        ));
+    }
+    columns.push(Arc::new(StringArray::from(vec![
+        format!(
+            "reset below_version={below}"
+        );
+        n
+    ])));
+    let schema: Vec<Field> = fields
+        .into_iter()
+        .map(|f| f.with_nullable(true))
+        .chain(metadata_fields())
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(schema)), columns)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Tombstones at version `below` for the keys whose highest-version row in `batches` (the

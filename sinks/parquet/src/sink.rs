@@ -214,16 +214,20 @@ impl Sink for ParquetSink {
             } else {
                 Default::default()
             };
-        // A keyless table's whole content (`replace`) over rows already committed: an
-        // append-only changelog cannot drop them without rewriting or hiding committed files.
-        if let Some(b) = batches
-            .iter()
-            .find(|b| b.replace && committed.contains(&b.table.to_string()))
-        {
-            return Err(SinkError::Table {
-                table: b.table.clone(),
-                message: "its content must be replaced (it was read again whole: a lost binlog position), but a Parquet lake holds a keyless table as an append-only changelog, which cannot drop the rows it has. The table is stopped; the others go on. Rebuild it: delete its folder and restart (a table the target has never seen is read again)".into(),
-            });
+        // A keyless table's whole content (`replace`) over rows already committed: the rows
+        // below its bound are cancelled by delete rows (see `ddl::reset_rows`), in the same file
+        // as the read where the shapes agree (one file: readers see both or neither).
+        let mut resets: std::collections::HashMap<usize, FileJob> = Default::default();
+        for (n, tb) in batches.iter().enumerate() {
+            if tb.replace && committed.contains(&tb.table.to_string()) {
+                let at = tb.purge_below.unwrap_or(tb.min_version);
+                if let Some(job) = self
+                    .reset_job(&tb.table, tb.purge_below, at, seq, batches.len() + n)
+                    .await?
+                {
+                    resets.insert(n, job);
+                }
+            }
         }
         // an empty table still gets a file (no rows, its columns), so that readers find it
         let missing: std::collections::HashSet<String> = batches
@@ -233,7 +237,18 @@ impl Sink for ParquetSink {
             .filter(|t| !committed.contains(t))
             .collect();
         for (n, tb) in batches.iter().enumerate() {
-            if tb.batch.num_rows() > 0 || missing.contains(&tb.table.to_string()) {
+            let mut batch = tb.batch.clone();
+            let mut min_version = tb.min_version;
+            if let Some(reset) = resets.remove(&n) {
+                match crate::ddl::append_rows(&reset.batch, &batch) {
+                    Some(both) => {
+                        batch = both;
+                        min_version = min_version.min(reset.min_version);
+                    }
+                    None => jobs.push(reset),
+                }
+            }
+            if batch.num_rows() > 0 || missing.contains(&tb.table.to_string()) {
                 let rel = format!(
                     "{}/{}/{}",
                     tb.table.db,
@@ -243,8 +258,8 @@ impl Sink for ParquetSink {
                 jobs.push(FileJob {
                     rel,
                     table: tb.table.to_string(),
-                    batch: tb.batch.clone(),
-                    min_version: tb.min_version,
+                    batch,
+                    min_version,
                     max_version: tb.max_version,
                     // a one-column key is distinct within a batch (deduplicated per key)
                     unique: (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
