@@ -263,7 +263,11 @@ fn take_group(
             RowsKind::Update => {
                 let before = change.before.unwrap_or_default();
                 let after = change.after.unwrap_or_default();
-                if !tm.primary_key.is_empty() {
+                if tm.primary_key.is_empty() {
+                    // a keyless changelog: the old row out, the new row in (a reader that
+                    // counts inserts minus deletes per row holds the table)
+                    rows.push(mk(before, Op::Delete, true));
+                } else {
                     key_bytes(&before, &tm.primary_key, &mut kb);
                     key_bytes(&after, &tm.primary_key, &mut ka);
                     if kb != ka {

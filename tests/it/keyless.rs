@@ -2,7 +2,8 @@
 //! renamed into the filter, then backfilled whole while rows keep coming, backfilled again and
 //! killed with -9 right after, then (Parquet and ClickHouse) truncated. Each read replaces what the target held below the read's point and
 //! keeps the stream's later changes: the changelog counts exactly the source's rows (a row twice,
-//! or a row missing, fails), and nothing is stopped.
+//! or a row missing, fails; an UPDATE is the old row deleted and the new one), and nothing is
+//! stopped.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,7 @@ fn keyless_read_again(kind: Kind) {
         Duration::from_secs(60),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    m.sql("INSERT INTO cf.k VALUES (5, 50), (2, 20); DELETE FROM cf.k WHERE id = 3;");
+    m.sql("INSERT INTO cf.k VALUES (5, 50), (2, 20); DELETE FROM cf.k WHERE id = 3; UPDATE cf.k SET v = 55 WHERE id = 5;");
     let r = wait_keyless(&t, &m, "after a backfill", r);
     // killed with -9 right after a backfill is queued (the read may be in flight, or its rows
     // written and not checkpointed): the restart reads it again, and that read replaces it
