@@ -288,6 +288,9 @@ pub struct TableBuffer {
     /// The target must hold the table even if no row is buffered (a snapshot of an empty
     /// table finished): an empty batch goes out.
     pub ensure: bool,
+    /// The re-snapshot these rows belong to, once it has finished (see
+    /// `TableBatch::generation`; while it runs, the commit takes it from the progress).
+    pub generation: Option<i64>,
     /// Some rows are snapshot rows (see `TableBatch::snapshot_rows`).
     snapshot_rows: bool,
     /// Segments (index, first row) of insert-only snapshot chunks whose keys are not in
@@ -334,6 +337,7 @@ impl TableBuffer {
             replace: false,
             purge_below: None,
             ensure: false,
+            generation: None,
             snapshot_rows: false,
             unindexed: Vec::new(),
             bytes: 0,
@@ -589,6 +593,7 @@ impl TableBuffer {
                 snapshot_rows: self.replace,
                 purge_below: self.purge_below,
                 reshape: false,
+                generation: self.generation,
             }));
         }
         self.finish_segment()?;
@@ -632,6 +637,7 @@ impl TableBuffer {
             snapshot_rows: self.snapshot_rows,
             purge_below: self.purge_below,
             reshape: false,
+            generation: self.generation,
         }))
     }
 }

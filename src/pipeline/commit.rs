@@ -450,12 +450,19 @@ pub(super) async fn commit(
         }
         match buf.into_batch(synced) {
             Ok(Some(mut b)) => {
-                b.reshape = b.purge_below.is_some()
-                    || st
-                        .snap
-                        .progress
-                        .get(&b.table)
-                        .is_some_and(|p| p.purge_below.is_some());
+                let replacing = st
+                    .snap
+                    .progress
+                    .get(&b.table)
+                    .filter(|p| p.purge_below.is_some());
+                b.reshape = b.purge_below.is_some() || replacing.is_some();
+                // a keyed table's re-snapshot, from its start to its last batch (a keyless
+                // table's read replaces it in one batch)
+                if !b.primary_key.is_empty() && !b.replace {
+                    b.generation = b.generation.or(replacing.map(|p| p.started_at_us));
+                } else {
+                    b.generation = None;
+                }
                 if stream_max > 0 {
                     let v = st.tables.versions.entry(b.table.clone()).or_default();
                     *v = (*v).max(stream_max);

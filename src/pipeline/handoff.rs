@@ -464,6 +464,7 @@ fn finish_chunk(
     read: u64,
     read_to: ReadTo,
 ) -> Result<(), PipelineError> {
+    let plan = st.snap.progress.get(id).map(|p| p.started_at_us);
     let Some(below) = record_chunk(st, id, read, read_to) else {
         return Ok(());
     };
@@ -474,8 +475,10 @@ fn finish_chunk(
     // due like a row: even a table read empty is committed within `max_latency`
     buf.oldest.get_or_insert_with(std::time::Instant::now);
     if let Some(below) = below {
-        // the keys it did not read again are gone at the source
+        // the keys it did not read again are gone at the source; its last batch ends the
+        // generation (see `TableBatch::generation`)
         buf.purge_below = Some(below);
+        buf.generation = plan;
         info!(table = %id, below, "re-snapshot finished: rows below its start go with the next commit");
     }
     Ok(())

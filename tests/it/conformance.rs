@@ -287,6 +287,7 @@ fn replay_of_a_committed_batch(kind: Kind) {
                     snapshot_rows: false,
                     purge_below: None,
                     reshape: false,
+                    generation: None,
                 }],
                 checkpoint,
                 ..Default::default()

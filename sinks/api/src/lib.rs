@@ -267,6 +267,14 @@ pub struct TableBatch {
     /// no longer have are dropped and a type that is not a widening is replaced (the rows not
     /// yet read again show NULL there until they are), instead of stopping the table.
     pub reshape: bool,
+    /// The rows belong to a re-snapshot that replaces this keyed table (its plan's id): every
+    /// batch of the table from the re-snapshot's start to its end (the batch with `purge_below`)
+    /// carries it, stream changes included. A sink that can swap a table atomically writes them
+    /// to a shadow of the table for this generation and swaps it in with the last batch, so
+    /// readers see the old table until then and the new one after (a repeat after a crash, of
+    /// any of them, must find the swap done and write to the table). A sink that cannot applies
+    /// them in place (the replica converges the same; readers see the mix meanwhile).
+    pub generation: Option<i64>,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -7,6 +7,14 @@
 //! atomic in ClickHouse's Atomic databases (the default): readers see the old content or the
 //! new, never a mix or an empty table.
 //!
+//! A keyed table's re-snapshot ([`TableBatch::generation`]) is written to a shadow table
+//! `<table>__binlake_g<generation>` (created with the comment `binlake generation <g>`, no
+//! `_current` view), stream changes included, and swapped in with `EXCHANGE TABLES` (or renamed,
+//! when the table does not exist) after its last batch; readers of the table and its view see
+//! the old content until then and the new content after. The swapped-in table keeps the comment,
+//! so a batch of that generation repeated after a crash (between the swap and the checkpoint)
+//! finds the swap done and writes to the table. DDL statements apply to the shadows too.
+//!
 //! Invariants: every statement is idempotent (`IF EXISTS`, and a column already gone or renamed
 //! is a no-op), so a replay after a crash changes nothing; a table whose columns cannot be read
 //! is retried, never assumed absent; RENAME TABLE stops the table instead of a partial replica.
@@ -62,13 +70,121 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// Writes a batch of re-snapshot `g` to its shadow (or to the table, once swapped in), and
+    /// swaps the shadow in after the generation's last batch.
+    pub(crate) async fn write_generation(
+        &mut self,
+        tb: &TableBatch,
+        g: i64,
+    ) -> Result<(), SinkError> {
+        let live = &tb.table;
+        let shadow = TableId::new(&live.db, shadow_name(&live.table, g));
+        let swapped = self.generation_of(live).await? == Some(g);
+        if swapped {
+            // repeated after a crash that came between the swap and the checkpoint: the old
+            // content may still be under the shadow's name
+            self.exec(&format!(
+                "DROP TABLE IF EXISTS {}",
+                self.table_name(&shadow)
+            ))
+            .await
+            .map_err(|e| classify(e, "dropping a shadow table", Some(live)))?;
+        }
+        let into = TableBatch {
+            table: if swapped {
+                live.clone()
+            } else {
+                shadow.clone()
+            },
+            // the shadow takes the rows' shape as it is; it holds only this generation's rows
+            reshape: true,
+            purge_below: None,
+            generation: None,
+            ..tb.clone()
+        };
+        if let Err(e) = self.ensure_table(&into).await {
+            self.tables.remove(&into.table.to_string());
+            return Err(e);
+        }
+        if into.batch.num_rows() > 0 {
+            let name = self.table_name(&into.table);
+            self.insert(&into.table, &name, &into.batch).await?;
+        }
+        if tb.purge_below.is_some() && !swapped {
+            self.swap_in(live, &shadow, g).await?;
+        }
+        Ok(())
+    }
+
+    /// Swaps shadow `g` in as `live` (atomic with `EXCHANGE TABLES`), drops the old content and
+    /// any other generation's shadow, and makes the `_current` view again.
+    async fn swap_in(&mut self, live: &TableId, shadow: &TableId, g: i64) -> Result<(), SinkError> {
+        let (l, s) = (self.table_name(live), self.table_name(shadow));
+        let step = |what: &'static str| move |e| classify(e, what, Some(live));
+        if self.server_columns(live).await?.is_empty() {
+            self.exec(&format!("RENAME TABLE {s} TO {l}"))
+                .await
+                .map_err(step("renaming a re-snapshot's table into place"))?;
+        } else {
+            self.exec(&format!("EXCHANGE TABLES {l} AND {s}"))
+                .await
+                .map_err(step("swapping a re-snapshot's table in"))?;
+        }
+        self.tables.remove(&live.to_string());
+        self.tables.remove(&shadow.to_string());
+        for old in self.shadows(live).await? {
+            self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(&old)))
+                .await
+                .map_err(step("dropping a shadow table"))?;
+        }
+        self.replace_view(live, true).await?;
+        info!(table = %live, generation = g, "re-snapshot swapped in (EXCHANGE TABLES)");
+        Ok(())
+    }
+
+    /// The generation the table was swapped in by (its comment), if any.
+    async fn generation_of(&self, t: &TableId) -> Result<Option<i64>, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT comment FROM system.tables WHERE database = {} AND name = {}",
+                lit(&self.config.database(&t.db)),
+                lit(&t.table)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table's comment", Some(t)))?;
+        Ok(rows.first().and_then(|r| {
+            r.get("comment")?
+                .as_str()?
+                .strip_prefix(GENERATION_COMMENT)?
+                .parse()
+                .ok()
+        }))
+    }
+
+    /// The shadow tables of `t` that exist.
+    async fn shadows(&self, t: &TableId) -> Result<Vec<TableId>, SinkError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT name FROM system.tables WHERE database = {} AND startsWith(name, {})",
+                lit(&self.config.database(&t.db)),
+                lit(&format!("{}{SHADOW_INFIX}", t.table))
+            ))
+            .await
+            .map_err(|e| classify(e, "listing shadow tables", Some(t)))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get("name")?.as_str())
+            .filter(|n| shadow_generation(n).is_some())
+            .map(|n| TableId::new(&t.db, n))
+            .collect())
+    }
+
     pub(crate) async fn apply_ddl(
         &mut self,
         table: &TableId,
         kind: DdlKind,
         version: u64,
     ) -> Result<(), SinkError> {
-        let _ = version;
         let name = table.to_string();
         self.tables.remove(&name);
         self.applied.remove(&name);
@@ -78,6 +194,21 @@ impl ClickHouseSink {
                 table,
                 to,
             ));
+        }
+        // a re-snapshot's shadow follows the table
+        if shadow_generation(&table.table).is_none() {
+            for shadow in self.shadows(table).await? {
+                if kind == DdlKind::DropTable {
+                    self.exec(&format!(
+                        "DROP TABLE IF EXISTS {}",
+                        self.table_name(&shadow)
+                    ))
+                    .await
+                    .map_err(|e| classify(e, "dropping a shadow table", Some(table)))?;
+                } else {
+                    Box::pin(self.apply_ddl(&shadow, kind.clone(), version)).await?;
+                }
+            }
         }
         let columns = self.server_columns(table).await?;
         if columns.is_empty() {
@@ -150,5 +281,36 @@ impl ClickHouseSink {
         }
         info!(table = %name, ?kind, "applied in ClickHouse");
         Ok(())
+    }
+}
+
+/// What separates a table's name from its generation in a shadow's name.
+const SHADOW_INFIX: &str = "__binlake_g";
+/// The comment of a generation's table: this, then the generation.
+pub(crate) const GENERATION_COMMENT: &str = "binlake generation ";
+
+/// The shadow of `table` for generation `g`.
+fn shadow_name(table: &str, g: i64) -> String {
+    format!("{table}{SHADOW_INFIX}{g}")
+}
+
+/// The generation of a shadow table's name (None: not a shadow).
+pub(crate) fn shadow_generation(name: &str) -> Option<i64> {
+    let (_, g) = name.rsplit_once(SHADOW_INFIX)?;
+    g.parse().ok().filter(|_| !g.starts_with('+'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_names_read_back() {
+        let n = shadow_name("orders", 1_765_000_000_123_456);
+        assert_eq!(n, "orders__binlake_g1765000000123456");
+        assert_eq!(shadow_generation(&n), Some(1_765_000_000_123_456));
+        assert_eq!(shadow_generation("orders"), None);
+        assert_eq!(shadow_generation("orders__binlake_replace"), None);
+        assert_eq!(shadow_generation("a__binlake_gx"), None);
     }
 }

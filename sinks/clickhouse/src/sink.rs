@@ -208,6 +208,9 @@ impl ClickHouseSink {
     }
 
     pub(crate) async fn replace_view(&self, t: &TableId, keyed: bool) -> Result<(), SinkError> {
+        if crate::ddl::shadow_generation(&t.table).is_some() {
+            return Ok(()); // a re-snapshot's shadow: readers use the table's own view
+        }
         let sql = if keyed {
             format!(
                 "CREATE OR REPLACE VIEW {} AS SELECT * FROM {} FINAL WHERE {} = 0",
@@ -229,7 +232,7 @@ impl ClickHouseSink {
 
     /// Creates the table, or brings its columns to the batch's: columns added at the source are
     /// added, widened types are modified. Anything else stops the table.
-    async fn ensure_table(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
+    pub(crate) async fn ensure_table(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
         let t = &tb.table;
         let name = t.to_string();
         let want: Vec<(String, String)> = tb
@@ -277,8 +280,15 @@ impl ClickHouseSink {
             } else {
                 "MergeTree ORDER BY tuple()".to_string()
             };
+            let comment = match crate::ddl::shadow_generation(&t.table) {
+                Some(g) => format!(
+                    " COMMENT {}",
+                    lit(&format!("{}{g}", crate::ddl::GENERATION_COMMENT))
+                ),
+                None => String::new(),
+            };
             self.exec(&format!(
-                "CREATE TABLE IF NOT EXISTS {} ({cols}) ENGINE = {engine}",
+                "CREATE TABLE IF NOT EXISTS {} ({cols}) ENGINE = {engine}{comment}",
                 self.table_name(t)
             ))
             .await
@@ -772,6 +782,11 @@ impl Sink for ClickHouseSink {
         let _ = seq; // the versions make replays idempotent; the seq is in the checkpoint row
                      // every batch: an empty one makes its table exist (ensure_table creates it)
         for tb in batches {
+            if let (Some(g), false) = (tb.generation, tb.primary_key.is_empty()) {
+                // a re-snapshot: into its shadow, swapped in with its last batch (ddl.rs)
+                self.write_generation(tb, g).await?;
+                continue;
+            }
             if let Err(e) = self.ensure_table(tb).await {
                 self.tables.remove(&tb.table.to_string());
                 return Err(e);
