@@ -223,22 +223,9 @@ fn reset_rows(
     let mut counts: HashMap<String, (i64, usize, usize)> = HashMap::new();
     for (bi, b) in batches.iter().enumerate() {
         let schema = b.schema();
-        let (Ok(vi), Ok(di)) = (schema.index_of(COL_VERSION), schema.index_of(COL_DELETED)) else {
+        let Some((version, deleted)) = version_and_deleted(b, &err)? else {
             continue;
         };
-        let version =
-            arrow_cast::cast(b.column(vi), &DataType::UInt64).map_err(|e| err(e.to_string()))?;
-        let version = version
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| err("version column".into()))?
-            .clone();
-        let deleted = b
-            .column(di)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| err("deleted column".into()))?
-            .clone();
         let fmts = fields
             .iter()
             .map(|f| {
@@ -278,57 +265,18 @@ fn reset_rows(
         return Ok(None);
     }
     rows.sort_unstable();
-    let n = rows.len();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len() + 6);
-    for f in &fields {
-        let mut parts: Vec<ArrayRef> = Vec::new();
-        for group in rows.chunk_by(|a, b| a.0 == b.0) {
-            let b = &batches[group[0].0];
-            match b.schema().index_of(f.name()) {
-                Ok(i) => {
-                    let idx = arrow_array::UInt32Array::from_iter_values(
-                        group.iter().map(|&(_, r, _)| r as u32),
-                    );
-                    let taken = arrow_select::take::take(b.column(i).as_ref(), &idx, None)
-                        .map_err(|e| err(e.to_string()))?;
-                    parts.push(
-                        arrow_cast::cast(&taken, f.data_type()).map_err(|e| err(e.to_string()))?,
-                    );
-                }
-                Err(_) => parts.push(arrow_array::new_null_array(f.data_type(), group.len())),
-            }
-        }
-        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-        columns.push(arrow_select::concat::concat(&refs).map_err(|e| err(e.to_string()))?);
-    }
-    let now = binlake_sink::store::now_us();
-    columns.push(Arc::new(UInt64Array::from(vec![at; n])));
-    columns.push(Arc::new(BooleanArray::from_iter(
-        rows.iter().map(|&(_, _, d)| Some(d)),
-    )));
-    columns.push(Arc::new(StringArray::from_iter_values(
-        rows.iter()
-            .map(|&(_, _, d)| if d { "delete" } else { "insert" }),
-    )));
-    for _ in 0..2 {
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
-        ));
-    }
-    columns.push(Arc::new(StringArray::from(vec![
-        format!(
-            "reset below_version={below}"
-        );
-        n
-    ])));
-    let schema: Vec<Field> = fields
-        .into_iter()
-        .map(|f| f.with_nullable(true))
-        .chain(metadata_fields())
-        .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(schema)), columns)
-        .map(Some)
-        .map_err(|e| err(e.to_string()))
+    let picked: Vec<(usize, usize)> = rows.iter().map(|&(b, r, _)| (b, r)).collect();
+    let columns = take_rows(batches, &fields, &picked, &err)?;
+    let deleted: Vec<bool> = rows.iter().map(|&(_, _, d)| d).collect();
+    with_metadata(
+        fields,
+        columns,
+        at,
+        &deleted,
+        format!("reset below_version={below}"),
+        &err,
+    )
+    .map(Some)
 }
 
 /// Tombstones at version `below` for the keys whose highest-version row in `batches` (the
@@ -354,23 +302,10 @@ fn tombstones(
         else {
             continue; // written before the key had this shape
         };
-        let (Ok(vi), Ok(di)) = (schema.index_of(COL_VERSION), schema.index_of(COL_DELETED)) else {
+        let Some((version, deleted)) = version_and_deleted(b, &err)? else {
             continue;
         };
         newest = Some(cols.iter().map(|&i| schema.field(i).clone()).collect());
-        let version =
-            arrow_cast::cast(b.column(vi), &DataType::UInt64).map_err(|e| err(e.to_string()))?;
-        let version = version
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| err("version column".into()))?
-            .clone();
-        let deleted = b
-            .column(di)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| err("deleted column".into()))?
-            .clone();
         let fmts = cols
             .iter()
             .map(|&i| arrow_cast::display::ArrayFormatter::try_new(b.column(i).as_ref(), &opts))
@@ -401,43 +336,104 @@ fn tombstones(
         return Ok(None);
     }
     stale.sort_unstable();
-    let n = stale.len();
+    let columns = take_rows(batches, &fields, &stale, &err)?;
+    let deleted = vec![true; stale.len()];
+    with_metadata(
+        fields,
+        columns,
+        below,
+        &deleted,
+        format!("purge below_version={below}"),
+        &err,
+    )
+    .map(Some)
+}
+
+/// A file's version and deleted columns (None: it has none, not a data file of binlake's).
+fn version_and_deleted(
+    b: &RecordBatch,
+    err: &dyn Fn(String) -> SinkError,
+) -> Result<Option<(UInt64Array, BooleanArray)>, SinkError> {
+    let schema = b.schema();
+    let (Ok(vi), Ok(di)) = (schema.index_of(COL_VERSION), schema.index_of(COL_DELETED)) else {
+        return Ok(None);
+    };
+    let version =
+        arrow_cast::cast(b.column(vi), &DataType::UInt64).map_err(|e| err(e.to_string()))?;
+    let version = version
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(|| err("version column".into()))?
+        .clone();
+    let deleted = b
+        .column(di)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .ok_or_else(|| err("deleted column".into()))?
+        .clone();
+    Ok(Some((version, deleted)))
+}
+
+/// The values of `fields` at `rows` ((batch, row), sorted by batch), cast to the fields' types
+/// (NULL where a batch lacks the column).
+fn take_rows(
+    batches: &[RecordBatch],
+    fields: &[Field],
+    rows: &[(usize, usize)],
+    err: &dyn Fn(String) -> SinkError,
+) -> Result<Vec<ArrayRef>, SinkError> {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len() + 6);
-    for f in &fields {
+    for f in fields {
         let mut parts: Vec<ArrayRef> = Vec::new();
-        for group in stale.chunk_by(|a, b| a.0 == b.0) {
+        for group in rows.chunk_by(|a, b| a.0 == b.0) {
             let b = &batches[group[0].0];
-            let col = b.column(b.schema().index_of(f.name()).expect("checked above"));
-            let idx =
-                arrow_array::UInt32Array::from_iter_values(group.iter().map(|&(_, r)| r as u32));
-            let taken = arrow_select::take::take(col.as_ref(), &idx, None)
-                .map_err(|e| err(e.to_string()))?;
-            parts.push(arrow_cast::cast(&taken, f.data_type()).map_err(|e| err(e.to_string()))?);
+            match b.schema().index_of(f.name()) {
+                Ok(i) => {
+                    let idx = arrow_array::UInt32Array::from_iter_values(
+                        group.iter().map(|&(_, r)| r as u32),
+                    );
+                    let taken = arrow_select::take::take(b.column(i).as_ref(), &idx, None)
+                        .map_err(|e| err(e.to_string()))?;
+                    parts.push(
+                        arrow_cast::cast(&taken, f.data_type()).map_err(|e| err(e.to_string()))?,
+                    );
+                }
+                Err(_) => parts.push(arrow_array::new_null_array(f.data_type(), group.len())),
+            }
         }
         let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
         columns.push(arrow_select::concat::concat(&refs).map_err(|e| err(e.to_string()))?);
     }
+    Ok(columns)
+}
+
+/// `columns` (of the data `fields`) and the metadata columns of rows written now at `version`:
+/// deleted (op `delete`) or not (op `insert`) per `deleted`, with provenance `source`.
+fn with_metadata(
+    fields: Vec<Field>,
+    mut columns: Vec<ArrayRef>,
+    version: u64,
+    deleted: &[bool],
+    source: String,
+    err: &dyn Fn(String) -> SinkError,
+) -> Result<RecordBatch, SinkError> {
+    let n = deleted.len();
     let now = binlake_sink::store::now_us();
-    columns.push(Arc::new(UInt64Array::from(vec![below; n])));
-    columns.push(Arc::new(BooleanArray::from(vec![true; n])));
-    columns.push(Arc::new(StringArray::from(vec!["delete"; n])));
+    columns.push(Arc::new(UInt64Array::from(vec![version; n])));
+    columns.push(Arc::new(BooleanArray::from(deleted.to_vec())));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        deleted.iter().map(|&d| if d { "delete" } else { "insert" }),
+    )));
     for _ in 0..2 {
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"),
         ));
     }
-    columns.push(Arc::new(StringArray::from(vec![
-        format!(
-            "purge below_version={below}"
-        );
-        n
-    ])));
+    columns.push(Arc::new(StringArray::from(vec![source; n])));
     let schema: Vec<Field> = fields
         .into_iter()
         .map(|f| f.with_nullable(true))
         .chain(metadata_fields())
         .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(schema)), columns)
-        .map(Some)
-        .map_err(|e| err(e.to_string()))
+    RecordBatch::try_new(Arc::new(Schema::new(schema)), columns).map_err(|e| err(e.to_string()))
 }
