@@ -276,6 +276,38 @@ impl Work {
         }
     }
 
+    /// What a read of this work needs (None: planning).
+    fn reading(&self) -> Option<Reading<'_>> {
+        match self {
+            Work::Plan { .. } => None,
+            Work::Range {
+                table,
+                id,
+                floor,
+                plan,
+                ..
+            }
+            | Work::Whole {
+                table,
+                id,
+                floor,
+                plan,
+            }
+            | Work::Absent {
+                table,
+                id,
+                floor,
+                plan,
+                ..
+            } => Some(Reading {
+                table,
+                id,
+                floor,
+                plan: *plan,
+            }),
+        }
+    }
+
     fn table(&self) -> TableId {
         match self {
             Work::Plan { table, .. } => table.clone(),
@@ -431,27 +463,28 @@ async fn reader(
                 }
             }
         }
-        let result = match (&mut wire, work.clone()) {
+        let result = match (&mut wire, &work) {
             (
                 Some(w),
                 Work::Range {
-                    table,
-                    id,
                     range,
                     progress,
                     filter,
-                    floor,
-                    plan,
+                    ..
                 },
             ) if !wire_off => {
-                let mut c = ChunkConn::Wire(w);
-                let r = Reading {
-                    table: &table,
-                    id: &id,
-                    floor: &floor,
-                    plan,
-                };
-                read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
+                let r = work.reading().expect("a read");
+                let (range, progress, filter) = (*range, progress.clone(), filter.clone());
+                read_range(
+                    &mut ChunkConn::Wire(w),
+                    &tx,
+                    r,
+                    range,
+                    progress,
+                    filter,
+                    &cfg,
+                )
+                .await
             }
             _ => {
                 let c = match conn.as_mut() {
@@ -466,60 +499,32 @@ async fn reader(
                         }
                     },
                 };
-                match work.clone() {
+                match &work {
                     Work::Plan {
                         table,
                         progress,
                         floor,
-                    } => plan(c, &queue, &notify, &tx, table, progress, floor, &cfg)
-                        .await
-                        .map(|_| ()),
+                    } => {
+                        let (t, p, f) = (table.clone(), progress.clone(), floor.clone());
+                        plan(c, &queue, &notify, &tx, t, p, f, &cfg)
+                            .await
+                            .map(|_| ())
+                    }
                     Work::Range {
-                        table,
-                        id,
                         range,
                         progress,
                         filter,
-                        floor,
-                        plan,
+                        ..
                     } => {
-                        let mut c = ChunkConn::My(c);
-                        let r = Reading {
-                            table: &table,
-                            id: &id,
-                            floor: &floor,
-                            plan,
-                        };
-                        read_range(&mut c, &tx, r, range, progress, filter, &cfg).await
+                        let r = work.reading().expect("a read");
+                        let (range, progress, filter) = (*range, progress.clone(), filter.clone());
+                        read_range(&mut ChunkConn::My(c), &tx, r, range, progress, filter, &cfg)
+                            .await
                     }
-                    Work::Whole {
-                        table,
-                        id,
-                        floor,
-                        plan,
-                    } => {
-                        let r = Reading {
-                            table: &table,
-                            id: &id,
-                            floor: &floor,
-                            plan,
-                        };
-                        read_whole(c, &tx, r).await
-                    }
-                    Work::Absent {
-                        table,
-                        id,
-                        keys,
-                        floor,
-                        plan,
-                    } => {
-                        let r = Reading {
-                            table: &table,
-                            id: &id,
-                            floor: &floor,
-                            plan,
-                        };
-                        read_absent(&mut ChunkConn::My(c), &tx, r, &keys).await
+                    Work::Whole { .. } => read_whole(c, &tx, work.reading().expect("a read")).await,
+                    Work::Absent { keys, .. } => {
+                        let r = work.reading().expect("a read");
+                        read_absent(&mut ChunkConn::My(c), &tx, r, keys).await
                     }
                 }
             }

@@ -116,7 +116,20 @@ impl ParquetSink {
             return Ok(None);
         };
         info!(table = %table, below, rows = batch.num_rows(), "tombstones for rows the source no longer holds");
-        Ok(Some(FileJob {
+        Ok(Some(self.rows_job(table, batch, below, key, seq, n)))
+    }
+
+    /// The file job of rows written at `version` into `table`'s folder.
+    fn rows_job(
+        &self,
+        table: &TableId,
+        batch: RecordBatch,
+        version: u64,
+        key: &[String],
+        seq: u64,
+        n: usize,
+    ) -> FileJob {
+        FileJob {
             rel: format!(
                 "{}/{}/{}",
                 table.db,
@@ -125,11 +138,11 @@ impl ParquetSink {
             ),
             table: table.to_string(),
             batch,
-            min_version: below,
-            max_version: below,
+            min_version: version,
+            max_version: version,
             unique: None,
             key: key.to_vec(),
-        }))
+        }
     }
 }
 
@@ -150,20 +163,7 @@ impl ParquetSink {
             return Ok(None);
         };
         info!(table = %table, ?below, rows = batch.num_rows(), "keyless changelog reset: delete rows for what it counted");
-        Ok(Some(FileJob {
-            rel: format!(
-                "{}/{}/{}",
-                table.db,
-                table.table,
-                data_file_name(seq, n, &self.config.pipeline)
-            ),
-            table: table.to_string(),
-            batch,
-            min_version: at,
-            max_version: at,
-            unique: None,
-            key: vec![],
-        }))
+        Ok(Some(self.rows_job(table, batch, at, &[], seq, n)))
     }
 }
 
