@@ -356,7 +356,9 @@ fn take_chunk(
     // later rows stay on top.
     let keyless = tm.primary_key.is_empty();
     if keyless {
-        if let Some(buf) = st.intake.buffers.get_mut(&id) {
+        // (and of an older shape set aside, which the commit would write before the read)
+        let set_aside = st.intake.set_aside.iter_mut().filter(|b| b.id == id);
+        for buf in st.intake.buffers.get_mut(&id).into_iter().chain(set_aside) {
             buf.drop_below(version).map_err(|e| PipelineError::Build {
                 table: id.clone(),
                 source: e,

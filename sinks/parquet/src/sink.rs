@@ -238,12 +238,13 @@ impl Sink for ParquetSink {
             .collect();
         for (n, tb) in batches.iter().enumerate() {
             let mut batch = tb.batch.clone();
-            let mut min_version = tb.min_version;
+            let (mut min_version, mut max_version) = (tb.min_version, tb.max_version);
             if let Some(reset) = resets.remove(&n) {
                 match crate::ddl::append_rows(&reset.batch, &batch) {
                     Some(both) => {
                         batch = both;
                         min_version = min_version.min(reset.min_version);
+                        max_version = max_version.max(reset.max_version);
                     }
                     None => jobs.push(reset),
                 }
@@ -260,7 +261,7 @@ impl Sink for ParquetSink {
                     table: tb.table.to_string(),
                     batch,
                     min_version,
-                    max_version: tb.max_version,
+                    max_version,
                     // a one-column key is distinct within a batch (deduplicated per key)
                     unique: (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
                     key: tb.primary_key.clone(),
