@@ -40,7 +40,7 @@ pub(crate) struct Target {
     /// The `--target` value.
     pub(crate) target: String,
     #[cfg(feature = "clickhouse")]
-    ch: Option<ClickHouse>,
+    pub(crate) ch: Option<ClickHouse>,
 }
 
 impl Target {

@@ -21,4 +21,5 @@ mod replicate;
 mod s3;
 mod snapshot;
 mod stream;
+mod swap;
 mod tls;

@@ -4,6 +4,15 @@
 //! rows below its start), DROP COLUMN and RENAME COLUMN (the table
 //! rewritten in one commit).
 //!
+//! A keyed table's re-snapshot ([`TableBatch::generation`]) fills a shadow Delta table in the
+//! table's directory (`_binlake_g<generation>/`, its own log and files; delta-rs's vacuum skips
+//! `_` directories, so it is never vacuumed while being filled), stream changes included. Its last
+//! batch swaps it in with one commit of the table: Remove of every file, Add of every shadow file
+//! (paths under the shadow's directory), the shadow's schema, and a `txn` whose version is the
+//! generation, which a batch repeated after a crash finds (it then writes to the table). The
+//! shadow's log is deleted after the swap; maintenance deletes the shadow files the table stops
+//! using. DDL statements apply to a shadow being filled too.
+//!
 //! Invariants: each statement is one Delta commit per table, taken under the table's lock (no
 //! MERGE of the same table interleaves); replaying it after a crash changes nothing (rows are
 //! already at `version`, the column already gone or renamed); RENAME TABLE is refused (the table
@@ -138,6 +147,182 @@ impl DeltaSink {
             .collect()
             .await
             .map_err(df_err)
+    }
+
+    /// Writes a batch of re-snapshot `g` to its shadow (or to the table, once swapped in), and
+    /// swaps the shadow in after the generation's last batch.
+    pub(crate) async fn write_generation(
+        &self,
+        tb: &TableBatch,
+        g: i64,
+        token: i64,
+    ) -> Result<(), SinkError> {
+        let live = &tb.table;
+        let name = live.to_string();
+        let table = self.load(&live.db, &live.table).await?;
+        let swapped = Self::applied(&table, &self.generation_app_id(live), &name)
+            .await?
+            .is_some_and(|v| v >= g);
+        if swapped {
+            // repeated after a crash that came between the swap and the shadow log's deletion
+            self.drop_shadow_log(&table, g).await?;
+        }
+        let into = TableBatch {
+            table: if swapped {
+                live.clone()
+            } else {
+                shadow_id(live, g)
+            },
+            // the shadow takes the rows' shape as it is; it holds only this generation's rows
+            reshape: true,
+            purge_below: None,
+            generation: None,
+            ..tb.clone()
+        };
+        if into.batch.num_rows() > 0 || into.replace {
+            self.apply(&into, token).await?;
+        } else {
+            self.ensure_exists(&into).await?;
+        }
+        if tb.purge_below.is_some() && !swapped {
+            self.swap_in(tb, g).await?;
+        }
+        Ok(())
+    }
+
+    /// The re-snapshots of `table` whose shadow is being filled (it still has its own log).
+    async fn shadows_in_progress(&self, table: &TableId) -> Result<Vec<i64>, SinkError> {
+        use futures::TryStreamExt;
+        let t = self.load(&table.db, &table.table).await?;
+        let store = t.log_store().object_store(None);
+        let dirs = store
+            .list_with_delimiter(None)
+            .await
+            .map_err(binlake_sink::store::classify)?;
+        let mut out = Vec::new();
+        for dir in dirs.common_prefixes {
+            let Some(g) = dir
+                .as_ref()
+                .strip_prefix(SHADOW_PREFIX)
+                .and_then(|g| g.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let log = object_store::path::Path::from(format!("{}/_delta_log", dir.as_ref()));
+            let first: Option<object_store::ObjectMeta> = store
+                .list(Some(&log))
+                .try_next()
+                .await
+                .map_err(binlake_sink::store::classify)?;
+            if first.is_some() {
+                out.push(g);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `txn` app id whose version is the last generation swapped into `table`.
+    fn generation_app_id(&self, table: &TableId) -> String {
+        self.app_id(&format!("{table}#generation"))
+    }
+
+    /// One commit of the table: every file it holds removed, every file of shadow `g` added
+    /// (its schema, and its protocol when that is newer), the generation marked in a `txn`.
+    async fn swap_in(&self, tb: &TableBatch, g: i64) -> Result<(), SinkError> {
+        use deltalake::kernel::transaction::CommitBuilder;
+        use deltalake::kernel::{Action, MetadataExt};
+        use deltalake::protocol::DeltaOperation;
+        let live = &tb.table;
+        let name = live.to_string();
+        let shadow_id = shadow_id(live, g);
+        if self.load(&live.db, &live.table).await?.version().is_none() {
+            // a name the target did not hold: created empty, then swapped like any
+            let empty = TableBatch {
+                batch: RecordBatch::new_empty(tb.batch.schema()),
+                generation: None,
+                purge_below: None,
+                ..tb.clone()
+            };
+            self.ensure_exists(&empty).await?;
+        }
+        let lock = self.locks.get(&name);
+        let _held = lock.lock().await;
+        let table = self.load(&live.db, &live.table).await?;
+        let shadow = self.load(&shadow_id.db, &shadow_id.table).await?;
+        let err = |e| delta_err(&name, "swapping a re-snapshot in", e);
+        let (ls, ss) = (
+            table.snapshot().map_err(err)?,
+            shadow.snapshot().map_err(err)?,
+        );
+        let dir = shadow_dir(g);
+        let mut actions = Vec::new();
+        if ss.protocol() != ls.protocol() {
+            actions.push(Action::Protocol(ss.protocol().clone()));
+        }
+        let metadata = ls
+            .metadata()
+            .clone()
+            .with_schema(&ss.schema())
+            .map_err(|e| SinkError::Definite(format!("{name}: the re-snapshot's schema: {e}")))?;
+        actions.push(Action::Metadata(metadata));
+        actions.extend(
+            ls.log_data()
+                .iter()
+                .map(|f| Action::Remove(f.remove_action(true))),
+        );
+        // (`add_action` is deprecated in favour of Arrow arrays; an Add is what a commit takes)
+        #[allow(deprecated)]
+        actions.extend(ss.log_data().iter().map(|f| {
+            let mut add = f.add_action();
+            add.path = format!("{dir}/{}", add.path);
+            Action::Add(add)
+        }));
+        let live_app = self.app_id(&name);
+        let shadow_app = self.app_id(&shadow_id.to_string());
+        let version = Self::applied(&table, &live_app, &name)
+            .await?
+            .max(Self::applied(&shadow, &shadow_app, &name).await?)
+            .unwrap_or(0);
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(self.generation_app_id(live), g))
+            .with_application_transaction(Transaction::new(&live_app, version));
+        let files = ss.log_data().num_files();
+        CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(
+                Some(ls),
+                table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Overwrite,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(err)?;
+        info!(table = %name, generation = g, files, "re-snapshot swapped in (one Delta commit)");
+        self.drop_shadow_log(&table, g).await
+    }
+
+    /// Deletes shadow `g`'s own log once its files are the table's: without it the directory
+    /// is no longer a table, and maintenance may delete the files the table stops using.
+    async fn drop_shadow_log(&self, table: &DeltaTable, g: i64) -> Result<(), SinkError> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let store = table.log_store().object_store(None);
+        let log = object_store::path::Path::from(format!("{}/_delta_log", shadow_dir(g)));
+        let files: Vec<object_store::ObjectMeta> = store
+            .list(Some(&log))
+            .try_collect()
+            .await
+            .map_err(binlake_sink::store::classify)?;
+        for f in files {
+            store
+                .delete(&f.location)
+                .await
+                .map_err(binlake_sink::store::classify)?;
+        }
+        Ok(())
     }
 
     /// Rows that are not tombstones.
@@ -340,10 +525,17 @@ impl DeltaSink {
     ) -> Result<(), SinkError> {
         use binlake_sink::DdlKind;
         let name = table.to_string();
-        match &kind {
-            DdlKind::RenameTable { to } => {
-                return Err(binlake_sink::rename_table_unsupported("delta", table, to))
+        if let DdlKind::RenameTable { to } = &kind {
+            return Err(binlake_sink::rename_table_unsupported("delta", table, to));
+        }
+        // a re-snapshot's shadow being filled follows the table
+        if !table.table.contains('/') {
+            for g in self.shadows_in_progress(table).await? {
+                Box::pin(self.apply_ddl(&shadow_id(table, g), kind.clone(), version)).await?;
             }
+        }
+        match &kind {
+            DdlKind::RenameTable { .. } => unreachable!("handled above"),
             DdlKind::Truncate | DdlKind::DropTable => {
                 self.purge(table, version).await?;
                 info!(table = %name, ?kind, version, "table emptied in Delta");
@@ -504,4 +696,19 @@ fn conform(
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// The directory of re-snapshot `g`'s shadow table, inside the table's own (its files become the
+/// table's at the swap; delta-rs's vacuum leaves `_`-prefixed directories alone, so a shadow
+/// being filled is never vacuumed).
+fn shadow_dir(g: i64) -> String {
+    format!("{SHADOW_PREFIX}{g}")
+}
+
+/// The start of a shadow directory's name.
+pub(crate) const SHADOW_PREFIX: &str = "_binlake_g";
+
+/// The shadow table of re-snapshot `g` of `table`.
+fn shadow_id(table: &TableId, g: i64) -> TableId {
+    TableId::new(&table.db, format!("{}/{}", table.table, shadow_dir(g)))
 }

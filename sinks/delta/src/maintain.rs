@@ -143,9 +143,65 @@ async fn compact_and_vacuum(
         .await
         .map_err(|e| err(name, "vacuum", e))?;
     report.files_vacuumed = m.files_deleted.len();
+    // 5. Files of swapped-in re-snapshots that delta-rs's vacuum leaves alone.
+    report.files_vacuumed += clean_shadows(&table, name, opts.vacuum_retention).await?;
     report.version = table.version().map_or(-1, |v| v as i64);
     info!(table = %name, compacted = report.files_compacted, written = report.files_written, tombstones = report.tombstones_purged, vacuumed = report.files_vacuumed, version = report.version, "maintained");
     Ok(report)
+}
+
+/// Deletes the files under the table's re-snapshot directories (`_binlake_g<id>/`, see
+/// `ddl.rs`; delta-rs's vacuum skips `_` directories) that the table no longer references and
+/// that are older than `retention`. A directory that still has its own `_delta_log` is a shadow
+/// being filled (the swap deletes that log): left alone.
+async fn clean_shadows(
+    table: &DeltaTable,
+    name: &str,
+    retention: std::time::Duration,
+) -> Result<usize, SinkError> {
+    use object_store::ObjectStoreExt;
+    let store = table.log_store().object_store(None);
+    let dirs = store.list_with_delimiter(None).await.map_err(classify)?;
+    let shadows: Vec<_> = dirs
+        .common_prefixes
+        .into_iter()
+        .filter(|p| p.as_ref().starts_with(crate::ddl::SHADOW_PREFIX))
+        .collect();
+    if shadows.is_empty() {
+        return Ok(0);
+    }
+    let snapshot = table.snapshot().map_err(|e| err(name, "snapshot", e))?;
+    let live: std::collections::HashSet<String> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.object_store_path().to_string())
+        .collect();
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+    let mut deleted = 0;
+    for dir in shadows {
+        let files: Vec<object_store::ObjectMeta> = store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        if files
+            .iter()
+            .any(|f| f.location.as_ref().contains("/_delta_log/"))
+        {
+            continue; // a shadow being filled
+        }
+        for f in files {
+            if !live.contains(f.location.as_ref()) && f.last_modified < cutoff {
+                store.delete(&f.location).await.map_err(classify)?;
+                deleted += 1;
+            }
+        }
+    }
+    if deleted > 0 {
+        info!(table = %name, deleted, "files of swapped-in re-snapshots the table no longer uses deleted");
+    }
+    Ok(deleted)
 }
 
 /// Maintains `_binlake_watermarks` (a row per table and commit, append-only): per (pipeline,

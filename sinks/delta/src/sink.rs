@@ -179,7 +179,7 @@ impl DeltaSink {
 
     /// `token` identifies the batch within its commit (`seq * 1024 + n`): a retried commit's
     /// insert-only batch is recognised by it.
-    async fn apply(&self, tb: &TableBatch, token: i64) -> Result<(), SinkError> {
+    pub(crate) async fn apply(&self, tb: &TableBatch, token: i64) -> Result<(), SinkError> {
         let name = tb.table.to_string();
         let lock = self.locks.get(&name);
         let _held = lock.lock().await;
@@ -326,7 +326,7 @@ impl DeltaSink {
 
     /// Creates the table (no rows, the batch's columns) if it does not exist: a snapshot of an
     /// empty source table, so that readers and dbt find it.
-    async fn ensure_exists(&self, tb: &TableBatch) -> Result<(), SinkError> {
+    pub(crate) async fn ensure_exists(&self, tb: &TableBatch) -> Result<(), SinkError> {
         let name = tb.table.to_string();
         let lock = self.locks.get(&name);
         let _held = lock.lock().await;
@@ -712,6 +712,12 @@ impl Sink for DeltaSink {
         let this = &*self;
         futures::future::try_join_all(per_table.into_iter().map(|group| async move {
             for (n, tb) in group.into_iter().enumerate() {
+                if let (Some(g), false) = (tb.generation, tb.primary_key.is_empty()) {
+                    // a re-snapshot: into its shadow, swapped in by its last batch (ddl.rs)
+                    this.write_generation(tb, g, seq as i64 * 1024 + n as i64)
+                        .await?;
+                    continue;
+                }
                 if tb.batch.num_rows() > 0 || tb.replace {
                     this.apply(tb, seq as i64 * 1024 + n as i64).await?;
                 } else {
