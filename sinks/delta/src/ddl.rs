@@ -256,8 +256,13 @@ impl DeltaSink {
         );
         let dir = shadow_dir(g);
         let mut actions = Vec::new();
-        if ss.protocol() != ls.protocol() {
-            actions.push(Action::Protocol(ss.protocol().clone()));
+        // the shadow's protocol when it needs more (a new column type); never a downgrade
+        let (sp, lp) = (ss.protocol(), ls.protocol());
+        if sp != lp
+            && sp.min_reader_version() >= lp.min_reader_version()
+            && sp.min_writer_version() >= lp.min_writer_version()
+        {
+            actions.push(Action::Protocol(sp.clone()));
         }
         let metadata = ls
             .metadata()
