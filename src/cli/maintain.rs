@@ -73,11 +73,7 @@ async fn maintain_parquet(
         return Err(e.into());
     }
     let opts = crate::cli::sinks::compact_options(m);
-    let select = |t: &str| {
-        t.parse::<binlake_sink::TableId>()
-            .map(|id| filter.matches(&id.db, &id.table))
-            .unwrap_or(true)
-    };
+    let select = |t: &str| selected(filter, t);
     let s = sink.compact(&opts, &select).await?;
     for r in &s.tables {
         println!(
@@ -105,6 +101,14 @@ async fn maintain_parquet(
     Ok(ExitCode::from(2))
 }
 
+/// `--tables` selects the target table named `t` (`db.table`; a name that does not read back
+/// as one is kept).
+fn selected(filter: &binlake::filter::TableFilter, t: &str) -> bool {
+    t.parse::<binlake_sink::TableId>()
+        .map(|id| filter.matches(&id.db, &id.table))
+        .unwrap_or(true)
+}
+
 fn humantime_secs(d: std::time::Duration) -> String {
     let s = d.as_secs();
     if s % 3600 == 0 && s > 0 {
@@ -127,11 +131,7 @@ async fn maintain_delta(
     let cfg = binlake_sink_delta::DeltaConfig::new(target, pipeline);
     let mut failed = 0;
     for t in binlake_sink_delta::maintain::tables(&cfg).await? {
-        let selected = t
-            .parse::<binlake_sink::TableId>()
-            .map(|id| filter.matches(&id.db, &id.table))
-            .unwrap_or(true);
-        if !selected {
+        if !selected(filter, &t) {
             continue;
         }
         match binlake_sink_delta::maintain::maintain_table(&cfg, &t, &opts).await {
@@ -171,9 +171,9 @@ pub(crate) fn maintain_options(
         target_file_size: m.target_file_size,
         vacuum_retention: m.vacuum_retention,
         tombstone_retention: m.tombstone_retention,
-        watermark_retention: m
-            .version_retention
-            .unwrap_or(std::time::Duration::from_secs(7 * 86400)),
+        watermark_retention: m.version_retention.unwrap_or(
+            binlake_sink_delta::maintain::MaintainOptions::default().watermark_retention,
+        ),
     }
 }
 

@@ -34,7 +34,7 @@ use deltalake::DeltaTable;
 use tracing::{debug, info};
 
 use crate::config::Deletes;
-use crate::sink::{delta_err, narrower_than_table, table_id, widens, DeltaSink};
+use crate::sink::{delta_err, frame, narrower_than_table, table_id, widens, DeltaSink};
 use crate::types::to_delta;
 
 impl DeltaSink {
@@ -134,15 +134,9 @@ impl DeltaSink {
             table: table_id(name),
             message: format!("reading the rows after a keyless read: {e}"),
         };
-        let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(name, "reading", e))?;
-        let provider = table.table_provider().await.map_err(df_err)?;
-        ctx.read_table(provider)
-            .and_then(|df| {
-                df.filter(col(Column::new_unqualified(COL_VERSION)).gt_eq(lit(version as i64)))
-            })
+        frame(table, name, "reading", df_err)
+            .await?
+            .filter(col(Column::new_unqualified(COL_VERSION)).gt_eq(lit(version as i64)))
             .map_err(df_err)?
             .collect()
             .await
@@ -340,13 +334,9 @@ impl DeltaSink {
             table: table_id(name),
             message: format!("counting live rows: {e}"),
         };
-        let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(name, "counting live rows", e))?;
-        let provider = table.table_provider().await.map_err(df_err)?;
-        ctx.read_table(provider)
-            .and_then(|df| df.filter(col(Column::new_unqualified(COL_DELETED)).not()))
+        frame(table, name, "counting live rows", df_err)
+            .await?
+            .filter(col(Column::new_unqualified(COL_DELETED)).not())
             .map_err(df_err)?
             .count()
             .await

@@ -46,6 +46,22 @@ impl TableLocks {
     }
 }
 
+/// The table as a DataFusion frame in deltalake's session (its planner runs deltalake's scan);
+/// `what` names the read in errors of the session, `df_err` maps DataFusion's.
+pub(crate) async fn frame(
+    table: &DeltaTable,
+    name: &str,
+    what: &str,
+    df_err: impl Fn(deltalake::datafusion::error::DataFusionError) -> SinkError,
+) -> Result<deltalake::datafusion::dataframe::DataFrame, SinkError> {
+    let ctx = deltalake::delta_datafusion::create_session().into_inner();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| delta_err(name, what, e))?;
+    let provider = table.table_provider().await.map_err(&df_err)?;
+    ctx.read_table(provider).map_err(df_err)
+}
+
 pub(crate) fn delta_err(table: &str, what: &str, e: DeltaTableError) -> SinkError {
     use DeltaTableError as E;
     match e {
@@ -671,16 +687,11 @@ impl Sink for DeltaSink {
         if table.version().is_none() {
             return Ok(vec![]);
         }
-        let ctx = deltalake::delta_datafusion::create_session().into_inner();
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| delta_err(&name, "read", e))?;
         let err = |e: deltalake::datafusion::error::DataFusionError| {
             SinkError::Definite(format!("reading {name}: {e}"))
         };
-        let provider = table.table_provider().await.map_err(err)?;
-        ctx.read_table(provider)
-            .map_err(err)?
+        frame(&table, &name, "read", err)
+            .await?
             .collect()
             .await
             .map_err(err)
