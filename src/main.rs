@@ -478,6 +478,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     for (t, why) in &cp.quarantined {
                         println!("  {t:<40} STOPPED (error): {why}");
+                        println!("  {:<40} to resume it: fix the cause, then `binlake backfill --control <replicate's control_addr> --tables '{t}'` (reads it again whole; the other tables go on)", "");
                     }
                     for (t, v) in &cp.tables {
                         match cp.table_commit_us.get(t) {

@@ -131,7 +131,18 @@ pub async fn describe(
         .await
         .map_err(q)?;
     if rows.is_empty() {
-        return Ok(None);
+        // information_schema also hides a table binlake's user has no privilege on: only
+        // "no such table" from the table itself means it is gone (anything else, 1142 "SELECT
+        // command denied" above all, is an error to report, not a table to forget)
+        let probe = format!("SELECT 1 FROM {}.{} LIMIT 0", ident(db), ident(table));
+        return match conn.query_drop(probe).await {
+            Err(mysql_async::Error::Server(s)) if s.code == 1146 => Ok(None),
+            Err(e) => Err(SourceError::from_mysql(
+                e,
+                &format!("reading {db}.{table} for a snapshot (binlake's user needs SELECT on it: GRANT SELECT ON {db}.{table} TO <user>)"),
+            )),
+            Ok(()) => Ok(None),
+        };
     }
     let pk_names: Vec<String> = conn
         .exec(

@@ -6,7 +6,6 @@
 //! query), a few files and a short commit log after many commits, and no (key, version) twice
 //! once the replaced files are deleted.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,22 +155,9 @@ fn parquet_compaction_on_s3() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     let moto = Moto::start(&dir.0.join("moto"), "lake");
     let env = moto.env();
-    let owned: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let local = dir.path("download");
-    let download = move || {
-        let _ = std::fs::remove_dir_all(&local);
-        let code = format!(
-            "import boto3, os\ns3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='lake', Prefix='prefix/'):\n    for o in page.get('Contents', []):\n        p = os.path.join('{local}', o['Key'][len('prefix/'):])\n        os.makedirs(os.path.dirname(p), exist_ok=True)\n        s3.download_file('lake', o['Key'], p)\n"
-        );
-        let out = Command::new("python3")
-            .args(["-c", &code])
-            .envs(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+    let download = || {
+        moto.download("lake", "prefix", &local);
         local.clone()
     };
     compaction_beside_a_stream(&m, "s3://lake/prefix", &env, &download);

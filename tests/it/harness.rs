@@ -543,6 +543,21 @@ impl Moto {
         moto
     }
 
+    /// Copies every object of `bucket` under `prefix/` into the directory `local` (emptied
+    /// first), keeping the paths below the prefix.
+    pub fn download(&self, bucket: &str, prefix: &str, local: &str) {
+        let _ = std::fs::remove_dir_all(local);
+        let code = format!(
+            "import boto3, os\ns3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}/'):\n    for o in page.get('Contents', []):\n        p = os.path.join('{local}', o['Key'][len('{prefix}/'):])\n        os.makedirs(os.path.dirname(p), exist_ok=True)\n        s3.download_file('{bucket}', o['Key'], p)\n"
+        );
+        let out = Command::new("python3")
+            .args(["-c", &code])
+            .envs(self.env())
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
     /// The AWS_* environment that points a client at this server.
     pub fn env(&self) -> [(&'static str, &str); 4] {
         [

@@ -3,7 +3,9 @@
 //! after the cut-over; then a gh-ost cut-over by SQL), ADD COLUMN with a default on a table with
 //! rows, RENAME TABLE into and out of the filter, TRUNCATE, DROP TABLE then CREATE with another
 //! shape, a table created mid-stream (with rows, and empty), DROP DATABASE, and an ALTER while the table's snapshot holds a read open.
-//! Each ends with the replica equal to the source, value by value, and no table stopped.
+//! Each ends with the replica equal to the source, value by value, and no table stopped. A table
+//! that stops (its user lost SELECT and it must be read again) is named by `status` and cleared by
+//! `backfill --tables`.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,6 +245,62 @@ fn lost_position_is_recovered(kind: Kind) {
         .trim()
         .replace('\t', " ");
     assert_eq!(t.log(), src, "{kind:?}: the keyless table (rows, sum)");
+    t.assert_nothing_stopped();
+}
+
+/// A table stops only for what no automatic action can fix, and `binlake backfill` clears it:
+/// here binlake's user loses SELECT on one table and an ALTER needs that table read again. The
+/// table stops (`status` names it and why; the other table goes on), the grant comes back, and
+/// `backfill --tables` reads it again whole: it resumes and ends equal, nothing stopped.
+#[test]
+fn a_stopped_table_is_cleared_by_backfill() {
+    let (_dir, t, m) = setup(Kind::Parquet, "lc_stopped");
+    m.sql("CREATE DATABASE cf; CREATE TABLE cf.a (id INT PRIMARY KEY, v INT); CREATE TABLE cf.b (id INT PRIMARY KEY, v INT);");
+    m.sql("INSERT INTO cf.a SELECT seq, seq FROM cf.seq_1_to_100; INSERT INTO cf.b SELECT seq, seq FROM cf.seq_1_to_100;");
+    m.sql("CREATE USER 'narrow'@'%' IDENTIFIED BY 'narrow'; GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'narrow'@'%'; GRANT SELECT ON cf.a TO 'narrow'@'%'; GRANT SELECT ON cf.b TO 'narrow'@'%';");
+    let url = format!("mysql://narrow:narrow@127.0.0.1:{}", m.port);
+    let control = format!("127.0.0.1:{}", crate::observe::free_port());
+    let mut args = replicate_args(
+        &url,
+        &t.target,
+        "cf.*",
+        &["--control-addr", &control, "--max-latency", "100ms"],
+    );
+    args.extend(t.sink_args());
+    let r = spawn_binlake(&args);
+    crate::snapshot::wait_equal(&m, &t.target, "cf.b", &t.reader(), Duration::from_secs(60));
+    m.sql("REVOKE SELECT ON cf.b FROM 'narrow'@'%'; ALTER TABLE cf.b ADD COLUMN w INT NOT NULL DEFAULT 7; UPDATE cf.b SET v = -v WHERE id <= 5;");
+    m.sql("INSERT INTO cf.a VALUES (101, 101);");
+    crate::snapshot::wait_equal(&m, &t.target, "cf.a", &t.reader(), Duration::from_secs(60));
+    let start = std::time::Instant::now();
+    let status = loop {
+        let out = binlake(&["status", "--target", &t.target], Duration::from_secs(60));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("STOPPED") || start.elapsed() > Duration::from_secs(60) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    if !(status.contains("STOPPED") && status.contains("cf.b")) {
+        let out = terminate(r, Duration::from_secs(60));
+        panic!("cf.b was not reported stopped:\n{status}\n{}", stderr(&out));
+    }
+    assert!(
+        status.contains("backfill"),
+        "status does not say how to clear it:\n{status}"
+    );
+    m.sql("GRANT SELECT ON cf.b TO 'narrow'@'%'; UPDATE cf.b SET v = 1000 WHERE id = 50; DELETE FROM cf.b WHERE id = 60;");
+    let out = binlake(
+        &["backfill", "--control", &control, "--tables", "cf.b"],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    crate::snapshot::wait_equal(&m, &t.target, "cf.b", &t.reader(), Duration::from_secs(60));
+    m.sql("UPDATE cf.b SET w = 8 WHERE id = 1; INSERT INTO cf.a VALUES (102, 102);");
+    crate::snapshot::wait_equal(&m, &t.target, "cf.b", &t.reader(), Duration::from_secs(60));
+    crate::snapshot::wait_equal(&m, &t.target, "cf.a", &t.reader(), Duration::from_secs(60));
+    let out = terminate(r, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
     t.assert_nothing_stopped();
 }
 

@@ -112,6 +112,7 @@ impl DeltaSink {
             .write(batches)
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite)
+            .with_description(crate::sink::description(tb))
             .with_commit_properties(
                 CommitProperties::default()
                     .with_application_transaction(Transaction::new(app_id, version)),
@@ -551,8 +552,8 @@ impl DeltaSink {
         }
     }
 
-    /// Every row older than `version` becomes a tombstone at `version` (or, with hard deletes,
-    /// is removed), in one Delta commit: a TRUNCATE, or the end of a re-snapshot (the keys it
+    /// Every row older than `version` becomes a tombstone at `version` (or, with hard deletes
+    /// or in a keyless table, is removed), in one Delta commit: a TRUNCATE, or the end of a re-snapshot (the keys it
     /// did not read again are gone at the source). Idempotent: a replay finds those rows
     /// already at `version`.
     pub(crate) async fn purge(&self, table: &TableId, version: u64) -> Result<(), SinkError> {
@@ -566,7 +567,14 @@ impl DeltaSink {
             return Ok(()); // nothing replicated yet
         }
         let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
-        if self.config.deletes == Deletes::Hard {
+        // a keyless changelog counts its rows: the older ones go (see `sink::description`)
+        let keyless = t
+            .snapshot()
+            .map_err(|e| delta_err(&name, "purge", e))?
+            .metadata()
+            .description()
+            .is_some_and(|d| d.contains(crate::sink::KEYLESS));
+        if self.config.deletes == Deletes::Hard || keyless {
             t.delete()
                 .with_predicate(older)
                 .await

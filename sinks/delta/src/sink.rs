@@ -36,6 +36,27 @@ pub struct DeltaSink {
     pub(crate) last_maintenance: std::time::Instant,
 }
 
+/// The description a table gets when binlake creates it. A keyless table's says so: TRUNCATE
+/// and DROP TABLE then remove its older rows (a changelog counts rows, so marking an insert
+/// deleted would subtract it) where a keyed table's become tombstones.
+pub(crate) fn description(tb: &TableBatch) -> String {
+    if tb.primary_key.is_empty() {
+        format!(
+            "{}: {KEYLESS}, an append-only changelog replicated by binlake",
+            tb.table
+        )
+    } else {
+        format!(
+            "{}: primary key ({}), replicated by binlake",
+            tb.table,
+            tb.primary_key.join(", ")
+        )
+    }
+}
+
+/// What marks a keyless table's description (see [`description`]).
+pub(crate) const KEYLESS: &str = "no primary key";
+
 #[derive(Clone, Default)]
 pub(crate) struct TableLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
@@ -253,7 +274,9 @@ impl DeltaSink {
             }
         }
         if table.version().is_none() || keyless || insert_only {
-            return self.append(table, &name, batch, props, keyless).await;
+            return self
+                .append(table, &name, batch, props, description(tb), keyless)
+                .await;
         }
         let (table, batch) = self.evolve_schema(tb, table, batch).await?;
         self.merge(tb, &name, table, batch, props).await
@@ -357,6 +380,7 @@ impl DeltaSink {
         table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
+            .with_description(description(tb))
             .await
             .map_err(|e| delta_err(&name, "create", e))?;
         info!(table = %name, "empty table created");
@@ -371,6 +395,7 @@ impl DeltaSink {
         name: &str,
         batch: RecordBatch,
         props: CommitProperties,
+        description: String,
         keyless: bool,
     ) -> Result<(), SinkError> {
         let rows = if self.config.deletes == Deletes::Hard && !keyless {
@@ -382,7 +407,8 @@ impl DeltaSink {
             .write(vec![rows])
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge)
-            .with_commit_properties(props);
+            .with_commit_properties(props)
+            .with_description(description);
         if !keyless {
             // Files of a few MB, each holding a narrow key range (rows arrive mostly in key
             // order): a MERGE then rewrites only the files whose key range it touches, not

@@ -92,7 +92,8 @@ impl ParquetSink {
         let mut groups: BTreeMap<String, Vec<(u64, Vec<FileEntry>)>> = BTreeMap::new();
         for f in &live {
             let keyed = !f.key.is_empty() || f.table == WATERMARKS_TABLE;
-            if !keyed || !select(&f.table) || f.bytes as u64 >= small {
+            // a re-snapshot's shadow files wait for its swap (`crate::swap`), as they are
+            if !keyed || f.generation.is_some() || !select(&f.table) || f.bytes as u64 >= small {
                 continue;
             }
             let runs = groups.entry(f.table.clone()).or_default();
@@ -140,6 +141,7 @@ impl ParquetSink {
                         batch: merged,
                         unique: None,
                         key: files[0].key.clone(),
+                        generation: None,
                     });
                     n += 1;
                     removed.extend(files.iter().map(|f| f.path.clone()));
@@ -180,6 +182,7 @@ impl ParquetSink {
                 files,
                 base: true,
                 removed: pending.clone(),
+                swapped: Vec::new(),
             };
             self.log.append(seq, &entry).await?;
             failpoint("compact-after-log");

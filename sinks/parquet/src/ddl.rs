@@ -60,12 +60,8 @@ impl ParquetSink {
         version: u64,
     ) -> Result<(), SinkError> {
         let name = table.to_string();
-        let files: Vec<_> = self
-            .committed_files()
-            .await?
-            .into_iter()
-            .filter(|f| f.table == name)
-            .collect();
+        // a re-snapshot's shadow files too (see `crate::swap`)
+        let files = self.table_files(&name, true).await?;
         if files.is_empty() {
             return Ok(()); // nothing replicated yet
         }
@@ -79,6 +75,11 @@ impl ParquetSink {
             return Ok(());
         };
         let seq = binlake_sink::Sink::begin_commit(self).await?;
+        if matches!(kind, DdlKind::DropTable) && files.iter().any(|f| f.generation.is_some()) {
+            // the rows of a re-snapshot in progress are all below the statement: its shadow
+            // files end here (later ones, of a re-snapshot after a CREATE, are listed later)
+            self.swapped.push(name.clone());
+        }
         let job = match &key {
             Some(key) => self.purge_job(table, key, version, seq, 0).await?,
             None => {
@@ -111,7 +112,9 @@ impl ParquetSink {
         if key.is_empty() {
             return Ok(None);
         }
-        let batches = binlake_sink::Sink::read_table(self, table).await?;
+        // the rows of a re-snapshot in progress too: its swap must not bring one back
+        let files = self.table_files(&table.to_string(), true).await?;
+        let batches = self.read_files(&files).await?;
         let Some(batch) = tombstones(table, &batches, key, below)? else {
             return Ok(None);
         };
@@ -141,6 +144,7 @@ impl ParquetSink {
             min_version: version,
             max_version: version,
             unique: None,
+            generation: None,
             key: key.to_vec(),
         }
     }
@@ -282,7 +286,7 @@ fn reset_rows(
 /// Tombstones at version `below` for the keys whose highest-version row in `batches` (the
 /// table's files, oldest first) is live and below it: the key columns, cast to their newest
 /// type, and the metadata columns.
-fn tombstones(
+pub(crate) fn tombstones(
     table: &TableId,
     batches: &[RecordBatch],
     key: &[String],

@@ -8,6 +8,8 @@
 //! _binlake/<pipeline>/log/<seq>.json               the commit log: one entry per commit = the checkpoint
 //!                                                  (from the newest compaction on: see `compact`)
 //! _binlake/<pipeline>/owner.json                   the owner lease (one writer per pipeline)
+//! _binlake/<pipeline>/shadow/<db>/<table>/part-*   a re-snapshot's rows until it is swapped in
+//!                                                  (see `swap`)
 //! ```
 //!
 //! Invariants (why kill -9 loses and doubles nothing):
@@ -29,6 +31,7 @@ mod config;
 mod ddl;
 mod manifest;
 mod sink;
+mod swap;
 mod types;
 
 pub use compact::{CompactOptions, CompactReport, CompactSummary};

@@ -20,6 +20,10 @@ pub struct LogEntry {
     /// grace has passed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<RemovedFile>,
+    /// Tables (`db.table`) whose re-snapshot shadow files end with this entry: swapped in (the
+    /// entry's file in the table's folder holds their rows) or abandoned for a newer one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub swapped: Vec<String>,
 }
 
 /// A file a compaction replaced, and when (µs).
@@ -64,6 +68,10 @@ pub async fn live_files(log: &binlake_sink::store::TargetLog) -> Result<LiveFile
         if e.base {
             out.removed = e.removed;
         }
+        if !e.swapped.is_empty() {
+            out.files
+                .retain(|f| f.generation.is_none() || !e.swapped.contains(&f.table));
+        }
         out.files.extend(e.files);
     }
     Ok(out)
@@ -81,6 +89,11 @@ pub struct FileEntry {
     /// written before keys were recorded). TRUNCATE and DROP TABLE need them to write tombstones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<String>,
+    /// A re-snapshot's shadow file (its generation, see `binlake_sink::TableBatch::generation`):
+    /// outside the table's folder, not part of the table until the re-snapshot's last batch
+    /// swaps its rows in (see `crate::swap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// `part-<seq:020>-<n:04>-<pipeline>.parquet` -> seq, for files of `pipeline` only.
@@ -90,6 +103,12 @@ pub fn data_file_seq(name: &str, pipeline: &str) -> Option<u64> {
     let seq = it.next()?.parse().ok()?;
     let _n = it.next()?;
     (it.next()? == pipeline).then_some(seq)
+}
+
+/// Where a re-snapshot's shadow files of `table` (`db/table`) go: under the pipeline's own
+/// folder, so no reader's glob of the table's folder finds them.
+pub fn shadow_dir(pipeline: &str) -> String {
+    format!("_binlake/{pipeline}/shadow")
 }
 
 pub fn data_file_name(seq: u64, n: usize, pipeline: &str) -> String {

@@ -18,6 +18,8 @@ pub struct ParquetSink {
     pub(crate) staged: Vec<FileEntry>,
     /// When the last compaction ran (`maintain_every`).
     last_compaction: std::time::Instant,
+    /// Tables whose re-snapshot the commit in progress swaps in (see `crate::swap`).
+    pub(crate) swapped: Vec<String>,
 }
 
 /// One file of a commit, before encoding.
@@ -31,6 +33,8 @@ pub(crate) struct FileJob {
     pub(crate) unique: Option<String>,
     /// The table's primary key (recorded in the log entry).
     pub(crate) key: Vec<String>,
+    /// A re-snapshot's shadow file (see `crate::swap`).
+    pub(crate) generation: Option<i64>,
 }
 
 impl ParquetSink {
@@ -43,6 +47,7 @@ impl ParquetSink {
             config,
             log,
             staged: Vec::new(),
+            swapped: Vec::new(),
             last_compaction: std::time::Instant::now(),
         })
     }
@@ -68,6 +73,7 @@ impl ParquetSink {
                     min_version: j.min_version,
                     max_version: j.max_version,
                     key: j.key,
+                    generation: j.generation,
                 },
                 bytes,
             ))
@@ -86,10 +92,30 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// Deletes each of `paths` that `doomed` selects; how many.
+    pub(crate) async fn delete_if(
+        &self,
+        paths: Vec<object_store::path::Path>,
+        doomed: impl Fn(&object_store::path::Path) -> bool,
+    ) -> Result<usize, SinkError> {
+        let mut n = 0;
+        for p in paths.into_iter().filter(|p| doomed(p)) {
+            self.log
+                .store()
+                .delete(&p)
+                .await
+                .map_err(binlake_sink::store::classify)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The files this pipeline committed and no compaction replaced, from its log, in commit
-    /// order (for tests and maintenance).
+    /// order (for tests and maintenance); not the shadow files of re-snapshots in progress.
     pub async fn committed_files(&self) -> Result<Vec<FileEntry>, SinkError> {
-        Ok(crate::manifest::live_files(&self.log).await?.files)
+        let mut files = crate::manifest::live_files(&self.log).await?.files;
+        files.retain(|f| f.generation.is_none());
+        Ok(files)
     }
 }
 
@@ -116,27 +142,20 @@ impl Sink for ParquetSink {
         let last_seq = self.log.last_seq;
         // 2. Remove what an interrupted commit of this pipeline left: its data files newer than
         //    its last log entry (file names carry the pipeline, so other pipelines' are untouched).
-        let mut removed = 0;
-        for p in self.log.list(self.log.root()).await? {
-            let s = p.as_ref();
-            if s.contains("/_binlake/") || s.starts_with("_binlake/") {
-                continue;
-            }
-            if p.filename()
-                .and_then(|n| data_file_seq(n, &self.config.pipeline))
-                .is_some_and(|seq| seq > last_seq)
-            {
-                self.log
-                    .store()
-                    .delete(&p)
-                    .await
-                    .map_err(binlake_sink::store::classify)?;
-                removed += 1;
-            }
-        }
+        let present = self.log.list(self.log.root()).await?;
+        let removed = self
+            .delete_if(present, |p| {
+                let s = p.as_ref();
+                !(s.contains("/_binlake/") || s.starts_with("_binlake/"))
+                    && p.filename()
+                        .and_then(|n| data_file_seq(n, &self.config.pipeline))
+                        .is_some_and(|seq| seq > last_seq)
+            })
+            .await?;
         if removed > 0 {
             warn!(removed, last_seq, "removed data files of an interrupted commit; they will be rewritten from the checkpoint");
         }
+        self.remove_stray_shadow_files().await?;
         info!(target = %self.config.target, last_seq, resume = ?checkpoint.as_ref().map(|c| &c.position), "parquet sink opened");
         Ok(checkpoint)
     }
@@ -146,29 +165,9 @@ impl Sink for ParquetSink {
         table: &binlake_sink::TableId,
     ) -> Result<Vec<RecordBatch>, SinkError> {
         let name = table.to_string();
-        let mut out = Vec::new();
-        for f in self.committed_files().await? {
-            if f.table != name {
-                continue;
-            }
-            let bytes = self
-                .log
-                .store()
-                .get(&self.log.path(&f.path))
-                .await
-                .map_err(binlake_sink::store::classify)?
-                .bytes()
-                .await
-                .map_err(binlake_sink::store::classify)?;
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|b| b.build())
-                    .map_err(|e| SinkError::Definite(format!("reading {}: {e}", f.path)))?;
-            for b in reader {
-                out.push(b.map_err(|e| SinkError::Definite(format!("reading {}: {e}", f.path)))?);
-            }
-        }
-        Ok(out)
+        let mut files = self.committed_files().await?;
+        files.retain(|f| f.table == name);
+        self.read_files(&files).await
     }
 
     async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
@@ -197,6 +196,7 @@ impl Sink for ParquetSink {
     async fn begin_commit(&mut self) -> Result<u64, SinkError> {
         self.log.keepalive().await?;
         self.staged.clear();
+        self.swapped.clear();
         Ok(self.log.last_seq + 1)
     }
 
@@ -237,6 +237,15 @@ impl Sink for ParquetSink {
             .filter(|t| !committed.contains(t))
             .collect();
         for (n, tb) in batches.iter().enumerate() {
+            // a keyed table's re-snapshot: shadow files, then one file swapping them in
+            if let Some(g) = tb.generation.filter(|_| !tb.primary_key.is_empty()) {
+                match tb.purge_below {
+                    Some(below) => jobs.push(self.swap_job(tb, g, below, seq, n).await?),
+                    None if tb.batch.num_rows() > 0 => jobs.push(self.shadow_job(tb, g, seq, n)),
+                    None => {}
+                }
+                continue;
+            }
             let mut batch = tb.batch.clone();
             let (mut min_version, mut max_version) = (tb.min_version, tb.max_version);
             if let Some(reset) = resets.remove(&n) {
@@ -265,6 +274,7 @@ impl Sink for ParquetSink {
                     // a one-column key is distinct within a batch (deduplicated per key)
                     unique: (tb.primary_key.len() == 1).then(|| tb.primary_key[0].clone()),
                     key: tb.primary_key.clone(),
+                    generation: None,
                 });
             }
         }
@@ -275,6 +285,9 @@ impl Sink for ParquetSink {
             let Some(below) = tb.purge_below else {
                 continue;
             };
+            if tb.generation.is_some() && !tb.primary_key.is_empty() {
+                continue; // in its swap file
+            }
             if let Some(job) = self
                 .purge_job(&tb.table, &tb.primary_key, below, seq, n)
                 .await?
@@ -306,6 +319,7 @@ impl Sink for ParquetSink {
             max_version: 0,
             unique: None,
             key: vec![],
+            generation: None,
         }])
         .await
     }
@@ -316,6 +330,7 @@ impl Sink for ParquetSink {
         checkpoint: &Checkpoint,
     ) -> Result<(), SinkError> {
         let files = std::mem::take(&mut self.staged);
+        let swapped = std::mem::take(&mut self.swapped);
         let nfiles = files.len();
         self.log
             .append(
@@ -325,9 +340,13 @@ impl Sink for ParquetSink {
                     files,
                     base: false,
                     removed: Vec::new(),
+                    swapped: swapped.clone(),
                 },
             )
             .await?;
+        if !swapped.is_empty() {
+            self.delete_swapped_shadow_files().await;
+        }
         debug!(seq, files = nfiles, "parquet commit");
         Ok(())
     }
