@@ -14,6 +14,7 @@ pub mod dbt;
 pub mod decode;
 pub mod filter;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod progress;
 /// Typed source positions (defined with the checkpoint that stores them, in `binlake-sink`).

@@ -8,7 +8,7 @@
 //! source flags, `maintain` only the target and Delta's). A sink's own keys are its group; in the
 //! file they go in its table (`[sink.delta]`), or at the top level as before.
 
-use super::{BackfillEntry, Patterns, Size, SourceEntry, Sources};
+use super::{BackfillEntry, OutboxEntry, Patterns, Size, SourceEntry, Sources};
 
 /// What one key is, for the schema and the reference.
 #[derive(Debug, Clone)]
@@ -46,6 +46,12 @@ impl IntoKey<Vec<u32>> for Vec<u32> {
 impl IntoKey<Patterns> for Vec<String> {
     fn into_key(self) -> Option<Patterns> {
         (!self.is_empty()).then_some(Patterns::Many(self))
+    }
+}
+
+impl IntoKey<Vec<OutboxEntry>> for Vec<String> {
+    fn into_key(self) -> Option<Vec<OutboxEntry>> {
+        (!self.is_empty()).then(|| self.into_iter().map(OutboxEntry::Name).collect())
     }
 }
 
@@ -109,6 +115,19 @@ schema_type! {
             } }
         ] } }
     ] },
+    Vec<OutboxEntry> => { "type": "array", "items": { "anyOf": [
+        { "type": "string" },
+        { "type": "object", "additionalProperties": false, "required": ["table"], "properties": {
+            "table": { "type": "string", "description": "The outbox table, `db.table`." },
+            "id_column": { "type": "string", "description": "The event id (default `id`)." },
+            "aggregate_type_column": { "type": "string", "description": "Default `aggregatetype`." },
+            "aggregate_id_column": { "type": "string", "description": "Events are numbered per value of this column (default `aggregateid`)." },
+            "type_column": { "type": "string", "description": "Default `type`." },
+            "payload_column": { "type": "string", "description": "Default `payload`." },
+            "deliver_url": { "type": "string", "description": "POST each event here (not in this build yet)." },
+            "deliver_max_attempts": { "type": "integer", "minimum": 1 }
+        } }
+    ] } },
     Vec<BackfillEntry> => { "type": "array", "items": {
         "type": "object", "additionalProperties": false, "required": ["tables", "schedule"],
         "properties": {
@@ -359,6 +378,15 @@ config_keys! {
         /// Listen here for `binlake backfill` and `validate --repair`, e.g. `127.0.0.1:7219`
         /// (off by default; anything but loopback needs `control_token`).
         control_addr: String, flag Option<String>;
+        /// Outbox tables: each committed INSERT into one becomes a row of `<db>.<table>_events`,
+        /// keyed by the event id and numbered per aggregate (`_binlake_seq`); deletes and
+        /// updates of outbox rows emit nothing. The flag names a table (repeat it); in the file,
+        /// `[[outbox]]` tables with `table` and, to rename Debezium's columns, `id_column`,
+        /// `aggregate_type_column`, `aggregate_id_column`, `type_column`, `payload_column`.
+        outbox: Vec<OutboxEntry>, flag Vec<String>;
+        /// With one outbox: POST each event to this URL (`deliver_url` of its `[[outbox]]`
+        /// entry). Not in this build yet: refused with an error.
+        outbox_deliver_url: String, flag Option<String>;
     }
 
     /// Logging.

@@ -142,6 +142,108 @@ pub enum Size {
     Text(String),
 }
 
+/// One outbox: a table name (`--outbox`, or a string in the file's list), or an `[[outbox]]`
+/// table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OutboxEntry {
+    Name(String),
+    Table(OutboxTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxTable {
+    pub table: String,
+    pub id_column: Option<String>,
+    pub aggregate_type_column: Option<String>,
+    pub aggregate_id_column: Option<String>,
+    pub type_column: Option<String>,
+    pub payload_column: Option<String>,
+    pub deliver_url: Option<String>,
+    pub deliver_max_attempts: Option<u32>,
+}
+
+/// The outbox specs of `outbox` (and `outbox_deliver_url`), validated.
+fn outbox_specs(
+    c: &FileConfig,
+    filter: &TableFilter,
+) -> Result<Vec<crate::outbox::OutboxSpec>, ConfigError> {
+    let entries = c.outbox.clone().unwrap_or_default();
+    if c.outbox_deliver_url.is_some() && entries.len() != 1 {
+        return Err(key_err(
+            "outbox_deliver_url",
+            "is for exactly one outbox; with several, give each its `deliver_url` in its [[outbox]] entry",
+        ));
+    }
+    let mut out: Vec<crate::outbox::OutboxSpec> = Vec::new();
+    for e in entries {
+        let t = match e {
+            OutboxEntry::Name(table) => OutboxTable {
+                table,
+                id_column: None,
+                aggregate_type_column: None,
+                aggregate_id_column: None,
+                type_column: None,
+                payload_column: None,
+                deliver_url: None,
+                deliver_max_attempts: None,
+            },
+            OutboxEntry::Table(t) => t,
+        };
+        let id: binlake_sink::TableId = t.table.parse().map_err(|_| {
+            key_err(
+                "outbox.table",
+                format!("`{}`: expected `db.table`", t.table),
+            )
+        })?;
+        if out.iter().any(|o| o.table == id) {
+            return Err(key_err("outbox.table", format!("`{id}` is listed twice")));
+        }
+        let mut spec = crate::outbox::OutboxSpec::new(id);
+        let set = |field: &mut String, v: Option<String>, key: &'static str| match v {
+            Some(v) if v.trim().is_empty() => Err(key_err(key, "must not be empty")),
+            Some(v) => {
+                *field = v;
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        set(&mut spec.id_column, t.id_column, "outbox.id_column")?;
+        set(
+            &mut spec.aggregate_type_column,
+            t.aggregate_type_column,
+            "outbox.aggregate_type_column",
+        )?;
+        set(
+            &mut spec.aggregate_id_column,
+            t.aggregate_id_column,
+            "outbox.aggregate_id_column",
+        )?;
+        set(&mut spec.type_column, t.type_column, "outbox.type_column")?;
+        set(
+            &mut spec.payload_column,
+            t.payload_column,
+            "outbox.payload_column",
+        )?;
+        spec.deliver_url = t.deliver_url.or(c.outbox_deliver_url.clone());
+        spec.deliver_max_attempts = t.deliver_max_attempts;
+        if spec.deliver_url.is_some() {
+            return Err(key_err(
+                if c.outbox_deliver_url.is_some() {
+                    "outbox_deliver_url"
+                } else {
+                    "outbox.deliver_url"
+                },
+                "delivery to an HTTP endpoint is not in this build yet (the event table is); leave it out and read `<table>_events`",
+            ));
+        }
+        spec.replicated = filter.matches(&spec.table.db, &spec.table.table);
+        out.push(spec);
+    }
+    Ok(out)
+}
+
 /// One `[[backfill]]` entry of the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -472,6 +574,7 @@ impl Settings {
             Some(Patterns::Many(v)) => v.clone(),
         };
         let filter = TableFilter::parse(&patterns).map_err(|e| key_err("tables", e.to_string()))?;
+        let outbox = outbox_specs(c, &filter)?;
         let sink = SinkSettings::resolve(c)?;
         let target = c
             .target
@@ -547,6 +650,7 @@ impl Settings {
                 replica_server_id,
                 heartbeat,
                 filter,
+                also_read: outbox.iter().map(|o| o.table.clone()).collect(),
             },
             pipeline: PipelineConfig {
                 name: pipeline,
@@ -598,6 +702,7 @@ impl Settings {
                         })
                     })
                     .collect::<Result<Vec<_>, ConfigError>>()?,
+                outbox,
                 snapshot: crate::snapshot::SnapshotConfig {
                     parallelism: match c.snapshot_parallelism.unwrap_or(2) {
                         0 => return Err(key_err("snapshot_parallelism", "must be at least 1")),

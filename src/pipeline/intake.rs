@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use binlake_sink::TableId;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::buffer::{BufRow, Op, Provenance, TableBuffer};
 use super::state::State;
@@ -227,6 +227,12 @@ fn take_group(
     meta: &TxnMeta,
 ) -> Result<(), PipelineError> {
     let id = TableId::new(&tm.db, &tm.table);
+    if let Some(spec) = cfg.outbox.iter().find(|o| o.table == id) {
+        take_events(st, cfg, spec, tm, &changes, meta)?;
+        if !spec.replicated {
+            return Ok(());
+        }
+    }
     if st.tables.quarantined.contains_key(&id) {
         return Ok(()); // stopped: see the checkpoint's `quarantined`
     }
@@ -282,6 +288,64 @@ fn take_group(
     st.snap.note_changed(&id, tm, &rows);
     take_rows(st, cfg, tm, rows, &meta.pos, false)?;
     if let Some(b) = st.intake.buffers.get_mut(&id) {
+        if b.first_clock_us == 0 {
+            b.first_clock_us = meta.clock_us;
+        }
+    }
+    Ok(())
+}
+
+/// An outbox table's inserts as events of its event table (see [`crate::outbox`]): deletes
+/// emit nothing, updates emit nothing and are logged.
+fn take_events(
+    st: &mut State,
+    cfg: &PipelineConfig,
+    spec: &crate::outbox::OutboxSpec,
+    tm: &Arc<TableMap>,
+    changes: &[RowChange],
+    meta: &TxnMeta,
+) -> Result<(), PipelineError> {
+    let ev = &spec.events;
+    if st.tables.quarantined.contains_key(ev)
+        || st
+            .tables
+            .versions
+            .get(ev)
+            .is_some_and(|&v| meta.version <= v)
+    {
+        return Ok(()); // stopped, or a replay of events already in the target
+    }
+    let mut inserted = Vec::new();
+    let mut updates = 0;
+    for c in changes {
+        match c.kind {
+            RowsKind::Write => inserted.push(c.after.clone().unwrap_or_default()),
+            RowsKind::Update => updates += 1,
+            RowsKind::Delete => {}
+        }
+    }
+    if updates > 0 {
+        warn!(outbox = %spec.table, updates, position = %meta.pos, "updates of outbox rows emit no event (the insert was the event)");
+    }
+    if inserted.is_empty() {
+        return Ok(());
+    }
+    let etm = st.outbox.events_map(spec, tm)?;
+    let rows: Vec<BufRow> = st
+        .outbox
+        .number(spec, &etm, inserted)
+        .into_iter()
+        .map(|e| BufRow {
+            values: e.values,
+            version: meta.version,
+            op: Op::Insert,
+            deleted: false,
+            commit_us: meta.commit_us,
+            source: meta.source.clone(),
+        })
+        .collect();
+    take_rows(st, cfg, &etm, rows, &meta.pos, false)?;
+    if let Some(b) = st.intake.buffers.get_mut(ev) {
         if b.first_clock_us == 0 {
             b.first_clock_us = meta.clock_us;
         }

@@ -75,6 +75,8 @@ pub struct PipelineConfig {
     pub schedules: Vec<crate::control::Scheduled>,
     /// Columns excluded or masked (see [`crate::columns`]).
     pub columns: crate::columns::ColumnRules,
+    /// Outbox tables whose inserts become events (see [`crate::outbox`]).
+    pub outbox: Vec<crate::outbox::OutboxSpec>,
 }
 
 /// What a run does when the source no longer has the binlog its checkpoint needs
@@ -122,6 +124,8 @@ pub enum PipelineError {
     },
     #[error(transparent)]
     Columns(#[from] crate::columns::ColumnRuleError),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
     #[error("table {table}: cannot build a batch: {source}")]
     Build { table: TableId, source: BuildError },
     #[error("cannot open the target: {0}")]
@@ -246,6 +250,7 @@ async fn run_once(
         warn!(position = %started.start, version = v, "the checkpoint's binlog is gone (on_position_lost = resnapshot): streaming from the current position and reading every table again");
     }
     let mut st = State::resume(checkpoint, &started, sink.date_range_days());
+    st.outbox = crate::outbox::restore(sink.as_mut(), &cfg.outbox, &st.tables.versions).await?;
     let mut committer = Committer::new(sink);
 
     // Bounded: with large transactions, 32 in flight is already many rows of memory.

@@ -25,6 +25,8 @@ pub(super) struct State {
     pub tables: Tables,
     pub progress: Progress,
     pub snap: SnapState,
+    /// The outboxes' event numbering (rebuilt from the target at the start of a run).
+    pub outbox: crate::outbox::Seqs,
 }
 
 /// Per-table facts the checkpoint carries.
@@ -146,6 +148,7 @@ impl State {
                 floor_version,
                 started.start_floor.clone(),
             ),
+            outbox: Default::default(),
         }
     }
 }

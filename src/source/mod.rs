@@ -335,6 +335,19 @@ pub struct SourceConfig {
     pub replica_server_id: u32,
     pub heartbeat: Duration,
     pub filter: TableFilter,
+    /// Tables read for their changes though `filter` does not select them (outbox tables).
+    pub also_read: Vec<binlake_sink::TableId>,
+}
+
+impl SourceConfig {
+    /// The stream keeps the changes of this table.
+    pub fn reads(&self, db: &str, table: &str) -> bool {
+        self.filter.matches(db, table)
+            || self
+                .also_read
+                .iter()
+                .any(|t| t.db == db && t.table == table)
+    }
 }
 
 /// binlake's own URL parameters (the rest are mysql_async's: `require_ssl`, `verify_ca`,

@@ -314,7 +314,7 @@ async fn handle_event(
     match decoded {
         Decoded::TableMap(_) => {}
         Decoded::Rows { table, changes, .. } => {
-            if cfg.filter.matches(&table.db, &table.table) {
+            if cfg.reads(&table.db, &table.table) {
                 let open = st.open.get_or_insert_with(|| Open {
                     origin: header.server_id,
                     ..Default::default()

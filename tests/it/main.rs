@@ -16,6 +16,7 @@ mod keyless;
 mod lifecycle;
 mod names;
 mod observe;
+mod outbox;
 mod repair;
 mod replicate;
 mod s3;
