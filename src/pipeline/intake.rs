@@ -150,6 +150,21 @@ pub(super) fn changes_shape(
         }
         last = Some(&c.table);
         let id = TableId::new(&c.table.db, &c.table.table);
+        if let Some(spec) = cfg.outbox.iter().find(|o| o.table == id) {
+            // an outbox's events take its shape (and `_binlake_seq`)
+            let events = st.outbox.events_map(spec, &c.table)?;
+            if st
+                .intake
+                .buffers
+                .get(&spec.events)
+                .is_some_and(|b| !b.is_empty() && !Arc::ptr_eq(&b.table, &events))
+            {
+                let (shaped, _) = apply_column_rules(st, cfg, &spec.events, &events, Vec::new())?;
+                if !st.intake.buffers[&spec.events].same_shape(&shaped) {
+                    return Ok(true);
+                }
+            }
+        }
         let Some(buf) = st.intake.buffers.get(&id) else {
             continue;
         };

@@ -60,12 +60,56 @@ fn events_in(t: &Target) -> String {
     }
 }
 
+const OUTBOX_DDL: &str = "CREATE TABLE shop.orders (id INT PRIMARY KEY, status VARCHAR(20), n INT); CREATE TABLE shop.outbox (id VARCHAR(36) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL, aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGTEXT, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)); INSERT INTO shop.orders SELECT seq, 'new', 0 FROM shop.seq_1_to_20;";
+
+/// `id:aggregate:seq` of `events` (in commit order) numbered per aggregate, sorted by id.
+fn numbered(events: &[(String, String)]) -> String {
+    let mut seq = std::collections::HashMap::new();
+    let mut want: Vec<String> = events
+        .iter()
+        .map(|(id, agg)| {
+            let s = seq.entry(agg.clone()).or_insert(0);
+            *s += 1;
+            format!("{id}:{agg}:{s}")
+        })
+        .collect();
+    want.sort();
+    want.join(",")
+}
+
+/// Polls the event table until it reads `want` (or 90 s pass); what it read last.
+fn wait_events(t: &Target, want: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let got = events_in(t);
+        if got == want || start.elapsed() > Duration::from_secs(90) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Panics with the events missing and unexpected.
+fn assert_events(what: &str, got: &str, want: &str, log: &str) {
+    if got != want {
+        let g: std::collections::BTreeSet<&str> = got.split(',').collect();
+        let w: std::collections::BTreeSet<&str> = want.split(',').collect();
+        panic!(
+            "{what}: the event table differs: {} expected events, {} read\nmissing or other: {:?}\nunexpected: {:?}\n{log}",
+            w.len(),
+            g.len(),
+            w.difference(&g).take(10).collect::<Vec<_>>(),
+            g.difference(&w).take(10).collect::<Vec<_>>(),
+        );
+    }
+}
+
 fn outbox_events(kind: Kind) {
     let dir = TestDir::new(&format!("outbox_{kind:?}").to_lowercase());
     let t = Target::new(kind, &dir, "outbox");
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
-    m.sql("CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, status VARCHAR(20), n INT); CREATE TABLE shop.outbox (id VARCHAR(36) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL, aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGTEXT, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6));");
-    m.sql("INSERT INTO shop.orders SELECT seq, 'new', 0 FROM shop.seq_1_to_20; INSERT INTO shop.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ('before', 'order', '1', 'Old', '{}');");
+    m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
+    m.sql("INSERT INTO shop.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ('before', 'order', '1', 'Old', '{}');");
     let url = m.url();
     // from a snapshot (the default): the row already in the outbox is not a new message
     let mut args = vec![
@@ -117,39 +161,10 @@ fn outbox_events(kind: Kind) {
     let (sql, ev) = round(2);
     m.sql(&sql);
     expected.extend(ev);
-    // the expected numbering: per aggregate, in commit order
-    let mut seq = std::collections::HashMap::new();
-    let mut want: Vec<String> = expected
-        .iter()
-        .map(|(id, agg)| {
-            let s = seq.entry(agg.clone()).or_insert(0);
-            *s += 1;
-            format!("{id}:{agg}:{s}")
-        })
-        .collect();
-    want.sort();
-    let want = want.join(",");
-    let start = Instant::now();
-    let got = loop {
-        let got = events_in(&t);
-        if got == want || start.elapsed() > Duration::from_secs(90) {
-            break got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let want = numbered(&expected);
+    let got = wait_events(&t, &want);
     let out = terminate(r, Duration::from_secs(60));
-    if got != want {
-        let g: std::collections::BTreeSet<&str> = got.split(',').collect();
-        let w: std::collections::BTreeSet<&str> = want.split(',').collect();
-        panic!(
-            "{kind:?}: the event table differs: {} expected events, {} read\nmissing or other: {:?}\nunexpected: {:?}\n{}",
-            w.len(),
-            g.len(),
-            w.difference(&g).take(10).collect::<Vec<_>>(),
-            g.difference(&w).take(10).collect::<Vec<_>>(),
-            stderr(&out)
-        );
-    }
+    assert_events(&format!("{kind:?}"), &got, &want, &stderr(&out));
     t.assert_equal(&m, "shop.orders");
     if kind == Kind::Parquet {
         assert!(
@@ -178,4 +193,73 @@ fn delta_outbox_events() {
 #[test]
 fn clickhouse_outbox_events() {
     outbox_events(Kind::ClickHouse);
+}
+
+/// Active-active over a primary and two replicas (every transaction arrives two or three times),
+/// the replica binlake reads killed with SIGKILL, then binlake itself: each committed event once,
+/// numbered as the primary committed them.
+#[test]
+fn outbox_events_in_active_active_once_each() {
+    let dir = TestDir::new("outbox_aa");
+    let topo = crate::ha::topology(&dir);
+    topo.primary.sql(OUTBOX_DDL);
+    topo.wait_replicas(&[&topo.r1, &topo.r2]);
+    let t = Target::new(Kind::Parquet, &dir, "outboxaa");
+    let urls = [topo.r1.url(), topo.r2.url(), topo.primary.url()];
+    let args = [
+        "replicate",
+        "--source",
+        &urls[0],
+        "--source",
+        &urls[1],
+        "--source",
+        &urls[2],
+        "--mode",
+        "active-active",
+        "--tables",
+        "shop.orders",
+        "--outbox",
+        "shop.outbox",
+        "--target",
+        &t.target,
+        "--max-latency",
+        "200ms",
+        "--heartbeat",
+        "200ms",
+    ];
+    let mut expected = Vec::new();
+    let r = spawn_binlake(&args);
+    crate::snapshot::wait_equal(
+        &topo.primary,
+        &t.target,
+        "shop.orders",
+        &[],
+        Duration::from_secs(90),
+    );
+    let (sql, ev) = round(0);
+    topo.primary.sql(&sql);
+    expected.extend(ev);
+    assert_events(
+        "after round 0",
+        &wait_events(&t, &numbered(&expected)),
+        &numbered(&expected),
+        "",
+    );
+    topo.r1.kill();
+    let (sql, ev) = round(1);
+    topo.primary.sql(&sql);
+    expected.extend(ev);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut r = r;
+    r.kill().expect("kill -9");
+    let mut log = stderr(&r.wait_with_output().expect("binlake"));
+    let (sql, ev) = round(2);
+    topo.primary.sql(&sql);
+    expected.extend(ev);
+    let r = spawn_binlake(&args);
+    let want = numbered(&expected);
+    let got = wait_events(&t, &want);
+    let out = terminate(r, Duration::from_secs(60));
+    log += &stderr(&out);
+    assert_events("active-active", &got, &want, &log);
 }
