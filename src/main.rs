@@ -476,6 +476,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         None => println!("last error: none"),
                     }
+                    for (t, m) in &cp.outbox_delivered {
+                        println!(
+                            "  {t:<40} OUTBOX delivered: every event up to version {}, and {} above it",
+                            m.upto,
+                            m.acked.len()
+                        );
+                    }
                     for (t, why) in &cp.quarantined {
                         println!("  {t:<40} STOPPED (error): {why}");
                         println!("  {:<40} to resume it: fix the cause, then `binlake backfill --control <replicate's control_addr> --tables '{t}'` (reads it again whole; the other tables go on)", "");

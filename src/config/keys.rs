@@ -124,8 +124,8 @@ schema_type! {
             "aggregate_id_column": { "type": "string", "description": "Events are numbered per value of this column (default `aggregateid`)." },
             "type_column": { "type": "string", "description": "Default `type`." },
             "payload_column": { "type": "string", "description": "Default `payload`." },
-            "deliver_url": { "type": "string", "description": "POST each event here (not in this build yet)." },
-            "deliver_max_attempts": { "type": "integer", "minimum": 1 }
+            "deliver_url": { "type": "string", "description": "POST each event to this http:// URL." },
+            "deliver_max_attempts": { "type": "integer", "minimum": 1, "description": "Not in this build yet (refused): delivery retries without limit." }
         } }
     ] } },
     Vec<BackfillEntry> => { "type": "array", "items": {
@@ -384,8 +384,9 @@ config_keys! {
         /// `[[outbox]]` tables with `table` and, to rename Debezium's columns, `id_column`,
         /// `aggregate_type_column`, `aggregate_id_column`, `type_column`, `payload_column`.
         outbox: Vec<OutboxEntry>, flag Vec<String>;
-        /// With one outbox: POST each event to this URL (`deliver_url` of its `[[outbox]]`
-        /// entry). Not in this build yet: refused with an error.
+        /// With one outbox: POST each event to this `http://` URL (`deliver_url` of its
+        /// `[[outbox]]` entry): JSON with an `Idempotency-Key` header, per aggregate in
+        /// `_binlake_seq` order, retried with backoff until a 2xx, progress in the checkpoint.
         outbox_deliver_url: String, flag Option<String>;
     }
 

@@ -228,14 +228,27 @@ fn outbox_specs(
         )?;
         spec.deliver_url = t.deliver_url.or(c.outbox_deliver_url.clone());
         spec.deliver_max_attempts = t.deliver_max_attempts;
-        if spec.deliver_url.is_some() {
+        let url_key = if c.outbox_deliver_url.is_some() {
+            "outbox_deliver_url"
+        } else {
+            "outbox.deliver_url"
+        };
+        if let Some(u) = &spec.deliver_url {
+            match url::Url::parse(u) {
+                Ok(p) if p.scheme() == "http" && p.host_str().is_some() => {}
+                Ok(_) => {
+                    return Err(key_err(
+                        url_key,
+                        format!("`{u}`: only http://host[:port]/path endpoints in this build (put a TLS proxy in front for https)"),
+                    ))
+                }
+                Err(e) => return Err(key_err(url_key, format!("`{u}`: {e}"))),
+            }
+        }
+        if spec.deliver_max_attempts.is_some() {
             return Err(key_err(
-                if c.outbox_deliver_url.is_some() {
-                    "outbox_deliver_url"
-                } else {
-                    "outbox.deliver_url"
-                },
-                "delivery to an HTTP endpoint is not in this build yet (the event table is); leave it out and read `<table>_events`",
+                "outbox.deliver_max_attempts",
+                "not in this build yet: delivery retries without limit (each aggregate waits for its own endpoint answer; the others go on)",
             ));
         }
         spec.replicated = filter.matches(&spec.table.db, &spec.table.table);

@@ -53,7 +53,7 @@ pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
         .oldest()
         .map(|t| t + cfg.max_latency)
         .unwrap_or(far);
-    let pos_only = if st.progress.moved() {
+    let pos_only = if st.checkpoint_behind(cfg) {
         st.progress.last_commit + cfg.checkpoint_interval
     } else {
         far
@@ -76,7 +76,7 @@ pub(super) fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .intake
         .oldest()
         .is_some_and(|t| now >= t + cfg.max_latency);
-    data || (now >= st.progress.last_commit + cfg.checkpoint_interval && st.progress.moved())
+    data || (now >= st.progress.last_commit + cfg.checkpoint_interval && st.checkpoint_behind(cfg))
 }
 
 /// Buffers past `factor` times the size bounds.
@@ -411,6 +411,7 @@ pub(super) fn note_done(st: &mut State, done: Option<Done>) {
     crate::metrics::get().committed(&d.applied, d.took.as_micros() as u64, now_us(), d.version);
     st.progress.committed = Some(d.position);
     st.progress.summary.commits += 1;
+    st.outbox.release(d.version);
 }
 
 /// Builds the commit of everything buffered and starts it (see [`Committer`]).
@@ -419,7 +420,7 @@ pub(super) async fn commit(
     cfg: &PipelineConfig,
     committer: &mut Committer,
 ) -> Result<(), PipelineError> {
-    if !st.intake.has_data() && !st.progress.moved() {
+    if !st.intake.has_data() && !st.checkpoint_behind(cfg) {
         return Ok(());
     }
     let synced = now_us();
@@ -498,6 +499,7 @@ pub(super) async fn commit(
         table_commit_us: st.tables.commit_us.clone(),
         last_error: st.progress.last_error.clone(),
         created: st.tables.created.clone(),
+        outbox_delivered: st.outbox.marks(&cfg.outbox),
     };
     let commit = Commit {
         batches,

@@ -348,7 +348,16 @@ fn take_events(
     let etm = st.outbox.events_map(spec, tm)?;
     let rows: Vec<BufRow> = st
         .outbox
-        .number(spec, &etm, inserted)
+        .number(
+            spec,
+            &etm,
+            inserted,
+            &crate::outbox::EventMeta {
+                version: meta.version,
+                commit_us: meta.commit_us,
+                source: &meta.source.to_string(),
+            },
+        )
         .into_iter()
         .map(|e| BufRow {
             values: e.values,

@@ -249,8 +249,17 @@ async fn run_once(
     if let Some(v) = recover {
         warn!(position = %started.start, version = v, "the checkpoint's binlog is gone (on_position_lost = resnapshot): streaming from the current position and reading every table again");
     }
+    let marks = checkpoint
+        .as_ref()
+        .map(|c| c.outbox_delivered.clone())
+        .unwrap_or_default();
     let mut st = State::resume(checkpoint, &started, sink.date_range_days());
-    st.outbox = crate::outbox::restore(sink.as_mut(), &cfg.outbox, &st.tables.versions).await?;
+    st.outbox =
+        crate::outbox::restore(sink.as_mut(), &cfg.outbox, &st.tables.versions, &marks).await?;
+    // outbox delivery: tasks that end with this run (the next one resumes from the checkpoint)
+    let mut deliveries = tokio::task::JoinSet::new();
+    st.outbox
+        .start_delivery(&cfg.outbox, &marks, &mut deliveries)?;
     let mut committer = Committer::new(sink);
 
     // Bounded: with large transactions, 32 in flight is already many rows of memory.
@@ -313,6 +322,7 @@ async fn run_once(
     };
     src_task.abort_all();
     aux.abort_all();
+    deliveries.abort_all();
     let Run { committer, .. } = run;
     let (from, why, position_lost) = again;
     Ok(Outcome::Restart {

@@ -4,7 +4,9 @@
 //! is down, and a restart that dies between a commit's data and its checkpoint. The event table holds every committed event exactly once and no rolled-back one,
 //! `_binlake_seq` numbers each aggregate's events 1, 2, 3, ... in commit order (after the
 //! restart too), rows in the outbox before binlake started are not events, and the outbox table
-//! itself is not replicated (only `shop.orders` is selected).
+//! itself is not replicated (only `shop.orders` is selected). The same in active-active over a
+//! primary and two replicas; and delivery to a flaky HTTP receiver (at least once, per aggregate
+//! in order).
 
 use std::time::{Duration, Instant};
 
@@ -104,6 +106,26 @@ fn assert_events(what: &str, got: &str, want: &str, log: &str) {
     }
 }
 
+/// `replicate` of `shop.orders` from a snapshot (the default: rows already in the outbox are not
+/// new messages) with the outbox `shop.outbox`, then `extra`.
+fn outbox_args<'a>(url: &'a str, target: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "replicate",
+        "--source",
+        url,
+        "--tables",
+        "shop.orders",
+        "--target",
+        target,
+        "--outbox",
+        "shop.outbox",
+        "--max-latency",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn outbox_events(kind: Kind) {
     let dir = TestDir::new(&format!("outbox_{kind:?}").to_lowercase());
     let t = Target::new(kind, &dir, "outbox");
@@ -111,20 +133,7 @@ fn outbox_events(kind: Kind) {
     m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
     m.sql("INSERT INTO shop.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ('before', 'order', '1', 'Old', '{}');");
     let url = m.url();
-    // from a snapshot (the default): the row already in the outbox is not a new message
-    let mut args = vec![
-        "replicate",
-        "--source",
-        &url,
-        "--tables",
-        "shop.orders",
-        "--target",
-        &t.target,
-        "--outbox",
-        "shop.outbox",
-        "--max-latency",
-        "100ms",
-    ];
+    let mut args = outbox_args(&url, &t.target, &[]);
     args.extend(t.sink_args());
     let mut expected: Vec<(String, String)> = Vec::new();
     let r = spawn_binlake(&args);
@@ -262,4 +271,153 @@ fn outbox_events_in_active_active_once_each() {
     let out = terminate(r, Duration::from_secs(60));
     log += &stderr(&out);
     assert_events("active-active", &got, &want, &log);
+}
+
+/// A flaky receiver (tests/scripts/outbox_receiver.py), started on `port`, logging to `log`.
+fn receiver(port: u16, log: &str) -> std::process::Child {
+    let child = std::process::Command::new("python3")
+        .arg(repo().join("tests/scripts/outbox_receiver.py"))
+        .args([&port.to_string(), log, "0.3", "0.05"])
+        .spawn()
+        .expect("python3");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "receiver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Delivery to an HTTP endpoint that fails 30% of requests, answers some slowly and is
+/// restarted, with binlake killed with -9 while events are in flight: every committed event is
+/// delivered at least once (none of a rolled-back transaction), each with its id as the
+/// Idempotency-Key, and per aggregate the first acknowledgements follow `_binlake_seq`.
+#[test]
+fn outbox_delivery_in_order_at_least_once() {
+    let dir = TestDir::new("outbox_deliver");
+    let t = Target::new(Kind::Parquet, &dir, "outboxdeliver");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
+    let port = crate::observe::free_port();
+    let log = dir.path("deliveries.log");
+    let mut rx = receiver(port, &log);
+    let url = m.url();
+    let endpoint = format!("http://127.0.0.1:{port}/events");
+    let args = outbox_args(
+        &url,
+        &t.target,
+        &[
+            "--outbox-deliver-url",
+            &endpoint,
+            "--checkpoint-interval",
+            "1s",
+        ],
+    );
+    let mut expected = Vec::new();
+    let r = spawn_binlake(&args);
+    crate::snapshot::wait_equal(&m, &t.target, "shop.orders", &[], Duration::from_secs(60));
+    let (sql, ev) = round(0);
+    m.sql(&sql);
+    expected.extend(ev);
+    // the receiver goes away and comes back
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    std::thread::sleep(Duration::from_millis(700));
+    rx = receiver(port, &log);
+    let (sql, ev) = round(1);
+    m.sql(&sql);
+    expected.extend(ev);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut r = r;
+    r.kill().expect("kill -9");
+    let mut binlake_log = stderr(&r.wait_with_output().expect("binlake"));
+    let (sql, ev) = round(2);
+    m.sql(&sql);
+    expected.extend(ev);
+    let r = spawn_binlake(&args);
+    let want: std::collections::HashMap<String, (String, usize)> = {
+        let mut seq = std::collections::HashMap::new();
+        expected
+            .iter()
+            .map(|(id, agg)| {
+                let s = seq.entry(agg.clone()).or_insert(0);
+                *s += 1;
+                (id.clone(), (agg.clone(), *s))
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let got: std::collections::HashSet<&str> =
+            text.lines().filter_map(|l| l.split(' ').next()).collect();
+        if want.keys().all(|k| got.contains(k.as_str()))
+            || start.elapsed() > Duration::from_secs(120)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let out = terminate(r, Duration::from_secs(60));
+    let _ = rx.kill();
+    binlake_log += &stderr(&out);
+    eprintln!(
+        "{} acknowledgements of {} events; {} retries logged; resent after the restart: {}",
+        lines.lines().count(),
+        want.len(),
+        binlake_log.matches("event not delivered; retrying").count(),
+        binlake_log.contains("sending again what was not acknowledged")
+    );
+    let bad: Vec<&str> = lines.lines().filter(|l| l.starts_with("BAD")).collect();
+    assert!(bad.is_empty(), "malformed deliveries: {bad:?}");
+    // first acknowledgement of each event, in the receiver's order
+    let mut first: Vec<(String, String, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if seen.insert(f[0].to_string()) {
+            first.push((f[0].into(), f[1].into(), f[2].parse().expect("seq")));
+        }
+    }
+    let missing: Vec<&String> = want.keys().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed events never delivered, e.g. {:?}\n{}",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)],
+        binlake_log
+            .lines()
+            .filter(|l| !l.contains("emit no event"))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let extra: Vec<&String> = seen.iter().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        extra.is_empty(),
+        "events no committed transaction holds: {extra:?}"
+    );
+    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (id, agg, seq) in &first {
+        assert_eq!(
+            want[id],
+            (agg.clone(), *seq),
+            "event {id}: aggregate and seq differ from the commit order"
+        );
+        let prev = last.insert(agg.clone(), *seq).unwrap_or(0);
+        assert_eq!(
+            *seq,
+            prev + 1,
+            "aggregate {agg}: event {id} (seq {seq}) was first acknowledged after seq {prev}"
+        );
+    }
+    assert!(
+        binlake_log.contains("event not delivered; retrying"),
+        "the receiver's failures were not retried?"
+    );
 }

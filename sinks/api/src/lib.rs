@@ -324,6 +324,18 @@ pub struct Checkpoint {
     /// yet: read once when the source is next drained, so that they exist in the target.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub created: BTreeMap<TableId, u64>,
+    /// Outbox delivery progress per event table: what a restart need not send again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outbox_delivered: BTreeMap<TableId, DeliveryMark>,
+}
+
+/// How far an outbox's events are delivered: every event at or below `upto` (a binlake
+/// version) is acknowledged, and so are the `(version, id)` listed above it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryMark {
+    pub upto: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked: Vec<(u64, String)>,
 }
 
 /// A table's snapshot in progress (see `binlake::snapshot`). Keys are opaque JSON to sinks.

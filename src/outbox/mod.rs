@@ -24,15 +24,23 @@
 //! - The outbox table itself is replicated only when `tables` selects it; it is never
 //!   snapshotted for events (rows already in it at the start are not new messages).
 //!
+//! - With `deliver_url`, events go to [`deliver`] once the commit that holds them is durable
+//!   (never before the event table has them); its progress rides in each checkpoint, and a run's
+//!   start reads back from the event table the events that progress does not cover.
+//!
 //! Cost: the counters hold one entry per aggregate id, and a run's start reads the event table
 //! once (all of it) to rebuild them.
+
+pub mod deliver;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use binlake_sink::{Sink, SinkError, TableId, COL_VERSION};
+use binlake_sink::{DeliveryMark, Sink, SinkError, TableId, COL_VERSION};
 use tracing::{info, warn};
+
+use deliver::Outgoing;
 
 use crate::decode::{ColType, ColumnMeta, TableMap, Value};
 
@@ -50,7 +58,7 @@ pub struct OutboxSpec {
     pub aggregate_id_column: String,
     pub type_column: String,
     pub payload_column: String,
-    /// POST each event here (not implemented yet: see the README's "Outbox").
+    /// POST each event here (see [`deliver`]).
     pub deliver_url: Option<String>,
     pub deliver_max_attempts: Option<u32>,
     /// `tables` selects the outbox table too: it is also replicated as a table.
@@ -91,6 +99,8 @@ pub enum OutboxError {
     },
     #[error("outbox {table}: the aggregate id column `{column}` must be an integer, a string or a binary column")]
     AggregateType { table: TableId, column: String },
+    #[error("outbox {table}: deliver_url {why}")]
+    Url { table: TableId, why: String },
 }
 
 /// The per-aggregate counters of every outbox (see the module doc).
@@ -99,6 +109,22 @@ pub struct Seqs {
     next: HashMap<TableId, HashMap<String, i64>>,
     /// The event table's shape for the last outbox table map seen (by pointer).
     maps: HashMap<TableId, (Arc<TableMap>, Arc<TableMap>)>,
+    /// Events to deliver whose commit is not durable yet, per outbox table, in version order.
+    pending: HashMap<TableId, Vec<Outgoing>>,
+    /// The running deliverers, per outbox table.
+    deliverers: HashMap<TableId, deliver::Deliverer>,
+    /// Events of earlier runs not acknowledged, per outbox table (handed to its deliverer when
+    /// it starts).
+    pub resend: HashMap<TableId, Vec<Outgoing>>,
+    /// The delivery marks the last checkpoint carried.
+    checkpointed: BTreeMap<TableId, DeliveryMark>,
+}
+
+/// Where and when an event's transaction committed (for its JSON).
+pub struct EventMeta<'a> {
+    pub version: u64,
+    pub commit_us: i64,
+    pub source: &'a str,
 }
 
 /// One event: the outbox row's values with its `_binlake_seq` last.
@@ -154,20 +180,18 @@ impl Seqs {
     }
 
     /// The events of one statement's inserts into `spec`'s table (`inserted`: their row
-    /// images), numbered in order.
+    /// images), numbered in order; with delivery, queued until their commit is durable.
     pub fn number(
         &mut self,
         spec: &OutboxSpec,
         events_map: &TableMap,
         inserted: Vec<Vec<Value>>,
+        meta: &EventMeta<'_>,
     ) -> Vec<Event> {
-        let agg = events_map
-            .columns
-            .iter()
-            .position(|c| c.name == spec.aggregate_id_column)
-            .expect("checked by events_map");
+        let col = |name: &str| events_map.columns.iter().position(|c| c.name == name);
+        let agg = col(&spec.aggregate_id_column).expect("checked by events_map");
         let next = self.next.entry(spec.table.clone()).or_default();
-        inserted
+        let events: Vec<Event> = inserted
             .into_iter()
             .map(|mut values| {
                 let seq = next.entry(value_text(&values[agg])).or_insert(0);
@@ -175,7 +199,138 @@ impl Seqs {
                 values.push(Value::Int(*seq));
                 Event { values }
             })
-            .collect()
+            .collect();
+        if spec.deliver_url.is_some() {
+            let text = |values: &[Value], name: &str| col(name).map(|i| value_text(&values[i]));
+            let pending = self.pending.entry(spec.table.clone()).or_default();
+            for e in &events {
+                let v = &e.values;
+                let seq = match v.last() {
+                    Some(Value::Int(s)) => *s,
+                    _ => 0,
+                };
+                pending.push(outgoing(
+                    spec,
+                    meta.version,
+                    [
+                        text(v, &spec.id_column),
+                        text(v, &spec.aggregate_type_column),
+                        text(v, &spec.aggregate_id_column),
+                        text(v, &spec.type_column),
+                        text(v, &spec.payload_column),
+                    ],
+                    seq,
+                    meta.commit_us,
+                    meta.source,
+                ));
+            }
+        }
+        events
+    }
+
+    /// Starts the deliverer of every outbox with a `deliver_url` (tasks into `tasks`), from
+    /// the checkpoint's marks.
+    pub fn start_delivery(
+        &mut self,
+        specs: &[OutboxSpec],
+        marks: &BTreeMap<TableId, DeliveryMark>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Result<(), OutboxError> {
+        for spec in specs {
+            let Some(url) = &spec.deliver_url else {
+                continue;
+            };
+            let mark = marks.get(&spec.events);
+            let progress = deliver::Progress::from_mark(mark);
+            let resend = self.resend.remove(&spec.table).unwrap_or_default();
+            let (d, task) =
+                deliver::start(spec.table.to_string(), url, progress, resend).map_err(|why| {
+                    OutboxError::Url {
+                        table: spec.table.clone(),
+                        why,
+                    }
+                })?;
+            tasks.spawn(task);
+            self.deliverers.insert(spec.table.clone(), d);
+            if let Some(m) = mark {
+                self.checkpointed.insert(spec.events.clone(), m.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// A commit up to `version` is durable: its events go to their deliverers.
+    pub fn release(&mut self, version: u64) {
+        for (table, pending) in self.pending.iter_mut() {
+            let n = pending.partition_point(|e| e.version <= version);
+            if n == 0 {
+                continue;
+            }
+            let ready: Vec<Outgoing> = pending.drain(..n).collect();
+            if let Some(d) = self.deliverers.get(table) {
+                for e in ready {
+                    let _ = d.tx.send(e);
+                }
+            }
+        }
+    }
+
+    /// Delivery marks for the next checkpoint, per event table.
+    pub fn marks(&mut self, specs: &[OutboxSpec]) -> BTreeMap<TableId, DeliveryMark> {
+        let mut out = BTreeMap::new();
+        for spec in specs {
+            if let Some(d) = self.deliverers.get(&spec.table) {
+                out.insert(
+                    spec.events.clone(),
+                    d.progress.lock().expect("progress").mark(),
+                );
+            }
+        }
+        self.checkpointed = out.clone();
+        out
+    }
+
+    /// Delivery progressed since the last checkpoint (a position-only commit records it).
+    pub fn delivery_moved(&self, specs: &[OutboxSpec]) -> bool {
+        specs.iter().any(|spec| {
+            self.deliverers.get(&spec.table).is_some_and(|d| {
+                Some(&d.progress.lock().expect("progress").mark())
+                    != self.checkpointed.get(&spec.events)
+            })
+        })
+    }
+}
+
+/// An event's JSON: `[id, aggregatetype, aggregateid, type, payload]` as text (the payload as
+/// JSON when it is JSON), its seq, commit time and provenance.
+fn outgoing(
+    spec: &OutboxSpec,
+    version: u64,
+    cols: [Option<String>; 5],
+    seq: i64,
+    commit_us: i64,
+    source: &str,
+) -> Outgoing {
+    let [id, agg_type, agg, ty, payload] = cols;
+    let payload = payload.map(|p| {
+        serde_json::from_str::<serde_json::Value>(&p).unwrap_or(serde_json::Value::String(p))
+    });
+    let json = serde_json::json!({
+        "id": id,
+        "aggregatetype": agg_type,
+        "aggregateid": agg,
+        "type": ty,
+        "payload": payload,
+        "seq": seq,
+        "commit_ts": crate::clock::format_us(commit_us),
+        "source": source,
+        "outbox": spec.table.to_string(),
+    });
+    Outgoing {
+        version,
+        id: id.clone().unwrap_or_default(),
+        aggregate: agg.unwrap_or_default(),
+        json: json.to_string(),
     }
 }
 
@@ -241,6 +396,7 @@ pub async fn restore(
     sink: &mut dyn Sink,
     specs: &[OutboxSpec],
     versions: &BTreeMap<TableId, u64>,
+    marks: &BTreeMap<TableId, DeliveryMark>,
 ) -> Result<Seqs, SinkError> {
     let mut seqs = Seqs::default();
     for spec in specs {
@@ -254,8 +410,102 @@ pub async fn restore(
             rows += count_batch(b, spec, upto, next)?;
         }
         info!(outbox = %spec.table, events = rows, aggregates = next.len(), "outbox numbering resumed from the event table");
+        if spec.deliver_url.is_some() {
+            let done = deliver::Progress::from_mark(marks.get(&spec.events));
+            let mut resend = Vec::new();
+            for b in &batches {
+                resend.extend(unacknowledged(b, spec, upto, &done)?);
+            }
+            // commit order, and within a transaction the aggregate's order
+            resend.sort_by_key(|(e, seq)| (e.version, *seq));
+            seqs.resend.insert(
+                spec.table.clone(),
+                resend.into_iter().map(|(e, _)| e).collect(),
+            );
+        }
     }
     Ok(seqs)
+}
+
+/// The events of `b` at or below `upto` that `done` does not hold, with their seq.
+fn unacknowledged(
+    b: &RecordBatch,
+    spec: &OutboxSpec,
+    upto: u64,
+    done: &deliver::Progress,
+) -> Result<Vec<(Outgoing, i64)>, SinkError> {
+    let err = |e: String| SinkError::Definite(format!("outbox event table {}: {e}", spec.events));
+    let col = |name: &str| b.schema().index_of(name).ok().map(|i| b.column(i).clone());
+    let cast = |a: ArrayRef, t: arrow_schema::DataType| {
+        arrow_cast::cast(&a, &t).map_err(|e| err(e.to_string()))
+    };
+    let version = cast(
+        col(COL_VERSION).ok_or_else(|| err(format!("no {COL_VERSION}")))?,
+        arrow_schema::DataType::UInt64,
+    )?;
+    let version = version
+        .as_any()
+        .downcast_ref::<arrow_array::UInt64Array>()
+        .expect("cast");
+    let seq = cast(
+        col(COL_SEQ).ok_or_else(|| err(format!("no {COL_SEQ}")))?,
+        arrow_schema::DataType::Int64,
+    )?;
+    let seq = seq
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .expect("cast");
+    let commit = match col(binlake_sink::COL_COMMIT_TS) {
+        Some(a) => Some(cast(
+            cast(
+                a,
+                arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None),
+            )?,
+            arrow_schema::DataType::Int64,
+        )?),
+        None => None,
+    };
+    let source = col(binlake_sink::COL_SOURCE);
+    let deleted = col(binlake_sink::COL_DELETED);
+    let cols = [
+        col(&spec.id_column),
+        col(&spec.aggregate_type_column),
+        col(&spec.aggregate_id_column),
+        col(&spec.type_column),
+        col(&spec.payload_column),
+    ];
+    let mut out = Vec::new();
+    for i in 0..b.num_rows() {
+        if version.is_null(i) || version.value(i) > upto {
+            continue;
+        }
+        if deleted
+            .as_ref()
+            .is_some_and(|d| array_text(d, i).is_some_and(|t| t == "true" || t == "1"))
+        {
+            continue;
+        }
+        let text = |c: &Option<ArrayRef>| c.as_ref().and_then(|a| array_text(a, i));
+        let id = text(&cols[0]).unwrap_or_default();
+        if done.done(version.value(i), &id) {
+            continue;
+        }
+        let commit_us = commit.as_ref().map_or(0, |c| {
+            c.as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .map_or(0, |c| c.value(i))
+        });
+        let e = outgoing(
+            spec,
+            version.value(i),
+            cols.clone().map(|c| text(&c)),
+            seq.value(i),
+            commit_us,
+            &text(&source).unwrap_or_default(),
+        );
+        out.push((e, seq.value(i)));
+    }
+    Ok(out)
 }
 
 fn count_batch(
