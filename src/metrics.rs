@@ -59,6 +59,11 @@ pub struct Metrics {
     reconnects: IntCounter,
     checkpoint_version: IntGauge,
     errors: IntCounterVec,
+    outbox_delivered: IntCounterVec,
+    outbox_failures: IntCounterVec,
+    outbox_rejected: IntCounterVec,
+    outbox_pending: GaugeVec,
+    outbox_lag: GaugeVec,
     /// Newest applied source commit time (µs), and whether the source is idle (caught up).
     newest_commit_us: AtomicI64,
     caught_up: AtomicBool,
@@ -88,7 +93,37 @@ impl Metrics {
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
+        let per_outbox = |name: &str, help: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &["outbox"]).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
+        let outbox_gauge = |name: &str, help: &str| {
+            let v = GaugeVec::new(Opts::new(name, help), &["outbox"]).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
         let m = Metrics {
+            outbox_delivered: per_outbox(
+                "binlake_outbox_delivered_total",
+                "Outbox events acknowledged by the endpoint (2xx).",
+            ),
+            outbox_failures: per_outbox(
+                "binlake_outbox_delivery_failures_total",
+                "Outbox delivery attempts that failed (connection, timeout, status not 2xx); each is retried.",
+            ),
+            outbox_rejected: per_outbox(
+                "binlake_outbox_rejected_total",
+                "Outbox events given up on after deliver_max_attempts (written to _binlake_rejects).",
+            ),
+            outbox_pending: outbox_gauge(
+                "binlake_outbox_pending_events",
+                "Outbox events durable in the target and not acknowledged yet.",
+            ),
+            outbox_lag: outbox_gauge(
+                "binlake_outbox_delivery_lag_seconds",
+                "Now minus the source commit time of the oldest event not acknowledged (0: none).",
+            ),
             rows: per_table(
                 "binlake_rows_applied_total",
                 "Rows (changes and snapshot rows) durably applied to the target.",
@@ -224,6 +259,26 @@ impl Metrics {
         self.newest_commit_us
             .store(newest_commit_us, Ordering::Relaxed);
         self.caught_up.store(caught_up, Ordering::Relaxed);
+    }
+
+    /// An outbox event was acknowledged (`Some(true)`), given up on (`Some(false)`), or an
+    /// attempt failed (`None`).
+    pub fn outbox_event(&self, outbox: &str, outcome: Option<bool>) {
+        let o = [outbox];
+        match outcome {
+            Some(true) => self.outbox_delivered.with_label_values(&o).inc(),
+            Some(false) => self.outbox_rejected.with_label_values(&o).inc(),
+            None => self.outbox_failures.with_label_values(&o).inc(),
+        }
+    }
+
+    /// An outbox's events not acknowledged, and the age of the oldest (seconds).
+    pub fn outbox_backlog(&self, outbox: &str, pending: usize, lag_s: f64) {
+        let o = [outbox];
+        self.outbox_pending
+            .with_label_values(&o)
+            .set(pending as f64);
+        self.outbox_lag.with_label_values(&o).set(lag_s.max(0.0));
     }
 
     pub fn reconnect(&self) {

@@ -125,7 +125,7 @@ schema_type! {
             "type_column": { "type": "string", "description": "Default `type`." },
             "payload_column": { "type": "string", "description": "Default `payload`." },
             "deliver_url": { "type": "string", "description": "POST each event to this http:// URL." },
-            "deliver_max_attempts": { "type": "integer", "minimum": 1, "description": "Not in this build yet (refused): delivery retries without limit." }
+            "deliver_max_attempts": { "type": "integer", "minimum": 1, "description": "Give an event up after this many failed attempts: it goes to _binlake_rejects and its aggregate moves on (default: retry without limit)." }
         } }
     ] } },
     Vec<BackfillEntry> => { "type": "array", "items": {

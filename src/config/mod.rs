@@ -245,10 +245,10 @@ fn outbox_specs(
                 Err(e) => return Err(key_err(url_key, format!("`{u}`: {e}"))),
             }
         }
-        if spec.deliver_max_attempts.is_some() {
+        if spec.deliver_max_attempts == Some(0) {
             return Err(key_err(
                 "outbox.deliver_max_attempts",
-                "not in this build yet: delivery retries without limit (each aggregate waits for its own endpoint answer; the others go on)",
+                "must be at least 1 (leave it out to retry without limit)",
             ));
         }
         spec.replicated = filter.matches(&spec.table.db, &spec.table.table);

@@ -9,7 +9,9 @@
 //!   after the previous one was acknowledged. Different aggregates proceed in parallel, at most
 //!   [`IN_FLIGHT`] requests at once.
 //! - A failure (connection, timeout, a status that is not 2xx) is retried with exponential
-//!   backoff and jitter, without limit; only that aggregate waits.
+//!   backoff and jitter; only that aggregate waits. With `deliver_max_attempts`, an event that
+//!   failed that many times is given up on: it goes to `_binlake_rejects` with its last error
+//!   (in the next commit, whose checkpoint counts it as settled) and its aggregate moves on.
 //! - Progress ([`Progress`]) says which events are acknowledged: every event at or below a
 //!   version, and those above it by id. Each commit's checkpoint carries it, so a restart sends
 //!   again at most what was not acknowledged when the last checkpoint was written
@@ -41,6 +43,16 @@ pub struct Outgoing {
     pub id: String,
     pub aggregate: String,
     pub json: String,
+    /// Source commit time (µs), for the delivery lag.
+    pub commit_us: i64,
+}
+
+/// An event given up on after `deliver_max_attempts` (for `_binlake_rejects`).
+#[derive(Debug, Clone)]
+pub struct GaveUp {
+    pub event: Outgoing,
+    pub attempts: u32,
+    pub last_error: String,
 }
 
 /// What is acknowledged (see the module doc), shared by the deliverer and the commits.
@@ -52,8 +64,6 @@ pub struct Progress {
     acked: BTreeSet<(u64, String)>,
     /// Events handed to the deliverer and not acknowledged, per version.
     open: BTreeMap<u64, usize>,
-    /// Delivery failures so far (for the logs and `status`).
-    pub failures: u64,
 }
 
 impl Progress {
@@ -108,6 +118,8 @@ impl Progress {
 pub struct Deliverer {
     pub tx: mpsc::UnboundedSender<Outgoing>,
     pub progress: Arc<Mutex<Progress>>,
+    /// Events given up on, for the next commit's `_binlake_rejects`.
+    pub gave_up: Arc<Mutex<Vec<GaveUp>>>,
 }
 
 /// Starts delivering to `url` (`http://host:port/path`); `resend` first (events of earlier runs
@@ -115,11 +127,13 @@ pub struct Deliverer {
 pub fn start(
     outbox: String,
     url: &str,
+    max_attempts: Option<u32>,
     progress: Progress,
     resend: Vec<Outgoing>,
 ) -> Result<(Deliverer, impl std::future::Future<Output = ()>), String> {
     let target = Target::parse(url)?;
     let progress = Arc::new(Mutex::new(progress));
+    let gave_up = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::unbounded_channel();
     if !resend.is_empty() {
         info!(outbox = %outbox, events = resend.len(), "outbox: sending again what was not acknowledged before the restart");
@@ -127,8 +141,24 @@ pub fn start(
     for e in resend {
         let _ = tx.send(e);
     }
-    let task = run(outbox, target, rx, progress.clone());
-    Ok((Deliverer { tx, progress }, task))
+    let task = run(
+        Sender {
+            outbox,
+            target,
+            max_attempts,
+        },
+        rx,
+        progress.clone(),
+        gave_up.clone(),
+    );
+    Ok((
+        Deliverer {
+            tx,
+            progress,
+            gave_up,
+        },
+        task,
+    ))
 }
 
 /// `http://host[:port][/path]`.
@@ -161,33 +191,45 @@ impl Target {
     }
 }
 
-async fn run(
+/// Where and how one outbox's events are sent.
+#[derive(Clone)]
+struct Sender {
     outbox: String,
     target: Target,
+    max_attempts: Option<u32>,
+}
+
+async fn run(
+    s: Sender,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     progress: Arc<Mutex<Progress>>,
+    gave_up: Arc<Mutex<Vec<GaveUp>>>,
 ) {
     let mut queues: HashMap<String, VecDeque<Outgoing>> = HashMap::new();
     let mut ready: VecDeque<String> = VecDeque::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut workers = tokio::task::JoinSet::new();
     let mut open = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let metrics = crate::metrics::get();
     loop {
         while workers.len() < IN_FLIGHT {
             let Some(agg) = ready.pop_front() else { break };
             let e = queues[&agg].front().expect("ready has events").clone();
             busy.insert(agg);
-            workers.spawn(send_until_acked(
-                outbox.clone(),
-                target.clone(),
-                e,
-                progress.clone(),
-            ));
+            workers.spawn(send_until_acked(s.clone(), e));
         }
         if !open && workers.is_empty() {
             return;
         }
         tokio::select! {
+            _ = tick.tick() => {
+                // the oldest event not acknowledged heads its aggregate's queue
+                let pending: usize = queues.values().map(VecDeque::len).sum();
+                let oldest = queues.values().filter_map(|q| q.front()).map(|e| e.commit_us).min();
+                let lag = oldest.map_or(0.0, |c| (binlake_sink::store::now_us() - c) as f64 / 1e6);
+                metrics.outbox_backlog(&s.outbox, pending, lag);
+            }
             got = rx.recv(), if open => match got {
                 Some(e) => {
                     if progress.lock().expect("progress").done(e.version, &e.id) {
@@ -203,7 +245,13 @@ async fn run(
                 None => open = false,
             },
             Some(done) = workers.join_next(), if !workers.is_empty() => {
-                let Ok(e) = done else { continue };
+                let Ok((e, outcome)) = done else { continue };
+                if let Some(g) = outcome {
+                    metrics.outbox_event(&s.outbox, Some(false));
+                    gave_up.lock().expect("gave up").push(g);
+                } else {
+                    metrics.outbox_event(&s.outbox, Some(true));
+                }
                 progress.lock().expect("progress").acked(e.version, e.id.clone());
                 busy.remove(&e.aggregate);
                 let q = queues.get_mut(&e.aggregate).expect("queue");
@@ -218,26 +266,30 @@ async fn run(
     }
 }
 
-/// POSTs `e` until a 2xx; returns it acknowledged.
-async fn send_until_acked(
-    outbox: String,
-    target: Target,
-    e: Outgoing,
-    progress: Arc<Mutex<Progress>>,
-) -> Outgoing {
+/// POSTs `e` until a 2xx, or until `max_attempts` failed (then the event comes back with why).
+async fn send_until_acked(s: Sender, e: Outgoing) -> (Outgoing, Option<GaveUp>) {
     let mut attempt: u32 = 0;
     loop {
-        match post(&target, &e).await {
+        match post(&s.target, &e).await {
             Ok(()) => {
-                debug!(outbox = %outbox, id = %e.id, attempt, "event delivered");
-                return e;
+                debug!(outbox = %s.outbox, id = %e.id, attempt, "event delivered");
+                return (e, None);
             }
             Err(why) => {
                 attempt += 1;
-                progress.lock().expect("progress").failures += 1;
+                crate::metrics::get().outbox_event(&s.outbox, None);
+                if s.max_attempts.is_some_and(|m| attempt >= m) {
+                    warn!(outbox = %s.outbox, id = %e.id, aggregate = %e.aggregate, attempt, error = %why, "event given up on after deliver_max_attempts: it goes to _binlake_rejects, and its aggregate moves on");
+                    let g = GaveUp {
+                        event: e.clone(),
+                        attempts: attempt,
+                        last_error: why,
+                    };
+                    return (e, Some(g));
+                }
                 let base = 100u64 << attempt.min(9); // 0.2 s .. 51 s
                 let wait = base.min(30_000) / 2 + jitter(base.min(30_000) / 2);
-                warn!(outbox = %outbox, id = %e.id, aggregate = %e.aggregate, attempt, error = %why, retry_in_ms = wait, "event not delivered; retrying");
+                warn!(outbox = %s.outbox, id = %e.id, aggregate = %e.aggregate, attempt, error = %why, retry_in_ms = wait, "event not delivered; retrying");
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }

@@ -243,13 +243,17 @@ impl Seqs {
             let mark = marks.get(&spec.events);
             let progress = deliver::Progress::from_mark(mark);
             let resend = self.resend.remove(&spec.table).unwrap_or_default();
-            let (d, task) =
-                deliver::start(spec.table.to_string(), url, progress, resend).map_err(|why| {
-                    OutboxError::Url {
-                        table: spec.table.clone(),
-                        why,
-                    }
-                })?;
+            let (d, task) = deliver::start(
+                spec.table.to_string(),
+                url,
+                spec.deliver_max_attempts,
+                progress,
+                resend,
+            )
+            .map_err(|why| OutboxError::Url {
+                table: spec.table.clone(),
+                why,
+            })?;
             tasks.spawn(task);
             self.deliverers.insert(spec.table.clone(), d);
             if let Some(m) = mark {
@@ -287,6 +291,18 @@ impl Seqs {
             }
         }
         self.checkpointed = out.clone();
+        out
+    }
+
+    /// The events given up on since the last call, per event table.
+    pub fn take_gave_up(&self, specs: &[OutboxSpec]) -> Vec<(TableId, deliver::GaveUp)> {
+        let mut out = Vec::new();
+        for spec in specs {
+            if let Some(d) = self.deliverers.get(&spec.table) {
+                let mut g = d.gave_up.lock().expect("gave up");
+                out.extend(g.drain(..).map(|g| (spec.events.clone(), g)));
+            }
+        }
         out
     }
 
@@ -331,6 +347,7 @@ fn outgoing(
         id: id.clone().unwrap_or_default(),
         aggregate: agg.unwrap_or_default(),
         json: json.to_string(),
+        commit_us,
     }
 }
 

@@ -482,6 +482,22 @@ pub(super) async fn commit(
         commit_us: st.progress.last_commit_us,
     });
     let watermarks = watermarks_batch(&cfg.name, &position.to_string(), &marks, synced);
+    // Outbox events given up on go to `_binlake_rejects` with the checkpoint that settles them:
+    // the delivery marks are read first, and a deliverer records an event given up on before it
+    // counts it settled, so the marks never count one whose reject is not in this commit.
+    let delivered = st.outbox.marks(&cfg.outbox);
+    for (table, g) in st.outbox.take_gave_up(&cfg.outbox) {
+        st.intake.rejects.push(super::intake::Reject {
+            table,
+            position: format!("version {}", g.event.version),
+            reason: format!(
+                "outbox delivery gave up after {} attempts: {}",
+                g.attempts, g.last_error
+            ),
+            row_json: g.event.json,
+            version: g.event.version,
+        });
+    }
     let rejects = rejects_batch(&st.intake.rejects);
     st.intake.rejects.clear();
     st.intake.rejects_since = None;
@@ -499,7 +515,7 @@ pub(super) async fn commit(
         table_commit_us: st.tables.commit_us.clone(),
         last_error: st.progress.last_error.clone(),
         created: st.tables.created.clone(),
-        outbox_delivered: st.outbox.marks(&cfg.outbox),
+        outbox_delivered: delivered,
     };
     let commit = Commit {
         batches,

@@ -273,11 +273,12 @@ fn outbox_events_in_active_active_once_each() {
     assert_events("active-active", &got, &want, &log);
 }
 
-/// A flaky receiver (tests/scripts/outbox_receiver.py), started on `port`, logging to `log`.
-fn receiver(port: u16, log: &str) -> std::process::Child {
+/// A flaky receiver (tests/scripts/outbox_receiver.py), started on `port`, logging to `log`,
+/// failing `fail` of the requests and every one of aggregate `refused`.
+fn receiver(port: u16, log: &str, fail: &str, refused: &str) -> std::process::Child {
     let child = std::process::Command::new("python3")
         .arg(repo().join("tests/scripts/outbox_receiver.py"))
-        .args([&port.to_string(), log, "0.3", "0.05"])
+        .args([&port.to_string(), log, fail, "0.05", refused])
         .spawn()
         .expect("python3");
     let start = Instant::now();
@@ -303,7 +304,7 @@ fn outbox_delivery_in_order_at_least_once() {
     m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
     let port = crate::observe::free_port();
     let log = dir.path("deliveries.log");
-    let mut rx = receiver(port, &log);
+    let mut rx = receiver(port, &log, "0.3", "-");
     let url = m.url();
     let endpoint = format!("http://127.0.0.1:{port}/events");
     let args = outbox_args(
@@ -327,7 +328,7 @@ fn outbox_delivery_in_order_at_least_once() {
     let _ = rx.kill();
     let _ = rx.wait();
     std::thread::sleep(Duration::from_millis(700));
-    rx = receiver(port, &log);
+    rx = receiver(port, &log, "0.3", "-");
     let (sql, ev) = round(1);
     m.sql(&sql);
     expected.extend(ev);
@@ -419,5 +420,81 @@ fn outbox_delivery_in_order_at_least_once() {
     assert!(
         binlake_log.contains("event not delivered; retrying"),
         "the receiver's failures were not retried?"
+    );
+}
+
+/// `deliver_max_attempts` (from a config file's `[[outbox]]`): the events of an aggregate the
+/// endpoint always refuses go to `_binlake_rejects` after that many attempts, with the last
+/// answer, and the other aggregates' events are all delivered.
+#[test]
+fn outbox_delivery_gives_up_after_max_attempts() {
+    let dir = TestDir::new("outbox_giveup");
+    let t = Target::new(Kind::Parquet, &dir, "outboxgiveup");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
+    let port = crate::observe::free_port();
+    let log = dir.path("deliveries.log");
+    let mut rx = receiver(port, &log, "0", "3");
+    let cfg = dir.path("binlake.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source = \"{}\"\ntables = \"shop.orders\"\ntarget = \"{}\"\nmax_latency = \"100ms\"\n\n[[outbox]]\ntable = \"shop.outbox\"\ndeliver_url = \"http://127.0.0.1:{port}/events\"\ndeliver_max_attempts = 2\n",
+            m.url(),
+            t.target
+        ),
+    )
+    .expect("config");
+    let r = spawn_binlake(&["replicate", "--config", &cfg]);
+    crate::snapshot::wait_equal(&m, &t.target, "shop.orders", &[], Duration::from_secs(60));
+    let (sql, events) = round(0);
+    m.sql(&sql);
+    let refused: Vec<&String> = events
+        .iter()
+        .filter(|(_, agg)| agg == "3")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(refused.len() > 2, "the workload gives aggregate 3 events");
+    let rejects = || {
+        duck(&format!(
+            "SELECT count(*) FROM read_parquet('{}/_binlake_rejects/*.parquet') WHERE \"table\" = 'shop.outbox_events' AND reason LIKE '%gave up after 2 attempts%HTTP 500%'",
+            t.target
+        ))
+    };
+    let start = Instant::now();
+    let delivered = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let got: std::collections::HashSet<String> = text
+            .lines()
+            .filter_map(|l| l.split(' ').next().map(str::to_string))
+            .collect();
+        let others = events
+            .iter()
+            .filter(|(_, agg)| agg != "3")
+            .all(|(id, _)| got.contains(id));
+        let done = others
+            && std::path::Path::new(&format!("{}/_binlake_rejects", t.target)).exists()
+            && rejects() == refused.len().to_string();
+        if done || start.elapsed() > Duration::from_secs(90) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let out = terminate(r, Duration::from_secs(60));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    for (id, agg) in &events {
+        assert_eq!(
+            delivered.contains(id),
+            agg != "3",
+            "event {id} of aggregate {agg}\n{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        rejects(),
+        refused.len().to_string(),
+        "the refused events in _binlake_rejects\n{}",
+        stderr(&out)
     );
 }

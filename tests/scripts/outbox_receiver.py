@@ -1,9 +1,9 @@
 """A flaky HTTP receiver of outbox events, for tests/it/outbox.rs.
 
-    python3 outbox_receiver.py PORT LOG [FAIL_SHARE] [SLOW_SHARE]
+    python3 outbox_receiver.py PORT LOG [FAIL_SHARE] [SLOW_SHARE] [REFUSED_AGGREGATE]
 
 Each POST is answered 500 with probability FAIL_SHARE, after a 1.5 s pause with probability
-SLOW_SHARE, else 200. A request it acknowledges is appended to LOG first, as one line
+SLOW_SHARE, else 200; every event of REFUSED_AGGREGATE is answered 503. A request it acknowledges is appended to LOG first, as one line
 `id aggregateid seq idempotency-key` (so the log's order is the order of first acknowledgements).
 A request whose body is not the documented JSON, or whose Idempotency-Key differs from its id,
 is logged as `BAD ...` and answered 400.
@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 port, log_path = int(sys.argv[1]), sys.argv[2]
 fail_share = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 slow_share = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+refused = sys.argv[5] if len(sys.argv) > 5 else None
 lock = threading.Lock()
 log = open(log_path, "a", buffering=1)
 FIELDS = {"id", "aggregatetype", "aggregateid", "type", "payload", "seq", "commit_ts", "source"}
@@ -52,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
                 log.write(f"BAD {e} {raw[:200]!r}\n")
             self.answer(400)
             return
-        if random.random() < fail_share:
+        if event["aggregateid"] == refused or random.random() < fail_share:
             self.answer(500)
             return
         if random.random() < slow_share:
