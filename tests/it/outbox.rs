@@ -206,7 +206,8 @@ fn clickhouse_outbox_events() {
 
 /// Active-active over a primary and two replicas (every transaction arrives two or three times),
 /// the replica binlake reads killed with SIGKILL, then binlake itself: each committed event once,
-/// numbered as the primary committed them.
+/// numbered as the primary committed them, and delivered (to a receiver failing 20%) at least
+/// once, per aggregate in order.
 #[test]
 fn outbox_events_in_active_active_once_each() {
     let dir = TestDir::new("outbox_aa");
@@ -215,8 +216,14 @@ fn outbox_events_in_active_active_once_each() {
     topo.wait_replicas(&[&topo.r1, &topo.r2]);
     let t = Target::new(Kind::Parquet, &dir, "outboxaa");
     let urls = [topo.r1.url(), topo.r2.url(), topo.primary.url()];
+    let port = crate::observe::free_port();
+    let deliveries = dir.path("deliveries.log");
+    let mut rx = receiver(port, &deliveries, "0.2", "-");
+    let endpoint = format!("http://127.0.0.1:{port}/events");
     let args = [
         "replicate",
+        "--outbox-deliver-url",
+        &endpoint,
         "--source",
         &urls[0],
         "--source",
@@ -271,6 +278,15 @@ fn outbox_events_in_active_active_once_each() {
     let out = terminate(r, Duration::from_secs(60));
     log += &stderr(&out);
     assert_events("active-active", &got, &want, &log);
+    // every event delivered too, per aggregate in order (the restart resends what the killed
+    // run had not seen acknowledged)
+    let r = spawn_binlake(&args);
+    let lines = wait_deliveries(&deliveries, &expected);
+    let out = terminate(r, Duration::from_secs(60));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    log += &stderr(&out);
+    assert_deliveries(&lines, &expected, &log);
 }
 
 /// A flaky receiver (tests/scripts/outbox_receiver.py), started on `port`, logging to `log`,
@@ -290,6 +306,82 @@ fn receiver(port: u16, log: &str, fail: &str, refused: &str) -> std::process::Ch
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Waits until the receiver's log acknowledges every event of `expected` (or 120 s pass); the
+/// log.
+fn wait_deliveries(log: &str, expected: &[(String, String)]) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let got: std::collections::HashSet<&str> =
+            text.lines().filter_map(|l| l.split(' ').next()).collect();
+        if expected.iter().all(|(id, _)| got.contains(id.as_str()))
+            || start.elapsed() > Duration::from_secs(120)
+        {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The receiver's log `lines` acknowledges every event of `expected` (commit order) and no
+/// other, each well formed, and per aggregate the first acknowledgements follow the commit
+/// order's numbering.
+fn assert_deliveries(lines: &str, expected: &[(String, String)], binlake_log: &str) {
+    let mut seq = std::collections::HashMap::new();
+    let want: std::collections::HashMap<String, (String, usize)> = expected
+        .iter()
+        .map(|(id, agg)| {
+            let s = seq.entry(agg.clone()).or_insert(0);
+            *s += 1;
+            (id.clone(), (agg.clone(), *s))
+        })
+        .collect();
+    let bad: Vec<&str> = lines.lines().filter(|l| l.starts_with("BAD")).collect();
+    assert!(bad.is_empty(), "malformed deliveries: {bad:?}");
+    // first acknowledgement of each event, in the receiver's order
+    let mut first: Vec<(String, String, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if seen.insert(f[0].to_string()) {
+            first.push((f[0].into(), f[1].into(), f[2].parse().expect("seq")));
+        }
+    }
+    let missing: Vec<&String> = want.keys().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed events never delivered, e.g. {:?}\n{}",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)],
+        binlake_log
+            .lines()
+            .filter(|l| !l.contains("emit no event"))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let extra: Vec<&String> = seen.iter().filter(|k| !want.contains_key(*k)).collect();
+    assert!(
+        extra.is_empty(),
+        "events no committed transaction holds: {extra:?}"
+    );
+    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (id, agg, seq) in &first {
+        assert_eq!(
+            want[id],
+            (agg.clone(), *seq),
+            "event {id}: aggregate and seq differ from the commit order"
+        );
+        let prev = last.insert(agg.clone(), *seq).unwrap_or(0);
+        assert_eq!(
+            *seq,
+            prev + 1,
+            "aggregate {agg}: event {id} (seq {seq}) was first acknowledged after seq {prev}"
+        );
+    }
 }
 
 /// Delivery to an HTTP endpoint that fails 30% of requests, answers some slowly and is
@@ -340,83 +432,18 @@ fn outbox_delivery_in_order_at_least_once() {
     m.sql(&sql);
     expected.extend(ev);
     let r = spawn_binlake(&args);
-    let want: std::collections::HashMap<String, (String, usize)> = {
-        let mut seq = std::collections::HashMap::new();
-        expected
-            .iter()
-            .map(|(id, agg)| {
-                let s = seq.entry(agg.clone()).or_insert(0);
-                *s += 1;
-                (id.clone(), (agg.clone(), *s))
-            })
-            .collect()
-    };
-    let start = Instant::now();
-    let lines = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let got: std::collections::HashSet<&str> =
-            text.lines().filter_map(|l| l.split(' ').next()).collect();
-        if want.keys().all(|k| got.contains(k.as_str()))
-            || start.elapsed() > Duration::from_secs(120)
-        {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let lines = wait_deliveries(&log, &expected);
     let out = terminate(r, Duration::from_secs(60));
     let _ = rx.kill();
     binlake_log += &stderr(&out);
     eprintln!(
         "{} acknowledgements of {} events; {} retries logged; resent after the restart: {}",
         lines.lines().count(),
-        want.len(),
+        expected.len(),
         binlake_log.matches("event not delivered; retrying").count(),
         binlake_log.contains("sending again what was not acknowledged")
     );
-    let bad: Vec<&str> = lines.lines().filter(|l| l.starts_with("BAD")).collect();
-    assert!(bad.is_empty(), "malformed deliveries: {bad:?}");
-    // first acknowledgement of each event, in the receiver's order
-    let mut first: Vec<(String, String, usize)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for l in lines.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        if seen.insert(f[0].to_string()) {
-            first.push((f[0].into(), f[1].into(), f[2].parse().expect("seq")));
-        }
-    }
-    let missing: Vec<&String> = want.keys().filter(|k| !seen.contains(*k)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} committed events never delivered, e.g. {:?}\n{}",
-        missing.len(),
-        want.len(),
-        &missing[..missing.len().min(5)],
-        binlake_log
-            .lines()
-            .filter(|l| !l.contains("emit no event"))
-            .take(60)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let extra: Vec<&String> = seen.iter().filter(|k| !want.contains_key(*k)).collect();
-    assert!(
-        extra.is_empty(),
-        "events no committed transaction holds: {extra:?}"
-    );
-    let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (id, agg, seq) in &first {
-        assert_eq!(
-            want[id],
-            (agg.clone(), *seq),
-            "event {id}: aggregate and seq differ from the commit order"
-        );
-        let prev = last.insert(agg.clone(), *seq).unwrap_or(0);
-        assert_eq!(
-            *seq,
-            prev + 1,
-            "aggregate {agg}: event {id} (seq {seq}) was first acknowledged after seq {prev}"
-        );
-    }
+    assert_deliveries(&lines, &expected, &binlake_log);
     assert!(
         binlake_log.contains("event not delivered; retrying"),
         "the receiver's failures were not retried?"

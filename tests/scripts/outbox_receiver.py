@@ -63,4 +63,9 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200)
 
 
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+class Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client gone mid-request (binlake killed, a timed-out attempt): nothing to log
+
+
+Server(("127.0.0.1", port), Handler).serve_forever()
