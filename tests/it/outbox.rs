@@ -525,3 +525,27 @@ fn outbox_delivery_gives_up_after_max_attempts() {
         stderr(&out)
     );
 }
+
+/// An outbox table that `tables` also selects is replicated as a table too (its rows as the
+/// source holds them: deleted messages gone), besides its events.
+#[test]
+fn an_outbox_listed_in_tables_is_also_replicated() {
+    let dir = TestDir::new("outbox_listed");
+    let t = Target::new(Kind::Parquet, &dir, "outboxlisted");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql(&format!("CREATE DATABASE shop; {OUTBOX_DDL}"));
+    let url = m.url();
+    let mut args = outbox_args(&url, &t.target, &[]);
+    args[4] = "shop.*";
+    let r = spawn_binlake(&args);
+    crate::snapshot::wait_equal(&m, &t.target, "shop.orders", &[], Duration::from_secs(60));
+    let (sql, expected) = round(0);
+    m.sql(&sql);
+    let want = numbered(&expected);
+    let got = wait_events(&t, &want);
+    crate::snapshot::wait_equal(&m, &t.target, "shop.outbox", &[], Duration::from_secs(60));
+    let out = terminate(r, Duration::from_secs(60));
+    assert_events("listed", &got, &want, &stderr(&out));
+    let rows = m.sql("SELECT COUNT(*) FROM shop.outbox").trim().to_string();
+    assert_ne!(rows, "0", "the workload leaves messages in the outbox");
+}
