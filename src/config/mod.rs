@@ -151,7 +151,7 @@ pub enum OutboxEntry {
     Table(OutboxTable),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxTable {
     pub table: String,
@@ -181,13 +181,7 @@ fn outbox_specs(
         let t = match e {
             OutboxEntry::Name(table) => OutboxTable {
                 table,
-                id_column: None,
-                aggregate_type_column: None,
-                aggregate_id_column: None,
-                type_column: None,
-                payload_column: None,
-                deliver_url: None,
-                deliver_max_attempts: None,
+                ..Default::default()
             },
             OutboxEntry::Table(t) => t,
         };

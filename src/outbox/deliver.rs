@@ -64,6 +64,8 @@ pub struct Progress {
     acked: BTreeSet<(u64, String)>,
     /// Events handed to the deliverer and not acknowledged, per version.
     open: BTreeMap<u64, usize>,
+    /// Acknowledgements so far (a checkpoint that saw fewer is behind).
+    pub changes: u64,
 }
 
 impl Progress {
@@ -100,6 +102,7 @@ impl Progress {
             }
         }
         self.acked.insert((version, id));
+        self.changes += 1;
         // every event below the lowest one still open is acknowledged (events are handed in
         // version order); with none open, every event handed is
         let upto = match self.open.keys().next() {

@@ -116,8 +116,8 @@ pub struct Seqs {
     /// Events of earlier runs not acknowledged, per outbox table (handed to its deliverer when
     /// it starts).
     pub resend: HashMap<TableId, Vec<Outgoing>>,
-    /// The delivery marks the last checkpoint carried.
-    checkpointed: BTreeMap<TableId, DeliveryMark>,
+    /// Each deliverer's acknowledgement count when the last checkpoint was built.
+    checkpointed: HashMap<TableId, u64>,
 }
 
 /// Where and when an event's transaction committed (for its JSON).
@@ -256,9 +256,6 @@ impl Seqs {
             })?;
             tasks.spawn(task);
             self.deliverers.insert(spec.table.clone(), d);
-            if let Some(m) = mark {
-                self.checkpointed.insert(spec.events.clone(), m.clone());
-            }
         }
         Ok(())
     }
@@ -284,13 +281,11 @@ impl Seqs {
         let mut out = BTreeMap::new();
         for spec in specs {
             if let Some(d) = self.deliverers.get(&spec.table) {
-                out.insert(
-                    spec.events.clone(),
-                    d.progress.lock().expect("progress").mark(),
-                );
+                let p = d.progress.lock().expect("progress");
+                out.insert(spec.events.clone(), p.mark());
+                self.checkpointed.insert(spec.table.clone(), p.changes);
             }
         }
-        self.checkpointed = out.clone();
         out
     }
 
@@ -307,12 +302,10 @@ impl Seqs {
     }
 
     /// Delivery progressed since the last checkpoint (a position-only commit records it).
-    pub fn delivery_moved(&self, specs: &[OutboxSpec]) -> bool {
-        specs.iter().any(|spec| {
-            self.deliverers.get(&spec.table).is_some_and(|d| {
-                Some(&d.progress.lock().expect("progress").mark())
-                    != self.checkpointed.get(&spec.events)
-            })
+    pub fn delivery_moved(&self) -> bool {
+        self.deliverers.iter().any(|(t, d)| {
+            d.progress.lock().expect("progress").changes
+                != self.checkpointed.get(t).copied().unwrap_or(0)
         })
     }
 }
@@ -451,27 +444,12 @@ fn unacknowledged(
     upto: u64,
     done: &deliver::Progress,
 ) -> Result<Vec<(Outgoing, i64)>, SinkError> {
-    let err = |e: String| SinkError::Definite(format!("outbox event table {}: {e}", spec.events));
+    let err = |e: String| event_table_error(spec, e);
     let col = |name: &str| b.schema().index_of(name).ok().map(|i| b.column(i).clone());
     let cast = |a: ArrayRef, t: arrow_schema::DataType| {
         arrow_cast::cast(&a, &t).map_err(|e| err(e.to_string()))
     };
-    let version = cast(
-        col(COL_VERSION).ok_or_else(|| err(format!("no {COL_VERSION}")))?,
-        arrow_schema::DataType::UInt64,
-    )?;
-    let version = version
-        .as_any()
-        .downcast_ref::<arrow_array::UInt64Array>()
-        .expect("cast");
-    let seq = cast(
-        col(COL_SEQ).ok_or_else(|| err(format!("no {COL_SEQ}")))?,
-        arrow_schema::DataType::Int64,
-    )?;
-    let seq = seq
-        .as_any()
-        .downcast_ref::<arrow_array::Int64Array>()
-        .expect("cast");
+    let (version, seq) = versions_and_seqs(b, spec)?;
     let commit = match col(binlake_sink::COL_COMMIT_TS) {
         Some(a) => Some(cast(
             cast(
@@ -493,7 +471,7 @@ fn unacknowledged(
     ];
     let mut out = Vec::new();
     for i in 0..b.num_rows() {
-        if version.is_null(i) || version.value(i) > upto {
+        if !committed(&version, &seq, i, upto) {
             continue;
         }
         if deleted
@@ -525,39 +503,64 @@ fn unacknowledged(
     Ok(out)
 }
 
+fn event_table_error(spec: &OutboxSpec, e: String) -> SinkError {
+    SinkError::Definite(format!("outbox event table {}: {e}", spec.events))
+}
+
+/// The `_binlake_version` and `_binlake_seq` columns of event rows read back from the target
+/// (whatever integer types the sink stores them as).
+fn versions_and_seqs(
+    b: &RecordBatch,
+    spec: &OutboxSpec,
+) -> Result<(arrow_array::UInt64Array, arrow_array::Int64Array), SinkError> {
+    use arrow_array::cast::AsArray;
+    let column = |name: &str, t: arrow_schema::DataType| {
+        let i = b
+            .schema()
+            .index_of(name)
+            .map_err(|_| event_table_error(spec, format!("no column `{name}` in the target")))?;
+        arrow_cast::cast(b.column(i), &t).map_err(|e| event_table_error(spec, e.to_string()))
+    };
+    let version = column(COL_VERSION, arrow_schema::DataType::UInt64)?;
+    let seq = column(COL_SEQ, arrow_schema::DataType::Int64)?;
+    Ok((
+        version
+            .as_primitive::<arrow_array::types::UInt64Type>()
+            .clone(),
+        seq.as_primitive::<arrow_array::types::Int64Type>().clone(),
+    ))
+}
+
+/// Row `i` is an event the checkpoint (at version `upto`) covers.
+fn committed(
+    version: &arrow_array::UInt64Array,
+    seq: &arrow_array::Int64Array,
+    i: usize,
+    upto: u64,
+) -> bool {
+    !version.is_null(i) && version.value(i) <= upto && !seq.is_null(i)
+}
+
 fn count_batch(
     b: &RecordBatch,
     spec: &OutboxSpec,
     upto: u64,
     next: &mut HashMap<String, i64>,
 ) -> Result<usize, SinkError> {
-    let col = |name: &str| -> Result<ArrayRef, SinkError> {
-        let i = b.schema().index_of(name).map_err(|_| {
-            SinkError::Definite(format!(
-                "outbox event table {}: no column `{name}` in the target",
-                spec.events
-            ))
+    let (version, seq) = versions_and_seqs(b, spec)?;
+    let agg = b
+        .schema()
+        .index_of(&spec.aggregate_id_column)
+        .map(|i| b.column(i).clone())
+        .map_err(|_| {
+            event_table_error(
+                spec,
+                format!("no column `{}` in the target", spec.aggregate_id_column),
+            )
         })?;
-        Ok(b.column(i).clone())
-    };
-    let cast = |a: ArrayRef, t: &arrow_schema::DataType| {
-        arrow_cast::cast(&a, t)
-            .map_err(|e| SinkError::Definite(format!("outbox event table {}: {e}", spec.events)))
-    };
-    let version = cast(col(COL_VERSION)?, &arrow_schema::DataType::UInt64)?;
-    let version = version
-        .as_any()
-        .downcast_ref::<arrow_array::UInt64Array>()
-        .expect("cast");
-    let seq = cast(col(COL_SEQ)?, &arrow_schema::DataType::Int64)?;
-    let seq = seq
-        .as_any()
-        .downcast_ref::<arrow_array::Int64Array>()
-        .expect("cast");
-    let agg = col(&spec.aggregate_id_column)?;
     let mut n = 0;
     for i in 0..b.num_rows() {
-        if version.is_null(i) || version.value(i) > upto || seq.is_null(i) {
+        if !committed(&version, &seq, i, upto) {
             continue;
         }
         let Some(key) = array_text(&agg, i) else {

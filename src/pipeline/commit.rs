@@ -53,7 +53,7 @@ pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
         .oldest()
         .map(|t| t + cfg.max_latency)
         .unwrap_or(far);
-    let pos_only = if st.checkpoint_behind(cfg) {
+    let pos_only = if st.checkpoint_behind() {
         st.progress.last_commit + cfg.checkpoint_interval
     } else {
         far
@@ -76,7 +76,7 @@ pub(super) fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
         .intake
         .oldest()
         .is_some_and(|t| now >= t + cfg.max_latency);
-    data || (now >= st.progress.last_commit + cfg.checkpoint_interval && st.checkpoint_behind(cfg))
+    data || (now >= st.progress.last_commit + cfg.checkpoint_interval && st.checkpoint_behind())
 }
 
 /// Buffers past `factor` times the size bounds.
@@ -420,7 +420,7 @@ pub(super) async fn commit(
     cfg: &PipelineConfig,
     committer: &mut Committer,
 ) -> Result<(), PipelineError> {
-    if !st.intake.has_data() && !st.checkpoint_behind(cfg) {
+    if !st.intake.has_data() && !st.checkpoint_behind() {
         return Ok(());
     }
     let synced = now_us();

@@ -111,8 +111,8 @@ impl Progress {
 
 impl State {
     /// The last checkpoint is behind: the position moved, or outbox delivery progressed.
-    pub fn checkpoint_behind(&self, cfg: &super::PipelineConfig) -> bool {
-        self.progress.moved() || self.outbox.delivery_moved(&cfg.outbox)
+    pub fn checkpoint_behind(&self) -> bool {
+        self.progress.moved() || self.outbox.delivery_moved()
     }
 
     /// The state a run starts from: the target's checkpoint, if any, and where the source starts.
