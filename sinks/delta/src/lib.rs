@@ -1,6 +1,8 @@
 //! Delta Lake sink: one Delta table per source table at `<target>/<db>/<table>`, holding the
-//! current state: upserted by MERGE on the primary key, an incoming row applied only when its
-//! `_binlake_version` is higher than the stored one.
+//! current state: upserted on the primary key, an incoming row applied only when its
+//! `_binlake_version` is higher than the stored one. The upsert rewrites only the files a batch
+//! touches ([`rewrite`]); DataFusion's MERGE runs where that path does not apply (partitioned
+//! tables, column mapping, change data feed, a batch narrower than the table).
 //!
 //! Invariants (why kill -9 loses and doubles nothing):
 //! - Every table commit carries a Delta `txn` action, app id `binlake:<pipeline>:<db>.<table>`,
@@ -19,6 +21,7 @@
 mod config;
 mod ddl;
 pub mod maintain;
+mod rewrite;
 mod sink;
 pub mod types;
 

@@ -279,6 +279,15 @@ impl DeltaSink {
                 .await;
         }
         let (table, batch) = self.evolve_schema(tb, table, batch).await?;
+        let hard = self.config.deletes == Deletes::Hard;
+        let started = std::time::Instant::now();
+        if let Some(done) =
+            crate::rewrite::upsert(&table, &name, &batch, &tb.primary_key, hard, props.clone())
+                .await?
+        {
+            debug!(table = %name, rows = batch.num_rows(), files_read = done.read, files_rewritten = done.rewritten, replaced = done.replaced, inserted = done.inserted, ms = started.elapsed().as_millis() as u64, "upserted");
+            return Ok(());
+        }
         self.merge(tb, &name, table, batch, props).await
     }
 
@@ -457,7 +466,7 @@ impl DeltaSink {
 }
 
 /// `delta.targetFileSize` of the tables binlake creates (MERGE splits its output at this size).
-const MERGE_FILE_SIZE: u64 = 8 << 20;
+pub(crate) const MERGE_FILE_SIZE: u64 = 8 << 20;
 
 /// The table a `db.table` name (a [`binlake_sink::TableId`]'s text) names.
 pub(crate) fn table_id(name: &str) -> binlake_sink::TableId {
@@ -558,24 +567,15 @@ fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
 /// Rows per file below which a batch is not split for parallel encoding.
 const PARALLEL_FILE_ROWS: usize = 32 * 1024;
 
-/// Appends `rows` to an existing table as several files encoded at once (one per core, by
-/// row range), committed together with `props`' transactions. `unique` names a column whose
-/// values are distinct (a one-column key): it gets no dictionary. `None`: the rows' schema is
-/// not exactly the table's (a WRITE with schema merging handles that).
-async fn parallel_append(
+/// The table's Arrow schema when `rows` has exactly its columns (names and types, in order) and
+/// the table is not partitioned; `None` otherwise (a WRITE or MERGE with schema merging handles
+/// that).
+pub(crate) fn same_schema(
     table: &DeltaTable,
     name: &str,
-    rows: RecordBatch,
-    props: CommitProperties,
-    unique: Option<&str>,
-) -> Result<Option<i64>, SinkError> {
-    use deltalake::kernel::transaction::CommitBuilder;
-    use deltalake::kernel::Action;
-    use deltalake::parquet::basic::Compression;
-    use deltalake::parquet::file::properties::WriterProperties;
-    use deltalake::parquet::schema::types::ColumnPath;
-    use deltalake::protocol::DeltaOperation;
-    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    rows: &RecordBatch,
+) -> Result<Option<arrow_schema::SchemaRef>, SinkError> {
+    use deltalake::writer::RecordBatchWriter;
     let probe = RecordBatchWriter::for_table(table).map_err(|e| delta_err(name, "writer", e))?;
     let schema = probe.arrow_schema();
     let same = schema.fields().len() == rows.num_columns()
@@ -590,11 +590,61 @@ async fn parallel_append(
         .metadata()
         .partition_columns()
         .is_empty();
-    if !same || partitioned {
+    Ok((same && !partitioned).then_some(schema))
+}
+
+/// Appends `rows` to an existing table as several files encoded at once (one per core, by
+/// row range), committed together with `props`' transactions. `unique` names a column whose
+/// values are distinct (a one-column key): it gets no dictionary. `None`: the rows' schema is
+/// not exactly the table's (a WRITE with schema merging handles that).
+async fn parallel_append(
+    table: &DeltaTable,
+    name: &str,
+    rows: RecordBatch,
+    props: CommitProperties,
+    unique: Option<&str>,
+) -> Result<Option<i64>, SinkError> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::Action;
+    use deltalake::protocol::DeltaOperation;
+    let Some(schema) = same_schema(table, name, &rows)? else {
         return Ok(None);
-    }
-    let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())
+    };
+    let rows = RecordBatch::try_new(schema, rows.columns().to_vec())
         .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
+    let adds = encode_files(table, name, rows, unique).await?;
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| delta_err(name, "snapshot", e))?;
+    let done = CommitBuilder::from(props)
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|e| delta_err(name, "commit", e))?;
+    Ok(Some(done.version() as i64))
+}
+
+/// Encodes `rows` (the table's exact schema) as data files of `table`, several at once when
+/// there are many rows (one per core, by row range), and returns their Add actions (not yet
+/// committed). `unique` names a column of distinct values: it gets no dictionary.
+pub(crate) async fn encode_files(
+    table: &DeltaTable,
+    name: &str,
+    rows: RecordBatch,
+    unique: Option<&str>,
+) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::WriterProperties;
+    use deltalake::parquet::schema::types::ColumnPath;
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let parts = (rows.num_rows() / PARALLEL_FILE_ROWS).clamp(1, cores.min(8));
     let per = rows.num_rows().div_ceil(parts);
@@ -637,25 +687,9 @@ async fn parallel_append(
             .await
             .map_err(|e| SinkError::Definite(format!("{name}: encoding task failed: {e}")))?
             .map_err(|e| delta_err(name, "write", e))?;
-        adds.extend(files.into_iter().map(Action::Add));
+        adds.extend(files);
     }
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| delta_err(name, "snapshot", e))?;
-    let done = CommitBuilder::from(props)
-        .with_actions(adds)
-        .build(
-            Some(snapshot),
-            table.log_store(),
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            },
-        )
-        .await
-        .map_err(|e| delta_err(name, "commit", e))?;
-    Ok(Some(done.version() as i64))
+    Ok(adds)
 }
 
 fn without_tombstones(batch: &RecordBatch) -> Result<RecordBatch, SinkError> {
