@@ -37,7 +37,7 @@ use binlake_sink::{SinkError, COL_DELETED, COL_VERSION};
 use deltalake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Remove};
+use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
@@ -96,16 +96,26 @@ pub(crate) async fn upsert(
                 debug!(table = %name, "upsert by MERGE: a file has a deletion vector");
                 return Ok(None);
             }
-            candidates.push((f.object_store_path(), f.remove_action(true)));
+            let min = first_key_range(f.stats().as_deref(), &pk[0]).map(|r| r.0);
+            candidates.push((min, f.object_store_path(), f.remove_action(true)));
         }
     }
+    // in key order (files without statistics first): output files cut from consecutive
+    // rewritten files hold narrow key ranges
+    candidates.sort_by_key(|c| c.0);
     let store = table.object_store();
     let keys = Arc::new(keys);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let read = candidates.len();
-    let read_bytes: i64 = candidates.iter().filter_map(|(_, r)| r.size).sum();
-    let results: Vec<Option<(Remove, FileOutcome)>> = futures::stream::iter(candidates)
-        .map(|(path, remove)| {
+    let mut done = Upserted {
+        read: candidates.len(),
+        ..Default::default()
+    };
+    let named = |e: SinkError| match e {
+        SinkError::Definite(m) => SinkError::Definite(format!("{name}: {m}")),
+        e => e,
+    };
+    let mut files = futures::stream::iter(candidates)
+        .map(|(_, path, remove)| {
             let (store, keys, schema) = (store.clone(), keys.clone(), schema.clone());
             // a small file read anyway is rewritten into the output: frequent commits then
             // do not pile up small files (each read by every later batch of its key range)
@@ -121,27 +131,18 @@ pub(crate) async fn upsert(
                 Ok::<_, SinkError>(outcome.map(|o| (remove, o)))
             }
         })
-        .buffered(cores)
-        .try_collect()
-        .await
-        .map_err(|e| match e {
-            SinkError::Definite(m) => SinkError::Definite(format!("{name}: {m}")),
-            e => e,
-        })?;
+        .buffered(cores);
     let mut matched = vec![false; batch.num_rows()];
     let mut removes = Vec::new();
-    let mut outputs = Vec::new();
-    let (mut rows_read, mut changed) = (0, false);
-    let mut done = Upserted {
-        read,
-        ..Default::default()
-    };
-    for r in results {
+    let mut adds = Vec::new();
+    let mut out = Output::new(schema.clone(), pk);
+    let mut changed = false;
+    while let Some(r) = files.try_next().await.map_err(named)? {
         let Some((remove, o)) = r else {
             debug!(table = %name, "upsert by MERGE: a file's columns differ from the table's");
             return Ok(None);
         };
-        rows_read += o.stored_rows;
+        out.read(remove.size.unwrap_or(0), o.stored_rows);
         for &j in &o.matched {
             matched[j as usize] = true;
         }
@@ -150,9 +151,12 @@ pub(crate) async fn upsert(
         if let Some(rows) = o.rows {
             done.rewritten += 1;
             removes.push(Action::Remove(remove));
-            if rows.num_rows() > 0 {
-                outputs.push(rows);
-            }
+            out.push(rows);
+        }
+        // memory stays at about a file per core plus one output file, whatever the batch
+        // touches (files are written only once the commit is sure to change something)
+        if changed {
+            adds.extend(out.flush(table, name, false).await?);
         }
     }
     // keys the table does not hold (tombstones of them too, unless deletes are hard)
@@ -165,43 +169,22 @@ pub(crate) async fn upsert(
         .map(|j| j as u32)
         .collect();
     done.inserted = new.len();
-    if !new.is_empty() {
+    let actions = if changed || !new.is_empty() {
         let idx = arrow_array::UInt32Array::from(new);
-        outputs.push(
+        out.push(
             take_record_batch(&batch, &idx)
                 .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?,
         );
-    }
-    let mut actions = Vec::new();
-    if changed || done.inserted > 0 {
-        // the output in key order, in files of about the target size: each file a narrow key
-        // range, so later batches read few of them
-        let all = concat_batches(&schema, &outputs)
-            .and_then(|b| sort_by_key(&b, pk))
-            .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
-        let per_row = if rows_read > 0 {
-            (read_bytes.max(1) as usize).div_ceil(rows_read)
-        } else {
-            100
-        };
-        let rows_per_file = (crate::sink::MERGE_FILE_SIZE as usize / per_row).max(1024);
-        let unique = (pk.len() == 1).then_some(pk[0].as_str());
-        actions = removes;
-        let mut start = 0;
-        while start < all.num_rows() {
-            let n = rows_per_file.min(all.num_rows() - start);
-            actions.extend(
-                encode_files(table, name, all.slice(start, n), unique)
-                    .await?
-                    .into_iter()
-                    .map(Action::Add),
-            );
-            start += n;
-        }
+        adds.extend(out.flush(table, name, true).await?);
+        removes
+            .into_iter()
+            .chain(adds.into_iter().map(Action::Add))
+            .collect()
     } else {
         // nothing replaced, nothing new (every row older than the stored one): the files stay
         done.rewritten = 0;
-    }
+        Vec::new()
+    };
     // (no actions: every row older than the stored one; the txn still records the batch)
     CommitBuilder::from(props)
         .with_actions(actions)
@@ -219,6 +202,85 @@ pub(crate) async fn upsert(
         .await
         .map_err(|e| delta_err(name, "commit", e))?;
     Ok(Some(done))
+}
+
+/// The rows a commit writes, cut into files of about the target size in key order.
+struct Output<'a> {
+    schema: SchemaRef,
+    pk: &'a [String],
+    pending: Vec<RecordBatch>,
+    rows: usize,
+    bytes_read: i64,
+    rows_read: usize,
+}
+
+impl<'a> Output<'a> {
+    fn new(schema: SchemaRef, pk: &'a [String]) -> Self {
+        Self {
+            schema,
+            pk,
+            pending: Vec::new(),
+            rows: 0,
+            bytes_read: 0,
+            rows_read: 0,
+        }
+    }
+
+    fn read(&mut self, bytes: i64, rows: usize) {
+        self.bytes_read += bytes;
+        self.rows_read += rows;
+    }
+
+    fn push(&mut self, rows: RecordBatch) {
+        if rows.num_rows() > 0 {
+            self.rows += rows.num_rows();
+            self.pending.push(rows);
+        }
+    }
+
+    /// Rows per file for `delta.targetFileSize`, from the stored files' bytes per row.
+    fn rows_per_file(&self) -> usize {
+        let per_row = if self.rows_read > 0 {
+            (self.bytes_read.max(1) as usize).div_ceil(self.rows_read)
+        } else {
+            100
+        };
+        (crate::sink::MERGE_FILE_SIZE as usize / per_row).max(1024)
+    }
+
+    /// Writes the pending rows, sorted by key, as files of `rows_per_file` rows; unless `all`,
+    /// a last partial file's rows stay pending.
+    async fn flush(
+        &mut self,
+        table: &DeltaTable,
+        name: &str,
+        all: bool,
+    ) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
+        let per = self.rows_per_file();
+        if self.rows == 0 || (!all && self.rows < per) {
+            return Ok(Vec::new());
+        }
+        let sorted = concat_batches(&self.schema, &self.pending)
+            .and_then(|b| sort_by_key(&b, self.pk))
+            .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
+        self.pending.clear();
+        let unique = (self.pk.len() == 1).then_some(self.pk[0].as_str());
+        let mut adds = Vec::new();
+        let mut start = 0;
+        while start < sorted.num_rows() {
+            let n = per.min(sorted.num_rows() - start);
+            if !all && n < per {
+                break;
+            }
+            adds.extend(encode_files(table, name, sorted.slice(start, n), unique).await?);
+            start += n;
+        }
+        self.rows = sorted.num_rows() - start;
+        if self.rows > 0 {
+            self.pending.push(sorted.slice(start, self.rows));
+        }
+        Ok(adds)
+    }
 }
 
 /// Why the table is not one this path handles, if it is not.
