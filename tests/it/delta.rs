@@ -266,11 +266,14 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
     let m = Maria::start(&dir.0.join("db"), 1, &[]);
     m.sql("CREATE DATABASE mt; CREATE TABLE mt.t (id INT PRIMARY KEY, v INT);");
     let target = dir.path("lake");
+    // each commit's keys above every stored one: the upsert reads no file and adds one, so
+    // six commits leave six small files for compaction
     for i in 0..6 {
         m.sql(&format!(
-            "INSERT INTO mt.t VALUES ({i}, {i}), ({}, 0); DELETE FROM mt.t WHERE id = {};",
-            100 + i,
-            100 + i
+            "INSERT INTO mt.t VALUES ({}, {i}), ({}, 0); DELETE FROM mt.t WHERE id = {};",
+            10 * i,
+            10 * i + 1,
+            10 * i + 1
         ));
         catch_up(&m, &target, "mt.*", &DELTA);
     }
@@ -349,7 +352,7 @@ fn delta_maintain_compacts_purges_and_checkpoints() {
         last_gtid
     );
     // replication goes on after maintenance
-    m.sql("UPDATE mt.t SET v = 42 WHERE id = 1; INSERT INTO mt.t VALUES (50, 50);");
+    m.sql("UPDATE mt.t SET v = 42 WHERE id = 10; INSERT INTO mt.t VALUES (55, 55);");
     catch_up(&m, &target, "mt.*", &DELTA);
     assert_replica_equal(&m, &target, "mt.t", &["--reader", "delta"]);
 }

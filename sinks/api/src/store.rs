@@ -152,6 +152,17 @@ impl TargetLog {
         Ok(())
     }
 
+    /// Whether anything exists under `prefix` (reads the first listing page only: a Delta
+    /// log of a hundred thousand entries is not listed whole to learn that it exists).
+    pub async fn any_under(&self, prefix: &Path) -> Result<bool, SinkError> {
+        self.store
+            .list(Some(prefix))
+            .try_next()
+            .await
+            .map(|first| first.is_some())
+            .map_err(classify)
+    }
+
     pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>, SinkError> {
         self.store
             .list(Some(prefix))

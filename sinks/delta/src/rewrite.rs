@@ -24,7 +24,7 @@
 //!   frequent commits do not pile up small files.
 //! - Used only where that is exact: no partition columns, column mapping, change data feed,
 //!   row tracking, constraints or append-only; no deletion vector on a file it reads; the
-//!   batch's columns exactly the table's. Otherwise the caller runs the MERGE.
+//!   batch's columns exactly the table's (in any order). Otherwise the caller runs the MERGE.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use tracing::debug;
 
-use crate::sink::{delta_err, encode_files, same_schema};
+use crate::sink::{as_table_rows, delta_err, encode_files};
 
 /// What an upsert did, for the log.
 #[derive(Debug, Default)]
@@ -67,9 +67,10 @@ pub(crate) async fn upsert(
     hard: bool,
     props: CommitProperties,
 ) -> Result<Option<Upserted>, SinkError> {
-    let Some(schema) = same_schema(table, name, batch)? else {
+    let Some(batch) = as_table_rows(table, name, batch)? else {
         return Ok(None);
     };
+    let schema = batch.schema();
     let snapshot = table
         .snapshot()
         .map_err(|e| delta_err(name, "snapshot", e))?;
@@ -77,8 +78,6 @@ pub(crate) async fn upsert(
         debug!(table = %name, why, "upsert by MERGE");
         return Ok(None);
     }
-    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-        .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
     let keys = Keys::new(&batch, pk).map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
     // candidate files: those whose first-key range may hold a batch key
     let sorted = sorted_first_key(&batch, &pk[0]);
@@ -170,11 +169,16 @@ pub(crate) async fn upsert(
         .collect();
     done.inserted = new.len();
     let actions = if changed || !new.is_empty() {
-        let idx = arrow_array::UInt32Array::from(new);
-        out.push(
-            take_record_batch(&batch, &idx)
-                .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?,
-        );
+        if new.len() == batch.num_rows() {
+            // every row new (the usual insert batch): no copy
+            out.push(batch.clone());
+        } else {
+            let idx = arrow_array::UInt32Array::from(new);
+            out.push(
+                take_record_batch(&batch, &idx)
+                    .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?,
+            );
+        }
         adds.extend(out.flush(table, name, true).await?);
         removes
             .into_iter()
@@ -462,9 +466,26 @@ fn apply_to_file(
     }))
 }
 
-/// The rows sorted by the primary key.
+/// The rows sorted by the primary key (as they are, without a copy, when they already are: rows
+/// inserted in auto-increment order).
 fn sort_by_key(b: &RecordBatch, pk: &[String]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     use deltalake::arrow::compute::{lexsort_to_indices, SortColumn};
+    if let [key] = pk {
+        let c = b
+            .column_by_name(key)
+            .ok_or_else(|| arrow_schema::ArrowError::SchemaError(format!("no key column {key}")))?;
+        let sorted = c.null_count() == 0
+            && match c.data_type() {
+                DataType::Int64 => ascending(c.as_primitive::<Int64Type>().values()),
+                DataType::Int32 => {
+                    ascending(c.as_primitive::<arrow_array::types::Int32Type>().values())
+                }
+                _ => false,
+            };
+        if sorted {
+            return Ok(b.clone());
+        }
+    }
     let cols = key_columns(b, pk)?
         .into_iter()
         .map(|values| SortColumn {
@@ -474,6 +495,10 @@ fn sort_by_key(b: &RecordBatch, pk: &[String]) -> Result<RecordBatch, arrow_sche
         .collect::<Vec<_>>();
     let idx = lexsort_to_indices(&cols, None)?;
     take_record_batch(b, &idx)
+}
+
+fn ascending<T: PartialOrd>(v: &[T]) -> bool {
+    v.windows(2).all(|w| w[0] <= w[1])
 }
 
 /// Files below this size are rewritten whenever a batch reads them (see [`upsert`]).
@@ -547,5 +572,177 @@ mod tests {
         assert_eq!(first_key_range(Some(s), "other"), None);
         assert_eq!(first_key_range(None, "id"), None);
         assert_eq!(first_key_range(Some("{"), "id"), None);
+    }
+
+    use arrow_array::{BooleanArray, Int64Array, StringArray};
+    use arrow_schema::{Field, Schema};
+
+    fn table_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("added", DataType::Utf8, true),
+            Field::new(COL_VERSION, DataType::Int64, false),
+            Field::new(COL_DELETED, DataType::Boolean, false),
+        ]))
+    }
+
+    /// A stored file written before `added` existed: ids 1..=5 at version 10.
+    fn stored_file() -> bytes::Bytes {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new(COL_VERSION, DataType::Int64, false),
+            Field::new(COL_DELETED, DataType::Boolean, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])),
+                Arc::new(Int64Array::from(vec![10; 5])),
+                Arc::new(BooleanArray::from(vec![false; 5])),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut w =
+            deltalake::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        bytes::Bytes::from(out)
+    }
+
+    /// Batch: 2 updated (newer), 3 older than stored (kept), 4 deleted (newer tombstone), 9 new.
+    fn batch() -> RecordBatch {
+        RecordBatch::try_new(
+            table_schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![9, 4, 3, 2])),
+                Arc::new(StringArray::from(vec![
+                    Some("new"),
+                    None,
+                    Some("old"),
+                    Some("b2"),
+                ])),
+                Arc::new(StringArray::from(vec![None, None, None, Some("x")])),
+                Arc::new(Int64Array::from(vec![40, 30, 5, 20])),
+                Arc::new(BooleanArray::from(vec![false, true, false, false])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(b: &RecordBatch) -> Vec<String> {
+        let b = sort_by_key(b, &["id".to_string()]).unwrap();
+        let id = b.column(0).as_primitive::<Int64Type>();
+        let v = b.column(1).as_string::<i32>();
+        let added = b.column(2).as_string::<i32>();
+        let ver = b.column(3).as_primitive::<Int64Type>();
+        let del = b.column(4).as_boolean();
+        (0..b.num_rows())
+            .map(|i| {
+                format!(
+                    "{} {} {} {} {}",
+                    id.value(i),
+                    if v.is_null(i) { "-" } else { v.value(i) },
+                    if added.is_null(i) {
+                        "-"
+                    } else {
+                        added.value(i)
+                    },
+                    ver.value(i),
+                    del.value(i)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stored_file_gets_the_newer_rows_only() {
+        let pk = ["id".to_string()];
+        let keys = Keys::new(&batch(), &pk).unwrap();
+        for hard in [false, true] {
+            let o = apply_to_file(stored_file(), &table_schema(), &keys, hard, false)
+                .unwrap()
+                .expect("columns conform");
+            let mut matched = o.matched.clone();
+            matched.sort();
+            assert_eq!(
+                matched,
+                vec![1, 2, 3],
+                "4, 3 and 2 are in the file; 9 is not"
+            );
+            assert_eq!(
+                o.replaced, 2,
+                "2 (newer) and 4 (newer tombstone); 3 is older"
+            );
+            assert_eq!(o.stored_rows, 5);
+            let mut want = vec!["1 a - 10 false", "2 b2 x 20 false", "3 c - 10 false"];
+            if !hard {
+                want.push("4 - - 30 true");
+            }
+            want.push("5 e - 10 false");
+            assert_eq!(rows(o.rows.as_ref().unwrap()), want, "hard = {hard}");
+        }
+    }
+
+    #[test]
+    fn an_unchanged_file_stays_unless_small() {
+        let pk = ["id".to_string()];
+        // every batch row older than the stored one
+        let older = RecordBatch::try_new(
+            table_schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![2, 3])),
+                Arc::new(StringArray::from(vec!["x", "y"])),
+                Arc::new(StringArray::from(vec![None::<&str>, None])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(BooleanArray::from(vec![false, false])),
+            ],
+        )
+        .unwrap();
+        let keys = Keys::new(&older, &pk).unwrap();
+        let o = apply_to_file(stored_file(), &table_schema(), &keys, false, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.replaced, o.rows.is_none()), (0, true));
+        let o = apply_to_file(stored_file(), &table_schema(), &keys, false, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.rows.unwrap().num_rows(), 5, "absorbed whole, unchanged");
+    }
+
+    #[test]
+    fn a_file_missing_a_non_null_column_is_left_to_the_merge() {
+        let strict = Arc::new(Schema::new(
+            table_schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let nullable = f.name() != "added" && f.is_nullable();
+                    Field::new(f.name(), f.data_type().clone(), nullable)
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let keys = Keys::new(&batch(), &["id".to_string()]).unwrap();
+        assert!(apply_to_file(stored_file(), &strict, &keys, false, false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn sorted_rows_are_not_copied() {
+        let b = batch();
+        let pk = ["id".to_string()];
+        let sorted = sort_by_key(&b, &pk).unwrap();
+        let ids = sorted
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ids, vec![2, 3, 4, 9]);
+        let again = sort_by_key(&sorted, &pk).unwrap();
+        assert!(Arc::ptr_eq(again.column(0), sorted.column(0)));
     }
 }

@@ -178,7 +178,7 @@ impl DeltaSink {
             .unwrap_or("")
             .trim_matches('/');
         let log_prefix = self.log.path(&format!("{rel}/_delta_log"));
-        let has_log = !self.log.list(&log_prefix).await?.is_empty();
+        let has_log = self.log.any_under(&log_prefix).await?;
         if !has_log {
             return deltalake::DeltaTableBuilder::from_url(url)
                 .and_then(|b| b.with_storage_options(self.options.clone()).build())
@@ -465,6 +465,9 @@ impl DeltaSink {
     }
 }
 
+/// Tables of one commit written at once (each its own Delta commit).
+const CONCURRENT_TABLES: usize = 8;
+
 /// `delta.targetFileSize` of the tables binlake creates (MERGE splits its output at this size).
 pub(crate) const MERGE_FILE_SIZE: u64 = 8 << 20;
 
@@ -567,30 +570,36 @@ fn key_range(batch: &RecordBatch, pk: &[String]) -> Option<(Expr, Expr)> {
 /// Rows per file below which a batch is not split for parallel encoding.
 const PARALLEL_FILE_ROWS: usize = 32 * 1024;
 
-/// The table's Arrow schema when `rows` has exactly its columns (names and types, in order) and
-/// the table is not partitioned; `None` otherwise (a WRITE or MERGE with schema merging handles
-/// that).
-pub(crate) fn same_schema(
+/// `rows` as the table's Arrow schema when it has exactly the table's columns (names and types,
+/// in any order: a column added with AFTER sits at the end of the Delta table) and the table is
+/// not partitioned; `None` otherwise (a WRITE or MERGE with schema merging handles that).
+pub(crate) fn as_table_rows(
     table: &DeltaTable,
     name: &str,
     rows: &RecordBatch,
-) -> Result<Option<arrow_schema::SchemaRef>, SinkError> {
+) -> Result<Option<RecordBatch>, SinkError> {
     use deltalake::writer::RecordBatchWriter;
     let probe = RecordBatchWriter::for_table(table).map_err(|e| delta_err(name, "writer", e))?;
     let schema = probe.arrow_schema();
-    let same = schema.fields().len() == rows.num_columns()
-        && schema
-            .fields()
-            .iter()
-            .zip(rows.schema().fields())
-            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
     let partitioned = !table
         .snapshot()
         .map_err(|e| delta_err(name, "snapshot", e))?
         .metadata()
         .partition_columns()
         .is_empty();
-    Ok((same && !partitioned).then_some(schema))
+    if partitioned || schema.fields().len() != rows.num_columns() {
+        return Ok(None);
+    }
+    let mut cols = Vec::with_capacity(rows.num_columns());
+    for f in schema.fields() {
+        match rows.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => cols.push(c.clone()),
+            _ => return Ok(None),
+        }
+    }
+    RecordBatch::try_new(schema, cols)
+        .map(Some)
+        .map_err(|e| SinkError::Definite(format!("{name}: {e}")))
 }
 
 /// Appends `rows` to an existing table as several files encoded at once (one per core, by
@@ -607,11 +616,9 @@ async fn parallel_append(
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::Action;
     use deltalake::protocol::DeltaOperation;
-    let Some(schema) = same_schema(table, name, &rows)? else {
+    let Some(rows) = as_table_rows(table, name, &rows)? else {
         return Ok(None);
     };
-    let rows = RecordBatch::try_new(schema, rows.columns().to_vec())
-        .map_err(|e| SinkError::Definite(format!("{name}: {e}")))?;
     let adds = encode_files(table, name, rows, unique).await?;
     let snapshot = table
         .snapshot()
@@ -713,8 +720,12 @@ impl Sink for DeltaSink {
         "delta"
     }
 
+    /// No longer: a batch's upsert (`rewrite.rs`) costs what it touches, not a fixed MERGE
+    /// plan, so batches at the size bounds cost no more per row than batches four times larger,
+    /// and holding four times the bounds while a commit runs cost most of the Delta sink's
+    /// memory in catch-up.
     fn prefers_large_commits(&self) -> bool {
-        true
+        false
     }
 
     /// Each commit is a log entry and, for updates, a MERGE that rewrites files.
@@ -781,27 +792,36 @@ impl Sink for DeltaSink {
             }
         }
         let this = &*self;
-        futures::future::try_join_all(per_table.into_iter().map(|group| async move {
-            for (n, tb) in group.into_iter().enumerate() {
-                if let (Some(g), false) = (tb.generation, tb.primary_key.is_empty()) {
-                    // a re-snapshot: into its shadow, swapped in by its last batch (ddl.rs)
-                    this.write_generation(tb, g, seq as i64 * 1024 + n as i64)
-                        .await?;
-                    continue;
+        use futures::{StreamExt, TryStreamExt};
+        // a few tables at a time: a commit of a thousand tables must not load a thousand
+        // Delta logs and encoders at once
+        let mut groups = Vec::with_capacity(per_table.len());
+        for group in per_table {
+            groups.push(Box::pin(async move {
+                for (n, tb) in group.into_iter().enumerate() {
+                    if let (Some(g), false) = (tb.generation, tb.primary_key.is_empty()) {
+                        // a re-snapshot: into its shadow, swapped in by its last batch (ddl.rs)
+                        this.write_generation(tb, g, seq as i64 * 1024 + n as i64)
+                            .await?;
+                        continue;
+                    }
+                    if tb.batch.num_rows() > 0 || tb.replace {
+                        this.apply(tb, seq as i64 * 1024 + n as i64).await?;
+                    } else {
+                        this.ensure_exists(tb).await?;
+                    }
+                    // (a keyless replace already dropped the rows below it)
+                    if let Some(below) = tb.purge_below.filter(|_| !tb.replace) {
+                        this.purge(&tb.table, below).await?;
+                    }
                 }
-                if tb.batch.num_rows() > 0 || tb.replace {
-                    this.apply(tb, seq as i64 * 1024 + n as i64).await?;
-                } else {
-                    this.ensure_exists(tb).await?;
-                }
-                // (a keyless replace already dropped the rows below it)
-                if let Some(below) = tb.purge_below.filter(|_| !tb.replace) {
-                    this.purge(&tb.table, below).await?;
-                }
-            }
-            Ok::<(), SinkError>(())
-        }))
-        .await?;
+                Ok::<(), SinkError>(())
+            }));
+        }
+        futures::stream::iter(groups)
+            .buffer_unordered(CONCURRENT_TABLES)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct FileJob {
     pub(crate) generation: Option<i64>,
 }
 
+/// Files of one commit uploaded at once.
+const PARALLEL_PUTS: usize = 16;
+
 impl ParquetSink {
     pub fn new(config: ParquetConfig) -> Result<Self, SinkError> {
         let (store, root) = config
@@ -56,7 +59,11 @@ impl ParquetSink {
     /// workers), writes them (in parallel), and stages their entries for the commit's log entry.
     pub(crate) async fn write_files(&mut self, jobs: Vec<FileJob>) -> Result<(), SinkError> {
         let (level, rg) = (self.config.zstd_level, self.config.row_group_rows);
-        let encoded = futures::future::try_join_all(jobs.into_iter().map(|j| async move {
+        use futures::{StreamExt, TryStreamExt};
+        // as many encoders as cores (a commit of a thousand tables is a thousand small files:
+        // not a thousand threads at once)
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let encoded: Vec<_> = futures::stream::iter(jobs.into_iter().map(|j| async move {
             let rows = j.batch.num_rows();
             let batch = j.batch;
             let key = j.unique;
@@ -78,6 +85,8 @@ impl ParquetSink {
                 bytes,
             ))
         }))
+        .buffered(cores)
+        .try_collect()
         .await?;
         let log = &self.log;
         let mut files = Vec::with_capacity(encoded.len());
@@ -87,7 +96,10 @@ impl ParquetSink {
             puts.push(async move { log.put(&path, bytes, PutMode::Overwrite).await });
             files.push(f);
         }
-        futures::future::try_join_all(puts).await?;
+        futures::stream::iter(puts)
+            .buffer_unordered(PARALLEL_PUTS)
+            .try_collect::<Vec<()>>()
+            .await?;
         self.staged.extend(files);
         Ok(())
     }
