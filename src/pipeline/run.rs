@@ -242,7 +242,12 @@ impl<'a> Run<'a> {
         };
         let mut to_reread = Vec::new();
         if !steps.is_empty() {
-            commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
+            // A CREATE TABLE alone changes no stored row: it is recorded in the state and goes
+            // out with the next checkpoint (a crash before it replays the CREATE), so a burst
+            // of them (a schema per tenant, a migration tool) costs no commit each.
+            if steps.iter().any(|s| !matches!(s, DdlStep::Created(_))) {
+                commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
+            }
             for step in steps {
                 match step {
                     DdlStep::Apply(table, kind) => {
