@@ -74,7 +74,7 @@ pub(crate) async fn upsert(
     let snapshot = table
         .snapshot()
         .map_err(|e| delta_err(name, "snapshot", e))?;
-    if let Some(why) = unsupported(table)? {
+    if let Some(why) = unsupported(snapshot) {
         debug!(table = %name, why, "upsert by MERGE");
         return Ok(None);
     }
@@ -83,7 +83,8 @@ pub(crate) async fn upsert(
     let sorted = sorted_first_key(&batch, &pk[0]);
     let mut candidates = Vec::new();
     for f in snapshot.log_data().iter() {
-        let hit = match (&sorted, first_key_range(f.stats().as_deref(), &pk[0])) {
+        let range = first_key_range(f.stats().as_deref(), &pk[0]);
+        let hit = match (&sorted, range) {
             (Some(keys), Some((lo, hi))) => {
                 let i = keys.partition_point(|k| *k < lo);
                 i < keys.len() && keys[i] <= hi
@@ -95,8 +96,11 @@ pub(crate) async fn upsert(
                 debug!(table = %name, "upsert by MERGE: a file has a deletion vector");
                 return Ok(None);
             }
-            let min = first_key_range(f.stats().as_deref(), &pk[0]).map(|r| r.0);
-            candidates.push((min, f.object_store_path(), f.remove_action(true)));
+            candidates.push((
+                range.map(|r| r.0),
+                f.object_store_path(),
+                f.remove_action(true),
+            ));
         }
     }
     // in key order (files without statistics first): output files cut from consecutive
@@ -288,34 +292,31 @@ impl<'a> Output<'a> {
 }
 
 /// Why the table is not one this path handles, if it is not.
-fn unsupported(table: &DeltaTable) -> Result<Option<&'static str>, SinkError> {
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| SinkError::Definite(e.to_string()))?;
+fn unsupported(snapshot: &deltalake::table::state::DeltaTableState) -> Option<&'static str> {
     if !snapshot.metadata().partition_columns().is_empty() {
-        return Ok(Some("partitioned"));
+        return Some("partitioned");
     }
     let p = snapshot.table_config();
     // (the mode's type is not re-exported by deltalake; its Debug name is the variant's)
     if p.column_mapping_mode
         .is_some_and(|m| format!("{m:?}") != "None")
     {
-        return Ok(Some("column mapping"));
+        return Some("column mapping");
     }
     if p.enable_change_data_feed == Some(true) {
-        return Ok(Some("change data feed"));
+        return Some("change data feed");
     }
     if p.enable_row_tracking == Some(true) {
-        return Ok(Some("row tracking"));
+        return Some("row tracking");
     }
     if p.append_only == Some(true) {
-        return Ok(Some("append-only"));
+        return Some("append-only");
     }
     if p.unknown_properties
         .keys()
         .any(|k| k.starts_with("delta.constraints."))
     {
-        return Ok(Some("constraints"));
+        return Some("constraints");
     }
     let protocol = snapshot.protocol();
     // writer features this path honours (it writes plain files with statistics)
@@ -331,7 +332,7 @@ fn unsupported(table: &DeltaTable) -> Result<Option<&'static str>, SinkError> {
         Some(fs) => fs.iter().all(|f| PLAIN.contains(&f.as_ref())),
         None => protocol.min_writer_version() <= 2,
     };
-    Ok((!features_ok).then_some("writer features"))
+    (!features_ok).then_some("writer features")
 }
 
 async fn fetch(
