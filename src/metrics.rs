@@ -56,6 +56,8 @@ pub struct Metrics {
     transactions: IntCounter,
     commits: IntCounter,
     commit_seconds: Counter,
+    /// What the sink asked after its last commit (`Sink::commit_pause`).
+    commit_pause: Gauge,
     reconnects: IntCounter,
     checkpoint_version: IntGauge,
     errors: IntCounterVec,
@@ -185,6 +187,11 @@ impl Metrics {
                 "Time spent in commits.",
             )
             .expect("metric"),
+            commit_pause: Gauge::new(
+                "binlake_commit_pause_seconds",
+                "How long the sink asked the next commit to wait after the last one started (Delta: the bytes its last commit rewrote over rewrite_budget; 0 when commits are cheap).",
+            )
+            .expect("metric"),
             reconnects: IntCounter::new(
                 "binlake_source_reconnects_total",
                 "Binlog stream reconnects and failovers.",
@@ -212,6 +219,7 @@ impl Metrics {
             Box::new(m.transactions.clone()),
             Box::new(m.commits.clone()),
             Box::new(m.commit_seconds.clone()),
+            Box::new(m.commit_pause.clone()),
             Box::new(m.reconnects.clone()),
             Box::new(m.checkpoint_version.clone()),
             Box::new(m.errors.clone()),
@@ -247,6 +255,11 @@ impl Metrics {
                 lag.set(((now_us - a.last_commit_us) as f64 / 1e6).max(0.0));
             }
         }
+    }
+
+    /// What the sink asked after its last commit.
+    pub fn commit_pause(&self, pause: std::time::Duration) {
+        self.commit_pause.set(pause.as_secs_f64());
     }
 
     pub fn transactions(&self, n: u64) {

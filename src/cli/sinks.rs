@@ -46,6 +46,7 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
                 Deletes::Soft => binlake_sink_delta::Deletes::Soft,
                 Deletes::Hard => binlake_sink_delta::Deletes::Hard,
             };
+            cfg.rewrite_budget = o.sink.delta.rewrite_budget;
             cfg.maintenance = o
                 .maintenance
                 .every

@@ -305,6 +305,12 @@ config_keys! {
         /// `soft` (tombstones: `_binlake_deleted = true`, the default) or `hard` (deleted rows
         /// are removed).
         deletes: String, flag Option<String>;
+        /// Delta: bytes per second of data files that commits may rewrite, e.g. `32MiB` (the
+        /// default) or `off`. Updates spread over a large table rewrite much of it per commit
+        /// (copy-on-write), and the replaced files stay until vacuum: after a commit that
+        /// rewrote more than this allows, the next one waits (stretching `max_latency`; the size
+        /// bounds still commit), so such a table is rewritten at a bounded rate.
+        rewrite_budget: Size, flag Option<String>;
         /// `replicate` runs table maintenance this often, e.g. `6h` (default: never; run
         /// `binlake maintain`). Delta and ClickHouse maintain in the background; a Parquet lake
         /// is compacted between two commits.

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{choice, key_err, ConfigError, FileConfig};
+use super::{choice, key_err, parse_size, ConfigError, FileConfig, Size};
 
 /// The sinks this build has (cargo features).
 pub const SINKS: &[&str] = &[
@@ -103,6 +103,8 @@ pub struct ParquetSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeltaSettings {
     pub deletes: Deletes,
+    /// Bytes per second commits may rewrite; `None`: no limit.
+    pub rewrite_budget: Option<u64>,
 }
 
 /// ClickHouse's own settings.
@@ -160,6 +162,14 @@ impl SinkSettings {
             parquet: ParquetSettings { zstd_level },
             delta: DeltaSettings {
                 deletes: choice("deletes", c.deletes.as_deref(), "soft")?,
+                rewrite_budget: match &c.rewrite_budget {
+                    None => Some(32 << 20),
+                    Some(Size::Text(t)) if t.trim() == "off" => None,
+                    Some(s) => match parse_size("rewrite_budget", s)? {
+                        0 => None,
+                        n => Some(n as u64),
+                    },
+                },
             },
             clickhouse: ClickHouseSettings {
                 compression: choice("compression", c.compression.as_deref(), "auto")?,
@@ -188,6 +198,15 @@ mod tests {
         let s = resolve("deletes = \"hard\"\ncompression = \"none\"\n").unwrap();
         assert_eq!(s.delta.deletes, Deletes::Hard);
         assert_eq!(s.clickhouse.compression, InsertCompression::None);
+        assert_eq!(resolve("").unwrap().delta.rewrite_budget, Some(32 << 20));
+        for (toml, want) in [
+            ("rewrite_budget = \"8MiB\"", Some(8 << 20)),
+            ("rewrite_budget = \"off\"", None),
+            ("rewrite_budget = 0", None),
+            ("rewrite_budget = 1000", Some(1000)),
+        ] {
+            assert_eq!(resolve(toml).unwrap().delta.rewrite_budget, want, "{toml}");
+        }
         for (t, s) in [
             (SinkKind::Parquet, "parquet"),
             (SinkKind::Delta, "delta"),
@@ -204,6 +223,11 @@ mod tests {
             ("deletes = \"gone\"", "deletes", "soft or hard"),
             ("compression = \"gzip\"", "compression", "auto, lz4 or none"),
             ("zstd_level = 30", "zstd_level", "1..=22"),
+            (
+                "rewrite_budget = \"fast\"",
+                "rewrite_budget",
+                "size like 64MiB",
+            ),
             ("database_prefix = \"a-b\"", "database_prefix", "letters"),
             ("sink = \"kafka\"", "sink", "parquet, delta or clickhouse"),
         ] {

@@ -44,17 +44,18 @@ pub(super) async fn open_sink(sink: &mut dyn Sink) -> Result<Option<Checkpoint>,
     }
 }
 
-/// When the loop must look again: the oldest buffered row's time bound, or a position-only
-/// commit's, at the latest in 10 s (keepalive, progress log).
-pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig) -> Instant {
+/// When the loop must look again: the oldest buffered row's time bound (no sooner than the
+/// sink's pause after the last commit), or a position-only commit's, at the latest in 10 s
+/// (keepalive, progress log).
+pub(super) fn next_deadline(st: &State, cfg: &PipelineConfig, pause: Duration) -> Instant {
     let far = Instant::now() + Duration::from_secs(10);
     let data = st
         .intake
         .oldest()
-        .map(|t| t + cfg.max_latency)
+        .map(|t| (t + cfg.max_latency).max(st.progress.last_commit + pause))
         .unwrap_or(far);
     let pos_only = if st.checkpoint_behind() {
-        st.progress.last_commit + cfg.checkpoint_interval
+        st.progress.last_commit + cfg.checkpoint_interval.max(pause)
     } else {
         far
     };
@@ -68,10 +69,13 @@ pub(super) fn drained_due(st: &State, floor: Duration, idle: bool) -> bool {
     idle && Instant::now() >= st.progress.last_commit + floor && st.intake.holds_changes()
 }
 
-/// A commit is due by time: rows waited `max_latency`, or the position moved
-/// `checkpoint_interval` ago.
-pub(super) fn time_due(st: &State, cfg: &PipelineConfig) -> bool {
+/// A commit is due by time: rows waited `max_latency` and the sink's pause since the last
+/// commit passed, or the position moved `checkpoint_interval` ago.
+pub(super) fn time_due(st: &State, cfg: &PipelineConfig, pause: Duration) -> bool {
     let now = Instant::now();
+    if now < st.progress.last_commit + pause {
+        return false;
+    }
     let data = st
         .intake
         .oldest()
@@ -224,6 +228,8 @@ pub(super) struct Committer {
     pub large: bool,
     /// The sink's floor between commits made because the source is drained.
     pub floor: Duration,
+    /// What the sink asked after its last commit (see `Sink::commit_pause`).
+    pub pause: Duration,
     sink: Option<Box<dyn Sink>>,
     inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
@@ -250,6 +256,7 @@ impl Committer {
         Committer {
             large: sink.prefers_large_commits(),
             floor: sink.min_commit_interval(),
+            pause: Duration::ZERO,
             sink: Some(sink),
             inflight: None,
         }
@@ -270,6 +277,14 @@ impl Committer {
         let (sink, r) = h
             .await
             .map_err(|e| SinkError::Definite(format!("commit task failed: {e}")))?;
+        self.pause = sink.commit_pause();
+        crate::metrics::get().commit_pause(self.pause);
+        if self.pause > Duration::from_secs(1) {
+            debug!(
+                pause_ms = self.pause.as_millis() as u64,
+                "the sink asked to space out commits (rewrite budget)"
+            );
+        }
         self.sink = Some(sink);
         Ok(Some(r?))
     }

@@ -132,7 +132,7 @@ impl<'a> Run<'a> {
                     return Ok(End::Stopped);
                 }
             }
-            let mut deadline = next_deadline(&self.st, self.cfg);
+            let mut deadline = next_deadline(&self.st, self.cfg, self.committer.pause);
             if self.idle && self.st.intake.holds_changes() {
                 // drained: commit once the floor since the last commit has passed
                 deadline = deadline.min(self.st.progress.last_commit + self.floor());
@@ -390,9 +390,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The floor between commits made because the source is drained.
+    /// The floor between commits made because the source is drained: the configured or the
+    /// sink's, stretched by what the sink asked after its last commit.
     fn floor(&self) -> Duration {
-        self.cfg.min_commit_interval.unwrap_or(self.committer.floor)
+        let base = self.cfg.min_commit_interval.unwrap_or(self.committer.floor);
+        base.max(self.committer.pause)
     }
 
     /// Between messages: metrics and progress, finished commits, commits due by time, the
@@ -410,7 +412,7 @@ impl<'a> Run<'a> {
         let floor = self.floor();
         let st = &mut self.st;
         if (drained_due(st, floor, self.idle)
-            || time_due(st, self.cfg)
+            || time_due(st, self.cfg, self.committer.pause)
             || (self.committer.large && needs_size_flush(st, self.cfg)))
             && !self.committer.busy()
         {

@@ -135,6 +135,48 @@ fn delta_small_commits_rewrite_few_files_exactly() {
     }
 }
 
+/// `rewrite_budget`: after a commit that rewrote the whole table (an UPDATE of every row), the
+/// next change waits until the rewritten bytes fit the budget (here about 15 s at 32 KiB/s)
+/// instead of `max_latency` (1 s), then arrives, and the replica equals the source.
+#[test]
+fn delta_rewrite_budget_spaces_out_commits() {
+    let dir = TestDir::new("dbudget");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql("CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v CHAR(32));");
+    m.sql("INSERT INTO s.t SELECT seq, MD5(seq) FROM s.seq_1_to_20000;");
+    let target = dir.path("lake");
+    let run = spawn_replicate(
+        &m,
+        &target,
+        "s.*",
+        &["--sink", "delta", "--rewrite-budget", "32KiB"],
+    );
+    let (ok, report) = wait_equal_reader(&m, &target, "s.t", "delta", Duration::from_secs(120));
+    assert!(ok, "inserts: {report}");
+    // rewrites every file of the table: several hundred KB
+    m.sql("UPDATE s.t SET v = MD5(CONCAT('x', id));");
+    let (ok, report) = wait_equal_reader(&m, &target, "s.t", "delta", Duration::from_secs(120));
+    assert!(ok, "update of every row: {report}");
+    m.sql("UPDATE s.t SET v = 'probe' WHERE id = 7;");
+    let start = std::time::Instant::now();
+    let path = format!("{target}/s/t");
+    while delta_q(&path, "SELECT v FROM t WHERE id = 7") != "probe" {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the change never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "visible after {waited:?}: the rewrite budget did not space out the commit"
+    );
+    assert_replica_equal(&m, &target, "s.t", &["--reader", "delta"]);
+    let out = terminate(run, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// A column added mid-stream (at the end and with AFTER) evolves the Delta schema.
 #[test]
 fn delta_add_column_mid_stream() {

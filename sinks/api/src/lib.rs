@@ -576,6 +576,15 @@ pub trait Sink: Send {
         std::time::Duration::from_millis(100)
     }
 
+    /// How long after the start of the last commit the next one should wait, unless the size
+    /// bounds force it, because that commit was expensive for the target (Delta: the bytes of
+    /// files it rewrote, over the sink's rewrite budget). It stretches both the floor and
+    /// `max_latency`: a table updated all over is then rewritten at a bounded rate instead of
+    /// once per commit. Read after each commit; zero (the default) adds nothing.
+    fn commit_pause(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Every row the target holds for `table` (readers keep the highest `_binlake_version` per
     /// key and drop tombstones), for `binlake validate`. Read-only: safe while a pipeline
     /// writes. Empty when the table is not in the target.

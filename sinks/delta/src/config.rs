@@ -14,6 +14,9 @@ pub enum Deletes {
     Hard,
 }
 
+/// `rewrite_budget`'s default: 32 MiB/s.
+pub const DEFAULT_REWRITE_BUDGET: u64 = 32 << 20;
+
 #[derive(Debug, Clone)]
 pub struct DeltaConfig {
     /// A local directory, `file:///abs/dir`, or `s3://bucket/prefix`.
@@ -22,6 +25,10 @@ pub struct DeltaConfig {
     pub deletes: Deletes,
     /// Maintenance run by the sink itself, this often, in the background (`maintain_every`).
     pub maintenance: Option<(std::time::Duration, MaintainOptions)>,
+    /// Bytes per second of data files that commits may rewrite (`rewrite_budget`); after a
+    /// commit that rewrote more, the next one waits (see `Sink::commit_pause`). `None`: no
+    /// limit.
+    pub rewrite_budget: Option<u64>,
 }
 
 impl DeltaConfig {
@@ -31,6 +38,7 @@ impl DeltaConfig {
             pipeline: pipeline.into(),
             deletes: Deletes::Soft,
             maintenance: None,
+            rewrite_budget: Some(DEFAULT_REWRITE_BUDGET),
         }
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct Upserted {
     pub rewritten: usize,
     pub inserted: usize,
     pub replaced: usize,
+    /// Bytes of the files rewritten (replaced, kept until vacuum).
+    pub replaced_bytes: u64,
 }
 
 /// Applies `batch` (one row per key, the table's exact columns) to `table` in one commit.
@@ -153,6 +155,7 @@ pub(crate) async fn upsert(
         done.replaced += o.replaced;
         if let Some(rows) = o.rows {
             done.rewritten += 1;
+            done.replaced_bytes += remove.size.unwrap_or(0).max(0) as u64;
             removes.push(Action::Remove(remove));
             out.push(rows);
         }
@@ -191,6 +194,7 @@ pub(crate) async fn upsert(
     } else {
         // nothing replaced, nothing new (every row older than the stored one): the files stay
         done.rewritten = 0;
+        done.replaced_bytes = 0;
         Vec::new()
     };
     // (no actions: every row older than the stored one; the txn still records the batch)

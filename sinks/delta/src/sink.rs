@@ -34,6 +34,8 @@ pub struct DeltaSink {
     /// The scheduled maintenance task, when one is running, and when the last one started.
     pub(crate) maintenance: Option<tokio::task::JoinHandle<()>>,
     pub(crate) last_maintenance: std::time::Instant,
+    /// Bytes of the files the commit in progress (or the last one) replaced by rewriting them.
+    pub(crate) rewritten: std::sync::atomic::AtomicU64,
 }
 
 /// The description a table gets when binlake creates it. A keyless table's says so: TRUNCATE
@@ -155,6 +157,7 @@ impl DeltaSink {
             locks: TableLocks::default(),
             maintenance: None,
             last_maintenance: std::time::Instant::now(),
+            rewritten: Default::default(),
         })
     }
 
@@ -285,7 +288,9 @@ impl DeltaSink {
             crate::rewrite::upsert(&table, &name, &batch, &tb.primary_key, hard, props.clone())
                 .await?
         {
-            debug!(table = %name, rows = batch.num_rows(), files_read = done.read, files_rewritten = done.rewritten, replaced = done.replaced, inserted = done.inserted, ms = started.elapsed().as_millis() as u64, "upserted");
+            self.rewritten
+                .fetch_add(done.replaced_bytes, std::sync::atomic::Ordering::Relaxed);
+            debug!(table = %name, rows = batch.num_rows(), files_read = done.read, files_rewritten = done.rewritten, bytes_rewritten = done.replaced_bytes, replaced = done.replaced, inserted = done.inserted, ms = started.elapsed().as_millis() as u64, "upserted");
             return Ok(());
         }
         self.merge(tb, &name, table, batch, props).await
@@ -733,6 +738,20 @@ impl Sink for DeltaSink {
         std::time::Duration::from_millis(200)
     }
 
+    /// The files the last commit rewrote, over `rewrite_budget`: updates spread over a large
+    /// table rewrite much of it per commit, and every replaced file stays until vacuum, so the
+    /// spacing bounds the bytes rewritten (and kept) per second. Upserts by MERGE (see
+    /// `rewrite.rs`) are not counted.
+    fn commit_pause(&self) -> std::time::Duration {
+        let bytes = self.rewritten.load(std::sync::atomic::Ordering::Relaxed);
+        match self.config.rewrite_budget {
+            Some(per_s) if per_s > 0 => {
+                std::time::Duration::from_secs_f64(bytes as f64 / per_s as f64)
+            }
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     async fn apply_table_ddl(
         &mut self,
         table: &binlake_sink::TableId,
@@ -782,6 +801,7 @@ impl Sink for DeltaSink {
     }
 
     async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
+        self.rewritten = Default::default();
         // Tables are independent Delta tables: commit them concurrently. Batches of one table
         // (an older shape set aside by a schema change, then the new one) go in order.
         let mut per_table: Vec<Vec<&TableBatch>> = Vec::new();
