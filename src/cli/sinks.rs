@@ -61,6 +61,21 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
             let mut cfg = binlake_sink_clickhouse::ClickHouseConfig::new(target, pipeline)?;
             cfg.database_prefix = ch.database_prefix.clone();
             cfg.tls_ca = ch.tls_ca.clone();
+            for l in &ch.layouts {
+                let filter = binlake::filter::TableFilter::parse(&[&l.tables])
+                    .map_err(|e| anyhow::anyhow!("layout: {e}"))?;
+                cfg.layouts.push(binlake_sink_clickhouse::Layout {
+                    pattern: l.tables.clone(),
+                    matches: Some(std::sync::Arc::new(move |db: &str, t: &str| {
+                        filter.matches(db, t)
+                    })),
+                    order_by: l.order_by.clone(),
+                    partition_by: l.partition_by.clone(),
+                    ttl: l.ttl.clone(),
+                    settings: l.settings.clone(),
+                    column_types: l.column_types.clone(),
+                });
+            }
             match ch.compression {
                 InsertCompression::Lz4 => cfg.compression = Compression::Lz4,
                 InsertCompression::None => cfg.compression = Compression::None,

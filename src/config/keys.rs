@@ -8,7 +8,7 @@
 //! source flags, `maintain` only the target and Delta's). A sink's own keys are its group; in the
 //! file they go in its table (`[sink.delta]`), or at the top level as before.
 
-use super::{BackfillEntry, OutboxEntry, Patterns, Size, SourceEntry, Sources};
+use super::{BackfillEntry, LayoutEntry, OutboxEntry, Patterns, Size, SourceEntry, Sources};
 
 /// What one key is, for the schema and the reference.
 #[derive(Debug, Clone)]
@@ -128,6 +128,17 @@ schema_type! {
             "deliver_max_attempts": { "type": "integer", "minimum": 1, "description": "Give an event up after this many failed attempts: it goes to _binlake_rejects and its aggregate moves on (default: retry without limit)." }
         } }
     ] } },
+    Vec<LayoutEntry> => { "type": "array", "items": {
+        "type": "object", "additionalProperties": false, "required": ["tables"],
+        "properties": {
+            "tables": { "type": "string", "description": "Table patterns this layout applies to." },
+            "order_by": { "type": "string", "description": "ClickHouse ORDER BY: every primary-key column as an element, no other column (default: the primary key)." },
+            "partition_by": { "type": "string", "description": "ClickHouse PARTITION BY, over primary-key columns only." },
+            "ttl": { "type": "string", "description": "ClickHouse TTL (rows it removes are no longer in the replica)." },
+            "settings": { "type": "string", "description": "ClickHouse table SETTINGS, e.g. `index_granularity = 4096`." },
+            "column_types": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Column -> `LowCardinality(<the type binlake writes>)`." }
+        }
+    } },
     Vec<BackfillEntry> => { "type": "array", "items": {
         "type": "object", "additionalProperties": false, "required": ["tables", "schedule"],
         "properties": {
@@ -410,5 +421,11 @@ config_keys! {
         /// Scheduled backfills: `[[backfill]]` tables with `tables`, `schedule` (cron, UTC) and
         /// an optional `where`.
         backfill: Vec<BackfillEntry>;
+        /// ClickHouse table layouts: `[[layout]]` tables with `tables` (patterns) and any of
+        /// `order_by`, `partition_by`, `ttl`, `settings` (ClickHouse SQL) and `column_types`
+        /// (`{ status = "LowCardinality(String)" }`), applied when binlake creates a matching
+        /// table (the first entry that matches). A keyed table's ORDER BY names every
+        /// primary-key column, and its ORDER BY and PARTITION BY read no other column.
+        layout: Vec<LayoutEntry>;
     }
 }

@@ -251,6 +251,20 @@ fn outbox_specs(
     Ok(out)
 }
 
+/// One `[[layout]]` entry of the config file: how binlake creates the ClickHouse tables that
+/// `tables` matches (checked by `binlake_sink_clickhouse::layout`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutEntry {
+    pub tables: String,
+    pub order_by: Option<String>,
+    pub partition_by: Option<String>,
+    pub ttl: Option<String>,
+    pub settings: Option<String>,
+    #[serde(default)]
+    pub column_types: std::collections::BTreeMap<String, String>,
+}
+
 /// One `[[backfill]]` entry of the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

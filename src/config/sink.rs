@@ -115,6 +115,8 @@ pub struct ClickHouseSettings {
     pub database_prefix: String,
     /// A CA bundle (PEM) for an https:// target.
     pub tls_ca: Option<String>,
+    /// `[[layout]]` entries, patterns checked.
+    pub layouts: Vec<super::LayoutEntry>,
 }
 
 /// The selected sink and every sink's settings (those of the other sinks are their defaults or
@@ -147,6 +149,17 @@ impl SinkSettings {
                 format!("expected 1..=22, got {zstd_level}"),
             ));
         }
+        let layouts = c.layout.clone().unwrap_or_default();
+        for l in &layouts {
+            crate::filter::TableFilter::parse(&[&l.tables])
+                .map_err(|e| key_err("layout", e.to_string()))?;
+        }
+        if !layouts.is_empty() && kind != SinkKind::ClickHouse {
+            return Err(key_err(
+                "layout",
+                format!("table layouts apply to the ClickHouse sink; the {kind} sink has none (remove `[[layout]]` or use sink = \"clickhouse\")"),
+            ));
+        }
         let database_prefix = c.database_prefix.clone().unwrap_or_default();
         if !database_prefix
             .chars()
@@ -175,6 +188,7 @@ impl SinkSettings {
                 compression: choice("compression", c.compression.as_deref(), "auto")?,
                 database_prefix,
                 tls_ca: c.clickhouse_tls_ca.clone(),
+                layouts,
             },
         })
     }
@@ -230,6 +244,16 @@ mod tests {
             ),
             ("database_prefix = \"a-b\"", "database_prefix", "letters"),
             ("sink = \"kafka\"", "sink", "parquet, delta or clickhouse"),
+            (
+                "[[layout]]\ntables = \"a.b\"\n",
+                "layout",
+                "apply to the ClickHouse sink",
+            ),
+            (
+                "sink = \"clickhouse\"\n[[layout]]\ntables = \"!\"\n",
+                "layout",
+                "table pattern",
+            ),
         ] {
             let e = resolve(toml).unwrap_err().to_string();
             assert!(e.contains(&format!("`{key}`")) && e.contains(want), "{e}");

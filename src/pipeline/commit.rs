@@ -128,10 +128,17 @@ pub(super) async fn apply_ddl(
             }
             Err(PipelineError::Sink(SinkError::Table { message, .. })) => {
                 error!(%table, error = %message, "table stopped (quarantined); the other tables go on");
+                let mut stopped = vec![table.clone()];
                 if let DdlKind::RenameTable { to } = &kind {
-                    st.tables.quarantine(to.clone(), message.clone());
+                    stopped.push(to.clone());
                 }
-                st.tables.quarantine(table.clone(), message);
+                for t in stopped {
+                    // nothing of it is read or buffered any more (a snapshot of it would
+                    // never finish)
+                    st.intake.forget(&t);
+                    st.snap.forget(&t);
+                    st.tables.quarantine(t, message.clone());
+                }
                 return Ok(());
             }
             Err(e) => return Err(e),

@@ -71,7 +71,10 @@ impl State {
                     .buffers
                     .get(t)
                     .is_some_and(|b| b.stream_max_version > *v);
-                !applied && !buffered && !self.snap.progress.contains_key(t)
+                // a table stopped meanwhile (its creation failed in the target) is not read:
+                // its rows would be skipped and the read would never end
+                let stopped = self.tables.quarantined.contains_key(t);
+                !applied && !buffered && !stopped && !self.snap.progress.contains_key(t)
             })
             .collect()
     }

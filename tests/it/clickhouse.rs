@@ -179,6 +179,77 @@ fn clickhouse_changes_and_schema_changes_mid_stream() {
     assert_eq!(log, "3\t4");
 }
 
+/// `[[layout]]`: a table created with the configured ORDER BY, PARTITION BY, SETTINGS and a
+/// LowCardinality column replicates exactly through updates, deletes and key changes that move
+/// rows between partitions; a layout whose ORDER BY reads a column an UPDATE can change stops
+/// that table only, with an error naming the key.
+#[test]
+fn clickhouse_table_layouts() {
+    let dir = TestDir::new("chlayout");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    let ch = ClickHouse::start(&dir.0.join("ch"), "layout");
+    m.sql(
+        "CREATE DATABASE lo; \
+         CREATE TABLE lo.o (id INT, tenant INT, status VARCHAR(20), note TEXT, PRIMARY KEY (id, tenant)); \
+         CREATE TABLE lo.bad (id INT PRIMARY KEY, status VARCHAR(20)); \
+         INSERT INTO lo.o SELECT seq, seq % 5, ELT(1 + seq % 3, 'new', 'paid', NULL), CONCAT('n', seq) FROM lo.seq_1_to_2000; \
+         INSERT INTO lo.bad VALUES (1, 'a'), (2, 'b');",
+    );
+    let cfg = dir.path("binlake.toml");
+    std::fs::write(
+        &cfg,
+        "[[layout]]\ntables = \"lo.o\"\norder_by = \"(tenant, id)\"\npartition_by = \"tenant % 2\"\n\
+         settings = \"index_granularity = 256\"\ncolumn_types = { status = \"LowCardinality(Nullable(String))\" }\n\
+         [[layout]]\ntables = \"lo.bad\"\norder_by = \"(status, id)\"\n",
+    )
+    .unwrap();
+    let url = m.url();
+    let mut args = replicate_args(
+        &url,
+        &ch.url,
+        "lo.*",
+        &["--exit-when-caught-up", "--config", &cfg],
+    );
+    args.extend(ch.args()[4..].iter().copied());
+    args.extend_from_slice(&["--sink", "clickhouse"]);
+    let out = binlake(&args, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("lo.bad") && err.contains("order_by") && err.contains("`status`"),
+        "the bad layout is not named:\n{err}"
+    );
+    m.sql(
+        "UPDATE lo.o SET status = 'paid', note = 'u' WHERE id % 7 = 0; \
+         DELETE FROM lo.o WHERE id % 11 = 0; \
+         UPDATE lo.o SET id = id + 10000 WHERE id % 13 = 0; \
+         UPDATE lo.o SET tenant = tenant + 1 WHERE id % 17 = 0; \
+         INSERT INTO lo.o VALUES (5000, 1, NULL, 'x'), (5001, 2, 'new', NULL);",
+    );
+    let out = binlake(&args, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (equal, report) = compare(&m, &ch.url, "lo.o", &ch.reader());
+    assert!(equal, "{report}");
+    let db = format!("{}lo", ch.prefix);
+    let keys = ch.q(&format!(
+        "SELECT sorting_key, partition_key FROM system.tables WHERE database = '{db}' AND name = 'o'"
+    ));
+    assert_eq!(keys, "tenant, id\ttenant % 2");
+    let engine = ch.q(&format!(
+        "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'o'"
+    ));
+    assert!(engine.contains("index_granularity = 256"), "{engine}");
+    let ty = ch.q(&format!(
+        "SELECT type FROM system.columns WHERE database = '{db}' AND table = 'o' AND name = 'status'"
+    ));
+    assert_eq!(ty, "LowCardinality(Nullable(String))");
+    // the stopped table was not created with the layout that would lose updates
+    let bad = ch.q(&format!(
+        "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'bad'"
+    ));
+    assert_eq!(bad, "0");
+}
+
 #[test]
 fn clickhouse_kill_9_during_stream() {
     crate::crash::crash_test_on(

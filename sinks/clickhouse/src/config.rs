@@ -28,6 +28,8 @@ pub struct ClickHouseConfig {
     /// PEM bundle of a private CA for an https URL (`clickhouse_tls_ca`); the public CAs are
     /// trusted without it.
     pub tls_ca: Option<String>,
+    /// Per-table layouts of the tables binlake creates (`[[layout]]`; see `crate::layout`).
+    pub layouts: Vec<crate::layout::Layout>,
 }
 
 impl ClickHouseConfig {
@@ -70,6 +72,7 @@ impl ClickHouseConfig {
             },
             maintenance: None,
             tls_ca: None,
+            layouts: Vec::new(),
         })
     }
 
@@ -98,6 +101,9 @@ impl ClickHouseConfig {
                 "clickhouse_tls_ca is set but the target {} is not https://",
                 self.url
             ));
+        }
+        for l in &self.layouts {
+            l.validate().map_err(SinkError::Definite)?;
         }
         Ok(())
     }

@@ -294,6 +294,14 @@ fn shadow_name(table: &str, g: i64) -> String {
     format!("{table}{SHADOW_INFIX}{g}")
 }
 
+/// The table a shadow stands in for (`name` itself when it is not a shadow).
+pub(crate) fn base_name(name: &str) -> &str {
+    match name.rsplit_once(SHADOW_INFIX) {
+        Some((base, _)) if shadow_generation(name).is_some() => base,
+        _ => name,
+    }
+}
+
 /// The generation of a shadow table's name (None: not a shadow).
 pub(crate) fn shadow_generation(name: &str) -> Option<i64> {
     let (_, g) = name.rsplit_once(SHADOW_INFIX)?;

@@ -1,6 +1,7 @@
 //! ClickHouse sink: one table per source table, database `<prefix><db>`, table `<table>`, holding
 //! the current state as `ReplacingMergeTree(_binlake_version, _binlake_deleted)` ordered by the
-//! primary key, and a view `<table>_current` that reads it `FINAL` without tombstones.
+//! primary key (or by a `[[layout]]` that keeps one row per key: `layout.rs`), and a view
+//! `<table>_current` that reads it `FINAL` without tombstones.
 //!
 //! Invariants (why kill -9 loses and doubles nothing a reader of `_current` sees):
 //! - Each commit inserts each table's batch in ONE insert (`FORMAT ArrowStream`), with the
@@ -22,10 +23,12 @@
 
 mod config;
 mod ddl;
+pub mod layout;
 mod maintain;
 mod sink;
 mod tls;
 pub mod types;
 
 pub use config::{ClickHouseConfig, Compression};
+pub use layout::Layout;
 pub use sink::{ident, lit, ClickHouseSink};

@@ -235,20 +235,25 @@ impl ClickHouseSink {
     pub(crate) async fn ensure_table(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
         let t = &tb.table;
         let name = t.to_string();
+        let layout =
+            crate::layout::find(&self.config.layouts, &t.db, crate::ddl::base_name(&t.table))
+                .cloned()
+                .unwrap_or_default();
+        let stop = |message: String| SinkError::Table {
+            table: t.clone(),
+            message,
+        };
         let want: Vec<(String, String)> = tb
             .batch
             .schema()
             .fields()
             .iter()
             .map(|f| {
-                column_type(f)
-                    .map(|ty| (f.name().clone(), ty))
-                    .map_err(|m| SinkError::Table {
-                        table: t.clone(),
-                        message: format!("column `{}`: {m}", f.name()),
-                    })
+                let ty = column_type(f).map_err(|m| stop(format!("column `{}`: {m}", f.name())))?;
+                let ty = layout.column_type(f.name(), &ty).map_err(stop)?;
+                Ok((f.name().clone(), ty))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, SinkError>>()?;
         if self.tables.get(&name) == Some(&want) {
             return Ok(());
         }
@@ -266,19 +271,16 @@ impl ClickHouseSink {
                 .map(|(n, ty)| format!("{} {ty}", ident(n)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let names: Vec<String> = want.iter().map(|(n, _)| n.clone()).collect();
+            let clauses = layout.clauses(&names, &tb.primary_key).map_err(stop)?;
             let engine = if keyed {
                 format!(
-                    "ReplacingMergeTree({}, {}) ORDER BY ({})",
+                    "ReplacingMergeTree({}, {}){clauses}",
                     ident(COL_VERSION),
                     ident(COL_DELETED),
-                    tb.primary_key
-                        .iter()
-                        .map(|k| ident(k))
-                        .collect::<Vec<_>>()
-                        .join(", ")
                 )
             } else {
-                "MergeTree ORDER BY tuple()".to_string()
+                format!("MergeTree{clauses}")
             };
             let comment = match crate::ddl::shadow_generation(&t.table) {
                 Some(g) => format!(
