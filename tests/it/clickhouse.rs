@@ -193,8 +193,21 @@ fn clickhouse_table_layouts() {
          CREATE TABLE lo.o (id INT, tenant INT, status VARCHAR(20), note TEXT, PRIMARY KEY (id, tenant)); \
          CREATE TABLE lo.bad (id INT PRIMARY KEY, status VARCHAR(20)); \
          INSERT INTO lo.o SELECT seq, seq % 5, ELT(1 + seq % 3, 'new', 'paid', NULL), CONCAT('n', seq) FROM lo.seq_1_to_2000; \
-         INSERT INTO lo.bad VALUES (1, 'a'), (2, 'b');",
+         INSERT INTO lo.bad VALUES (1, 'a'), (2, 'b'); \
+         CREATE TABLE lo.pre (id INT PRIMARY KEY, v VARCHAR(10)); \
+         CREATE TABLE lo.plain (id INT PRIMARY KEY, v VARCHAR(10)); \
+         INSERT INTO lo.pre VALUES (1, 'a'), (2, 'b'); INSERT INTO lo.plain VALUES (1, 'a'); \
+         CREATE TABLE lo.pk (id INT PRIMARY KEY, tenant INT NOT NULL, v VARCHAR(10)); \
+         INSERT INTO lo.pk VALUES (1, 1, 'a'), (2, 1, 'b');",
     );
+    // tables made before binlake runs: one that can hold the replica (binlake adds the
+    // columns it lacks), and one whose engine would keep every version of a row
+    let db = format!("{}lo", ch.prefix);
+    ch.q(&format!("CREATE DATABASE IF NOT EXISTS {db}"));
+    ch.q(&format!("CREATE TABLE {db}.pre (id Int32, _binlake_version UInt64, _binlake_deleted UInt8) ENGINE = ReplacingMergeTree(_binlake_version, _binlake_deleted) ORDER BY id"));
+    ch.q(&format!(
+        "CREATE TABLE {db}.plain (id Int32) ENGINE = MergeTree ORDER BY id"
+    ));
     let cfg = dir.path("binlake.toml");
     std::fs::write(
         &cfg,
@@ -219,18 +232,33 @@ fn clickhouse_table_layouts() {
         err.contains("lo.bad") && err.contains("order_by") && err.contains("`status`"),
         "the bad layout is not named:\n{err}"
     );
+    assert!(
+        err.contains("lo.plain") && err.contains("engine MergeTree"),
+        "the existing table that cannot hold the replica is not named:\n{err}"
+    );
+    let (equal, report) = compare(&m, &ch.url, "lo.pre", &ch.reader());
+    assert!(equal, "{report}");
     m.sql(
         "UPDATE lo.o SET status = 'paid', note = 'u' WHERE id % 7 = 0; \
          DELETE FROM lo.o WHERE id % 11 = 0; \
          UPDATE lo.o SET id = id + 10000 WHERE id % 13 = 0; \
          UPDATE lo.o SET tenant = tenant + 1 WHERE id % 17 = 0; \
-         INSERT INTO lo.o VALUES (5000, 1, NULL, 'x'), (5001, 2, 'new', NULL);",
+         INSERT INTO lo.o VALUES (5000, 1, NULL, 'x'), (5001, 2, 'new', NULL); \
+         ALTER TABLE lo.pk DROP PRIMARY KEY, ADD PRIMARY KEY (id, tenant); \
+         INSERT INTO lo.pk VALUES (1, 2, 'second');",
     );
     let out = binlake(&args, Duration::from_secs(120));
     assert!(out.status.success(), "{}", stderr(&out));
     let (equal, report) = compare(&m, &ch.url, "lo.o", &ch.reader());
     assert!(equal, "{report}");
-    let db = format!("{}lo", ch.prefix);
+    // the source's key grew: the table is created again with it (the old sorting key would
+    // keep one of the two rows of id 1)
+    let (equal, report) = compare(&m, &ch.url, "lo.pk", &ch.reader());
+    assert!(equal, "{report}");
+    let keys = ch.q(&format!(
+        "SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = 'pk'"
+    ));
+    assert_eq!(keys, "id, tenant");
     let keys = ch.q(&format!(
         "SELECT sorting_key, partition_key FROM system.tables WHERE database = '{db}' AND name = 'o'"
     ));

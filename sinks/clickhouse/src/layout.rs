@@ -12,7 +12,8 @@
 //!   every value.
 //! - Checked when binlake creates the table (or a re-snapshot's shadow of it); a layout that
 //!   breaks a rule stops that table with an error naming the key, the other tables go on. A
-//!   table that already exists keeps its layout.
+//!   table that already exists keeps its layout, and is checked by the same rules (and its
+//!   engine) the first time binlake writes to it in a run ([`check_existing`]).
 //! - The first `[[layout]]` entry whose pattern matches a table applies.
 
 use std::collections::BTreeMap;
@@ -106,15 +107,17 @@ impl Layout {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        if !pk.is_empty() {
+            check_keys(
+                self.order_by.as_deref(),
+                self.partition_by.as_deref(),
+                columns,
+                pk,
+            )
+            .map_err(|(key, m)| named(key, m))?;
+        }
         let order = match &self.order_by {
             Some(o) => {
-                if !pk.is_empty() {
-                    let elems: Vec<String> = elements(o).iter().map(|e| unquote(e)).collect();
-                    if let Some(k) = pk.iter().find(|k| !elems.contains(k)) {
-                        return Err(named("order_by", format!("`{o}` must name every primary-key column as one of its elements (`{k}` is missing): a ReplacingMergeTree keeps one row per ORDER BY key")));
-                    }
-                    reads_only_key(o, columns, pk).map_err(|c| named("order_by", format!("`{o}` reads `{c}`, which is not a primary-key column: an UPDATE of it would leave the old row visible")))?;
-                }
                 let o = o.trim();
                 if o.starts_with('(') && closes_at_end(o) {
                     o.to_string()
@@ -127,9 +130,6 @@ impl Layout {
         };
         let mut out = format!(" ORDER BY {order}");
         if let Some(p) = &self.partition_by {
-            if !pk.is_empty() {
-                reads_only_key(p, columns, pk).map_err(|c| named("partition_by", format!("`{p}` reads `{c}`, which is not a primary-key column: an UPDATE of it would move the row to another partition and leave the old one visible (a ReplacingMergeTree deduplicates within a partition)")))?;
-            }
             out.push_str(&format!(" PARTITION BY {p}"));
         }
         if let Some(t) = &self.ttl {
@@ -139,6 +139,147 @@ impl Layout {
             out.push_str(&format!(" SETTINGS {s}"));
         }
         Ok(out)
+    }
+}
+
+/// A keyed table's sorting and partition keys keep one row per source key visible under
+/// `FINAL` (see the module doc). Err: (`order_by` or `partition_by`, why).
+pub fn check_keys(
+    order_by: Option<&str>,
+    partition_by: Option<&str>,
+    columns: &[String],
+    pk: &[String],
+) -> Result<(), (&'static str, String)> {
+    if let Some(o) = order_by {
+        let elems: Vec<String> = elements(o).iter().map(|e| unquote(e)).collect();
+        if let Some(k) = pk.iter().find(|k| !elems.contains(k)) {
+            return Err(("order_by", format!("`{o}` must name every primary-key column as one of its elements (`{k}` is missing): a ReplacingMergeTree keeps one row per ORDER BY key")));
+        }
+        reads_only_key(o, columns, pk).map_err(|c| ("order_by", format!("`{o}` reads `{c}`, which is not a primary-key column: an UPDATE of it would leave the old row visible")))?;
+    }
+    if let Some(p) = partition_by.filter(|p| !p.trim().is_empty()) {
+        reads_only_key(p, columns, pk).map_err(|c| ("partition_by", format!("`{p}` reads `{c}`, which is not a primary-key column: an UPDATE of it would move the row to another partition and leave the old one visible (a ReplacingMergeTree deduplicates within a partition)")))?;
+    }
+    Ok(())
+}
+
+/// A table that exists (made by hand, another tool, or an older binlake) can hold this
+/// table's rows the way binlake writes them: for a keyed table a ReplacingMergeTree whose version
+/// is `_binlake_version`, with keys that pass [`check_keys`]; for a keyless changelog a MergeTree
+/// that merges nothing away. Err: why not.
+pub fn check_existing(
+    engine_full: &str,
+    sorting_key: &str,
+    partition_key: &str,
+    columns: &[String],
+    pk: &[String],
+) -> Result<(), Existing> {
+    let engine = engine_full
+        .split(|c: char| c == '(' || c.is_whitespace())
+        .next()
+        .unwrap_or("");
+    if pk.is_empty() {
+        let merges_away = [
+            "Replacing",
+            "Collapsing",
+            "Summing",
+            "Aggregating",
+            "Graphite",
+        ]
+        .iter()
+        .any(|k| engine.contains(k));
+        if !engine.ends_with("MergeTree") || merges_away {
+            return Err(Existing::Engine(format!("the table exists with engine {engine}; a keyless table is a changelog in which every row counts, so binlake needs a plain MergeTree")));
+        }
+        return Ok(());
+    }
+    if !engine.ends_with("ReplacingMergeTree") {
+        return Err(Existing::Engine(format!("the table exists with engine {engine}; binlake keeps one row per key in a ReplacingMergeTree(_binlake_version, _binlake_deleted)")));
+    }
+    let args = engine_full
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(a, _)| a)
+        .unwrap_or("");
+    if !identifiers(args)
+        .iter()
+        .any(|a| a == binlake_sink::COL_VERSION)
+    {
+        return Err(Existing::Engine(format!("the table exists as {engine}({args}); its version column must be {} (the highest version per key wins)", binlake_sink::COL_VERSION)));
+    }
+    check_keys(Some(sorting_key), Some(partition_key), columns, pk).map_err(|(key, m)| {
+        let what = if key == "order_by" {
+            "sorting key"
+        } else {
+            "partition key"
+        };
+        Existing::Keys(format!(
+            "the table exists with a {what} that does not fit the source's primary key: {m}"
+        ))
+    })
+}
+
+/// Why a table that exists cannot take the replica as it is.
+#[derive(Debug)]
+pub enum Existing {
+    /// Its engine would merge rows away or keep the wrong version: it is stopped.
+    Engine(String),
+    /// Its sorting or partition key does not fit the source's key (the key changed at the
+    /// source): the table is created again in the new shape and read again.
+    Keys(String),
+}
+
+impl std::fmt::Display for Existing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Existing::Engine(m) | Existing::Keys(m) => f.write_str(m),
+        }
+    }
+}
+
+impl crate::sink::ClickHouseSink {
+    /// [`check_existing`] for table `t` as the server has it. A table whose engine cannot hold
+    /// the replica is stopped (Err); `Ok(Err(why))`: binlake's engine, but its sorting or
+    /// partition key does not fit the key the source has now.
+    pub(crate) async fn check_existing_table(
+        &self,
+        t: &binlake_sink::TableId,
+        columns: &[String],
+        pk: &[String],
+    ) -> Result<Result<(), String>, binlake_sink::SinkError> {
+        use crate::sink::{classify, lit};
+        let info = self
+            .rows(&format!(
+                "SELECT engine_full, sorting_key, partition_key FROM system.tables WHERE database = {} AND name = {}",
+                lit(&self.config.database(&t.db)),
+                lit(&t.table)
+            ))
+            .await
+            .map_err(|e| classify(e, "reading the table's engine", Some(t)))?;
+        let field = |k: &str| {
+            info.first()
+                .and_then(|r| r.get(k))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        match check_existing(
+            &field("engine_full"),
+            &field("sorting_key"),
+            &field("partition_key"),
+            columns,
+            pk,
+        ) {
+            Ok(()) => Ok(Ok(())),
+            Err(Existing::Keys(m)) => Ok(Err(m)),
+            Err(Existing::Engine(m)) => Err(binlake_sink::SinkError::Table {
+                table: t.clone(),
+                message: format!(
+                    "{}: {m} (drop it, or replicate into another database_prefix)",
+                    self.table_name(t)
+                ),
+            }),
+        }
     }
 }
 
@@ -385,6 +526,38 @@ mod tests {
             Layout::default().clauses(&c, &[]).unwrap(),
             " ORDER BY tuple()"
         );
+    }
+
+    #[test]
+    fn existing_tables_must_keep_one_row_per_key() {
+        let c = cols(&["id", "tenant", "v", "_binlake_version", "_binlake_deleted"]);
+        let pk = cols(&["id", "tenant"]);
+        let ok = |e: &str, s: &str, p: &str, pk: &[String]| {
+            check_existing(e, s, p, &c, pk).map_err(|e| e.to_string())
+        };
+        let rmt = "ReplacingMergeTree(_binlake_version, _binlake_deleted) ORDER BY (id, tenant) SETTINGS index_granularity = 8192";
+        assert!(ok(rmt, "id, tenant", "", &pk).is_ok());
+        assert!(ok("ReplicatedReplacingMergeTree('/t/{shard}', '{replica}', _binlake_version) ORDER BY (tenant, id)", "tenant, id", "tenant % 4", &pk).is_ok());
+        let e = ok("MergeTree ORDER BY (id, tenant)", "id, tenant", "", &pk).unwrap_err();
+        assert!(e.contains("engine MergeTree"), "{e}");
+        let e = ok(
+            "ReplacingMergeTree ORDER BY (id, tenant)",
+            "id, tenant",
+            "",
+            &pk,
+        )
+        .unwrap_err();
+        assert!(e.contains("_binlake_version"), "{e}");
+        let e = ok(rmt, "id", "", &pk).unwrap_err();
+        assert!(
+            e.contains("sorting key") && e.contains("`tenant` is missing"),
+            "{e}"
+        );
+        let e = ok(rmt, "id, tenant", "v", &pk).unwrap_err();
+        assert!(e.contains("partition key") && e.contains("`v`"), "{e}");
+        assert!(ok("MergeTree ORDER BY tuple()", "", "", &[]).is_ok());
+        let e = ok(rmt, "id, tenant", "", &[]).unwrap_err();
+        assert!(e.contains("plain MergeTree"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl ClickHouseSink {
             config: self.config.clone(),
             client: self.client.clone(),
             tables: HashMap::new(),
+            keys: HashMap::new(),
             applied: HashMap::new(),
             last_seq: 0,
             maintenance: None,

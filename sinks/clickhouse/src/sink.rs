@@ -19,6 +19,8 @@ pub struct ClickHouseSink {
     pub(crate) client: Client,
     /// Columns (name, ClickHouse type) of the tables this process has seen, in order.
     pub(crate) tables: HashMap<String, Vec<(String, String)>>,
+    /// The primary key each table was checked against this run (see `layout::check_existing`).
+    pub(crate) keys: HashMap<String, Vec<String>>,
     /// Keyless tables: the highest `_binlake_version` they hold (read once per process).
     pub(crate) applied: HashMap<String, u64>,
     pub(crate) last_seq: u64,
@@ -117,6 +119,7 @@ impl ClickHouseSink {
             config,
             client,
             tables: HashMap::new(),
+            keys: HashMap::new(),
             applied: HashMap::new(),
             last_seq: 0,
             maintenance: None,
@@ -297,8 +300,29 @@ impl ClickHouseSink {
             .map_err(|e| classify(e, "creating the table", Some(t)))?;
             info!(table = %name, keyed, "table created in ClickHouse");
             self.replace_view(t, keyed).await?;
+            self.keys.insert(name.clone(), tb.primary_key.clone());
             self.tables.insert(name, want);
             return Ok(());
+        }
+        if self.keys.get(&name) != Some(&tb.primary_key) {
+            // the first write of this run to a table that exists, or its key changed: can it
+            // hold the replica?
+            let names: Vec<String> = want.iter().map(|(n, _)| n.clone()).collect();
+            if let Err(m) = self
+                .check_existing_table(t, &names, &tb.primary_key)
+                .await?
+            {
+                // binlake's engine, with keys that no longer fit (the source's key changed)
+                if tb.reshape || self.holds_no_rows(t).await? {
+                    info!(table = %name, reason = %m, "the table is created again with the new key");
+                    return self.recreate(tb).await;
+                }
+                return Err(SinkError::Reread {
+                    table: t.clone(),
+                    message: m,
+                });
+            }
+            self.keys.insert(name.clone(), tb.primary_key.clone());
         }
         let mut altered = false;
         let mut have = have;
@@ -437,6 +461,7 @@ impl ClickHouseSink {
             .await
             .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
         self.tables.remove(&t.to_string());
+        self.keys.remove(&t.to_string());
         Box::pin(self.ensure_table(tb)).await
     }
 
