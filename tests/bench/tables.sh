@@ -5,7 +5,8 @@
 # time per commit for both, and the ratio many/one (target >= 0.5: per-table state must not make
 # every commit touch every table). The row count of each target is checked with DuckDB (Parquet)
 # or the Python deltalake reader (Delta).
-#   TABLES=1000 ROWS=1000000 SINK=parquet bash tests/bench/tables.sh      (KEEP=1 keeps the dir)
+#   TABLES=1000 ROWS=1000000 SINK=parquet bash tests/bench/tables.sh      (KEEP=1 keeps the dir;
+#   WRAP="perf record -g -o /tmp/p.data" profiles each timed run)
 # ROWS rows are inserted in transactions of TX rows (default 100); in the many-tables run
 # transaction i writes into table i % TABLES, so every commit batch holds many tables.
 set -euo pipefail
@@ -52,7 +53,8 @@ for run in one many; do
   workload "$n" "$run" | sql "$run"
   echo "$run: $n table(s), generated in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
   s0=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$W/$run.rss" "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" \
+  # shellcheck disable=SC2086 # WRAP is a command prefix, e.g. "perf record -g -o /tmp/p.data"
+  /usr/bin/time -f "%M" -o "$W/$run.rss" ${WRAP:-} "$B" replicate --source "mysql://binlake:binlake@127.0.0.1:$P" \
     --tables "$run.*" --target "$W/$run" --sink "$SINK" --start-at earliest --exit-when-caught-up \
     2>"$W/$run.log" || { tail "$W/$run.log"; exit 1; }
   secs[$run]=$(awk -v a="$s0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}')

@@ -255,27 +255,24 @@ fn clickhouse_table_layouts() {
     // keep one of the two rows of id 1)
     let (equal, report) = compare(&m, &ch.url, "lo.pk", &ch.reader());
     assert!(equal, "{report}");
-    let keys = ch.q(&format!(
-        "SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = 'pk'"
-    ));
-    assert_eq!(keys, "id, tenant");
-    let keys = ch.q(&format!(
-        "SELECT sorting_key, partition_key FROM system.tables WHERE database = '{db}' AND name = 'o'"
-    ));
-    assert_eq!(keys, "tenant, id\ttenant % 2");
-    let engine = ch.q(&format!(
-        "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'o'"
-    ));
+    let table = |name: &str, what: &str| {
+        ch.q(&format!(
+            "SELECT {what} FROM system.tables WHERE database = '{db}' AND name = '{name}'"
+        ))
+    };
+    assert_eq!(table("pk", "sorting_key"), "id, tenant");
+    assert_eq!(
+        table("o", "sorting_key, partition_key"),
+        "tenant, id\ttenant % 2"
+    );
+    let engine = table("o", "engine_full");
     assert!(engine.contains("index_granularity = 256"), "{engine}");
     let ty = ch.q(&format!(
         "SELECT type FROM system.columns WHERE database = '{db}' AND table = 'o' AND name = 'status'"
     ));
     assert_eq!(ty, "LowCardinality(Nullable(String))");
     // the stopped table was not created with the layout that would lose updates
-    let bad = ch.q(&format!(
-        "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'bad'"
-    ));
-    assert_eq!(bad, "0");
+    assert_eq!(table("bad", "count()"), "0");
 }
 
 #[test]

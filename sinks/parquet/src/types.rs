@@ -17,6 +17,9 @@ use parquet::schema::types::ColumnPath;
 /// One Parquet file from one batch: ZSTD, one row group per `row_group_rows`, binlake as the
 /// writer, the Arrow schema embedded (so readers get the exact Arrow types back). Columns are
 /// encoded in parallel, spread over the machine's cores by size.
+/// Below this many bytes of Arrow arrays, a row group's columns are encoded on one thread.
+const SMALL_ROW_GROUP: usize = 1 << 20;
+
 pub(crate) fn encode(
     batch: &RecordBatch,
     zstd_level: i32,
@@ -75,6 +78,13 @@ pub(crate) fn encode(
             .iter()
             .map(|c| c.get_array_memory_size())
             .collect();
+        // A small row group (a commit of many tables is many small files) is encoded on this
+        // thread: spawning threads for it would cost more than the encoding.
+        let threads = if sizes.iter().sum::<usize>() < SMALL_ROW_GROUP {
+            1
+        } else {
+            threads
+        };
         // greedy: biggest columns first, each to the least loaded thread
         let mut order: Vec<usize> = (0..writers.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(sizes.get(i).copied().unwrap_or(0)));
@@ -107,33 +117,35 @@ pub(crate) fn encode(
             .collect();
         let mut chunks: Vec<Option<parquet::arrow::arrow_writer::ArrowColumnChunk>> =
             (0..slots.len()).map(|_| None).collect();
-        let results: Vec<
-            Result<Vec<(usize, parquet::arrow::arrow_writer::ArrowColumnChunk)>, SinkError>,
-        > = std::thread::scope(|sc| {
-            let handles: Vec<_> = jobs
-                .drain(..)
-                .map(|job| {
-                    sc.spawn(move || {
-                        job.into_iter()
-                            .map(|(i, mut w, l)| {
-                                w.write(&l).map_err(|e| err("encode", e))?;
-                                Ok((i, w.close().map_err(|e| err("encode", e))?))
-                            })
-                            .collect::<Result<Vec<_>, SinkError>>()
-                    })
+        type Encoded = Vec<(usize, parquet::arrow::arrow_writer::ArrowColumnChunk)>;
+        let run = |job: Vec<(usize, parquet::arrow::arrow_writer::ArrowColumnWriter, _)>| {
+            job.into_iter()
+                .map(|(i, mut w, l)| {
+                    w.write(&l).map_err(|e| err("encode", e))?;
+                    Ok((i, w.close().map_err(|e| err("encode", e))?))
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SinkError::Definite(
-                            "parquet encoder thread panicked".into(),
-                        ))
+                .collect::<Result<Encoded, SinkError>>()
+        };
+        let results: Vec<Result<Encoded, SinkError>> = if jobs.len() == 1 {
+            jobs.drain(..).map(run).collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = jobs
+                    .drain(..)
+                    .map(|job| sc.spawn(move || run(job)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(SinkError::Definite(
+                                "parquet encoder thread panicked".into(),
+                            ))
+                        })
                     })
-                })
-                .collect()
-        });
+                    .collect()
+            })
+        };
         for r in results {
             for (i, c) in r? {
                 chunks[i] = Some(c);
