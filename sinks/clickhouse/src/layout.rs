@@ -237,7 +237,42 @@ impl std::fmt::Display for Existing {
     }
 }
 
+/// The columns (name, ClickHouse type) of `tb` under `layout`, and the first type override that
+/// does not fit its column (refused when the table is first created, left out when the column's
+/// type changed at the source: it then takes binlake's type, as a schema change).
+pub(crate) fn wanted_columns(
+    tb: &binlake_sink::TableBatch,
+    layout: &Layout,
+) -> Result<(Vec<(String, String)>, Option<String>), binlake_sink::SinkError> {
+    let mut unfit = None;
+    let want = tb
+        .batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = crate::types::column_type(f).map_err(|m| binlake_sink::SinkError::Table {
+                table: tb.table.clone(),
+                message: format!("column `{}`: {m}", f.name()),
+            })?;
+            let ty = layout.column_type(f.name(), &ty).unwrap_or_else(|m| {
+                unfit.get_or_insert(m);
+                ty
+            });
+            Ok((f.name().clone(), ty))
+        })
+        .collect::<Result<_, binlake_sink::SinkError>>()?;
+    Ok((want, unfit))
+}
+
 impl crate::sink::ClickHouseSink {
+    /// The layout of table `t` (of the table a re-snapshot's shadow stands in for).
+    pub(crate) fn layout_of(&self, t: &binlake_sink::TableId) -> Layout {
+        find(&self.config.layouts, &t.db, crate::ddl::base_name(&t.table))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// [`check_existing`] for table `t` as the server has it. A table whose engine cannot hold
     /// the replica is stopped (Err); `Ok(Err(why))`: binlake's engine, but its sorting or
     /// partition key does not fit the key the source has now.

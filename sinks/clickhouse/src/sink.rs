@@ -12,6 +12,7 @@ use clickhouse::Client;
 use tracing::{debug, info};
 
 use crate::config::{ClickHouseConfig, Compression};
+use crate::layout::wanted_columns;
 use crate::types::{column_type, to_insert, widens};
 
 pub struct ClickHouseSink {
@@ -238,30 +239,24 @@ impl ClickHouseSink {
     pub(crate) async fn ensure_table(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
         let t = &tb.table;
         let name = t.to_string();
-        let layout =
-            crate::layout::find(&self.config.layouts, &t.db, crate::ddl::base_name(&t.table))
-                .cloned()
-                .unwrap_or_default();
+        let layout = self.layout_of(t);
         let stop = |message: String| SinkError::Table {
             table: t.clone(),
             message,
         };
-        let want: Vec<(String, String)> = tb
-            .batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                let ty = column_type(f).map_err(|m| stop(format!("column `{}`: {m}", f.name())))?;
-                let ty = layout.column_type(f.name(), &ty).map_err(stop)?;
-                Ok((f.name().clone(), ty))
-            })
-            .collect::<Result<_, SinkError>>()?;
+        let (want, unfit) = wanted_columns(tb, &layout)?;
         if self.tables.get(&name) == Some(&want) {
             return Ok(());
         }
         let keyed = !tb.primary_key.is_empty();
         let have = self.server_columns(t).await?;
+        if let Some(m) = unfit {
+            // a mistake in the layout when the table is first created; a schema change later
+            if have.is_empty() && !tb.reshape {
+                return Err(stop(m));
+            }
+            tracing::warn!(table = %name, reason = %m, "a column type override no longer applies");
+        }
         if have.is_empty() {
             self.exec(&format!(
                 "CREATE DATABASE IF NOT EXISTS {}",
