@@ -237,13 +237,16 @@ impl std::fmt::Display for Existing {
     }
 }
 
+/// Columns as (name, ClickHouse type), in order.
+pub(crate) type Columns = Vec<(String, String)>;
+
 /// The columns (name, ClickHouse type) of `tb` under `layout`, and the first type override that
 /// does not fit its column (refused when the table is first created, left out when the column's
 /// type changed at the source: it then takes binlake's type, as a schema change).
 pub(crate) fn wanted_columns(
     tb: &binlake_sink::TableBatch,
     layout: &Layout,
-) -> Result<(Vec<(String, String)>, Option<String>), binlake_sink::SinkError> {
+) -> Result<(Columns, Option<String>), binlake_sink::SinkError> {
     let mut unfit = None;
     let want = tb
         .batch
