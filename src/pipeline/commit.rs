@@ -237,6 +237,8 @@ pub(super) struct Committer {
     pub floor: Duration,
     /// What the sink asked after its last commit (see `Sink::commit_pause`).
     pub pause: Duration,
+    /// When a long pause was last logged.
+    pause_logged: Option<Instant>,
     sink: Option<Box<dyn Sink>>,
     inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
@@ -264,6 +266,7 @@ impl Committer {
             large: sink.prefers_large_commits(),
             floor: sink.min_commit_interval(),
             pause: Duration::ZERO,
+            pause_logged: None,
             sink: Some(sink),
             inflight: None,
         }
@@ -286,11 +289,13 @@ impl Committer {
             .map_err(|e| SinkError::Definite(format!("commit task failed: {e}")))?;
         self.pause = sink.commit_pause();
         crate::metrics::get().commit_pause(self.pause);
-        if self.pause > Duration::from_secs(1) {
-            debug!(
-                pause_ms = self.pause.as_millis() as u64,
-                "the sink asked to space out commits (rewrite budget)"
-            );
+        let quiet = self
+            .pause_logged
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        if self.pause > Duration::from_secs(1) && !quiet {
+            // (at most once a minute: it holds while a large table is updated all over)
+            info!(pause_ms = self.pause.as_millis() as u64, "commits spaced out: the last one rewrote more than the sink's rewrite budget allows (see rewrite_budget)");
+            self.pause_logged = Some(Instant::now());
         }
         self.sink = Some(sink);
         Ok(Some(r?))

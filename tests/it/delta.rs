@@ -175,6 +175,11 @@ fn delta_rewrite_budget_spaces_out_commits() {
     assert_replica_equal(&m, &target, "s.t", &["--reader", "delta"]);
     let out = terminate(run, Duration::from_secs(30));
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("commits spaced out"),
+        "the pause is not logged:\n{}",
+        stderr(&out)
+    );
 }
 
 /// A column added mid-stream (at the end and with AFTER) evolves the Delta schema.
