@@ -40,6 +40,9 @@ pub(crate) struct FileJob {
 /// Files of one commit uploaded at once.
 const PARALLEL_PUTS: usize = 16;
 
+/// Small files are encoded in groups of up to this many bytes of Arrow data (and 64 files).
+const ENCODE_GROUP_BYTES: usize = 4 << 20;
+
 impl ParquetSink {
     pub fn new(config: ParquetConfig) -> Result<Self, SinkError> {
         let (store, root) = config
@@ -63,31 +66,52 @@ impl ParquetSink {
         // as many encoders as cores (a commit of a thousand tables is a thousand small files:
         // not a thousand threads at once)
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let encoded: Vec<_> = futures::stream::iter(jobs.into_iter().map(|j| async move {
-            let rows = j.batch.num_rows();
-            let batch = j.batch;
-            let key = j.unique;
-            let bytes =
-                tokio::task::spawn_blocking(move || encode(&batch, level, rg, key.as_deref()))
-                    .await
-                    .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))??;
-            Ok::<_, SinkError>((
-                FileEntry {
-                    path: j.rel,
-                    table: j.table,
-                    rows,
-                    bytes: bytes.len(),
-                    min_version: j.min_version,
-                    max_version: j.max_version,
-                    key: j.key,
-                    generation: j.generation,
-                },
-                bytes,
-            ))
-        }))
-        .buffered(cores)
-        .try_collect()
-        .await?;
+        // Small files (a commit of many tables) are encoded a group at a time on one blocking
+        // thread: a thread hand-off per file of a few KB costs more than its encoding.
+        let mut groups: Vec<Vec<FileJob>> = Vec::new();
+        let mut group_bytes = 0;
+        for j in jobs {
+            let size = j.batch.get_array_memory_size();
+            let open = groups
+                .last()
+                .is_some_and(|g| g.len() < 64 && group_bytes + size <= ENCODE_GROUP_BYTES);
+            if !open {
+                groups.push(Vec::new());
+                group_bytes = 0;
+            }
+            group_bytes += size;
+            groups.last_mut().expect("a group").push(j);
+        }
+        let encoded: Vec<Vec<_>> =
+            futures::stream::iter(groups.into_iter().map(|group| async move {
+                tokio::task::spawn_blocking(move || {
+                    group
+                        .into_iter()
+                        .map(|j| {
+                            let bytes = encode(&j.batch, level, rg, j.unique.as_deref())?;
+                            Ok::<_, SinkError>((
+                                FileEntry {
+                                    path: j.rel,
+                                    table: j.table,
+                                    rows: j.batch.num_rows(),
+                                    bytes: bytes.len(),
+                                    min_version: j.min_version,
+                                    max_version: j.max_version,
+                                    key: j.key,
+                                    generation: j.generation,
+                                },
+                                bytes,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, SinkError>>()
+                })
+                .await
+                .map_err(|e| SinkError::Definite(format!("encoder task failed: {e}")))?
+            }))
+            .buffered(cores)
+            .try_collect()
+            .await?;
+        let encoded: Vec<_> = encoded.into_iter().flatten().collect();
         let log = &self.log;
         let mut files = Vec::with_capacity(encoded.len());
         let mut puts = Vec::with_capacity(encoded.len());

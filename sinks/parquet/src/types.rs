@@ -2,7 +2,8 @@
 //! (the Arrow schema is embedded, so readers get the exact types back: decimals, unsigned
 //! integers, microsecond UTC timestamps), and only the encodings are chosen here.
 //!
-//! Invariants: ZSTD at the configured level; one row group per `row_group_rows`; no dictionary
+//! Invariants: ZSTD at the configured level (Snappy for a file under [`SMALL_FILE`] of Arrow
+//! data); one row group per `row_group_rows`; no dictionary
 //! for a column that is distinct by construction (a one-column key) or that a sample shows to be
 //! mostly distinct; the file's `created_by` names binlake and its version.
 
@@ -14,12 +15,19 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-/// One Parquet file from one batch: ZSTD, one row group per `row_group_rows`, binlake as the
-/// writer, the Arrow schema embedded (so readers get the exact Arrow types back). Columns are
-/// encoded in parallel, spread over the machine's cores by size.
 /// Below this many bytes of Arrow arrays, a row group's columns are encoded on one thread.
 const SMALL_ROW_GROUP: usize = 1 << 20;
 
+/// Below this many bytes of Arrow arrays, a file is compressed with Snappy instead of ZSTD:
+/// parquet-rs sets up a ZSTD compressor and decompressor per column and file (measured: 12% of
+/// the CPU of a commit of 1,000 small tables, plus the allocator churn), which costs more than
+/// ZSTD saves on a few KB. Compaction rewrites such files with ZSTD.
+pub const SMALL_FILE: usize = 256 << 10;
+
+/// One Parquet file from one batch: ZSTD (Snappy for a small one, see [`SMALL_FILE`]), one row
+/// group per `row_group_rows`, binlake as the writer, the Arrow schema embedded (so readers get
+/// the exact Arrow types back). Columns are encoded in parallel, spread over the machine's cores
+/// by size.
 pub(crate) fn encode(
     batch: &RecordBatch,
     zstd_level: i32,
@@ -29,10 +37,13 @@ pub(crate) fn encode(
     let err = |what: &str, e: parquet::errors::ParquetError| {
         SinkError::Definite(format!("parquet {what}: {e}"))
     };
+    let compression = if batch.get_array_memory_size() < SMALL_FILE {
+        Compression::SNAPPY
+    } else {
+        Compression::ZSTD(ZstdLevel::try_new(zstd_level).map_err(|e| err("zstd level", e))?)
+    };
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(zstd_level).map_err(|e| err("zstd level", e))?,
-        ))
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_created_by(format!("binlake {}", env!("CARGO_PKG_VERSION")));
     // A column whose values are all distinct (a one-column primary key: batches hold one row per
