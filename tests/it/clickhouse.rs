@@ -281,6 +281,23 @@ fn clickhouse_table_layouts() {
     assert_eq!(status_type(), "LowCardinality(Nullable(String))");
     // the stopped table was not created with the layout that would lose updates
     assert_eq!(table("bad", "count()"), "0");
+    // the same key change while binlake runs (its columns unchanged)
+    m.sql(
+        "CREATE TABLE lo.pk2 (id INT PRIMARY KEY, tenant INT NOT NULL, v VARCHAR(10)); \
+         INSERT INTO lo.pk2 VALUES (1, 1, 'a'), (2, 1, 'b');",
+    );
+    let run = spawn_ch(&m, &ch, "lo.pk2", &[]);
+    let (equal, report) = ch_equal(&m, &ch, "lo.pk2", Duration::from_secs(60));
+    assert!(equal, "{report}");
+    m.sql(
+        "ALTER TABLE lo.pk2 DROP PRIMARY KEY, ADD PRIMARY KEY (id, tenant); \
+         INSERT INTO lo.pk2 VALUES (1, 2, 'second');",
+    );
+    let (equal, report) = ch_equal(&m, &ch, "lo.pk2", Duration::from_secs(60));
+    assert!(equal, "{report}");
+    assert_eq!(table("pk2", "sorting_key"), "id, tenant");
+    let out = terminate(run, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

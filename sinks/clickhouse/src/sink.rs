@@ -245,7 +245,8 @@ impl ClickHouseSink {
             message,
         };
         let (want, unfit) = wanted_columns(tb, &layout)?;
-        if self.tables.get(&name) == Some(&want) {
+        // (a primary key that changed with the columns unchanged is checked below)
+        if self.tables.get(&name) == Some(&want) && self.keys.get(&name) == Some(&tb.primary_key) {
             return Ok(());
         }
         let keyed = !tb.primary_key.is_empty();
