@@ -14,13 +14,13 @@
 
 use std::collections::HashSet;
 
-/// The sample's set: a fast hash (SipHash's DoS resistance buys nothing for a count of distinct
-/// values, and it was most of the sampling's cost on small files).
-type Seen<T> = HashSet<T, foldhash::fast::RandomState>;
-
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
+
+/// The sample's set: a fast hash (SipHash's DoS resistance buys nothing for a count of distinct
+/// values, and it was most of the sampling's cost on small files).
+type Seen<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// Values sampled per column (evenly spread over the batch: a snapshot chunk is sorted by key).
 const SAMPLE: usize = 1024;
