@@ -451,76 +451,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };
-            let mut sink = reader_sink(&fc)?;
-            let pipeline_name = fc.pipeline.as_deref().unwrap_or("default");
-            let target = fc.target.as_deref().unwrap_or_default();
-            match sink.read_checkpoint().await? {
-                None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
-                Some(cp) => {
-                    let now = binlake::clock::now_us();
-                    let lag = (now - cp.source_commit_us) as f64 / 1e6;
-                    // the lag when the checkpoint was written: source commit to applied
-                    let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
-                    println!(
-                        "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}\nlast source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
-                        cp.pipeline,
-                        cp.seq,
-                        binlake::clock::format_us(cp.committed_at_us),
-                        (now - cp.committed_at_us) as f64 / 1e6,
-                        cp.position,
-                        binlake::clock::format_us(cp.source_commit_us)
-                    );
-                    match &cp.last_error {
-                        Some((at, e)) => {
-                            println!("last error: {} {e}", binlake::clock::format_us(*at))
-                        }
-                        None => println!("last error: none"),
-                    }
-                    for (t, m) in &cp.outbox_delivered {
-                        println!(
-                            "  {t:<40} OUTBOX delivered: every event up to version {}, and {} above it",
-                            m.upto,
-                            m.acked.len()
-                        );
-                    }
-                    for (t, why) in &cp.quarantined {
-                        println!("  {t:<40} STOPPED (error): {why}");
-                        println!("  {:<40} to resume it: fix the cause, then `binlake backfill --control <replicate's control_addr> --tables '{t}'` (reads it again whole; the other tables go on)", "");
-                    }
-                    for (t, v) in &cp.tables {
-                        match cp.table_commit_us.get(t) {
-                            Some(&c) => println!(
-                                "  {t:<40} version {v}, last change committed at the source {} ({:.1} s before now)",
-                                binlake::clock::format_us(c),
-                                (now - c) as f64 / 1e6
-                            ),
-                            None => println!("  {t:<40} version {v}"),
-                        }
-                    }
-                    for (t, p) in &cp.snapshots {
-                        let ranges = p.ranges.iter().filter(|r| r.done).count();
-                        println!(
-                            "  {t:<40} SNAPSHOT {} in progress: {} of ~{} rows, {ranges}/{} ranges done",
-                            p.reason, p.rows, p.estimate, p.ranges.len()
-                        );
-                    }
-                    for (t, at) in &cp.loaded {
-                        println!(
-                            "  {t:<40} loaded (snapshot finished {})",
-                            binlake::clock::format_us(*at)
-                        );
-                    }
-                }
+            let names: Vec<String> = match &fc.pipelines {
+                Some(entries) => entries
+                    .iter()
+                    .filter_map(|e| e.get("name").and_then(|n| n.as_str()).map(String::from))
+                    .filter(|n| fc.pipeline.as_ref().is_none_or(|p| p == n))
+                    .collect(),
+                None => vec![fc.pipeline.clone().unwrap_or_else(|| "default".into())],
+            };
+            for name in names {
+                let mut one = fc.clone();
+                one.pipeline = Some(name);
+                status(&one).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replicate(c) => {
-            let settings = match resolve(c.file_config()) {
+            let mut all = match resolve(c.file_config()) {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let sink = settings_sink(&settings)?;
-            if let Some(addr) = &settings.metrics_addr {
+            if let Some(addr) = &all[0].metrics_addr {
                 match tokio::net::TcpListener::bind(addr).await {
                     Ok(l) => {
                         tokio::spawn(binlake::metrics::serve(l));
@@ -533,6 +484,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            if all.len() > 1 {
+                return replicate_all(all).await;
+            }
+            let settings = all.remove(0);
+            let sink = settings_sink(&settings)?;
             tracing::info!(source = %source::redact(&settings.source.url), sink = %settings.sink.kind, target = %source::redact(&settings.target), pipeline = %settings.pipeline.name, "binlake replicate");
             match pipeline::run(
                 settings.pipeline.clone(),
@@ -557,6 +513,137 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
+    }
+}
+
+/// `status` of one pipeline: its checkpoint, per table.
+async fn status(fc: &FileConfig) -> anyhow::Result<()> {
+    let mut sink = reader_sink(fc)?;
+    let pipeline_name = fc.pipeline.as_deref().unwrap_or("default");
+    let target = fc.target.as_deref().unwrap_or_default();
+    match sink.read_checkpoint().await? {
+        None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
+        Some(cp) => {
+            let now = binlake::clock::now_us();
+            let lag = (now - cp.source_commit_us) as f64 / 1e6;
+            // the lag when the checkpoint was written: source commit to applied
+            let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
+            println!(
+                "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}\nlast source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
+                cp.pipeline,
+                cp.seq,
+                binlake::clock::format_us(cp.committed_at_us),
+                (now - cp.committed_at_us) as f64 / 1e6,
+                cp.position,
+                binlake::clock::format_us(cp.source_commit_us)
+            );
+            match &cp.last_error {
+                Some((at, e)) => {
+                    println!("last error: {} {e}", binlake::clock::format_us(*at))
+                }
+                None => println!("last error: none"),
+            }
+            for (t, m) in &cp.outbox_delivered {
+                println!(
+                    "  {t:<40} OUTBOX delivered: every event up to version {}, and {} above it",
+                    m.upto,
+                    m.acked.len()
+                );
+            }
+            for (t, why) in &cp.quarantined {
+                println!("  {t:<40} STOPPED (error): {why}");
+                println!("  {:<40} to resume it: fix the cause, then `binlake backfill --control <replicate's control_addr> --tables '{t}'` (reads it again whole; the other tables go on)", "");
+            }
+            for (id, v) in &cp.tables {
+                // a mapped table shows where it is written
+                let t = &match cp.targets.get(id) {
+                    Some(to) => format!("{id} -> {to}"),
+                    None => id.to_string(),
+                };
+                match cp.table_commit_us.get(id) {
+                    Some(&c) => println!(
+                        "  {t:<40} version {v}, last change committed at the source {} ({:.1} s before now)",
+                        binlake::clock::format_us(c),
+                        (now - c) as f64 / 1e6
+                    ),
+                    None => println!("  {t:<40} version {v}"),
+                }
+            }
+            for (t, p) in &cp.snapshots {
+                let ranges = p.ranges.iter().filter(|r| r.done).count();
+                println!(
+                    "  {t:<40} SNAPSHOT {} in progress: {} of ~{} rows, {ranges}/{} ranges done",
+                    p.reason,
+                    p.rows,
+                    p.estimate,
+                    p.ranges.len()
+                );
+            }
+            for (t, at) in &cp.loaded {
+                println!(
+                    "  {t:<40} loaded (snapshot finished {})",
+                    binlake::clock::format_us(*at)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `replicate` of several pipelines (`[[pipelines]]`), each in its own task, until every one
+/// has ended: one that stops with an error is reported and the others go on. Exit code 1 when
+/// any failed.
+async fn replicate_all(all: Vec<Settings>) -> anyhow::Result<ExitCode> {
+    use tracing::Instrument;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for s in all {
+        let sink = settings_sink(&s)?;
+        let name = s.pipeline.name.clone();
+        tracing::info!(pipeline = %name, source = %source::redact(&s.source.url), sink = %s.sink.kind, target = %source::redact(&s.target), "binlake replicate");
+        let mut stop = stop_rx.clone();
+        let span = tracing::info_span!("pipeline", name = %name);
+        set.spawn(
+            async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                };
+                let r = pipeline::run(s.pipeline.clone(), s.source.clone(), sink, stopped).await;
+                (name, r)
+            }
+            .instrument(span),
+        );
+    }
+    let mut failed = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((name, Ok(s))) => {
+                tracing::info!(pipeline = %name, transactions = s.transactions, rows = s.rows, commits = s.commits, position = ?s.position.as_ref().map(ToString::to_string), caught_up = s.caught_up, "pipeline done")
+            }
+            Ok((name, Err(e))) => {
+                tracing::error!(pipeline = %name, error = %e, "pipeline stopped; the other pipelines go on");
+                eprintln!("error: pipeline `{name}`: {e}");
+                failed.push(name);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a pipeline task failed");
+                failed.push("?".into());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} pipeline(s) stopped with an error: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        Ok(ExitCode::from(1))
     }
 }
 
@@ -596,11 +683,14 @@ async fn check_target(fc: &FileConfig) -> anyhow::Result<ExitCode> {
 }
 
 /// The flags and config file resolved to settings, logs set up; a bad config is exit code 2.
-fn resolve(fc: Result<FileConfig, binlake::config::ConfigError>) -> Result<Settings, ExitCode> {
-    let settings = fc.and_then(|fc| Settings::resolve(&fc));
+/// With `[[pipelines]]`, one settings per pipeline (`--pipeline` selects one).
+fn resolve(
+    fc: Result<FileConfig, binlake::config::ConfigError>,
+) -> Result<Vec<Settings>, ExitCode> {
+    let settings = fc.and_then(|fc| Settings::resolve_all(&fc));
     match settings {
         Ok(s) => {
-            init_logs(s.log_json);
+            init_logs(s[0].log_json);
             Ok(s)
         }
         Err(e) => {

@@ -8,6 +8,8 @@
 //!   in the target (per table), and, for the pipeline, from the newest applied source commit to
 //!   now unless the source reported that nothing newer exists (then 0).
 //! - Recording is a few atomic updates per table and commit, never per row.
+//! - Every series carries the label `pipeline`: one process may run several pipelines
+//!   (`[[pipelines]]`), each with its own counters, lag and errors, all served at one endpoint.
 //! - The registry and the text format are the `prometheus` crate's, the HTTP server is axum.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -37,9 +39,9 @@ pub struct Applied {
     pub first_clock_us: i64,
 }
 
-/// binlake's metrics, in their own registry (what `/metrics` serves).
+/// One pipeline's metrics: every series carries the label `pipeline="<name>"`.
 pub struct Metrics {
-    registry: Registry,
+    pipeline: String,
     rows: IntCounterVec,
     table_transactions: IntCounterVec,
     bytes: IntCounterVec,
@@ -71,37 +73,54 @@ pub struct Metrics {
     caught_up: AtomicBool,
 }
 
-pub fn get() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new)
+/// The registry every pipeline of this process registers its metrics in (what `/metrics`
+/// serves), and the pipelines' metrics by name.
+struct All {
+    registry: Registry,
+    pipelines: Mutex<Vec<&'static Metrics>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+fn all() -> &'static All {
+    static A: OnceLock<All> = OnceLock::new();
+    A.get_or_init(|| All {
+        registry: Registry::new(),
+        pipelines: Mutex::new(Vec::new()),
+    })
+}
+
+/// The metrics of pipeline `name` (created, and registered with the label
+/// `pipeline="<name>"`, on first use; the same for the life of the process).
+pub fn for_pipeline(name: &str) -> &'static Metrics {
+    let a = all();
+    let mut p = a.pipelines.lock().expect("metrics");
+    if let Some(m) = p.iter().find(|m| m.pipeline == name) {
+        return m;
     }
+    let m: &'static Metrics = Box::leak(Box::new(Metrics::new(&a.registry, name)));
+    p.push(m);
+    m
 }
 
 impl Metrics {
-    fn new() -> Self {
-        let registry = Registry::new();
+    fn new(registry: &Registry, pipeline: &str) -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("pipeline", pipeline);
         let per_table = |name: &str, help: &str| {
-            let v = IntCounterVec::new(Opts::new(name, help), &["table"]).expect("metric");
+            let v = IntCounterVec::new(opts(name, help), &["table"]).expect("metric");
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
         let table_gauge = |name: &str, help: &str| {
-            let v = GaugeVec::new(Opts::new(name, help), &["table"]).expect("metric");
+            let v = GaugeVec::new(opts(name, help), &["table"]).expect("metric");
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
         let per_outbox = |name: &str, help: &str| {
-            let v = IntCounterVec::new(Opts::new(name, help), &["outbox"]).expect("metric");
+            let v = IntCounterVec::new(opts(name, help), &["outbox"]).expect("metric");
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
         let outbox_gauge = |name: &str, help: &str| {
-            let v = GaugeVec::new(Opts::new(name, help), &["outbox"]).expect("metric");
+            let v = GaugeVec::new(opts(name, help), &["outbox"]).expect("metric");
             registry.register(Box::new(v.clone())).expect("register");
             v
         };
@@ -152,6 +171,7 @@ impl Metrics {
                         "binlake_table_commit_to_visible_seconds",
                         "Source commit to durably committed in the target, of the oldest change of the table in each commit (the commit's worst case): alert on its quantiles for freshness SLOs.",
                     )
+                    .const_label("pipeline", pipeline)
                     .buckets(vec![
                         0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     ]),
@@ -170,40 +190,40 @@ impl Metrics {
                 "Estimated rows of the table's snapshot in progress.",
             ),
             snapshotting: Mutex::new(Vec::new()),
-            lag: Gauge::new(
+            lag: Gauge::with_opts(opts(
                 "binlake_lag_seconds",
                 "Now minus the newest applied source commit time (0 when the source has nothing newer).",
-            )
+            ))
             .expect("metric"),
-            transactions: IntCounter::new(
+            transactions: IntCounter::with_opts(opts(
                 "binlake_transactions_applied_total",
                 "Source transactions taken in (filtered ones included).",
-            )
+            ))
             .expect("metric"),
-            commits: IntCounter::new("binlake_commits_total", "Commits to the target.")
+            commits: IntCounter::with_opts(opts("binlake_commits_total", "Commits to the target."))
                 .expect("metric"),
-            commit_seconds: Counter::new(
+            commit_seconds: Counter::with_opts(opts(
                 "binlake_commit_seconds_total",
                 "Time spent in commits.",
-            )
+            ))
             .expect("metric"),
-            commit_pause: Gauge::new(
+            commit_pause: Gauge::with_opts(opts(
                 "binlake_commit_pause_seconds",
                 "How long the sink asked the next commit to wait after the last one started (Delta: the bytes its last commit rewrote over rewrite_budget; 0 when commits are cheap).",
-            )
+            ))
             .expect("metric"),
-            reconnects: IntCounter::new(
+            reconnects: IntCounter::with_opts(opts(
                 "binlake_source_reconnects_total",
                 "Binlog stream reconnects and failovers.",
-            )
+            ))
             .expect("metric"),
-            checkpoint_version: IntGauge::new(
+            checkpoint_version: IntGauge::with_opts(opts(
                 "binlake_checkpoint_version",
                 "_binlake_version of the last committed checkpoint.",
-            )
+            ))
             .expect("metric"),
             errors: IntCounterVec::new(
-                Opts::new(
+                opts(
                     "binlake_errors_total",
                     "Errors by class: transient ones are retried, definite ones stop the pipeline or a table.",
                 ),
@@ -212,7 +232,7 @@ impl Metrics {
             .expect("metric"),
             newest_commit_us: AtomicI64::new(0),
             caught_up: AtomicBool::new(false),
-            registry,
+            pipeline: pipeline.to_string(),
         };
         for c in [
             Box::new(m.lag.clone()) as Box<dyn prometheus::core::Collector>,
@@ -224,7 +244,7 @@ impl Metrics {
             Box::new(m.checkpoint_version.clone()),
             Box::new(m.errors.clone()),
         ] {
-            m.registry.register(c).expect("register");
+            registry.register(c).expect("register");
         }
         // both classes are shown from the start (0 until the first error)
         m.errors.with_label_values(&["transient"]);
@@ -325,8 +345,8 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format, with the pipeline's lag as of `now_us`.
-    pub fn render(&self, now_us: i64) -> String {
+    /// Sets the pipeline's lag gauge as of `now_us`.
+    fn update_lag(&self, now_us: i64) {
         let newest = self.newest_commit_us.load(Ordering::Relaxed);
         let lag = if self.caught_up.load(Ordering::Relaxed) || newest == 0 {
             0.0
@@ -334,10 +354,18 @@ impl Metrics {
             ((now_us - newest) as f64 / 1e6).max(0.0)
         };
         self.lag.set(lag);
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
     }
+}
+
+/// The text exposition format of every pipeline's metrics, with their lag as of `now_us`.
+pub fn render(now_us: i64) -> String {
+    let a = all();
+    for m in a.pipelines.lock().expect("metrics").iter() {
+        m.update_lag(now_us);
+    }
+    TextEncoder::new()
+        .encode_to_string(&a.registry.gather())
+        .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
 }
 
 /// Every response of binlake's endpoints says `Connection: close`: a scrape or a request is one
@@ -361,7 +389,7 @@ pub async fn serve(listener: TcpListener) {
             routing::get(|| async {
                 (
                     [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    get().render(crate::clock::now_us()),
+                    render(crate::clock::now_us()),
                 )
             }),
         )

@@ -9,10 +9,11 @@ use crate::{resolve, DbtArgs};
 
 /// `binlake dbt sources`: reads the source's catalogue and writes the dbt files.
 pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
-    let settings = match resolve(a.common.file_config()) {
+    let all = match resolve(a.common.file_config()) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    let settings = &all[0];
     let lake = |t: &str| -> String {
         if t.contains("://") && !t.starts_with("file://") {
             return t.trim_end_matches('/').to_string();
@@ -31,13 +32,28 @@ pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
             prefix: settings.sink.clickhouse.database_prefix.clone(),
         },
     };
-    let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
-    let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;
-    if tables.is_empty() {
+    // every pipeline's tables, under their target names (one model per target table)
+    let mut described: Vec<binlake::dbt::DbtTable> = Vec::new();
+    for s in &all {
+        let opts = source::parse_url(&s.source.url).map_err(anyhow::Error::msg)?;
+        let tables = binlake::snapshot::list_tables(&opts, &s.source.filter).await?;
+        for mut t in binlake::dbt::describe(&opts, &tables, &s.pipeline.columns).await? {
+            t.id = match s.map.target(&t.id) {
+                Ok(id) => id,
+                Err(e) => {
+                    eprintln!("error: config key `map`: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if !described.iter().any(|d| d.id == t.id) {
+                described.push(t);
+            }
+        }
+    }
+    if described.is_empty() {
         eprintln!("error: no source table matches `tables`");
         return Ok(ExitCode::from(2));
     }
-    let described = binlake::dbt::describe(&opts, &tables, &settings.pipeline.columns).await?;
     let files = binlake::dbt::render(&described, &target, settings.pipeline.max_latency);
     for p in binlake::dbt::write(&a.project_dir, &files)? {
         println!("wrote {}", p.display());

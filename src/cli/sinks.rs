@@ -16,13 +16,19 @@ pub(crate) struct SinkOpts<'a> {
 }
 
 /// The sink a resolved configuration names.
+/// The sink a resolved configuration names, writing each table to its `map` target.
 pub(crate) fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {
-    build_sink(&SinkOpts {
+    let sink = build_sink(&SinkOpts {
         target: &settings.target,
         pipeline: &settings.pipeline.name,
         sink: &settings.sink,
         maintenance: &settings.maintenance,
-    })
+    })?;
+    Ok(Box::new(binlake::mapping::MappedSink::new(
+        sink,
+        settings.map.clone(),
+        &settings.pipeline.name,
+    )))
 }
 
 pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::Sink>> {

@@ -6,14 +6,35 @@ use std::process::ExitCode;
 use anyhow::Context;
 use binlake::source;
 
+use binlake::config::Settings;
+
 use crate::cli::sinks::settings_sink;
 use crate::{resolve, ValidateArgs};
 
 pub(crate) async fn validate(v: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let settings = match resolve(v.config.load(&[&v.source, &v.tables, &v.target, &v.log])) {
+    let all = match resolve(v.config.load(&[&v.source, &v.tables, &v.target, &v.log])) {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    if all.len() > 1 && v.repair {
+        eprintln!("error: --repair with [[pipelines]]: name the pipeline to repair with --pipeline (its control_addr is the --control to give)");
+        return Ok(ExitCode::from(2));
+    }
+    let several = all.len() > 1;
+    let mut code = ExitCode::SUCCESS;
+    for settings in all {
+        if several {
+            println!("== pipeline {}", settings.pipeline.name);
+        }
+        if validate_one(&v, settings).await? != ExitCode::SUCCESS {
+            code = ExitCode::from(1);
+        }
+    }
+    Ok(code)
+}
+
+/// `validate` of one pipeline: its source's tables against their (mapped) target tables.
+async fn validate_one(v: &ValidateArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let mut sink = settings_sink(&settings)?;
     let opts = source::parse_url(&settings.source.url).map_err(anyhow::Error::msg)?;
     let tables = binlake::snapshot::list_tables(&opts, &settings.source.filter).await?;

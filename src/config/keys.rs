@@ -8,7 +8,10 @@
 //! source flags, `maintain` only the target and Delta's). A sink's own keys are its group; in the
 //! file they go in its table (`[sink.delta]`), or at the top level as before.
 
-use super::{BackfillEntry, LayoutEntry, OutboxEntry, Patterns, Size, SourceEntry, Sources};
+use super::{
+    BackfillEntry, LayoutEntry, OutboxEntry, Patterns, PipelineEntry, Size, SourceEntry, Sources,
+    TableMapKey,
+};
 
 /// What one key is, for the schema and the reference.
 #[derive(Debug, Clone)]
@@ -138,6 +141,14 @@ schema_type! {
             "settings": { "type": "string", "description": "ClickHouse table SETTINGS, e.g. `index_granularity = 4096`." },
             "column_types": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Column -> `LowCardinality(<the type binlake writes>)`." }
         }
+    } },
+    TableMapKey => { "type": "object", "additionalProperties": { "type": "string" } },
+    Vec<PipelineEntry> => { "type": "array", "items": {
+        "type": "object", "required": ["name"],
+        "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z0-9_-]+$", "description": "The pipeline's name: its checkpoint in the target, its metrics label." }
+        },
+        "description": "Any of the source keys (source, mode, tls_*, server_id, exclude_*, mask, mask_salt, start_at), tables, map, outbox, backfill and control_addr; the rest are shared."
     } },
     Vec<BackfillEntry> => { "type": "array", "items": {
         "type": "object", "additionalProperties": false, "required": ["tables", "schedule"],
@@ -427,5 +438,17 @@ config_keys! {
         /// table (the first entry that matches). A keyed table's ORDER BY names every
         /// primary-key column, and its ORDER BY and PARTITION BY read no other column.
         layout: Vec<LayoutEntry>;
+        /// Table mapping: `{ "shop.*" = "warehouse.{table}" }`. A key is a table pattern, a
+        /// value the target `db.table` (`{db}` and `{table}` are the source table's parts); an
+        /// exact pattern wins over globs, and a table matching no entry keeps its name. One
+        /// source table per target table (see `[[pipelines]]` for several sources).
+        map: TableMapKey;
+        /// Several independent pipelines in one process (fan-in): `[[pipelines]]` tables, each
+        /// with a `name` (its checkpoint, metrics label and log field) and its own `source`,
+        /// `mode`, TLS files, `server_id`, `tables`, `start_at`, `exclude_*`, `mask`, `map`,
+        /// `outbox`, `backfill` and `control_addr`; keys left out are taken from the top level,
+        /// and the target, sink and batching keys are shared. One pipeline failing does not
+        /// stop the others. `--pipeline NAME` runs (or shows) only that one.
+        pipelines: Vec<PipelineEntry>;
     }
 }

@@ -133,6 +133,7 @@ pub fn start(
     max_attempts: Option<u32>,
     progress: Progress,
     resend: Vec<Outgoing>,
+    metrics: &'static crate::metrics::Metrics,
 ) -> Result<(Deliverer, impl std::future::Future<Output = ()>), String> {
     let target = Target::parse(url)?;
     let progress = Arc::new(Mutex::new(progress));
@@ -149,6 +150,7 @@ pub fn start(
             outbox,
             target,
             max_attempts,
+            metrics,
         },
         rx,
         progress.clone(),
@@ -200,6 +202,8 @@ struct Sender {
     outbox: String,
     target: Target,
     max_attempts: Option<u32>,
+    /// The pipeline's metrics.
+    metrics: &'static crate::metrics::Metrics,
 }
 
 async fn run(
@@ -214,7 +218,7 @@ async fn run(
     let mut workers = tokio::task::JoinSet::new();
     let mut open = true;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let metrics = crate::metrics::get();
+    let metrics = s.metrics;
     loop {
         while workers.len() < IN_FLIGHT {
             let Some(agg) = ready.pop_front() else { break };
@@ -280,7 +284,7 @@ async fn send_until_acked(s: Sender, e: Outgoing) -> (Outgoing, Option<GaveUp>) 
             }
             Err(why) => {
                 attempt += 1;
-                crate::metrics::get().outbox_event(&s.outbox, None);
+                s.metrics.outbox_event(&s.outbox, None);
                 if s.max_attempts.is_some_and(|m| attempt >= m) {
                     warn!(outbox = %s.outbox, id = %e.id, aggregate = %e.aggregate, attempt, error = %why, "event given up on after deliver_max_attempts: it goes to _binlake_rejects, and its aggregate moves on");
                     let g = GaveUp {

@@ -235,6 +235,7 @@ impl Seqs {
         specs: &[OutboxSpec],
         marks: &BTreeMap<TableId, DeliveryMark>,
         tasks: &mut tokio::task::JoinSet<()>,
+        metrics: &'static crate::metrics::Metrics,
     ) -> Result<(), OutboxError> {
         for spec in specs {
             let Some(url) = &spec.deliver_url else {
@@ -249,6 +250,7 @@ impl Seqs {
                 spec.deliver_max_attempts,
                 progress,
                 resend,
+                metrics,
             )
             .map_err(|why| OutboxError::Url {
                 table: spec.table.clone(),

@@ -29,16 +29,22 @@ use super::intake::Reject;
 use super::state::State;
 use super::{PipelineConfig, PipelineError};
 use crate::clock::now_us;
+use crate::metrics::Metrics;
 
 /// Opens the sink and reads its checkpoint. At start a target that does not answer is more
 /// likely misconfigured than briefly down: a few retries, then a clear error (once running,
 /// commits retry until it is back).
-pub(super) async fn open_sink(sink: &mut dyn Sink) -> Result<Option<Checkpoint>, PipelineError> {
+pub(super) async fn open_sink(
+    sink: &mut dyn Sink,
+    metrics: &'static Metrics,
+) -> Result<Option<Checkpoint>, PipelineError> {
     let mut attempt = 0;
     loop {
         match sink.open().await {
             Ok(c) => return Ok(c),
-            Err(e) if e.is_transient() && attempt < 2 => backoff("open", &e, &mut attempt).await,
+            Err(e) if e.is_transient() && attempt < 2 => {
+                backoff(metrics, "open", &e, &mut attempt).await
+            }
             Err(e) => return Err(PipelineError::TargetUnreachable(e)),
         }
     }
@@ -119,7 +125,7 @@ pub(super) async fn apply_ddl(
                 return Ok(());
             }
             Err(PipelineError::Sink(e)) if e.is_transient() => {
-                backoff("DDL", &e, &mut attempt).await
+                backoff(committer.metrics, "DDL", &e, &mut attempt).await
             }
             Err(PipelineError::Sink(SinkError::Reread { message, .. })) => {
                 warn!(%table, reason = %message, "the table is read again (re-snapshot) in its new shape");
@@ -240,6 +246,8 @@ pub(super) struct Committer {
     /// When a long pause was last logged.
     pause_logged: Option<Instant>,
     sink: Option<Box<dyn Sink>>,
+    /// The pipeline's metrics.
+    pub metrics: &'static Metrics,
     inflight: Option<tokio::task::JoinHandle<CommitOutcome>>,
 }
 
@@ -258,11 +266,14 @@ pub(super) struct Done {
     /// Tables the target asked to read again, and the version their re-snapshot starts at
     /// (already in this commit's checkpoint).
     rereads: Vec<(TableId, u64)>,
+    /// The pipeline's metrics, which the commit updates.
+    metrics: &'static Metrics,
 }
 
 impl Committer {
-    pub fn new(sink: Box<dyn Sink>) -> Committer {
+    pub fn new(sink: Box<dyn Sink>, metrics: &'static Metrics) -> Committer {
         Committer {
+            metrics,
             large: sink.prefers_large_commits(),
             floor: sink.min_commit_interval(),
             pause: Duration::ZERO,
@@ -288,7 +299,7 @@ impl Committer {
             .await
             .map_err(|e| SinkError::Definite(format!("commit task failed: {e}")))?;
         self.pause = sink.commit_pause();
-        crate::metrics::get().commit_pause(self.pause);
+        self.metrics.commit_pause(self.pause);
         let quiet = self
             .pause_logged
             .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
@@ -314,7 +325,13 @@ impl Committer {
             .sink
             .take()
             .expect("sink present when nothing is in flight");
-        self.inflight = Some(tokio::spawn(run_commit(sink, commit, applied, version)));
+        self.inflight = Some(tokio::spawn(run_commit(
+            sink,
+            commit,
+            applied,
+            version,
+            self.metrics,
+        )));
         Ok(done)
     }
 
@@ -364,6 +381,7 @@ async fn run_commit(
     mut commit: Commit,
     applied: Vec<crate::metrics::Applied>,
     version: u64,
+    metrics: &'static Metrics,
 ) -> CommitOutcome {
     let started = Instant::now();
     let position = commit.checkpoint.position.clone();
@@ -386,16 +404,17 @@ async fn run_commit(
                     took,
                     quarantined,
                     rereads,
+                    metrics,
                 };
                 return (sink, Ok(done));
             }
-            Err(e) if e.is_transient() => backoff("commit", &e, &mut attempt).await,
+            Err(e) if e.is_transient() => backoff(metrics, "commit", &e, &mut attempt).await,
             // One table the target cannot take: stop that table, commit the others.
             Err(SinkError::Table { table, message })
                 if commit.batches.iter().any(|b| b.table == table) =>
             {
                 error!(%table, error = %message, "table stopped (quarantined); the other tables go on");
-                crate::metrics::get().error(false);
+                metrics.error(false);
                 commit.batches.retain(|b| b.table != table);
                 commit.checkpoint.tables.remove(&table);
                 commit
@@ -435,7 +454,8 @@ pub(super) fn note_done(st: &mut State, done: Option<Done>) {
         super::handoff::reread(st, &t, version);
     }
     debug!(rows = d.rows, ms = d.took.as_millis() as u64, position = %d.position, "committed");
-    crate::metrics::get().committed(&d.applied, d.took.as_micros() as u64, now_us(), d.version);
+    d.metrics
+        .committed(&d.applied, d.took.as_micros() as u64, now_us(), d.version);
     st.progress.committed = Some(d.position);
     st.progress.summary.commits += 1;
     st.outbox.release(d.version);
@@ -543,6 +563,8 @@ pub(super) async fn commit(
         last_error: st.progress.last_error.clone(),
         created: st.tables.created.clone(),
         outbox_delivered: delivered,
+        // (filled by the mapping sink, see `crate::mapping`)
+        targets: Default::default(),
     };
     let commit = Commit {
         batches,
@@ -571,9 +593,14 @@ pub(super) async fn commit_and_wait(
 
 /// Waits before retrying a transient sink error (1 s doubling to 30 s). Callers retry forever: the
 /// pipeline waits for the target to come back and loses nothing meanwhile.
-pub(super) async fn backoff(what: &str, e: &SinkError, attempt: &mut u32) {
+pub(super) async fn backoff(
+    metrics: &'static Metrics,
+    what: &str,
+    e: &SinkError,
+    attempt: &mut u32,
+) {
     *attempt += 1;
-    crate::metrics::get().error(true);
+    metrics.error(true);
     let wait = Duration::from_secs(1u64 << (*attempt).min(5).saturating_sub(1))
         .min(Duration::from_secs(30));
     warn!(error = %e, attempt = *attempt, wait_s = wait.as_secs(), "sink {what} failed; retrying");

@@ -187,7 +187,7 @@ pub(super) fn take_txn(
     txn: Transaction,
 ) -> Result<(), PipelineError> {
     st.progress.summary.transactions += 1;
-    crate::metrics::get().transactions(1);
+    cfg.metrics().transactions(1);
     for d in &txn.ddl {
         info!(ddl = %d.sql, db = %d.db, gtid = ?txn.gtid, "DDL in the stream");
     }

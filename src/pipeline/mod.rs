@@ -44,7 +44,7 @@ use std::time::Duration;
 use binlake_sink::{Sink, SinkError, TableId};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::columnar::BuildError;
 use crate::position::Position;
@@ -77,6 +77,17 @@ pub struct PipelineConfig {
     pub columns: crate::columns::ColumnRules,
     /// Outbox tables whose inserts become events (see [`crate::outbox`]).
     pub outbox: Vec<crate::outbox::OutboxSpec>,
+    /// A source that cannot be reached at the start is tried again with backoff (capped at
+    /// 30 s) until it answers, instead of stopping the run: one of several pipelines in a
+    /// process (`[[pipelines]]`) waits for its server while the others go on.
+    pub wait_for_source: bool,
+}
+
+impl PipelineConfig {
+    /// This pipeline's metrics (label `pipeline`).
+    pub fn metrics(&self) -> &'static crate::metrics::Metrics {
+        crate::metrics::for_pipeline(&self.name)
+    }
 }
 
 /// What a run does when the source no longer has the binlog its checkpoint needs
@@ -183,11 +194,24 @@ pub async fn run(
     let mut from = 0;
     let mut lost = false;
     let mut total = Summary::default();
+    let mut unreachable = 0u32;
     loop {
         match run_once(&cfg, &src, sink, from, lost, shutdown.as_mut()).await? {
             Outcome::Done(s) => {
                 total.add(s);
                 return Ok(total);
+            }
+            Outcome::Unreachable { sink: back, error } => {
+                unreachable += 1;
+                let wait =
+                    Duration::from_secs(1 << unreachable.min(5)).min(Duration::from_secs(30));
+                warn!(%error, attempt = unreachable, retry_in_s = wait.as_secs(), "the source cannot be reached; trying again (the other pipelines go on)");
+                cfg.metrics().error(true);
+                sink = back;
+                tokio::select! {
+                    _ = shutdown.as_mut() => return Ok(total),
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
             Outcome::Restart {
                 sink: back,
@@ -197,6 +221,7 @@ pub async fn run(
                 position_lost,
             } => {
                 info!(reason = %why, "restarting the pipeline");
+                unreachable = 0;
                 total.add(summary);
                 sink = back;
                 from = next;
@@ -210,6 +235,11 @@ pub async fn run(
 /// another source (failover) with the sink handed back.
 enum Outcome {
     Done(Summary),
+    /// The source could not be reached at the start (with `wait_for_source`): try again later.
+    Unreachable {
+        sink: Box<dyn Sink>,
+        error: SourceError,
+    },
     Restart {
         sink: Box<dyn Sink>,
         from: usize,
@@ -232,8 +262,8 @@ async fn run_once(
     lost: bool,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Outcome, PipelineError> {
-    let checkpoint = open_sink(sink.as_mut()).await?;
-    let started = source::start::start(
+    let checkpoint = open_sink(sink.as_mut(), cfg.metrics()).await?;
+    let started = match source::start::start(
         src,
         checkpoint.as_ref().map(|c| &c.position).filter(|_| !lost),
         from,
@@ -243,7 +273,14 @@ async fn run_once(
             &cfg.start_at
         },
     )
-    .await?;
+    .await
+    {
+        Ok(s) => s,
+        Err(error) if cfg.wait_for_source && error.is_transient() => {
+            return Ok(Outcome::Unreachable { sink, error });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let fresh = checkpoint.is_none();
     let recover = lost.then(|| started.start.version());
     if let Some(v) = recover {
@@ -259,8 +296,8 @@ async fn run_once(
     // outbox delivery: tasks that end with this run (the next one resumes from the checkpoint)
     let mut deliveries = tokio::task::JoinSet::new();
     st.outbox
-        .start_delivery(&cfg.outbox, &marks, &mut deliveries)?;
-    let mut committer = Committer::new(sink);
+        .start_delivery(&cfg.outbox, &marks, &mut deliveries, cfg.metrics())?;
+    let mut committer = Committer::new(sink, cfg.metrics());
 
     // Bounded: with large transactions, 32 in flight is already many rows of memory.
     let (tx, mut rx) = mpsc::channel::<SourceMsg>(32);
@@ -268,17 +305,13 @@ async fn run_once(
     let s = &started;
     if s.src.urls.len() > 1 && s.src.mode == SourceMode::ActiveActive {
         let stream = source::ha::active_active(s.src.clone(), s.flavor, s.start.clone(), s.via, tx);
-        src_task.spawn(stream);
+        // (in the pipeline's span: with [[pipelines]], its log lines name it)
+        src_task.spawn(stream.in_current_span());
     } else {
         let (src, opts) = (s.src.clone(), s.opts.clone());
-        src_task.spawn(source::stream::run(
-            src,
-            opts,
-            s.flavor,
-            s.start.clone(),
-            s.via,
-            tx,
-        ));
+        src_task.spawn(
+            source::stream::run(src, opts, s.flavor, s.start.clone(), s.via, tx).in_current_span(),
+        );
     }
     let snapshotter =
         handoff::start_snapshots(&mut st, cfg, s, fresh, recover, &mut committer).await?;

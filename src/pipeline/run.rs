@@ -200,8 +200,8 @@ impl<'a> Run<'a> {
             }
             SourceMsg::Reconnecting { error, attempt } => {
                 debug!(%error, attempt, "source reconnecting");
-                crate::metrics::get().reconnect();
-                crate::metrics::get().error(true);
+                self.cfg.metrics().reconnect();
+                self.cfg.metrics().error(true);
                 self.st.progress.last_error = Some((now_us(), format!("source: {error}")));
             }
         }
@@ -401,8 +401,10 @@ impl<'a> Run<'a> {
     /// sink keepalive, the progress log.
     async fn tick(&mut self) -> Result<(), PipelineError> {
         let st = &mut self.st;
-        crate::metrics::get().freshness(st.progress.last_commit_us, self.idle);
-        self.view.snapshots(st);
+        self.cfg
+            .metrics()
+            .freshness(st.progress.last_commit_us, self.idle);
+        self.view.snapshots(st, self.cfg.metrics());
         let done = self.committer.reap().await?;
         note_done(st, done);
         // A commit is due when the source is drained (group commit: a quiet source is visible
@@ -433,11 +435,11 @@ impl<'a> Run<'a> {
         match end {
             End::Failed(e) => {
                 st.progress.last_error = Some((now_us(), e.to_string()));
-                crate::metrics::get().error(false);
+                self.cfg.metrics().error(false);
             }
             End::Restart { why, .. } => {
                 st.progress.last_error = Some((now_us(), why.clone()));
-                crate::metrics::get().error(true);
+                self.cfg.metrics().error(true);
             }
             End::Stopped => {}
         }
@@ -479,14 +481,14 @@ async fn source_ended(
 impl View {
     /// Snapshot metrics (every 500 ms while snapshots run, once more after) and the progress
     /// view.
-    fn snapshots(&mut self, st: &State) {
+    fn snapshots(&mut self, st: &State, metrics: &crate::metrics::Metrics) {
         let progress = &st.snap.progress;
         if (!progress.is_empty() || self.snap_metrics)
             && self.last_snap_metrics.elapsed() >= Duration::from_millis(500)
         {
             self.last_snap_metrics = Instant::now();
             self.snap_metrics = !progress.is_empty();
-            crate::metrics::get().snapshots(
+            metrics.snapshots(
                 &progress
                     .iter()
                     .map(|(t, p)| (t.to_string(), p.rows, p.estimate.max(p.rows)))

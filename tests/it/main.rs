@@ -8,6 +8,7 @@ mod crash;
 mod dbt;
 #[cfg(feature = "delta")]
 mod delta;
+mod fanin;
 mod filters;
 mod fixtures;
 mod ha;

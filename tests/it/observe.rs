@@ -118,30 +118,38 @@ fn trickle_latency_watermarks_metrics_and_status() {
 
     // metrics
     let text = scrape(&addr);
-    let rows = metric(&text, "binlake_rows_applied_total{table=\"shop.t\"}").unwrap_or(0.0);
+    let rows = metric(
+        &text,
+        "binlake_rows_applied_total{pipeline=\"default\",table=\"shop.t\"}",
+    )
+    .unwrap_or(0.0);
     assert_eq!(rows, 5.0, "2 snapshot rows + 3 inserts:\n{text}");
     let txns = metric(
         &text,
-        "binlake_table_transactions_applied_total{table=\"shop.t\"}",
+        "binlake_table_transactions_applied_total{pipeline=\"default\",table=\"shop.t\"}",
     );
     assert_eq!(txns, Some(3.0), "{text}");
     // freshness histogram: one observation per commit holding changes of the table (the
     // three inserts, committed apart; snapshot rows are not changes)
     let observed = metric(
         &text,
-        "binlake_table_commit_to_visible_seconds_count{table=\"shop.t\"}",
+        "binlake_table_commit_to_visible_seconds_count{pipeline=\"default\",table=\"shop.t\"}",
     );
     assert_eq!(observed, Some(3.0), "{text}");
-    let lag = metric(&text, "binlake_table_lag_seconds{table=\"shop.t\"}").unwrap();
+    let lag = metric(
+        &text,
+        "binlake_table_lag_seconds{pipeline=\"default\",table=\"shop.t\"}",
+    )
+    .unwrap();
     // MariaDB's binlog stamps commits in whole seconds: up to 1 s more than the real latency
     assert!((0.0..3.0).contains(&lag), "{text}");
     assert_eq!(
-        metric(&text, "binlake_lag_seconds"),
+        metric(&text, "binlake_lag_seconds{pipeline=\"default\"}"),
         Some(0.0),
         "idle: {text}"
     );
     assert!(
-        text.contains("binlake_errors_total{class=\"transient\"} 0"),
+        text.contains("binlake_errors_total{class=\"transient\",pipeline=\"default\"} 0"),
         "{text}"
     );
 
@@ -153,7 +161,13 @@ fn trickle_latency_watermarks_metrics_and_status() {
     let start = Instant::now();
     loop {
         let text = scrape(&addr);
-        if metric(&text, "binlake_source_reconnects_total").unwrap_or(0.0) >= 1.0 {
+        if metric(
+            &text,
+            "binlake_source_reconnects_total{pipeline=\"default\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+        {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{text}");

@@ -3,7 +3,7 @@
 binlake: PyMySQL for the source, pyarrow (or DuckDB running the README's current-state query) for
 the Parquet lake.
 
-usage: compare.py --port P --target DIR|URL --table db.t [--reader pyarrow|duckdb|delta|clickhouse]
+usage: compare.py --port P --target DIR|URL --table db.t [--target-table db.t] [--reader pyarrow|duckdb|delta|clickhouse]
                   [--database-prefix P] [--invalid-as-null]
 Exit 0 when equal; 1 with the first differences printed otherwise.
 """
@@ -176,9 +176,12 @@ def main():
     ap.add_argument("--database-prefix", default="")
     ap.add_argument("--ca-file", help="CA bundle for an https ClickHouse")
     ap.add_argument("--invalid-as-null", action="store_true")
+    ap.add_argument("--target-table", help="the replica's db.table when `map` renames it (default: --table)")
     a = ap.parse_args()
     db, table = split_table(a.table)
     pk, types, src = source_rows(a.port, db, table)
+    if a.target_table:
+        db, table = split_table(a.target_table)
     if not pk:
         print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)
         return 2

@@ -327,6 +327,10 @@ pub struct Checkpoint {
     /// Outbox delivery progress per event table: what a restart need not send again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outbox_delivered: BTreeMap<TableId, DeliveryMark>,
+    /// The target table of each source table that `map` writes under another name (a restart
+    /// whose `map` sends one elsewhere is refused: the new table would miss its rows).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<TableId, TableId>,
 }
 
 /// How far an outbox's events are delivered: every event at or below `upto` (a binlake

@@ -1,0 +1,430 @@
+//! Table mapping (`map`): the target table each source table is written to.
+//!
+//! `map = { "shop.*" = "warehouse.{table}", "crm.accounts" = "crm_eu.accounts" }`: a key is a
+//! table pattern (the syntax of `tables`), a value the target `db.table`, where `{db}` and
+//! `{table}` stand for the source table's parts. A table no entry matches keeps its name.
+//!
+//! Invariants:
+//! - **One-to-one.** One pipeline's checkpoint, Delta transaction ids, re-snapshots and
+//!   TRUNCATEs are per target table, so two source tables written to one target table would
+//!   overwrite each other's progress and rows. Within a process (every pipeline of
+//!   `[[pipelines]]`), the first source table to reach a target table owns it; another one
+//!   mapped there is stopped with an error naming both, and the others go on.
+//! - **Stable.** The checkpoint records where each mapped table was written
+//!   ([`binlake_sink::Checkpoint::targets`]). A restart whose `map` sends a table elsewhere stops
+//!   with an error naming it: the new target table would silently miss every row replicated
+//!   before.
+//! - **Invisible to the pipeline.** [`MappedSink`] renames between the pipeline and the sink:
+//!   the pipeline, its checkpoint and `_binlake_watermarks` / `_binlake_rejects` keep source
+//!   names; the sink sees only target names, and errors it raises about a target table come
+//!   back under the source table's name.
+//! - An exact pattern (no `*` or `?`) wins over globs; a table two globs send to different
+//!   targets is an error naming both entries, rather than a choice by entry order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+
+use arrow_array::RecordBatch;
+use binlake_sink::{Checkpoint, DdlKind, MetaTable, Sink, SinkError, TableBatch, TableId};
+
+use crate::filter::TableFilter;
+
+/// A `map` entry that cannot work, naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` = `{value}`: {reason}")]
+pub struct MapError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    key: String,
+    value: String,
+    filter: TableFilter,
+    exact: bool,
+    db: String,
+    table: String,
+}
+
+/// The `map` setting, checked.
+#[derive(Debug, Clone, Default)]
+pub struct TableMap {
+    rules: Vec<Rule>,
+}
+
+/// Replaces `{db}` and `{table}` in one part of a target template.
+fn fill(part: &str, src: &TableId) -> String {
+    part.replace("{db}", &src.db).replace("{table}", &src.table)
+}
+
+impl TableMap {
+    pub fn parse(entries: &BTreeMap<String, String>) -> Result<TableMap, MapError> {
+        let mut rules = Vec::new();
+        for (key, value) in entries {
+            let err = |reason: &str| MapError {
+                key: key.clone(),
+                value: value.clone(),
+                reason: reason.to_string(),
+            };
+            if key.trim_start().starts_with('!') || key.contains(',') {
+                return Err(err(
+                    "the key is one table pattern (no `!`, no list); exclude tables with `tables`",
+                ));
+            }
+            let filter = TableFilter::parse(&[key.as_str()]).map_err(|e| err(&e.to_string()))?;
+            let (db, rest) = binlake_sink::split_name_part(value.trim())
+                .map_err(|e| err(&format!("expected the target `db.table`: {e}")))?;
+            let (table, tail) = binlake_sink::split_name_part(rest)
+                .map_err(|e| err(&format!("expected the target `db.table`: {e}")))?;
+            if db.is_empty() || table.is_empty() || !tail.is_empty() {
+                return Err(err(
+                    "expected the target `db.table` ({db} and {table} stand for the source's)",
+                ));
+            }
+            for part in [&db, &table] {
+                let stripped = part.replace("{db}", "").replace("{table}", "");
+                if stripped.contains(['{', '}', '*', '?']) {
+                    return Err(err(
+                        "the target takes no wildcards; {db} and {table} are its only placeholders",
+                    ));
+                }
+            }
+            rules.push(Rule {
+                key: key.clone(),
+                value: value.clone(),
+                filter,
+                exact: !key.contains(['*', '?']),
+                db,
+                table,
+            });
+        }
+        Ok(TableMap { rules })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The target of `src` (itself when no entry matches).
+    pub fn target(&self, src: &TableId) -> Result<TableId, MapError> {
+        let hits: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.filter.matches(&src.db, &src.table))
+            .collect();
+        let exact: Vec<&&Rule> = hits.iter().filter(|r| r.exact).collect();
+        let pick: Vec<&Rule> = if exact.is_empty() {
+            hits
+        } else {
+            exact.into_iter().copied().collect()
+        };
+        let mut out: Option<(TableId, &Rule)> = None;
+        for r in pick {
+            let t = TableId::new(fill(&r.db, src), fill(&r.table, src));
+            match &out {
+                Some((o, first)) if *o != t => {
+                    return Err(MapError {
+                        key: r.key.clone(),
+                        value: r.value.clone(),
+                        reason: format!(
+                            "{src} matches both this entry and `{}` = `{}`, which send it to different tables ({t} and {o}); make one of them exact or narrower",
+                            first.key, first.value
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => out = Some((t, r)),
+            }
+        }
+        Ok(out.map(|(t, _)| t).unwrap_or_else(|| src.clone()))
+    }
+}
+
+/// Which pipeline and source table writes each target table, in this process.
+fn owners() -> &'static Mutex<HashMap<TableId, (String, TableId)>> {
+    static O: OnceLock<Mutex<HashMap<TableId, (String, TableId)>>> = OnceLock::new();
+    O.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A sink that writes each source table to its mapped target table (see the module doc).
+pub struct MappedSink {
+    inner: Box<dyn Sink>,
+    map: TableMap,
+    pipeline: String,
+    /// Source -> target, of the tables seen (owned in [`owners`]).
+    to: HashMap<TableId, TableId>,
+    /// Target -> source, to name errors by the source table.
+    from: HashMap<TableId, TableId>,
+}
+
+impl MappedSink {
+    pub fn new(inner: Box<dyn Sink>, map: TableMap, pipeline: &str) -> MappedSink {
+        MappedSink {
+            inner,
+            map,
+            pipeline: pipeline.to_string(),
+            to: HashMap::new(),
+            from: HashMap::new(),
+        }
+    }
+
+    /// The target of `src`, owned by this pipeline's `src` in this process.
+    fn target(&mut self, src: &TableId) -> Result<TableId, SinkError> {
+        if let Some(t) = self.to.get(src) {
+            return Ok(t.clone());
+        }
+        let t = self.map.target(src).map_err(|e| SinkError::Table {
+            table: src.clone(),
+            message: format!("map: {e}"),
+        })?;
+        let me = (self.pipeline.clone(), src.clone());
+        {
+            let mut owners = owners().lock().expect("owners");
+            let owner = owners.entry(t.clone()).or_insert_with(|| me.clone());
+            if *owner != me {
+                return Err(SinkError::Table {
+                    table: src.clone(),
+                    message: format!(
+                        "map: {src} (pipeline `{}`) and {} (pipeline `{}`) would both be written to {t}; a target table holds one source table (its checkpoint, re-snapshots and TRUNCATE are per table). Map them to different tables",
+                        self.pipeline, owner.1, owner.0
+                    ),
+                });
+            }
+        }
+        self.to.insert(src.clone(), t.clone());
+        self.from.insert(t.clone(), src.clone());
+        Ok(t)
+    }
+
+    /// Gives up `src`'s target (renamed away at the source).
+    fn release(&mut self, src: &TableId) {
+        if let Some(t) = self.to.remove(src) {
+            self.from.remove(&t);
+            let mut owners = owners().lock().expect("owners");
+            if owners
+                .get(&t)
+                .is_some_and(|o| o.0 == self.pipeline && o.1 == *src)
+            {
+                owners.remove(&t);
+            }
+        }
+    }
+
+    /// An error about a target table, named by its source table.
+    fn back(&self, e: SinkError) -> SinkError {
+        let src = |t: TableId| self.from.get(&t).cloned().unwrap_or(t);
+        match e {
+            SinkError::Table { table, message } => SinkError::Table {
+                table: src(table),
+                message,
+            },
+            SinkError::Reread { table, message } => SinkError::Reread {
+                table: src(table),
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// Every table the checkpoint knows, with where it is written now (mapped ones only).
+    fn targets_of(&mut self, cp: &Checkpoint) -> BTreeMap<TableId, TableId> {
+        let mut out = BTreeMap::new();
+        for t in cp.tables.keys().chain(cp.snapshots.keys()) {
+            if let Ok(to) = self.map.target(t) {
+                if to != *t {
+                    out.insert(t.clone(), to);
+                }
+            }
+        }
+        out
+    }
+
+    /// A checkpoint whose `map` sends a table somewhere else than where it was written.
+    fn check_stable(&mut self, cp: &Checkpoint) -> Result<(), SinkError> {
+        let now = self.targets_of(cp);
+        for t in cp.tables.keys() {
+            let was = cp.targets.get(t).unwrap_or(t);
+            let is = now.get(t).unwrap_or(t);
+            if was != is {
+                return Err(SinkError::Definite(format!(
+                    "map: pipeline `{}` wrote {t} to {was}, and `map` now sends it to {is}, which would miss every row replicated so far. Put the old mapping back, or replicate under a new pipeline name (it reads every table again into its new target)",
+                    self.pipeline
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for MappedSink {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn open(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        let cp = self.inner.open().await?;
+        if let Some(cp) = &cp {
+            self.check_stable(cp)?;
+        }
+        Ok(cp)
+    }
+
+    async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
+        self.inner.read_checkpoint().await
+    }
+
+    async fn begin_commit(&mut self) -> Result<u64, SinkError> {
+        self.inner.begin_commit().await
+    }
+
+    async fn write_tables(&mut self, seq: u64, batches: &[TableBatch]) -> Result<(), SinkError> {
+        let mut mapped = Vec::with_capacity(batches.len());
+        for b in batches {
+            let mut b = b.clone();
+            b.table = self.target(&b.table)?;
+            mapped.push(b);
+        }
+        let r = self.inner.write_tables(seq, &mapped).await;
+        r.map_err(|e| self.back(e))
+    }
+
+    async fn write_meta(
+        &mut self,
+        seq: u64,
+        table: MetaTable,
+        rows: &RecordBatch,
+    ) -> Result<(), SinkError> {
+        self.inner.write_meta(seq, table, rows).await
+    }
+
+    async fn write_checkpoint(&mut self, seq: u64, cp: &Checkpoint) -> Result<(), SinkError> {
+        let mut cp = cp.clone();
+        cp.targets = self.targets_of(&cp);
+        self.inner.write_checkpoint(seq, &cp).await
+    }
+
+    fn after_commit(&mut self, cp: &Checkpoint) {
+        let mut mapped = cp.clone();
+        mapped.tables = cp
+            .tables
+            .iter()
+            .map(|(t, v)| (self.to.get(t).cloned().unwrap_or_else(|| t.clone()), *v))
+            .collect();
+        self.inner.after_commit(&mapped);
+    }
+
+    async fn apply_table_ddl(
+        &mut self,
+        table: &TableId,
+        kind: DdlKind,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        let target = self.target(table)?;
+        let kind = match kind {
+            DdlKind::RenameTable { to } => {
+                let to_target = self.target(&to)?;
+                let r = self
+                    .inner
+                    .apply_table_ddl(&target, DdlKind::RenameTable { to: to_target }, version)
+                    .await;
+                if r.is_ok() {
+                    self.release(table);
+                }
+                return r.map_err(|e| self.back(e));
+            }
+            other => other,
+        };
+        let r = self.inner.apply_table_ddl(&target, kind, version).await;
+        r.map_err(|e| self.back(e))
+    }
+
+    fn date_range_days(&self) -> Option<(i32, i32)> {
+        self.inner.date_range_days()
+    }
+
+    fn prefers_large_commits(&self) -> bool {
+        self.inner.prefers_large_commits()
+    }
+
+    fn min_commit_interval(&self) -> std::time::Duration {
+        self.inner.min_commit_interval()
+    }
+
+    fn commit_pause(&self) -> std::time::Duration {
+        self.inner.commit_pause()
+    }
+
+    async fn read_table(&mut self, table: &TableId) -> Result<Vec<RecordBatch>, SinkError> {
+        let t = self.map.target(table).map_err(|e| SinkError::Table {
+            table: table.clone(),
+            message: format!("map: {e}"),
+        })?;
+        self.inner.read_table(&t).await
+    }
+
+    async fn maintain(&mut self) -> Result<(), SinkError> {
+        self.inner.maintain().await
+    }
+
+    async fn keepalive(&mut self) -> Result<(), SinkError> {
+        self.inner.keepalive().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, &str)]) -> Result<TableMap, MapError> {
+        TableMap::parse(
+            &entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn t(s: &str) -> TableId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn targets_fill_placeholders_and_exact_entries_win() {
+        let m = map(&[
+            ("shop.*", "warehouse.{table}"),
+            ("shop.orders", "sales.orders"),
+            ("crm_*.*", "{db}_eu.{table}"),
+        ])
+        .unwrap();
+        assert_eq!(m.target(&t("shop.items")).unwrap(), t("warehouse.items"));
+        assert_eq!(m.target(&t("shop.orders")).unwrap(), t("sales.orders"));
+        assert_eq!(m.target(&t("crm_x.acc")).unwrap(), t("crm_x_eu.acc"));
+        assert_eq!(m.target(&t("other.t")).unwrap(), t("other.t"));
+        // a name holding a dot stays one part
+        assert_eq!(
+            m.target(&TableId::new("shop", "a.b")).unwrap(),
+            TableId::new("warehouse", "a.b")
+        );
+    }
+
+    #[test]
+    fn ambiguous_and_bad_entries_are_named() {
+        let m = map(&[("shop.*", "a.{table}"), ("*.orders", "b.orders")]).unwrap();
+        let e = m.target(&t("shop.orders")).unwrap_err().to_string();
+        assert!(e.contains("shop.*") && e.contains("*.orders"), "{e}");
+        assert_eq!(m.target(&t("shop.x")).unwrap(), t("a.x"));
+        for (k, v) in [
+            ("shop.*", "warehouse"),
+            ("shop.*", "w.*"),
+            ("shop.*", "w.{tbl}"),
+            ("!shop.x", "w.x"),
+            ("shop", "w.x"),
+        ] {
+            let e = map(&[(k, v)]).unwrap_err();
+            assert_eq!((e.key.as_str(), e.value.as_str()), (k, v));
+        }
+    }
+}
