@@ -18,11 +18,19 @@
 //!   the pipeline, its checkpoint and `_binlake_watermarks` / `_binlake_rejects` keep source
 //!   names; the sink sees only target names, and errors it raises about a target table come
 //!   back under the source table's name.
+//! - **Shards** (`origin_in_key`): a pipeline with it adds the column `_binlake_origin` (its
+//!   name) to every row and to each table's key, and may share a target table with other
+//!   pipelines that have it too (never with one that has not, and never two source tables of
+//!   one pipeline). Rows of different origins are then different rows, whatever their source
+//!   keys, and everything a sink does per pipeline (checkpoint, TRUNCATE, a re-snapshot's end)
+//!   touches only its own origin's rows: the Parquet sink computes tombstones from its own
+//!   pipeline's files only. Sinks that rewrite a table as a whole (Delta, ClickHouse) do not
+//!   take it yet (checked at start, see `crate::config`).
 //! - An exact pattern (no `*` or `?`) wins over globs; a table two globs send to different
 //!   targets is an error naming both entries, rather than a choice by entry order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::RecordBatch;
 use binlake_sink::{Checkpoint, DdlKind, MetaTable, Sink, SinkError, TableBatch, TableId};
@@ -142,10 +150,40 @@ impl TableMap {
     }
 }
 
-/// Which pipeline and source table writes each target table, in this process.
-fn owners() -> &'static Mutex<HashMap<TableId, (String, TableId)>> {
-    static O: OnceLock<Mutex<HashMap<TableId, (String, TableId)>>> = OnceLock::new();
+/// The column that names a row's origin (its pipeline) under `origin_in_key`.
+pub const COL_ORIGIN: &str = "_binlake_origin";
+
+/// One writer of a target table: its pipeline, its source table, and whether it writes with
+/// `origin_in_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    pipeline: String,
+    source: TableId,
+    shard: bool,
+}
+
+/// Which pipelines and source tables write each target table, in this process.
+fn owners() -> &'static Mutex<HashMap<TableId, Vec<Owner>>> {
+    static O: OnceLock<Mutex<HashMap<TableId, Vec<Owner>>>> = OnceLock::new();
     O.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Why `me` cannot write `target` next to `others`, if it cannot.
+fn refuse(me: &Owner, target: &TableId, others: &[Owner]) -> Option<String> {
+    let other = others
+        .iter()
+        .find(|o| o.pipeline == me.pipeline || !(o.shard && me.shard))?;
+    Some(if other.pipeline == me.pipeline {
+        format!(
+            "map: {} and {} (both of pipeline `{}`) would both be written to {target}; a target table holds one source table per pipeline (its checkpoint, re-snapshots and TRUNCATE are per table). Map them to different tables, or read them with one pipeline each with origin_in_key",
+            me.source, other.source, me.pipeline
+        )
+    } else {
+        format!(
+            "map: {} (pipeline `{}`) and {} (pipeline `{}`) would both be written to {target}. Several sources share a table only with origin_in_key = true in both pipelines (each row then carries its origin in its key); or map them to different tables",
+            me.source, me.pipeline, other.source, other.pipeline
+        )
+    })
 }
 
 /// A sink that writes each source table to its mapped target table (see the module doc).
@@ -153,6 +191,8 @@ pub struct MappedSink {
     inner: Box<dyn Sink>,
     map: TableMap,
     pipeline: String,
+    /// `origin_in_key`: every row carries `_binlake_origin` = the pipeline's name, in its key.
+    origin: bool,
     /// Source -> target, of the tables seen (owned in [`owners`]).
     to: HashMap<TableId, TableId>,
     /// Target -> source, to name errors by the source table.
@@ -160,11 +200,12 @@ pub struct MappedSink {
 }
 
 impl MappedSink {
-    pub fn new(inner: Box<dyn Sink>, map: TableMap, pipeline: &str) -> MappedSink {
+    pub fn new(inner: Box<dyn Sink>, map: TableMap, pipeline: &str, origin: bool) -> MappedSink {
         MappedSink {
             inner,
             map,
             pipeline: pipeline.to_string(),
+            origin,
             to: HashMap::new(),
             from: HashMap::new(),
         }
@@ -179,18 +220,22 @@ impl MappedSink {
             table: src.clone(),
             message: format!("map: {e}"),
         })?;
-        let me = (self.pipeline.clone(), src.clone());
+        let me = Owner {
+            pipeline: self.pipeline.clone(),
+            source: src.clone(),
+            shard: self.origin,
+        };
         {
             let mut owners = owners().lock().expect("owners");
-            let owner = owners.entry(t.clone()).or_insert_with(|| me.clone());
-            if *owner != me {
-                return Err(SinkError::Table {
-                    table: src.clone(),
-                    message: format!(
-                        "map: {src} (pipeline `{}`) and {} (pipeline `{}`) would both be written to {t}; a target table holds one source table (its checkpoint, re-snapshots and TRUNCATE are per table). Map them to different tables",
-                        self.pipeline, owner.1, owner.0
-                    ),
-                });
+            let all = owners.entry(t.clone()).or_default();
+            if !all.contains(&me) {
+                if let Some(message) = refuse(&me, &t, all) {
+                    return Err(SinkError::Table {
+                        table: src.clone(),
+                        message,
+                    });
+                }
+                all.push(me);
             }
         }
         self.to.insert(src.clone(), t.clone());
@@ -203,11 +248,8 @@ impl MappedSink {
         if let Some(t) = self.to.remove(src) {
             self.from.remove(&t);
             let mut owners = owners().lock().expect("owners");
-            if owners
-                .get(&t)
-                .is_some_and(|o| o.0 == self.pipeline && o.1 == *src)
-            {
-                owners.remove(&t);
+            if let Some(all) = owners.get_mut(&t) {
+                all.retain(|o| !(o.pipeline == self.pipeline && o.source == *src));
             }
         }
     }
@@ -243,6 +285,12 @@ impl MappedSink {
 
     /// A checkpoint whose `map` sends a table somewhere else than where it was written.
     fn check_stable(&mut self, cp: &Checkpoint) -> Result<(), SinkError> {
+        if cp.origin_in_key != self.origin && !cp.tables.is_empty() {
+            return Err(SinkError::Definite(format!(
+                "origin_in_key: pipeline `{}` wrote its tables with origin_in_key = {}, and it is now {}; that changes the key of every row written. Put it back, or replicate under a new pipeline name into new tables",
+                self.pipeline, cp.origin_in_key, self.origin
+            )));
+        }
         let now = self.targets_of(cp);
         for t in cp.tables.keys() {
             let was = cp.targets.get(t).unwrap_or(t);
@@ -284,6 +332,9 @@ impl Sink for MappedSink {
         let mut mapped = Vec::with_capacity(batches.len());
         for b in batches {
             let mut b = b.clone();
+            if self.origin {
+                b = with_origin(b, &self.pipeline)?;
+            }
             b.table = self.target(&b.table)?;
             mapped.push(b);
         }
@@ -303,6 +354,7 @@ impl Sink for MappedSink {
     async fn write_checkpoint(&mut self, seq: u64, cp: &Checkpoint) -> Result<(), SinkError> {
         let mut cp = cp.clone();
         cp.targets = self.targets_of(&cp);
+        cp.origin_in_key = self.origin;
         self.inner.write_checkpoint(seq, &cp).await
     }
 
@@ -362,7 +414,16 @@ impl Sink for MappedSink {
             table: table.clone(),
             message: format!("map: {e}"),
         })?;
-        self.inner.read_table(&t).await
+        let batches = self.inner.read_table(&t).await?;
+        if !self.origin {
+            return Ok(batches);
+        }
+        // this origin's rows, as its source has them
+        batches
+            .iter()
+            .map(|b| own_rows(b, &self.pipeline))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SinkError::Definite(format!("reading {t}: {e}")))
     }
 
     async fn maintain(&mut self) -> Result<(), SinkError> {
@@ -372,6 +433,67 @@ impl Sink for MappedSink {
     async fn keepalive(&mut self) -> Result<(), SinkError> {
         self.inner.keepalive().await
     }
+}
+
+/// `b` with the column `_binlake_origin` (`origin` in every row) as its last data column, and
+/// in its key.
+fn with_origin(mut b: TableBatch, origin: &str) -> Result<TableBatch, SinkError> {
+    let schema = b.batch.schema();
+    if schema.index_of(COL_ORIGIN).is_ok() {
+        return Err(SinkError::Table {
+            table: b.table.clone(),
+            message: format!("the source table has a column named {COL_ORIGIN}, which origin_in_key adds; rename it at the source or leave origin_in_key off"),
+        });
+    }
+    let at = schema
+        .index_of(binlake_sink::COL_VERSION)
+        .unwrap_or(schema.fields().len());
+    let mut fields: Vec<arrow_schema::FieldRef> = schema.fields().iter().cloned().collect();
+    fields.insert(
+        at,
+        Arc::new(arrow_schema::Field::new(
+            COL_ORIGIN,
+            arrow_schema::DataType::Utf8,
+            false,
+        )),
+    );
+    let mut columns = b.batch.columns().to_vec();
+    columns.insert(
+        at,
+        Arc::new(arrow_array::StringArray::from(vec![
+            origin;
+            b.batch.num_rows()
+        ])),
+    );
+    b.batch = RecordBatch::try_new_with_options(
+        Arc::new(arrow_schema::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        )),
+        columns,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(b.batch.num_rows())),
+    )
+    .map_err(|e| SinkError::Definite(format!("adding {COL_ORIGIN}: {e}")))?;
+    if !b.primary_key.is_empty() {
+        b.primary_key.push(COL_ORIGIN.to_string());
+    }
+    Ok(b)
+}
+
+/// The rows of `b` whose origin is `origin`, without the origin column.
+fn own_rows(b: &RecordBatch, origin: &str) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let Ok(i) = b.schema().index_of(COL_ORIGIN) else {
+        return Ok(b.clone());
+    };
+    let col = arrow_cast::cast(b.column(i), &arrow_schema::DataType::Utf8)?;
+    let col = col
+        .as_any()
+        .downcast_ref::<arrow_array::StringArray>()
+        .expect("cast to Utf8");
+    let keep: arrow_array::BooleanArray = col.iter().map(|v| Some(v == Some(origin))).collect();
+    let mut out = arrow_select::filter::filter_record_batch(b, &keep)?;
+    out.remove_column(i);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -407,6 +529,46 @@ mod tests {
         assert_eq!(
             m.target(&TableId::new("shop", "a.b")).unwrap(),
             TableId::new("warehouse", "a.b")
+        );
+    }
+
+    #[test]
+    fn only_shards_share_a_target_table() {
+        let o = |p: &str, src: &str, shard| Owner {
+            pipeline: p.into(),
+            source: t(src),
+            shard,
+        };
+        let w = t("w.orders");
+        assert!(refuse(
+            &o("us", "shop.orders", true),
+            &w,
+            &[o("eu", "shop.orders", true)]
+        )
+        .is_none());
+        let e = refuse(
+            &o("us", "shop.orders", false),
+            &w,
+            &[o("eu", "shop.orders", true)],
+        )
+        .unwrap();
+        assert!(e.contains("origin_in_key") && e.contains("`eu`"), "{e}");
+        assert!(refuse(
+            &o("us", "shop.orders", true),
+            &w,
+            &[o("eu", "shop.orders", false)]
+        )
+        .is_some());
+        // two source tables of one pipeline never share one
+        let e = refuse(
+            &o("eu", "shop_a.orders", true),
+            &w,
+            &[o("eu", "shop_b.orders", true)],
+        )
+        .unwrap();
+        assert!(
+            e.contains("shop_a.orders") && e.contains("shop_b.orders"),
+            "{e}"
         );
     }
 

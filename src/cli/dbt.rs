@@ -45,6 +45,18 @@ pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            if s.origin_in_key {
+                // shards share the table: the origin is part of each row's key
+                t.columns.push(binlake::dbt::DbtColumn {
+                    name: binlake::mapping::COL_ORIGIN.into(),
+                    description:
+                        "The pipeline (source) the row came from (origin_in_key): part of the key."
+                            .into(),
+                });
+                if !t.key.is_empty() {
+                    t.key.push(binlake::mapping::COL_ORIGIN.into());
+                }
+            }
             if !described.iter().any(|d| d.id == t.id) {
                 described.push(t);
             }

@@ -28,6 +28,7 @@ pub(crate) fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binla
         sink,
         settings.map.clone(),
         &settings.pipeline.name,
+        settings.origin_in_key,
     )))
 }
 

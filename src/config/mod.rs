@@ -279,7 +279,7 @@ pub type PipelineEntry = toml::Table;
 
 /// The keys a `[[pipelines]]` entry may set besides `name`: what differs per source. The
 /// others (target, sink, batching, logs, metrics) are the process's.
-const PIPELINE_KEYS: [&str; 17] = [
+const PIPELINE_KEYS: [&str; 18] = [
     "source",
     "mode",
     "tls_ca",
@@ -294,6 +294,7 @@ const PIPELINE_KEYS: [&str; 17] = [
     "start_at",
     "tables",
     "map",
+    "origin_in_key",
     "outbox",
     "backfill",
     "control_addr",
@@ -551,6 +552,8 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
     /// `map`: the target table of each source table.
     pub map: crate::mapping::TableMap,
+    /// `origin_in_key`: rows carry `_binlake_origin` in their key (see [`crate::mapping`]).
+    pub origin_in_key: bool,
 }
 
 /// Table maintenance (Delta, Parquet compaction, ClickHouse OPTIMIZE): `binlake maintain`, or a
@@ -633,6 +636,7 @@ impl Settings {
         let filter = TableFilter::parse(&patterns).map_err(|e| key_err("tables", e.to_string()))?;
         let outbox = outbox_specs(c, &filter)?;
         let sink = SinkSettings::resolve(c)?;
+        let sink_kind = sink.kind;
         let target = c
             .target
             .clone()
@@ -784,6 +788,15 @@ impl Settings {
                 .transpose()?,
             map: crate::mapping::TableMap::parse(&c.map.clone().unwrap_or_default())
                 .map_err(|e| key_err("map", e.to_string()))?,
+            origin_in_key: match c.origin_in_key.unwrap_or(false) {
+                true if sink_kind != SinkKind::Parquet => {
+                    return Err(key_err(
+                        "origin_in_key",
+                        format!("the {sink_kind} sink does not take it yet: its TRUNCATE and re-snapshots replace a table as a whole, which would remove the other origins' rows. Use the Parquet sink, or map each source to its own table"),
+                    ))
+                }
+                on => on,
+            },
         })
     }
 

@@ -565,6 +565,7 @@ pub(super) async fn commit(
         outbox_delivered: delivered,
         // (filled by the mapping sink, see `crate::mapping`)
         targets: Default::default(),
+        origin_in_key: false,
     };
     let commit = Commit {
         batches,

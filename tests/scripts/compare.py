@@ -3,7 +3,7 @@
 binlake: PyMySQL for the source, pyarrow (or DuckDB running the README's current-state query) for
 the Parquet lake.
 
-usage: compare.py --port P --target DIR|URL --table db.t [--target-table db.t] [--reader pyarrow|duckdb|delta|clickhouse]
+usage: compare.py --port P --target DIR|URL --table db.t [--target-table db.t] [--origin NAME] [--reader pyarrow|duckdb|delta|clickhouse]
                   [--database-prefix P] [--invalid-as-null]
 Exit 0 when equal; 1 with the first differences printed otherwise.
 """
@@ -177,6 +177,7 @@ def main():
     ap.add_argument("--ca-file", help="CA bundle for an https ClickHouse")
     ap.add_argument("--invalid-as-null", action="store_true")
     ap.add_argument("--target-table", help="the replica's db.table when `map` renames it (default: --table)")
+    ap.add_argument("--origin", help="origin_in_key: compare only the replica's rows of this _binlake_origin")
     a = ap.parse_args()
     db, table = split_table(a.table)
     pk, types, src = source_rows(a.port, db, table)
@@ -185,11 +186,15 @@ def main():
     if not pk:
         print(f"{a.table}: no primary key; compare.py compares keyed tables", file=sys.stderr)
         return 2
+    # with origin_in_key the replica's key is the source's plus _binlake_origin
+    rpk = pk + ["_binlake_origin"] if a.origin else pk
     if a.reader == "clickhouse":
-        rep, nfiles = replica_rows_clickhouse(a.target, db, table, pk, a.database_prefix, a.ca_file)
+        rep, nfiles = replica_rows_clickhouse(a.target, db, table, rpk, a.database_prefix, a.ca_file)
     else:
         read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
-        rep, nfiles = read(a.target, db, table, pk)
+        rep, nfiles = read(a.target, db, table, rpk)
+    if a.origin:
+        rep = [r for r in rep if r.get("_binlake_origin") == a.origin]
     src_by = {tuple(r[k] for k in pk): r for r in src}
     # ClickHouse returns String keys as bytes: text keys are compared as text
     text_key = [any(isinstance(r[k], str) for r in src[:1]) for k in pk]
@@ -217,7 +222,7 @@ def main():
             ncmp += 1
             if not equal(sv, rv, ftype):
                 diffs.append(f"key {k} column {col}: source {sv!r} != replica {rv!r}")
-        extra = set(r) - set(types) - set(META) - {"rn"}
+        extra = set(r) - set(types) - set(META) - {"rn"} - ({"_binlake_origin"} if a.origin else set())
         if extra:
             diffs.append(f"key {k}: replica has extra columns {sorted(extra)}")
     if diffs:

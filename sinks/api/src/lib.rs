@@ -331,6 +331,10 @@ pub struct Checkpoint {
     /// whose `map` sends one elsewhere is refused: the new table would miss its rows).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub targets: BTreeMap<TableId, TableId>,
+    /// Rows carry `_binlake_origin` in their key (`origin_in_key`); a restart that changes it
+    /// is refused (the key of every row written would change).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub origin_in_key: bool,
 }
 
 /// How far an outbox's events are delivered: every event at or below `upto` (a binlake
