@@ -24,8 +24,9 @@
 //!   one pipeline). Rows of different origins are then different rows, whatever their source
 //!   keys, and everything a sink does per pipeline (checkpoint, TRUNCATE, a re-snapshot's end)
 //!   touches only its own origin's rows: the Parquet sink computes tombstones from its own
-//!   pipeline's files only. Sinks that rewrite a table as a whole (Delta, ClickHouse) do not
-//!   take it yet (checked at start, see `crate::config`).
+//!   pipeline's files only; Delta puts a predicate on the origin column. Re-snapshots are
+//!   applied in place rather than swapped in whole (outside Parquet). ClickHouse does not take
+//!   it yet (checked at start, see `crate::config`).
 //! - An exact pattern (no `*` or `?`) wins over globs; a table two globs send to different
 //!   targets is an error naming both entries, rather than a choice by entry order.
 
@@ -334,6 +335,12 @@ impl Sink for MappedSink {
             let mut b = b.clone();
             if self.origin {
                 b = with_origin(b, &self.pipeline)?;
+                if self.inner.kind() != "parquet" {
+                    // a re-snapshot is applied in place: swapping in a shadow of this origin's
+                    // rows would replace the other origins' too (a Parquet swap file holds only
+                    // the pipeline's own files' rows)
+                    b.generation = None;
+                }
             }
             b.table = self.target(&b.table)?;
             mapped.push(b);

@@ -789,10 +789,10 @@ impl Settings {
             map: crate::mapping::TableMap::parse(&c.map.clone().unwrap_or_default())
                 .map_err(|e| key_err("map", e.to_string()))?,
             origin_in_key: match c.origin_in_key.unwrap_or(false) {
-                true if sink_kind != SinkKind::Parquet => {
+                true if sink_kind == SinkKind::ClickHouse => {
                     return Err(key_err(
                         "origin_in_key",
-                        format!("the {sink_kind} sink does not take it yet: its TRUNCATE and re-snapshots replace a table as a whole, which would remove the other origins' rows. Use the Parquet sink, or map each source to its own table"),
+                        format!("the {sink_kind} sink does not take it yet: its TRUNCATE and re-snapshots replace a table as a whole, which would remove the other origins' rows. Use the Parquet or Delta sink, or map each source to its own table"),
                     ))
                 }
                 on => on,

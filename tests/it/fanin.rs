@@ -143,14 +143,21 @@ map = {{ "shop.*" = "shop_us.{{table}}" }}
     );
 }
 
-fn wait_origin_equal(m: &Maria, target: &str, origin: &str, timeout: Duration) {
+fn wait_origin_equal(m: &Maria, target: &str, reader: &str, origin: &str, timeout: Duration) {
     let start = std::time::Instant::now();
     loop {
         let (equal, text) = compare(
             m,
             target,
             "shop.big",
-            &["--target-table", "warehouse.big", "--origin", origin],
+            &[
+                "--target-table",
+                "warehouse.big",
+                "--origin",
+                origin,
+                "--reader",
+                reader,
+            ],
         );
         if equal {
             eprintln!("{origin}: {}", text.trim());
@@ -170,13 +177,25 @@ fn wait_origin_equal(m: &Maria, target: &str, origin: &str, timeout: Duration) {
 /// shard with its own rows of the shared table.
 #[test]
 fn shards_share_one_table_with_origin_in_key() {
-    let dir = TestDir::new("shards");
+    shards("parquet");
+}
+
+#[cfg(feature = "delta")]
+#[test]
+fn shards_share_one_delta_table_with_origin_in_key() {
+    shards("delta");
+}
+
+fn shards(sink: &str) {
+    let dir = TestDir::new(&format!("shards-{sink}"));
+    let reader = if sink == "delta" { "delta" } else { "pyarrow" };
     let eu = shard(&dir, "eu", 31, 2500);
     let us = shard(&dir, "us", 32, 2500);
     let target = dir.path("lake");
     let config = dir.path("binlake.toml");
     let text = format!(
         r#"target = "{target}"
+sink = "{sink}"
 max_latency = "300ms"
 tables = "shop.big"
 origin_in_key = true
@@ -207,22 +226,29 @@ source = "{us_url}"
     std::thread::sleep(Duration::from_secs(2));
     stop_workload(w_eu, &stop_eu);
     stop_workload(w_us, &stop_us);
-    wait_origin_equal(&eu, &target, "eu", Duration::from_secs(90));
-    wait_origin_equal(&us, &target, "us", Duration::from_secs(90));
+    wait_origin_equal(&eu, &target, reader, "eu", Duration::from_secs(90));
+    wait_origin_equal(&us, &target, reader, "us", Duration::from_secs(90));
 
     // TRUNCATE on one shard empties only its rows
     us.sql("TRUNCATE shop.big; INSERT INTO shop.big (id, k, c) VALUES (1, 1, 'us-new')");
-    wait_origin_equal(&us, &target, "us", Duration::from_secs(60));
-    wait_origin_equal(&eu, &target, "eu", Duration::from_secs(10));
+    wait_origin_equal(&us, &target, reader, "us", Duration::from_secs(60));
+    wait_origin_equal(&eu, &target, reader, "eu", Duration::from_secs(10));
     // the union, counted by the documented current-state query keyed by (id, origin)
     let eu_rows: u64 = eu
         .sql("SELECT count(*) FROM shop.big")
         .trim()
         .parse()
         .unwrap();
-    let current = duck(&format!(
-        "SELECT count(*) FROM (SELECT *, row_number() OVER (PARTITION BY id, _binlake_origin ORDER BY _binlake_version DESC) AS rn FROM read_parquet('{target}/warehouse/big/*.parquet', union_by_name = true)) WHERE rn = 1 AND NOT _binlake_deleted"
-    ));
+    let current = if sink == "delta" {
+        delta_q(
+            &format!("{target}/warehouse/big"),
+            "SELECT count(*) FROM t WHERE NOT _binlake_deleted",
+        )
+    } else {
+        duck(&format!(
+            "SELECT count(*) FROM (SELECT *, row_number() OVER (PARTITION BY id, _binlake_origin ORDER BY _binlake_version DESC) AS rn FROM read_parquet('{target}/warehouse/big/*.parquet', union_by_name = true)) WHERE rn = 1 AND NOT _binlake_deleted"
+        ))
+    };
     assert_eq!(current, (eu_rows + 1).to_string());
     let out = terminate(b, Duration::from_secs(30));
     assert!(out.status.success(), "replicate: {}", stderr(&out));

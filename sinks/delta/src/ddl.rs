@@ -13,6 +13,11 @@
 //! shadow's log is deleted after the swap; maintenance deletes the shadow files the table stops
 //! using. DDL statements apply to a shadow being filled too.
 //!
+//! A table with the column `_binlake_origin` is shared by several pipelines (`origin_in_key`):
+//! TRUNCATE, DROP TABLE, the end of a re-snapshot and a keyless table's read touch only the rows
+//! of this pipeline's origin (a predicate on the column), and DROP / RENAME COLUMN, which would
+//! change every origin's rows, stop the table instead.
+//!
 //! Invariants: each statement is one Delta commit per table, taken under the table's lock (no
 //! MERGE of the same table interleaves); replaying it after a crash changes nothing (rows are
 //! already at `version`, the column already gone or renamed); RENAME TABLE is refused (the table
@@ -34,6 +39,9 @@ use deltalake::DeltaTable;
 use tracing::{debug, info};
 
 use crate::config::Deletes;
+
+/// The column of a table shared by several pipelines (`origin_in_key`): each row's pipeline.
+pub(crate) const ORIGIN: &str = "_binlake_origin";
 use crate::sink::{delta_err, frame, narrower_than_table, table_id, widens, DeltaSink};
 use crate::types::to_delta;
 
@@ -108,10 +116,14 @@ impl DeltaSink {
         let kept: usize = batches.iter().map(RecordBatch::num_rows).sum();
         batches.insert(0, batch);
         let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
-        table
-            .write(batches)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_schema_mode(SchemaMode::Overwrite)
+        let own = table.version().and_then(|_| self.own_origin(&table));
+        let write = table.write(batches).with_save_mode(SaveMode::Overwrite);
+        // a shared table: only this origin's rows are replaced
+        let write = match own {
+            Some(own) => write.with_replace_where(own),
+            None => write.with_schema_mode(SchemaMode::Overwrite),
+        };
+        write
             .with_description(crate::sink::description(tb))
             .with_commit_properties(
                 CommitProperties::default()
@@ -123,7 +135,7 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// The table's rows at or above `version`.
+    /// The table's rows at or above `version` (of this pipeline's origin, in a shared table).
     async fn rows_from(
         &self,
         table: &DeltaTable,
@@ -135,13 +147,26 @@ impl DeltaSink {
             table: table_id(name),
             message: format!("reading the rows after a keyless read: {e}"),
         };
+        let mut at = col(Column::new_unqualified(COL_VERSION)).gt_eq(lit(version as i64));
+        if let Some(own) = self.own_origin(table) {
+            at = at.and(own);
+        }
         frame(table, name, "reading", df_err)
             .await?
-            .filter(col(Column::new_unqualified(COL_VERSION)).gt_eq(lit(version as i64)))
+            .filter(at)
             .map_err(df_err)?
             .collect()
             .await
             .map_err(df_err)
+    }
+
+    /// In a table shared by several pipelines (it has `_binlake_origin`): the predicate that
+    /// selects this pipeline's rows.
+    pub(crate) fn own_origin(&self, table: &DeltaTable) -> Option<Expr> {
+        use deltalake::datafusion::logical_expr::lit;
+        let schema = table.snapshot().ok()?.schema();
+        schema.field(ORIGIN)?;
+        Some(col(Column::new_unqualified(ORIGIN)).eq(lit(self.config.pipeline.clone())))
     }
 
     /// Writes a batch of re-snapshot `g` to its shadow (or to the table, once swapped in), and
@@ -545,6 +570,12 @@ impl DeltaSink {
         if t.version().is_none() {
             return Ok(()); // nothing replicated yet
         }
+        if self.own_origin(&t).is_some() {
+            return Err(SinkError::Table {
+                table: table.clone(),
+                message: format!("{kind:?} at the source of pipeline `{}`: the table is shared by several pipelines (origin_in_key), and the statement would change every origin's rows. This origin's table is stopped; make the same change on every source, then rebuild the table", self.config.pipeline),
+            });
+        }
         match &kind {
             DdlKind::DropColumn(c) => self.drop_column(t, &name, c).await,
             DdlKind::RenameColumn { from, to } => self.rename_column(t, &name, from, to).await,
@@ -566,7 +597,11 @@ impl DeltaSink {
         if t.version().is_none() {
             return Ok(()); // nothing replicated yet
         }
-        let older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
+        let mut older = col(Column::new_unqualified(COL_VERSION)).lt(lit(version as i64));
+        // a shared table: this origin's rows only (their versions are this pipeline's)
+        if let Some(own) = self.own_origin(&t) {
+            older = older.and(own);
+        }
         // a keyless changelog counts its rows: the older ones go (see `sink::description`)
         let keyless = t
             .snapshot()

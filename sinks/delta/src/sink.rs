@@ -63,6 +63,19 @@ pub(crate) const KEYLESS: &str = "no primary key";
 pub(crate) struct TableLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl TableLocks {
+    /// The locks of the tables under `base`, shared by every sink of this process that writes
+    /// there: pipelines that share a table (`origin_in_key`) take turns instead of failing
+    /// each other's commits.
+    pub(crate) fn of(base: &Url) -> TableLocks {
+        static ALL: std::sync::OnceLock<std::sync::Mutex<HashMap<String, TableLocks>>> =
+            std::sync::OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        all.entry(base.to_string()).or_default().clone()
+    }
+
     pub(crate) fn get(&self, table: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(table.to_string()).or_default().clone()
@@ -149,12 +162,13 @@ impl DeltaSink {
         };
         let root = Path::from(root.as_ref().trim_end_matches('/'));
         let log = TargetLog::new(Arc::from(store), root, &config.pipeline, &config.target);
+        let locks = TableLocks::of(&base);
         Ok(DeltaSink {
             config,
             log,
             base,
             options,
-            locks: TableLocks::default(),
+            locks,
             maintenance: None,
             last_maintenance: std::time::Instant::now(),
             rewritten: Default::default(),
