@@ -239,15 +239,15 @@ source = "{us_url}"
         .trim()
         .parse()
         .unwrap();
-    let current = if sink == "delta" {
-        delta_q(
+    let current = match sink {
+        #[cfg(feature = "delta")]
+        "delta" => delta_q(
             &format!("{target}/warehouse/big"),
             "SELECT count(*) FROM t WHERE NOT _binlake_deleted",
-        )
-    } else {
-        duck(&format!(
+        ),
+        _ => duck(&format!(
             "SELECT count(*) FROM (SELECT *, row_number() OVER (PARTITION BY id, _binlake_origin ORDER BY _binlake_version DESC) AS rn FROM read_parquet('{target}/warehouse/big/*.parquet', union_by_name = true)) WHERE rn = 1 AND NOT _binlake_deleted"
-        ))
+        )),
     };
     assert_eq!(current, (eu_rows + 1).to_string());
     let out = terminate(b, Duration::from_secs(30));
