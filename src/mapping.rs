@@ -24,9 +24,10 @@
 //!   one pipeline). Rows of different origins are then different rows, whatever their source
 //!   keys, and everything a sink does per pipeline (checkpoint, TRUNCATE, a re-snapshot's end)
 //!   touches only its own origin's rows: the Parquet sink computes tombstones from its own
-//!   pipeline's files only; Delta puts a predicate on the origin column. Re-snapshots are
-//!   applied in place rather than swapped in whole (outside Parquet). ClickHouse does not take
-//!   it yet (checked at start, see `crate::config`).
+//!   pipeline's files only; Delta and ClickHouse put a predicate on the origin column.
+//!   Re-snapshots are applied in place rather than swapped in whole (outside Parquet).
+//!   Statements that would change every origin's rows (DROP / RENAME COLUMN in Delta and
+//!   ClickHouse) stop the table for the pipeline that saw them.
 //! - An exact pattern (no `*` or `?`) wins over globs; a table two globs send to different
 //!   targets is an error naming both entries, rather than a choice by entry order.
 

@@ -446,8 +446,7 @@ config_keys! {
         /// Shards into shared tables: every row gets the column `_binlake_origin` (the
         /// pipeline's name), which joins each table's key, so pipelines that all set it may
         /// `map` their tables into one target table whatever their keys (their rows never
-        /// collide; TRUNCATE and re-snapshots touch only their own). Parquet and Delta sinks in
-        /// this build. Cannot change once a pipeline has written.
+        /// collide; TRUNCATE and re-snapshots touch only their own). Cannot change once a pipeline has written.
         origin_in_key: bool;
         /// Several independent pipelines in one process (fan-in): `[[pipelines]]` tables, each
         /// with a `name` (its checkpoint, metrics label and log field) and its own `source`,

@@ -636,7 +636,6 @@ impl Settings {
         let filter = TableFilter::parse(&patterns).map_err(|e| key_err("tables", e.to_string()))?;
         let outbox = outbox_specs(c, &filter)?;
         let sink = SinkSettings::resolve(c)?;
-        let sink_kind = sink.kind;
         let target = c
             .target
             .clone()
@@ -788,15 +787,7 @@ impl Settings {
                 .transpose()?,
             map: crate::mapping::TableMap::parse(&c.map.clone().unwrap_or_default())
                 .map_err(|e| key_err("map", e.to_string()))?,
-            origin_in_key: match c.origin_in_key.unwrap_or(false) {
-                true if sink_kind == SinkKind::ClickHouse => {
-                    return Err(key_err(
-                        "origin_in_key",
-                        format!("the {sink_kind} sink does not take it yet: its TRUNCATE and re-snapshots replace a table as a whole, which would remove the other origins' rows. Use the Parquet or Delta sink, or map each source to its own table"),
-                    ))
-                }
-                on => on,
-            },
+            origin_in_key: c.origin_in_key.unwrap_or(false),
         })
     }
 

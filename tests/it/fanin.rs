@@ -143,22 +143,12 @@ map = {{ "shop.*" = "shop_us.{{table}}" }}
     );
 }
 
-fn wait_origin_equal(m: &Maria, target: &str, reader: &str, origin: &str, timeout: Duration) {
+fn wait_origin_equal(m: &Maria, target: &str, reader: &[String], origin: &str, timeout: Duration) {
     let start = std::time::Instant::now();
+    let mut args = vec!["--target-table", "warehouse.big", "--origin", origin];
+    args.extend(reader.iter().map(String::as_str));
     loop {
-        let (equal, text) = compare(
-            m,
-            target,
-            "shop.big",
-            &[
-                "--target-table",
-                "warehouse.big",
-                "--origin",
-                origin,
-                "--reader",
-                reader,
-            ],
-        );
+        let (equal, text) = compare(m, target, "shop.big", &args);
         if equal {
             eprintln!("{origin}: {}", text.trim());
             return;
@@ -186,16 +176,39 @@ fn shards_share_one_delta_table_with_origin_in_key() {
     shards("delta");
 }
 
+#[cfg(feature = "clickhouse")]
+#[test]
+fn shards_share_one_clickhouse_table_with_origin_in_key() {
+    shards("clickhouse");
+}
+
 fn shards(sink: &str) {
     let dir = TestDir::new(&format!("shards-{sink}"));
-    let reader = if sink == "delta" { "delta" } else { "pyarrow" };
+    #[cfg(feature = "clickhouse")]
+    let ch = (sink == "clickhouse").then(|| ClickHouse::start(&dir.0.join("ch"), "shards"));
+    let (target, extra, reader): (String, String, Vec<String>) = match sink {
+        #[cfg(feature = "clickhouse")]
+        "clickhouse" => {
+            let ch = ch.as_ref().expect("started");
+            (
+                ch.url.clone(),
+                format!("database_prefix = \"{}\"\n", ch.prefix),
+                ch.reader().iter().map(|s| s.to_string()).collect(),
+            )
+        }
+        "delta" => (
+            dir.path("lake"),
+            String::new(),
+            vec!["--reader".into(), "delta".into()],
+        ),
+        _ => (dir.path("lake"), String::new(), vec![]),
+    };
     let eu = shard(&dir, "eu", 31, 2500);
     let us = shard(&dir, "us", 32, 2500);
-    let target = dir.path("lake");
     let config = dir.path("binlake.toml");
     let text = format!(
         r#"target = "{target}"
-sink = "{sink}"
+{extra}sink = "{sink}"
 max_latency = "300ms"
 tables = "shop.big"
 origin_in_key = true
@@ -226,13 +239,13 @@ source = "{us_url}"
     std::thread::sleep(Duration::from_secs(2));
     stop_workload(w_eu, &stop_eu);
     stop_workload(w_us, &stop_us);
-    wait_origin_equal(&eu, &target, reader, "eu", Duration::from_secs(90));
-    wait_origin_equal(&us, &target, reader, "us", Duration::from_secs(90));
+    wait_origin_equal(&eu, &target, &reader, "eu", Duration::from_secs(90));
+    wait_origin_equal(&us, &target, &reader, "us", Duration::from_secs(90));
 
     // TRUNCATE on one shard empties only its rows
     us.sql("TRUNCATE shop.big; INSERT INTO shop.big (id, k, c) VALUES (1, 1, 'us-new')");
-    wait_origin_equal(&us, &target, reader, "us", Duration::from_secs(60));
-    wait_origin_equal(&eu, &target, reader, "eu", Duration::from_secs(10));
+    wait_origin_equal(&us, &target, &reader, "us", Duration::from_secs(60));
+    wait_origin_equal(&eu, &target, &reader, "eu", Duration::from_secs(10));
     // the union, counted by the documented current-state query keyed by (id, origin)
     let eu_rows: u64 = eu
         .sql("SELECT count(*) FROM shop.big")
@@ -240,6 +253,14 @@ source = "{us_url}"
         .parse()
         .unwrap();
     let current = match sink {
+        #[cfg(feature = "clickhouse")]
+        "clickhouse" => {
+            let ch = ch.as_ref().expect("started");
+            ch.q(&format!(
+                "SELECT count() FROM `{}warehouse`.`big_current`",
+                ch.prefix
+            ))
+        }
         #[cfg(feature = "delta")]
         "delta" => delta_q(
             &format!("{target}/warehouse/big"),

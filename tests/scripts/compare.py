@@ -194,7 +194,10 @@ def main():
         read = {"pyarrow": replica_rows_pyarrow, "duckdb": replica_rows_duckdb, "delta": replica_rows_delta}[a.reader]
         rep, nfiles = read(a.target, db, table, rpk)
     if a.origin:
-        rep = [r for r in rep if r.get("_binlake_origin") == a.origin]
+        def origin(r):
+            o = r.get("_binlake_origin")
+            return o.decode() if isinstance(o, bytes) else o  # ClickHouse: String as bytes
+        rep = [r for r in rep if origin(r) == a.origin]
     src_by = {tuple(r[k] for k in pk): r for r in src}
     # ClickHouse returns String keys as bytes: text keys are compared as text
     text_key = [any(isinstance(r[k], str) for r in src[:1]) for k in pk]

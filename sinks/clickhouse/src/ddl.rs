@@ -15,6 +15,11 @@
 //! so a batch of that generation repeated after a crash (between the swap and the checkpoint)
 //! finds the swap done and writes to the table. DDL statements apply to the shadows too.
 //!
+//! A table with the column `_binlake_origin` is shared by several pipelines (`origin_in_key`):
+//! TRUNCATE, DROP TABLE, a re-snapshot's end and a keyless read remove or replace only the rows
+//! of this pipeline's origin; DROP / RENAME COLUMN and a re-creation in a new shape, which would
+//! change every origin's rows, stop the table instead.
+//!
 //! Invariants: every statement is idempotent (`IF EXISTS`, and a column already gone or renamed
 //! is a no-op), so a replay after a crash changes nothing; a table whose columns cannot be read
 //! is retried, never assumed absent; RENAME TABLE stops the table instead of a partial replica.
@@ -49,10 +54,19 @@ impl ClickHouseSink {
         self.exec(&format!("CREATE TABLE {shadow} AS {name}"))
             .await
             .map_err(step("creating a shadow table"))?;
+        // kept: the stream's changes after the read, and in a shared table the other
+        // origins' rows
+        let mut keep: Vec<String> = Vec::new();
         if let Some(below) = tb.purge_below {
+            keep.push(format!("{} >= {below}", ident(COL_VERSION)));
+        }
+        if self.shared(&tb.table).await? {
+            keep.push(format!("NOT ({})", self.own_origin()));
+        }
+        if !keep.is_empty() {
             self.exec(&format!(
-                "INSERT INTO {shadow} SELECT * FROM {name} WHERE {} >= {below}",
-                ident(COL_VERSION)
+                "INSERT INTO {shadow} SELECT * FROM {name} WHERE {}",
+                keep.join(" OR ")
             ))
             .await
             .map_err(step("copying the rows a keyless read keeps"))?;
@@ -239,6 +253,26 @@ impl ClickHouseSink {
             return Ok(());
         }
         let full = self.table_name(table);
+        if columns.iter().any(|(n, _)| n == crate::sink::ORIGIN) {
+            // shared by several pipelines (origin_in_key): this origin's rows only
+            if !matches!(kind, DdlKind::Truncate | DdlKind::DropTable) {
+                return Err(SinkError::Table {
+                    table: table.clone(),
+                    message: format!("{kind:?} at the source of pipeline `{}`: the table is shared by several pipelines (origin_in_key), and the statement would change every origin's rows. This origin's table is stopped; make the same change on every source, then rebuild the table", self.config.pipeline),
+                });
+            }
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {full} DELETE WHERE {}",
+                    self.own_origin()
+                ))
+                .with_setting("mutations_sync", "1")
+                .execute()
+                .await
+                .map_err(|e| classify(e, "applying DDL", Some(table)))?;
+            info!(table = %name, ?kind, origin = %self.config.pipeline, "this origin's rows removed in ClickHouse");
+            return Ok(());
+        }
         // Everything before the statement is committed (the pipeline waits for it), so the
         // table holds only rows older than it: TRUNCATE and DROP remove exactly those.
         let sql = match &kind {

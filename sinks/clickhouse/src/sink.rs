@@ -32,6 +32,9 @@ pub struct ClickHouseSink {
 }
 
 /// `name` as a ClickHouse identifier.
+/// The column of a table shared by several pipelines (`origin_in_key`): each row's pipeline.
+pub(crate) const ORIGIN: &str = "_binlake_origin";
+
 pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
@@ -453,12 +456,33 @@ impl ClickHouseSink {
     /// new shape ClickHouse cannot reach by ALTER: a key column changed).
     async fn recreate(&mut self, tb: &TableBatch) -> Result<(), SinkError> {
         let t = &tb.table;
+        if self.shared(t).await? {
+            return Err(SinkError::Table {
+                table: t.clone(),
+                message: format!("the table would have to be created again in a new shape (its key changed at the source of pipeline `{}`), but it is shared by several pipelines (origin_in_key) and holds their rows too. This origin's table is stopped; make the same change on every source, then rebuild the table", self.config.pipeline),
+            });
+        }
         self.exec(&format!("DROP TABLE IF EXISTS {}", self.table_name(t)))
             .await
             .map_err(|e| classify(e, "re-creating the table", Some(t)))?;
         self.tables.remove(&t.to_string());
         self.keys.remove(&t.to_string());
         Box::pin(self.ensure_table(tb)).await
+    }
+
+    /// True when the table is shared by several pipelines (it has `_binlake_origin`, see
+    /// `origin_in_key`): what one pipeline removes or replaces is its own origin's rows only.
+    pub(crate) async fn shared(&self, t: &TableId) -> Result<bool, SinkError> {
+        Ok(self
+            .server_columns(t)
+            .await?
+            .iter()
+            .any(|(n, _)| n == ORIGIN))
+    }
+
+    /// The predicate of this pipeline's rows in a shared table.
+    pub(crate) fn own_origin(&self) -> String {
+        format!("{} = {}", ident(ORIGIN), lit(&self.config.pipeline))
     }
 
     /// True when the table holds no rows at all (emptied by TRUNCATE or DROP TABLE).
@@ -478,9 +502,14 @@ impl ClickHouseSink {
     /// are gone at the source; newer versions of the keys it read stay). A mutation, waited for,
     /// so the checkpoint after it is written only once it is done; idempotent.
     async fn purge(&self, t: &TableId, full: &str, version: u64) -> Result<(), SinkError> {
+        // a shared table: this origin's rows only (their versions are this pipeline's)
+        let own = match self.shared(t).await? {
+            true => format!(" AND {}", self.own_origin()),
+            false => String::new(),
+        };
         self.client
             .query(&format!(
-                "ALTER TABLE {full} DELETE WHERE {} < {version}",
+                "ALTER TABLE {full} DELETE WHERE {} < {version}{own}",
                 ident(COL_VERSION)
             ))
             .with_setting("mutations_sync", "1")
