@@ -54,6 +54,15 @@ pub(crate) fn build_sink(o: &SinkOpts) -> anyhow::Result<Box<dyn binlake_sink::S
                 Deletes::Hard => binlake_sink_delta::Deletes::Hard,
             };
             cfg.rewrite_budget = o.sink.delta.rewrite_budget;
+            for (pattern, columns) in &o.sink.delta.partitions {
+                let filter = binlake::filter::TableFilter::parse(&[pattern])
+                    .map_err(|e| anyhow::anyhow!("layout: {e}"))?;
+                cfg.partitions.push(binlake_sink_delta::Partitioning {
+                    pattern: pattern.clone(),
+                    matches: std::sync::Arc::new(move |db: &str, t: &str| filter.matches(db, t)),
+                    columns: columns.clone(),
+                });
+            }
             cfg.maintenance = o
                 .maintenance
                 .every

@@ -136,7 +136,7 @@ schema_type! {
         "properties": {
             "tables": { "type": "string", "description": "Table patterns this layout applies to." },
             "order_by": { "type": "string", "description": "ClickHouse ORDER BY: every primary-key column as an element, no other column (default: the primary key)." },
-            "partition_by": { "type": "string", "description": "ClickHouse PARTITION BY, over primary-key columns only." },
+            "partition_by": { "type": "string", "description": "ClickHouse PARTITION BY, over primary-key columns only; Delta: partition column names, comma-separated." },
             "ttl": { "type": "string", "description": "ClickHouse TTL (rows it removes are no longer in the replica)." },
             "settings": { "type": "string", "description": "ClickHouse table SETTINGS, e.g. `index_granularity = 4096`." },
             "column_types": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Column -> `LowCardinality(<the type binlake writes>)`." }
@@ -432,11 +432,13 @@ config_keys! {
         /// Scheduled backfills: `[[backfill]]` tables with `tables`, `schedule` (cron, UTC) and
         /// an optional `where`.
         backfill: Vec<BackfillEntry>;
-        /// ClickHouse table layouts: `[[layout]]` tables with `tables` (patterns) and any of
+        /// Table layouts: `[[layout]]` tables with `tables` (patterns) and, for ClickHouse, any of
         /// `order_by`, `partition_by`, `ttl`, `settings` (ClickHouse SQL) and `column_types`
         /// (`{ status = "LowCardinality(String)" }`), applied when binlake creates a matching
         /// table (the first entry that matches). A keyed table's ORDER BY names every
-        /// primary-key column, and its ORDER BY and PARTITION BY read no other column.
+        /// primary-key column, and its ORDER BY and PARTITION BY read no other column. For
+        /// Delta, `partition_by` only: column names (`"region, day"`), the partition columns of
+        /// the tables binlake creates.
         layout: Vec<LayoutEntry>;
         /// Table mapping: `{ "shop.*" = "warehouse.{table}" }`. A key is a table pattern, a
         /// value the target `db.table` (`{db}` and `{table}` are the source table's parts); an

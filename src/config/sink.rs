@@ -105,6 +105,8 @@ pub struct DeltaSettings {
     pub deletes: Deletes,
     /// Bytes per second commits may rewrite; `None`: no limit.
     pub rewrite_budget: Option<u64>,
+    /// `[[layout]]` `partition_by` per table pattern: the partition columns of new tables.
+    pub partitions: Vec<(String, Vec<String>)>,
 }
 
 /// ClickHouse's own settings.
@@ -154,11 +156,50 @@ impl SinkSettings {
             crate::filter::TableFilter::parse(&[&l.tables])
                 .map_err(|e| key_err("layout", e.to_string()))?;
         }
-        if !layouts.is_empty() && kind != SinkKind::ClickHouse {
-            return Err(key_err(
-                "layout",
-                format!("table layouts apply to the ClickHouse sink; the {kind} sink has none (remove `[[layout]]` or use sink = \"clickhouse\")"),
-            ));
+        let mut partitions = Vec::new();
+        match kind {
+            SinkKind::ClickHouse => {}
+            SinkKind::Delta => {
+                // Delta: partition columns only
+                for l in &layouts {
+                    let other = [
+                        ("order_by", l.order_by.is_some()),
+                        ("ttl", l.ttl.is_some()),
+                        ("settings", l.settings.is_some()),
+                        ("column_types", !l.column_types.is_empty()),
+                    ];
+                    if let Some((k, _)) = other.iter().find(|(_, set)| *set) {
+                        return Err(key_err(
+                            "layout",
+                            format!("`{k}` (in the entry for `{}`) applies to the ClickHouse sink; a Delta layout takes `partition_by` (column names)", l.tables),
+                        ));
+                    }
+                    let Some(p) = &l.partition_by else {
+                        continue;
+                    };
+                    let cols: Vec<String> = p
+                        .split(',')
+                        .map(|c| c.trim().trim_matches('`').to_string())
+                        .collect();
+                    if cols
+                        .iter()
+                        .any(|c| c.is_empty() || c.contains(['(', ')', ' ', '\'', '"']))
+                    {
+                        return Err(key_err(
+                            "layout",
+                            format!("partition_by `{p}` (in the entry for `{}`): a Delta table is partitioned by columns: names separated by commas, no expressions", l.tables),
+                        ));
+                    }
+                    partitions.push((l.tables.clone(), cols));
+                }
+            }
+            _ if !layouts.is_empty() => {
+                return Err(key_err(
+                    "layout",
+                    format!("table layouts apply to the ClickHouse and Delta sinks; the {kind} sink has none (remove `[[layout]]`)"),
+                ));
+            }
+            _ => {}
         }
         let database_prefix = c.database_prefix.clone().unwrap_or_default();
         if !database_prefix
@@ -183,12 +224,17 @@ impl SinkSettings {
                         n => Some(n as u64),
                     },
                 },
+                partitions,
             },
             clickhouse: ClickHouseSettings {
                 compression: choice("compression", c.compression.as_deref(), "auto")?,
                 database_prefix,
                 tls_ca: c.clickhouse_tls_ca.clone(),
-                layouts,
+                layouts: if kind == SinkKind::ClickHouse {
+                    layouts
+                } else {
+                    Vec::new()
+                },
             },
         })
     }
@@ -247,7 +293,17 @@ mod tests {
             (
                 "[[layout]]\ntables = \"a.b\"\n",
                 "layout",
-                "apply to the ClickHouse sink",
+                "apply to the ClickHouse and Delta sinks",
+            ),
+            (
+                "sink = \"delta\"\n[[layout]]\ntables = \"a.b\"\norder_by = \"id\"\n",
+                "layout",
+                "`order_by`",
+            ),
+            (
+                "sink = \"delta\"\n[[layout]]\ntables = \"a.b\"\npartition_by = \"toDate(ts)\"\n",
+                "layout",
+                "no expressions",
             ),
             (
                 "sink = \"clickhouse\"\n[[layout]]\ntables = \"!\"\n",

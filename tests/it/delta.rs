@@ -659,3 +659,69 @@ fn delta_on_s3_with_a_private_ca() {
     let (equal, report) = compare_env(&m, "s3://lake/d", "s.t", &["--reader", "delta"], &env);
     assert!(equal, "{report}");
 }
+
+/// `[[layout]]` `partition_by` for Delta: the tables binlake creates are partitioned by the
+/// named columns (as the Python reader sees them), in the snapshot path and the stream path,
+/// and updates that move a row to another partition, deletes and a TRUNCATE keep the replica
+/// equal to the source.
+#[test]
+fn delta_partition_columns_from_layout() {
+    let dir = TestDir::new("dparts");
+    let m = Maria::start(&dir.0.join("db"), 1, &[]);
+    m.sql(
+        "CREATE DATABASE p; USE p;
+         CREATE TABLE p.ev (id BIGINT PRIMARY KEY, region VARCHAR(8) NOT NULL, v INT);
+         INSERT INTO p.ev SELECT seq, ELT(1 + seq % 3, 'eu', 'us', 'ap'), seq FROM seq_1_to_3000;",
+    );
+    let target = dir.path("lake");
+    let config = dir.path("binlake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"{}\"\ntarget = \"{target}\"\nsink = \"delta\"\ntables = \"p.*\"\n\n[[layout]]\ntables = \"p.*\"\npartition_by = \"Region\"\n",
+            m.url()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = binlake(
+            &["replicate", "--config", &config, "--exit-when-caught-up"],
+            Duration::from_secs(300),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    // the snapshot creates p.ev; p.later is created by the stream
+    run();
+    m.sql(
+        "CREATE TABLE p.later (id INT PRIMARY KEY, region VARCHAR(8), note TEXT);
+         INSERT INTO p.later VALUES (1, 'eu', 'a'), (2, NULL, 'b'), (3, 'us', 'c');
+         UPDATE p.ev SET region = 'sa' WHERE id % 10 = 0;
+         DELETE FROM p.ev WHERE id % 7 = 0;
+         UPDATE p.ev SET v = -v WHERE region = 'ap';
+         UPDATE p.later SET region = 'ap' WHERE id = 2;",
+    );
+    run();
+    for t in ["p.ev", "p.later"] {
+        assert_replica_equal(&m, &target, t, &["--reader", "delta"]);
+        let path = format!("{target}/{}", t.replace('.', "/"));
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, os\nfrom deltalake import DeltaTable\nprint(DeltaTable(sys.argv[1]).metadata().partition_columns, flush=True)\nos._exit(0)",
+                &path,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "['region']",
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // one directory per region value in the table's folder
+    assert!(std::path::Path::new(&format!("{target}/p/ev/region=sa")).is_dir());
+    m.sql("TRUNCATE p.ev; INSERT INTO p.ev VALUES (1, 'eu', 1)");
+    run();
+    assert_replica_equal(&m, &target, "p.ev", &["--reader", "delta"]);
+}

@@ -17,6 +17,28 @@ pub enum Deletes {
 /// `rewrite_budget`'s default: 32 MiB/s.
 pub const DEFAULT_REWRITE_BUDGET: u64 = 32 << 20;
 
+/// Decides whether a partitioning entry applies to `db`.`table`.
+pub type Matcher = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// One `[[layout]]` entry for Delta: the partition columns of the tables it matches, set when
+/// binlake creates such a table (a table that exists keeps its partitioning).
+#[derive(Clone)]
+pub struct Partitioning {
+    /// The entry's table patterns, for messages.
+    pub pattern: String,
+    pub matches: Matcher,
+    pub columns: Vec<String>,
+}
+
+impl std::fmt::Debug for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partitioning")
+            .field("pattern", &self.pattern)
+            .field("columns", &self.columns)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeltaConfig {
     /// A local directory, `file:///abs/dir`, or `s3://bucket/prefix`.
@@ -29,6 +51,8 @@ pub struct DeltaConfig {
     /// commit that rewrote more, the next one waits (see `Sink::commit_pause`). `None`: no
     /// limit.
     pub rewrite_budget: Option<u64>,
+    /// Partition columns of the tables binlake creates (the first entry that matches).
+    pub partitions: Vec<Partitioning>,
 }
 
 impl DeltaConfig {
@@ -39,6 +63,7 @@ impl DeltaConfig {
             deletes: Deletes::Soft,
             maintenance: None,
             rewrite_budget: Some(DEFAULT_REWRITE_BUDGET),
+            partitions: Vec::new(),
         }
     }
 

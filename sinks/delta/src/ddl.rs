@@ -117,7 +117,14 @@ impl DeltaSink {
         batches.insert(0, batch);
         let version = (tb.stream_max_version as i64).max(applied.unwrap_or(0));
         let own = table.version().and_then(|_| self.own_origin(&table));
-        let write = table.write(batches).with_save_mode(SaveMode::Overwrite);
+        let parts = match table.version() {
+            None => self.partitions_for(&tb.table, &batches[0].schema())?,
+            Some(_) => Vec::new(),
+        };
+        let mut write = table.write(batches).with_save_mode(SaveMode::Overwrite);
+        if !parts.is_empty() {
+            write = write.with_partition_columns(parts);
+        }
         // a shared table: only this origin's rows are replaced
         let write = match own {
             Some(own) => write.with_replace_where(own),

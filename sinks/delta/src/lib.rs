@@ -25,5 +25,5 @@ mod rewrite;
 mod sink;
 pub mod types;
 
-pub use config::{Deletes, DeltaConfig};
+pub use config::{Deletes, DeltaConfig, Partitioning};
 pub use sink::DeltaSink;

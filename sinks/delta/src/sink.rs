@@ -291,8 +291,12 @@ impl DeltaSink {
             }
         }
         if table.version().is_none() || keyless || insert_only {
+            let parts = match table.version() {
+                None => self.partitions_for(&tb.table, &batch.schema())?,
+                Some(_) => Vec::new(),
+            };
             return self
-                .append(table, &name, batch, props, description(tb), keyless)
+                .append(table, &name, batch, props, description(tb), keyless, parts)
                 .await;
         }
         let (table, batch) = self.evolve_schema(tb, table, batch).await?;
@@ -391,6 +395,39 @@ impl DeltaSink {
         Ok(())
     }
 
+    /// The partition columns a table binlake creates gets (`[[layout]]` `partition_by`, the first
+    /// entry whose pattern matches; a re-snapshot's shadow takes its table's), as the table's
+    /// columns are spelled; a column the table lacks stops the table, naming the entry.
+    pub(crate) fn partitions_for(
+        &self,
+        table: &binlake_sink::TableId,
+        schema: &arrow_schema::Schema,
+    ) -> Result<Vec<String>, SinkError> {
+        let base = table.table.split('/').next().unwrap_or(&table.table);
+        let Some(p) = self
+            .config
+            .partitions
+            .iter()
+            .find(|p| (p.matches)(&table.db, base))
+        else {
+            return Ok(Vec::new());
+        };
+        p.columns
+            .iter()
+            .map(|c| {
+                let f = schema.fields();
+                f.iter()
+                    .find(|f| f.name() == c)
+                    .or_else(|| f.iter().find(|f| f.name().eq_ignore_ascii_case(c)))
+                    .map(|f| f.name().clone())
+                    .ok_or_else(|| SinkError::Table {
+                        table: table.clone(),
+                        message: format!("[[layout]] `{}`: partition_by names `{c}`, which the table does not have", p.pattern),
+                    })
+            })
+            .collect()
+    }
+
     /// Creates the table (no rows, the batch's columns) if it does not exist: a snapshot of an
     /// empty source table, so that readers and dbt find it.
     pub(crate) async fn ensure_exists(&self, tb: &TableBatch) -> Result<(), SinkError> {
@@ -405,18 +442,22 @@ impl DeltaSink {
             table: tb.table.clone(),
             message: format!("converting to Delta types: {e}"),
         })?;
-        table
+        let parts = self.partitions_for(&tb.table, &batch.schema())?;
+        let mut write = table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
-            .with_description(description(tb))
-            .await
-            .map_err(|e| delta_err(&name, "create", e))?;
+            .with_description(description(tb));
+        if !parts.is_empty() {
+            write = write.with_partition_columns(parts);
+        }
+        write.await.map_err(|e| delta_err(&name, "create", e))?;
         info!(table = %name, "empty table created");
         Ok(())
     }
 
     /// Appends `batch` to a new table (its first batch is already one row per key), a keyless
     /// one, or one whose keys are all new to it.
+    #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
         table: DeltaTable,
@@ -425,6 +466,7 @@ impl DeltaSink {
         props: CommitProperties,
         description: String,
         keyless: bool,
+        partitions: Vec<String>,
     ) -> Result<(), SinkError> {
         let rows = if self.config.deletes == Deletes::Hard && !keyless {
             without_tombstones(&batch)?
@@ -437,6 +479,9 @@ impl DeltaSink {
             .with_schema_mode(SchemaMode::Merge)
             .with_commit_properties(props)
             .with_description(description);
+        if !partitions.is_empty() {
+            write = write.with_partition_columns(partitions);
+        }
         if !keyless {
             // Files of a few MB, each holding a narrow key range (rows arrive mostly in key
             // order): a MERGE then rewrites only the files whose key range it touches, not
