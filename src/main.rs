@@ -370,7 +370,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return config_error(e),
             };
             init_logs(fc.log_format.as_deref() == Some("json"));
-            let urls = fc.source_urls();
+            // every pipeline's servers, with [[pipelines]]
+            let urls = match fc.pipeline_configs() {
+                Ok(p) if p.is_empty() => fc.source_urls(),
+                Ok(p) => {
+                    let mut urls: Vec<String> = Vec::new();
+                    for u in p.iter().flat_map(|(_, c)| c.source_urls()) {
+                        if !urls.contains(&u) {
+                            urls.push(u);
+                        }
+                    }
+                    urls
+                }
+                Err(e) => return config_error(e),
+            };
             if urls.is_empty() {
                 return config_error(binlake::config::ConfigError::Key {
                     key: "source",
@@ -413,7 +426,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("source is ready for binlake");
                 if fc.target.is_some() {
-                    return check_target(&fc).await;
+                    let pipelines = fc.pipeline_configs().unwrap_or_default();
+                    if pipelines.is_empty() {
+                        return check_target(&fc).await;
+                    }
+                    // where each pipeline resumes
+                    for (_, one) in &pipelines {
+                        let code = check_target(one).await?;
+                        if code != ExitCode::SUCCESS {
+                            return Ok(code);
+                        }
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -525,18 +548,30 @@ async fn status(fc: &FileConfig) -> anyhow::Result<()> {
         None => println!("no checkpoint for pipeline `{pipeline_name}` in {target}"),
         Some(cp) => {
             let now = binlake::clock::now_us();
-            let lag = (now - cp.source_commit_us) as f64 / 1e6;
-            // the lag when the checkpoint was written: source commit to applied
-            let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
             println!(
-                "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}\nlast source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
+                "pipeline: {}\ncommit:   {} at {} ({:.1} s ago)\nposition: {}",
                 cp.pipeline,
                 cp.seq,
                 binlake::clock::format_us(cp.committed_at_us),
                 (now - cp.committed_at_us) as f64 / 1e6,
                 cp.position,
-                binlake::clock::format_us(cp.source_commit_us)
             );
+            if cp.source_commit_us > 0 {
+                let lag = (now - cp.source_commit_us) as f64 / 1e6;
+                // the lag when the checkpoint was written: source commit to applied
+                let lag_then = (cp.committed_at_us - cp.source_commit_us).max(0) as f64 / 1e6;
+                println!(
+                    "last source commit: {} ({lag:.1} s before now)\nlag at the last commit: {lag_then:.1} s",
+                    binlake::clock::format_us(cp.source_commit_us)
+                );
+            } else {
+                println!("last source commit: none applied yet (snapshot rows only)");
+            }
+            // a mapped table shows where it is written
+            let shown = |id: &binlake_sink::TableId| match cp.targets.get(id) {
+                Some(to) => format!("{id} -> {to}"),
+                None => id.to_string(),
+            };
             match &cp.last_error {
                 Some((at, e)) => {
                     println!("last error: {} {e}", binlake::clock::format_us(*at))
@@ -555,11 +590,7 @@ async fn status(fc: &FileConfig) -> anyhow::Result<()> {
                 println!("  {:<40} to resume it: fix the cause, then `binlake backfill --control <replicate's control_addr> --tables '{t}'` (reads it again whole; the other tables go on)", "");
             }
             for (id, v) in &cp.tables {
-                // a mapped table shows where it is written
-                let t = &match cp.targets.get(id) {
-                    Some(to) => format!("{id} -> {to}"),
-                    None => id.to_string(),
-                };
+                let t = &shown(id);
                 match cp.table_commit_us.get(id) {
                     Some(&c) => println!(
                         "  {t:<40} version {v}, last change committed at the source {} ({:.1} s before now)",
@@ -569,7 +600,8 @@ async fn status(fc: &FileConfig) -> anyhow::Result<()> {
                     None => println!("  {t:<40} version {v}"),
                 }
             }
-            for (t, p) in &cp.snapshots {
+            for (id, p) in &cp.snapshots {
+                let t = &shown(id);
                 let ranges = p.ranges.iter().filter(|r| r.done).count();
                 println!(
                     "  {t:<40} SNAPSHOT {} in progress: {} of ~{} rows, {ranges}/{} ranges done",
@@ -579,7 +611,8 @@ async fn status(fc: &FileConfig) -> anyhow::Result<()> {
                     p.ranges.len()
                 );
             }
-            for (t, at) in &cp.loaded {
+            for (id, at) in &cp.loaded {
+                let t = &shown(id);
                 println!(
                     "  {t:<40} loaded (snapshot finished {})",
                     binlake::clock::format_us(*at)

@@ -275,7 +275,12 @@ impl MappedSink {
     /// Every table the checkpoint knows, with where it is written now (mapped ones only).
     fn targets_of(&mut self, cp: &Checkpoint) -> BTreeMap<TableId, TableId> {
         let mut out = BTreeMap::new();
-        for t in cp.tables.keys().chain(cp.snapshots.keys()) {
+        for t in cp
+            .tables
+            .keys()
+            .chain(cp.snapshots.keys())
+            .chain(cp.loaded.keys())
+        {
             if let Ok(to) = self.map.target(t) {
                 if to != *t {
                     out.insert(t.clone(), to);
@@ -548,30 +553,15 @@ mod tests {
             shard,
         };
         let w = t("w.orders");
-        assert!(refuse(
-            &o("us", "shop.orders", true),
-            &w,
-            &[o("eu", "shop.orders", true)]
-        )
-        .is_none());
-        let e = refuse(
-            &o("us", "shop.orders", false),
-            &w,
-            &[o("eu", "shop.orders", true)],
-        )
-        .unwrap();
+        let r = |me: Owner, other: Owner| refuse(&me, &w, &[other]);
+        assert!(r(o("us", "shop.orders", true), o("eu", "shop.orders", true)).is_none());
+        let e = r(o("us", "shop.orders", false), o("eu", "shop.orders", true)).unwrap();
         assert!(e.contains("origin_in_key") && e.contains("`eu`"), "{e}");
-        assert!(refuse(
-            &o("us", "shop.orders", true),
-            &w,
-            &[o("eu", "shop.orders", false)]
-        )
-        .is_some());
+        assert!(r(o("us", "shop.orders", true), o("eu", "shop.orders", false)).is_some());
         // two source tables of one pipeline never share one
-        let e = refuse(
-            &o("eu", "shop_a.orders", true),
-            &w,
-            &[o("eu", "shop_b.orders", true)],
+        let e = r(
+            o("eu", "shop_a.orders", true),
+            o("eu", "shop_b.orders", true),
         )
         .unwrap();
         assert!(

@@ -122,6 +122,59 @@ impl Sources {
 }
 
 impl FileConfig {
+    /// Each `[[pipelines]]` entry's name and its keys over the top level's (`pipeline` set to
+    /// the name); the entries' own errors name the entry and the key.
+    pub fn pipeline_configs(&self) -> Result<Vec<(String, FileConfig)>, ConfigError> {
+        let Some(entries) = self.pipelines.as_ref() else {
+            return Ok(Vec::new());
+        };
+        if entries.is_empty() {
+            return Err(key_err(
+                "pipelines",
+                "is empty: give at least one [[pipelines]] entry with a `name`, or leave it out",
+            ));
+        }
+        let mut out: Vec<(String, FileConfig)> = Vec::new();
+        for e in entries {
+            let name = match e.get("name") {
+                Some(toml::Value::String(n)) => n.clone(),
+                _ => return Err(key_err(
+                    "pipelines.name",
+                    "required in every [[pipelines]] entry: a string (letters, digits, - and _)",
+                )),
+            };
+            if out.iter().any(|(n, _)| *n == name) {
+                return Err(key_err("pipelines.name", format!("`{name}` is used by two entries; each pipeline needs its own name (its checkpoint in the target)")));
+            }
+            let in_entry = |message: String| ConfigError::Pipeline {
+                name: name.clone(),
+                source: Box::new(ConfigError::Parse {
+                    path: "[[pipelines]]".into(),
+                    message,
+                }),
+            };
+            let mut own = e.clone();
+            own.remove("name");
+            if let Some(k) = own.keys().find(|k| !PIPELINE_KEYS.contains(&k.as_str())) {
+                return Err(in_entry(if keys::keys().iter().any(|d| d.name == k) {
+                    format!("`{k}` is shared by every pipeline: set it at the top level. An entry takes: {}", PIPELINE_KEYS.join(", "))
+                } else {
+                    format!(
+                        "unknown key `{k}`; an entry takes: name, {}",
+                        PIPELINE_KEYS.join(", ")
+                    )
+                }));
+            }
+            let own = FileConfig::deserialize(toml::Value::Table(own))
+                .map_err(|e| in_entry(e.to_string()))?;
+            let mut merged = self.clone().overlay(own);
+            merged.pipelines = None;
+            merged.pipeline = Some(name.clone());
+            out.push((name, merged));
+        }
+        Ok(out)
+    }
+
     /// The source URLs, each with its TLS files (its `[[source]]` keys, else the top-level
     /// `tls_ca` / `tls_cert` / `tls_key`) as binlake's URL parameters.
     pub fn source_urls(&self) -> Vec<String> {
@@ -798,61 +851,18 @@ impl Settings {
         let Some(entries) = c.pipelines.as_ref() else {
             return Ok(vec![Settings::resolve(c)?]);
         };
-        if entries.is_empty() {
-            return Err(key_err(
-                "pipelines",
-                "is empty: give at least one [[pipelines]] entry with a `name`, or leave it out",
-            ));
-        }
-        let mut names: Vec<String> = Vec::new();
         let mut out = Vec::new();
-        for e in entries {
-            let name = match e.get("name") {
-                Some(toml::Value::String(n)) => n.clone(),
-                _ => return Err(key_err(
-                    "pipelines.name",
-                    "required in every [[pipelines]] entry: a string (letters, digits, - and _)",
-                )),
-            };
-            if names.contains(&name) {
-                return Err(key_err("pipelines.name", format!("`{name}` is used by two entries; each pipeline needs its own name (its checkpoint in the target)")));
-            }
-            names.push(name.clone());
-            let in_entry = |source: ConfigError| ConfigError::Pipeline {
-                name: name.clone(),
+        for (name, merged) in c.pipeline_configs()? {
+            let mut one = Settings::resolve(&merged).map_err(|source| ConfigError::Pipeline {
+                name,
                 source: Box::new(source),
-            };
-            let mut own = e.clone();
-            own.remove("name");
-            if let Some(k) = own.keys().find(|k| !PIPELINE_KEYS.contains(&k.as_str())) {
-                let message = if keys::keys().iter().any(|d| d.name == k) {
-                    format!("`{k}` is shared by every pipeline: set it at the top level. An entry takes: {}", PIPELINE_KEYS.join(", "))
-                } else {
-                    format!(
-                        "unknown key `{k}`; an entry takes: name, {}",
-                        PIPELINE_KEYS.join(", ")
-                    )
-                };
-                return Err(in_entry(ConfigError::Parse {
-                    path: "[[pipelines]]".into(),
-                    message,
-                }));
-            }
-            let own = FileConfig::deserialize(toml::Value::Table(own)).map_err(|e| {
-                in_entry(ConfigError::Parse {
-                    path: "[[pipelines]]".into(),
-                    message: e.to_string(),
-                })
             })?;
-            let mut merged = c.clone().overlay(own);
-            merged.pipelines = None;
-            merged.pipeline = Some(name.clone());
-            let mut one = Settings::resolve(&merged).map_err(in_entry)?;
             // one source down must not stop the other pipelines
             // (a run that is to end when caught up stops that pipeline instead)
             one.pipeline.wait_for_source = !one.pipeline.exit_when_caught_up;
             out.push(one);
         }
+        let names: Vec<String> = out.iter().map(|s| s.pipeline.name.clone()).collect();
         if entries.len() > 1 {
             if c.server_id.is_some() {
                 return Err(key_err("server_id", format!("set at the top level, every pipeline ({}) would register with the same replica id, and a server drops one of two replicas with the same id. Set it in each [[pipelines]] entry, or leave it out (each pipeline's default differs)", names.join(", "))));

@@ -325,12 +325,8 @@ impl Committer {
             .sink
             .take()
             .expect("sink present when nothing is in flight");
-        self.inflight = Some(tokio::spawn(run_commit(
-            sink,
-            commit,
-            applied,
-            version,
-            self.metrics,
+        self.inflight = Some(tokio::spawn(tracing::Instrument::in_current_span(
+            run_commit(sink, commit, applied, version, self.metrics),
         )));
         Ok(done)
     }

@@ -339,11 +339,12 @@ impl Snapshotter {
                 opts.clone(),
                 cfg.clone(),
             );
-            readers.spawn(async move {
+            // (in the pipeline's span: with [[pipelines]], its log lines name it)
+            readers.spawn(tracing::Instrument::in_current_span(async move {
                 if let Err(e) = reader(worker, q, n, tx, opts, cfg).await {
                     warn!(worker, error = %e, "snapshot reader stopped");
                 }
-            });
+            }));
         }
         Snapshotter {
             queue,

@@ -23,24 +23,25 @@ fn shard(dir: &TestDir, name: &str, server_id: u32, rows: u32) -> Maria {
     m
 }
 
-fn compare_mapped(m: &Maria, target: &str, to: &str) -> (bool, String) {
-    compare(m, target, "shop.big", &["--target-table", to])
-}
-
-fn wait_mapped_equal(m: &Maria, target: &str, to: &str, timeout: Duration) {
+/// Polls the comparison of `shop.big` with `args` until equal (panics after `timeout`).
+fn wait_compare(m: &Maria, target: &str, args: &[&str], what: &str, timeout: Duration) {
     let start = std::time::Instant::now();
     loop {
-        let (equal, text) = compare_mapped(m, target, to);
+        let (equal, text) = compare(m, target, "shop.big", args);
         if equal {
-            eprintln!("{}", text.trim());
+            eprintln!("{what}: {}", text.trim());
             return;
         }
         assert!(
             start.elapsed() < timeout,
-            "{to} did not converge in {timeout:?}:\n{text}"
+            "{what} did not converge in {timeout:?}:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+fn wait_mapped_equal(m: &Maria, target: &str, to: &str, timeout: Duration) {
+    wait_compare(m, target, &["--target-table", to], to, timeout);
 }
 
 #[test]
@@ -144,28 +145,15 @@ map = {{ "shop.*" = "shop_us.{{table}}" }}
 }
 
 fn wait_origin_equal(m: &Maria, target: &str, reader: &[String], origin: &str, timeout: Duration) {
-    let start = std::time::Instant::now();
     let mut args = vec!["--target-table", "warehouse.big", "--origin", origin];
     args.extend(reader.iter().map(String::as_str));
-    loop {
-        let (equal, text) = compare(m, target, "shop.big", &args);
-        if equal {
-            eprintln!("{origin}: {}", text.trim());
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "origin {origin} did not converge in {timeout:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_compare(m, target, &args, &format!("origin {origin}"), timeout);
 }
 
 /// Shards whose keys collide (both hold ids 1..N) into one table with `origin_in_key`: the
 /// table is the union of the shards, each row keyed by its id and origin; binlake is killed
 /// mid-stream; a re-snapshot (a table renamed into the name) and a TRUNCATE on one shard remove
-/// only that shard's rows; `validate` compares each
-/// shard with its own rows of the shared table.
+/// only that shard's rows; `validate` compares each shard with its own rows of the shared table.
 #[test]
 fn shards_share_one_table_with_origin_in_key() {
     shards("parquet");
