@@ -663,6 +663,63 @@ fn literal(v: &My) -> String {
     }
 }
 
+/// The live rows of a table shared by shards (`origin_in_key`) per `_binlake_origin`: the
+/// highest version per (`key`, origin) that is not a tombstone. `validate` checks that every
+/// origin is one of its pipelines (rows of another origin make the table more than the union
+/// of the shards).
+pub fn live_rows_by_origin(
+    batches: &[RecordBatch],
+    key: &[String],
+) -> Result<std::collections::BTreeMap<String, u64>, ValidateError> {
+    let origin = crate::mapping::COL_ORIGIN;
+    let opts = FormatOptions::default().with_null("\u{0}NULL");
+    // (version, deleted, origin) per key
+    let mut best: HashMap<String, (u64, bool, String)> = HashMap::new();
+    for b in batches {
+        let named = |n: &str| {
+            b.column_by_name(n).ok_or_else(|| {
+                ValidateError::Definite(format!("the shared table has no column `{n}`"))
+            })
+        };
+        let cols = key
+            .iter()
+            .map(|k| named(k))
+            .chain([named(origin)])
+            .collect::<Result<Vec<_>, _>>()?;
+        let fmts = cols
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        let versions = b
+            .column_by_name(COL_VERSION)
+            .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok())
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned());
+        let deleted = deleted_of(b);
+        for i in 0..b.num_rows() {
+            let k = fmts
+                .iter()
+                .map(|f| f.value(i).to_string())
+                .collect::<Vec<_>>()
+                .join("\u{1f}");
+            let v = versions.as_ref().map_or(0, |a| a.value(i));
+            let d = deleted
+                .as_ref()
+                .is_some_and(|a| a.is_valid(i) && a.value(i));
+            if best.get(&k).is_none_or(|(bv, _, _)| *bv <= v) {
+                let o = fmts.last().expect("origin column").value(i).to_string();
+                best.insert(k, (v, d, o));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (_, (_, d, o)) in best {
+        if !d {
+            *out.entry(o).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// Describes a table for `--repair` (the key columns' SQL).
 pub async fn describe_for_repair(
     opts: &mysql_async::Opts,

@@ -280,7 +280,36 @@ source = "{us_url}"
         report.contains("== pipeline eu") && report.contains("== pipeline us"),
         "{report}"
     );
-
+    if sink == "parquet" {
+        // (the Parquet sink reads back its own pipeline's files only)
+        assert!(
+            report.contains("compares each shard with its own rows only"),
+            "{report}"
+        );
+    } else {
+        assert!(
+            report.contains("warehouse.big: the union of the shards (eu, us)"),
+            "{report}"
+        );
+        // ... and that the shared table holds nothing but the union of the shards: without the us
+        // pipeline in the config, its rows are rows of an origin no pipeline replicates
+        let only_eu = dir.path("only-eu.toml");
+        let cut = text
+            .find("\n[[pipelines]]\nname = \"us\"")
+            .expect("us entry");
+        std::fs::write(&only_eu, &text[..cut]).unwrap();
+        let out = binlake(
+            &["validate", "--config", &only_eu],
+            Duration::from_secs(120),
+        );
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{report}");
+        assert!(
+            report
+                .contains("holds rows of origins no pipeline of this config replicates: 1 of `us`"),
+            "{report}"
+        );
+    }
     // turning origin_in_key off for one pipeline is refused (every key it wrote would change)
     std::fs::write(
         &config,
