@@ -73,6 +73,14 @@ pub struct Metrics {
     caught_up: AtomicBool,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The registry every pipeline of this process registers its metrics in (what `/metrics`
 /// serves), and the pipelines' metrics by name.
 struct All {

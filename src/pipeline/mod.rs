@@ -81,12 +81,15 @@ pub struct PipelineConfig {
     /// 30 s) until it answers, instead of stopping the run: one of several pipelines in a
     /// process (`[[pipelines]]`) waits for its server while the others go on.
     pub wait_for_source: bool,
+    /// This pipeline's metrics (label `pipeline`), looked up once: intake counts every
+    /// transaction.
+    pub metrics: &'static crate::metrics::Metrics,
 }
 
 impl PipelineConfig {
     /// This pipeline's metrics (label `pipeline`).
     pub fn metrics(&self) -> &'static crate::metrics::Metrics {
-        crate::metrics::for_pipeline(&self.name)
+        self.metrics
     }
 }
 

@@ -29,7 +29,52 @@ use tracing::info;
 
 use crate::sink::{classify, ident, lit, ClickHouseSink};
 
+/// The column of a table shared by several pipelines (`origin_in_key`): each row's pipeline.
+pub(crate) const ORIGIN: &str = "_binlake_origin";
+
 impl ClickHouseSink {
+    /// True when the table is shared by several pipelines (it has `_binlake_origin`, see
+    /// `origin_in_key`): what one pipeline removes or replaces is its own origin's rows only.
+    pub(crate) async fn shared(&self, t: &TableId) -> Result<bool, SinkError> {
+        Ok(self
+            .server_columns(t)
+            .await?
+            .iter()
+            .any(|(n, _)| n == ORIGIN))
+    }
+
+    /// The predicate of this pipeline's rows in a shared table.
+    pub(crate) fn own_origin(&self) -> String {
+        format!("{} = {}", ident(ORIGIN), lit(&self.config.pipeline))
+    }
+
+    /// Removes every row below `version` (a finished re-snapshot: the keys it did not read again
+    /// are gone at the source; newer versions of the keys it read stay). A mutation, waited for,
+    /// so the checkpoint after it is written only once it is done; idempotent.
+    pub(crate) async fn purge(
+        &self,
+        t: &TableId,
+        full: &str,
+        version: u64,
+    ) -> Result<(), SinkError> {
+        // a shared table: this origin's rows only (their versions are this pipeline's)
+        let own = match self.shared(t).await? {
+            true => format!(" AND {}", self.own_origin()),
+            false => String::new(),
+        };
+        self.client
+            .query(&format!(
+                "ALTER TABLE {full} DELETE WHERE {} < {version}{own}",
+                ident(COL_VERSION)
+            ))
+            .with_setting("mutations_sync", "1")
+            .execute()
+            .await
+            .map_err(|e| classify(e, "removing rows below a re-snapshot", Some(t)))?;
+        info!(table = %t, below = version, "rows below the re-snapshot removed");
+        Ok(())
+    }
+
     /// Replaces keyless table `name` (created already) with the batch's rows and the rows it
     /// holds at or above the batch's `purge_below` (the stream's changes after the read; all of
     /// them go without it): both are written to a shadow table, which `EXCHANGE TABLES` swaps in.
@@ -253,7 +298,7 @@ impl ClickHouseSink {
             return Ok(());
         }
         let full = self.table_name(table);
-        if columns.iter().any(|(n, _)| n == crate::sink::ORIGIN) {
+        if columns.iter().any(|(n, _)| n == ORIGIN) {
             // shared by several pipelines (origin_in_key): this origin's rows only
             if !matches!(kind, DdlKind::Truncate | DdlKind::DropTable) {
                 return Err(SinkError::Table {

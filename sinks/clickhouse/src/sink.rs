@@ -32,9 +32,6 @@ pub struct ClickHouseSink {
 }
 
 /// `name` as a ClickHouse identifier.
-/// The column of a table shared by several pipelines (`origin_in_key`): each row's pipeline.
-pub(crate) const ORIGIN: &str = "_binlake_origin";
-
 pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
@@ -470,21 +467,6 @@ impl ClickHouseSink {
         Box::pin(self.ensure_table(tb)).await
     }
 
-    /// True when the table is shared by several pipelines (it has `_binlake_origin`, see
-    /// `origin_in_key`): what one pipeline removes or replaces is its own origin's rows only.
-    pub(crate) async fn shared(&self, t: &TableId) -> Result<bool, SinkError> {
-        Ok(self
-            .server_columns(t)
-            .await?
-            .iter()
-            .any(|(n, _)| n == ORIGIN))
-    }
-
-    /// The predicate of this pipeline's rows in a shared table.
-    pub(crate) fn own_origin(&self) -> String {
-        format!("{} = {}", ident(ORIGIN), lit(&self.config.pipeline))
-    }
-
     /// True when the table holds no rows at all (emptied by TRUNCATE or DROP TABLE).
     async fn holds_no_rows(&self, t: &TableId) -> Result<bool, SinkError> {
         let rows = self
@@ -496,28 +478,6 @@ impl ClickHouseSink {
             .and_then(|r| r.get("n"))
             .and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()))
             == Some(0))
-    }
-
-    /// Removes every row below `version` (a finished re-snapshot: the keys it did not read again
-    /// are gone at the source; newer versions of the keys it read stay). A mutation, waited for,
-    /// so the checkpoint after it is written only once it is done; idempotent.
-    async fn purge(&self, t: &TableId, full: &str, version: u64) -> Result<(), SinkError> {
-        // a shared table: this origin's rows only (their versions are this pipeline's)
-        let own = match self.shared(t).await? {
-            true => format!(" AND {}", self.own_origin()),
-            false => String::new(),
-        };
-        self.client
-            .query(&format!(
-                "ALTER TABLE {full} DELETE WHERE {} < {version}{own}",
-                ident(COL_VERSION)
-            ))
-            .with_setting("mutations_sync", "1")
-            .execute()
-            .await
-            .map_err(|e| classify(e, "removing rows below a re-snapshot", Some(t)))?;
-        info!(table = %t, below = version, "rows below the re-snapshot removed");
-        Ok(())
     }
 
     /// One INSERT per table and commit: ClickHouse makes an insert of up to

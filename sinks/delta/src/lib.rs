@@ -19,6 +19,7 @@
 //! - Types Delta cannot hold are widened losslessly (see [`types`]); never silently altered.
 
 mod config;
+mod create;
 mod ddl;
 pub mod maintain;
 mod rewrite;
