@@ -15,6 +15,8 @@
 //!   transactions up to the read's binlog point (the checkpoint's `cut`).
 //! - Progress is written with the rows it describes: a restart continues after the last chunk
 //!   the target holds.
+//! - Active-active reading (transactions taken from whichever server delivers first) keeps
+//!   these with the stricter rules of [`super::ahead`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use mysql_async::prelude::Queryable;
 use thiserror::Error;
 use tracing::{debug, error, info};
 
+use super::ahead::Ahead;
 use super::buffer::{BufRow, Op, Provenance};
 use super::commit::{commit_and_wait, Committer};
 use super::intake::{buffer_for, take_columns, take_rows, target_shape};
@@ -85,6 +88,10 @@ pub(super) struct SnapState {
     pub last_version: u64,
     /// Re-snapshots queued by [`reread`], for the readers (see [`restart_snapshots`]).
     pub restart: Vec<(TableId, SnapshotProgress)>,
+    /// The highest version of a transaction taken in so far, this run.
+    applied_max: u64,
+    /// Active-active reading only (see [`Ahead`]).
+    ahead: Option<Ahead>,
 }
 
 impl SnapState {
@@ -106,11 +113,79 @@ impl SnapState {
         }
     }
 
+    /// Active-active reading from `start` (see [`Ahead`]).
+    pub fn active_active(&mut self, start: &Position) {
+        self.ahead = Some(Ahead::new(start));
+    }
+
+    /// A transaction was taken in: its `version`, the merged `position` after it, and, when it
+    /// came from another server than `via` (`ours` false), the tables it wrote.
+    pub fn took<'t>(
+        &mut self,
+        version: u64,
+        position: &Position,
+        via_position: Option<&Position>,
+        ours: bool,
+        tables: impl Iterator<Item = &'t TableMap>,
+    ) {
+        self.applied_max = self.applied_max.max(version);
+        if let Some(a) = &mut self.ahead {
+            a.took(position, via_position, ours, tables);
+        }
+    }
+
+    /// `via` delivered a transaction already taken from another server; `position` is `via`'s
+    /// own after it.
+    pub fn seen_on_via(&mut self, position: Position) {
+        if let Some(a) = &mut self.ahead {
+            a.seen(position);
+        }
+    }
+
+    /// The highest version taken so far.
+    pub fn applied_max(&self) -> u64 {
+        self.applied_max
+    }
+
+    /// Active-active: chunk rows of every key the stream changed are dropped (see [`Ahead`]).
+    fn drops_every_changed_key(&self) -> bool {
+        self.ahead.is_some()
+    }
+
+    /// Active-active: a transaction taken ahead of `via` wrote to `t` since its snapshot was
+    /// queued.
+    fn written_ahead(&self, t: &TableId) -> bool {
+        self.ahead.as_ref().is_some_and(|a| a.written_ahead(t))
+    }
+
+    /// The floor for a snapshot of `t` queued now, or `None` while `via` has not delivered
+    /// every transaction taken (active-active): it is then kept until it has
+    /// ([`SnapState::releasable`]).
+    fn queue(&mut self, t: &TableId, p: &SnapshotProgress) -> Option<BinlogPos> {
+        let floor = self.read_floor();
+        let now = self.ahead.as_mut().is_none_or(|a| a.queue(t, p));
+        now.then_some(floor)
+    }
+
+    /// Snapshots kept by [`SnapState::queue`] that `via` has now caught up with, and their floor.
+    fn releasable(&mut self) -> (Vec<(TableId, SnapshotProgress)>, BinlogPos) {
+        let floor = self.read_floor();
+        let ready = self
+            .ahead
+            .as_mut()
+            .map(Ahead::releasable)
+            .unwrap_or_default();
+        (ready, floor)
+    }
+
     /// A snapshot is queued, planned, or has a chunk waiting. (`changed` has an entry from the
     /// moment a snapshot is queued: its plan may still be in the snapshotter's channel, behind
     /// a chunk the pipeline holds.)
     pub fn busy(&self) -> bool {
-        self.pending.is_some() || !self.progress.is_empty() || !self.changed.is_empty()
+        self.pending.is_some()
+            || !self.progress.is_empty()
+            || !self.changed.is_empty()
+            || self.ahead.as_ref().is_some_and(Ahead::waiting)
     }
 
     /// A snapshot of `t` is planned (its progress reached the pipeline).
@@ -124,6 +199,9 @@ impl SnapState {
     pub fn forget(&mut self, t: &TableId) {
         self.progress.remove(t);
         self.changed.remove(t);
+        if let Some(a) = &mut self.ahead {
+            a.forget(t);
+        }
     }
 
     /// Records the keys binlog `rows` of `t` change, while `t` is being snapshotted.
@@ -149,7 +227,8 @@ impl SnapState {
             self.stream_at = Some(at.clone());
         }
         if let Some(v) = version {
-            self.history.push_back((p, v));
+            // (active-active: versions taken ahead may be above the one `via` gives)
+            self.history.push_back((p, v.max(self.applied_max)));
             // Without a snapshot in progress only the last entry matters: a chunk read later is
             // read at a point at or after it.
             // (`changed` has an entry for every snapshot queued, planned or not: chunks of a
@@ -258,7 +337,7 @@ pub(super) fn queue_backfill(
         };
         p.absent = b.absent.clone();
         st.snap.planned(t.clone(), p.clone());
-        snapshotter.add(t.clone(), p, st.snap.read_floor());
+        hand_over(st, snapshotter, t.clone(), p);
     }
     Ok(b.tables.clone())
 }
@@ -355,6 +434,14 @@ fn take_chunk(
     // rows below go, the read replaces what the target holds below `version`, and the stream's
     // later rows stay on top.
     let keyless = tm.primary_key.is_empty();
+    if keyless && st.snap.written_ahead(&id) {
+        // active-active: a transaction taken from another server before `via` delivered it
+        // wrote to the table; no version tells whether the read holds its rows
+        info!(table = %id, "a keyless table was written from another server during its read: it is read again");
+        let below = st.snap.progress.get(&id).and_then(|p| p.purge_below);
+        reread(st, &id, below.unwrap_or(st.snap.applied_max()));
+        return Ok(());
+    }
     if keyless {
         // (and of an older shape set aside, which the commit would write before the read)
         let set_aside = st.intake.set_aside.iter_mut().filter(|b| b.id == id);
@@ -370,8 +457,9 @@ fn take_chunk(
     // DBLog: rows whose key the stream changed in or after this read's window are dropped;
     // a key the stream changed before it is not new to the target.
     let check = changed.is_some() && !keyless;
+    let every = st.snap.drops_every_changed_key();
     let mut keep = |kb: &[u8]| match changed.and_then(|c| c.get(kb)) {
-        Some(&v) if v >= low => false,
+        Some(&v) if v >= low || every => false,
         Some(_) => {
             fresh = false;
             true
@@ -523,7 +611,24 @@ pub(super) fn restart_snapshots(st: &mut State, snapshotter: &Snapshotter) {
     for (t, p) in std::mem::take(&mut st.snap.restart) {
         snapshotter.cancel(&t);
         st.snap.run_rows.insert(t.clone(), (0, Instant::now()));
-        snapshotter.add(t, p, st.snap.read_floor());
+        hand_over(st, snapshotter, t, p);
+    }
+}
+
+/// Hands a snapshot of `t` to the readers, with its read floor; active-active, it may wait
+/// until `via` has delivered every transaction taken so far (see [`Ahead`]).
+fn hand_over(st: &mut State, snapshotter: &Snapshotter, t: TableId, p: SnapshotProgress) {
+    if let Some(floor) = st.snap.queue(&t, &p) {
+        snapshotter.add(t, p, floor);
+    }
+}
+
+/// Hands the readers the snapshots that waited for `via` to catch up, once it has.
+pub(super) fn release_deferred(st: &mut State, snapshotter: &Snapshotter) {
+    let (ready, floor) = st.snap.releasable();
+    for (t, p) in ready {
+        debug!(table = %t, "its server has caught up: the snapshot is handed to the readers");
+        snapshotter.add(t, p, floor.clone());
     }
 }
 
@@ -630,7 +735,7 @@ pub(super) async fn start_snapshots(
         if p.reason != KEYLESS {
             st.snap.changed.entry(t.clone()).or_default();
             st.snap.run_rows.insert(t.clone(), (0, Instant::now()));
-            snapshotter.add(t, p, st.snap.read_floor());
+            hand_over(st, &snapshotter, t, p);
         }
     }
     if new_tables.is_empty() {
@@ -648,17 +753,18 @@ pub(super) async fn start_snapshots(
             // ones the source no longer has go when the table is done
             let p = resnapshot_progress(version);
             st.snap.planned(t.clone(), p.clone());
-            snapshotter.add(t, p, st.snap.read_floor());
+            hand_over(st, &snapshotter, t, p);
             continue;
         }
         if !desc.keyless() {
             info!(table = %t, estimate = desc.estimate, "table gets an initial snapshot");
             st.snap.changed.entry(t.clone()).or_default();
             st.snap.fresh.insert(t.clone());
-            snapshotter.add(
+            hand_over(
+                st,
+                &snapshotter,
                 t,
                 crate::snapshot::new_progress("initial", None),
-                st.snap.read_floor(),
             );
             continue;
         }
@@ -741,99 +847,5 @@ async fn keyless_version(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::SnapState;
-    use crate::position::{BinlogPos, Coord};
-    use crate::snapshot::Window;
-    use binlake_sink::TableId;
-
-    fn at(pos: u64) -> BinlogPos {
-        BinlogPos {
-            file: "binlog.000001".into(),
-            pos,
-        }
-    }
-
-    /// A read's window takes its version from `high` and its drop threshold from `low`, and
-    /// waits until the stream has read past `high`.
-    #[test]
-    fn a_window_is_placed_by_its_bounds() {
-        let mut s = SnapState::default();
-        s.changed
-            .insert(TableId::new("shop", "t"), Default::default()); // a snapshot in progress
-        let w = Window {
-            low: at(150),
-            high: at(250),
-        };
-        s.saw(&at(100), Some(1 << 16)); // A
-        s.saw(&at(200), Some(2 << 16)); // B: in the window
-        assert!(
-            s.window_versions(&w).is_none(),
-            "the stream has not passed high"
-        );
-        s.saw(&at(240), None); // a heartbeat short of high
-        assert!(s.window_versions(&w).is_none());
-        s.saw(&at(300), Some(3 << 16)); // C: after the window
-        assert_eq!(
-            s.window_versions(&w).unwrap().unwrap(),
-            ((1 << 16) + 1, (2 << 16) + 1),
-            "rows of keys B changed are dropped (B >= low), the rest placed after B"
-        );
-        // a window with nothing between its bounds
-        let w = Window {
-            low: at(200),
-            high: at(200),
-        };
-        assert_eq!(
-            s.window_versions(&w).unwrap().unwrap(),
-            ((2 << 16) + 1, (2 << 16) + 1)
-        );
-        // before the run's first transaction: the start position's version
-        let mut f = SnapState {
-            floor: (Coord::default(), 5 << 16),
-            ..Default::default()
-        };
-        f.saw(&at(90), None);
-        let w = Window {
-            low: at(80),
-            high: at(90),
-        };
-        assert_eq!(
-            f.window_versions(&w).unwrap().unwrap(),
-            ((5 << 16) + 1, (5 << 16) + 1)
-        );
-    }
-
-    /// Reads of a snapshot queued now start after the stream's position and the run's start.
-    #[test]
-    fn the_read_floor_is_the_later_of_the_start_and_the_stream() {
-        let mut s = SnapState {
-            start_floor: at(500),
-            ..Default::default()
-        };
-        assert_eq!(s.read_floor(), at(500));
-        s.saw(&at(400), None);
-        assert_eq!(s.read_floor(), at(500));
-        s.saw(&at(600), Some(1 << 16));
-        assert_eq!(s.read_floor(), at(600));
-    }
-
-    #[test]
-    fn later_reads_at_the_same_point_win_and_stay_below_the_next_transaction() {
-        let mut s = SnapState::default();
-        let a = 7u64 << 16; // a GTID version
-        assert_eq!(s.next_snapshot_version(a + 1), a + 1);
-        assert_eq!(s.next_snapshot_version(a + 1), a + 2, "a later read wins");
-        assert_eq!(s.next_snapshot_version(a + 1), a + 3);
-        // after the next transaction, the block starts again
-        let b = 8u64 << 16;
-        assert_eq!(s.next_snapshot_version(b + 1), b + 1);
-        // a full block saturates below the next transaction
-        s.last_version = a | 0xffff;
-        assert_eq!(s.next_snapshot_version(a + 1), a | 0xffff);
-        // file-position versions reserve nothing
-        let mut f = SnapState::default();
-        assert_eq!(f.next_snapshot_version(1235), 1235);
-        assert_eq!(f.next_snapshot_version(1235), 1235);
-    }
-}
+#[path = "handoff_tests.rs"]
+mod tests;

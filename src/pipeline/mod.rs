@@ -29,6 +29,7 @@
 //! - Transient sink errors are retried with backoff (the same commit, idempotent); transient
 //!   source errors reconnect in the source. Definite errors flush what is complete and stop.
 
+mod ahead;
 pub mod buffer;
 mod commit;
 mod ddl;
@@ -294,6 +295,9 @@ async fn run_once(
         .map(|c| c.outbox_delivered.clone())
         .unwrap_or_default();
     let mut st = State::resume(checkpoint, &started, sink.date_range_days());
+    if started.src.urls.len() > 1 && started.src.mode == SourceMode::ActiveActive {
+        st.snap.active_active(&started.start);
+    }
     st.outbox =
         crate::outbox::restore(sink.as_mut(), &cfg.outbox, &st.tables.versions, &marks).await?;
     // outbox delivery: tasks that end with this run (the next one resumes from the checkpoint)

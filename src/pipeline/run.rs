@@ -25,7 +25,9 @@ use super::commit::{
     size_exceeds, time_due, Committer,
 };
 use super::ddl::{ddl_steps, DdlStep};
-use super::handoff::{after_stream_moved, queue_backfill, reread, restart_snapshots, KEYLESS};
+use super::handoff::{
+    after_stream_moved, queue_backfill, release_deferred, reread, restart_snapshots, KEYLESS,
+};
 use super::intake::{changes_shape, take_txn};
 use super::state::State;
 use super::{PipelineConfig, PipelineError, Summary};
@@ -176,9 +178,14 @@ impl<'a> Run<'a> {
             SourceMsg::Seen {
                 via,
                 file_pos,
-                version,
+                position,
+                ..
             } if via == self.via => {
-                self.st.snap.saw(&file_pos, Some(version));
+                // (its version is `via`'s count, not the one it was taken at: the history
+                // takes the highest taken so far)
+                self.st.snap.seen_on_via(position);
+                self.st.snap.saw(&file_pos, Some(0));
+                release_deferred(&mut self.st, &self.snapshotter);
                 return Ok(self.moved(file_pos));
             }
             SourceMsg::Seen { .. } => {}
@@ -272,8 +279,16 @@ impl<'a> Run<'a> {
             info!(position = %txn.position, "a table changed shape: committing its older rows first");
             commit_and_wait(&mut self.st, self.cfg, &mut self.committer).await?;
         }
+        self.st.snap.took(
+            txn.version,
+            &txn.position,
+            txn.via_position.as_ref(),
+            ours,
+            txn.changes.iter().map(|c| c.table.as_ref()),
+        );
         if ours {
             self.st.snap.saw(&file_pos, Some(txn.version));
+            release_deferred(&mut self.st, &self.snapshotter);
         }
         if let Err(e) = take_txn(&mut self.st, self.cfg, txn) {
             return Ok(Some(End::Failed(e)));

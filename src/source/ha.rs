@@ -2,9 +2,13 @@
 //!
 //! The sources are servers that hold the same GTID history (a primary and its replicas with
 //! `log_slave_updates`). Because a GTID names the same transaction on every server, a position
-//! (the last GTID per domain, or MySQL's executed set) taken on one server resumes on another,
-//! and `_binlake_version`, derived from that position, is the same whichever server delivered a
-//! transaction (see [`crate::position`]).
+//! (the last GTID per domain, or MySQL's executed set) taken on one server resumes on another.
+//! `_binlake_version` is derived from the merged position, so it increases strictly in the
+//! order binlake takes transactions in. With one GTID domain (or one source UUID) that order is
+//! the same on every server; with several written concurrently, servers interleave them
+//! differently and a transaction's version depends on which server delivered what first. The
+//! replica converges all the same (each key's changes come in one domain's order); the snapshot
+//! handoff does not rely on versions there (see `pipeline::ahead`).
 //!
 //! Invariants:
 //! - **Never backwards.** A server is only read from once its binlog holds everything already
@@ -305,10 +309,10 @@ pub async fn active_active(
                             if t.via != snap {
                                 continue;
                             }
-                            SourceMsg::Seen { via: t.via, file_pos: t.file_pos, version: t.version }
+                            SourceMsg::Seen { via: t.via, file_pos: t.file_pos, version: t.version, position: t.position }
                         } else {
                             advance(&mut pos, &t);
-                            t.position = pos.clone();
+                            t.via_position = Some(std::mem::replace(&mut t.position, pos.clone()));
                             t.version = pos.version();
                             *merged.lock().expect("merged position") = pos.clone();
                             SourceMsg::Txn(t)
@@ -371,6 +375,7 @@ mod tests {
             via: 0,
             read_server_id: 2,
             position: Position::MariaDb(MariaGtidState::default()),
+            via_position: None,
             file_pos: BinlogPos {
                 file: "b.000001".into(),
                 pos: 4,

@@ -168,6 +168,9 @@ pub struct Transaction {
     pub read_server_id: u32,
     /// Position after this transaction: where to resume so that it is not read again.
     pub position: Position,
+    /// Active-active: the position after this transaction in the binlog of the server that
+    /// delivered it (`position` is then the merged one, of every server). `None` otherwise.
+    pub via_position: Option<Position>,
     /// End of the commit event in the server's binlog we read it from.
     pub file_pos: BinlogPos,
     pub changes: Vec<TableChange>,
@@ -229,6 +232,8 @@ pub enum SourceMsg {
         via: usize,
         file_pos: BinlogPos,
         version: u64,
+        /// The position after it in `via`'s binlog.
+        position: Position,
     },
     /// The pipeline now follows server `via` (failover, or a new snapshot server in
     /// active-active mode): binlog file positions before this message belong to another server.

@@ -477,6 +477,7 @@ async fn finish(
         clock_us,
         origin_server_id,
         position,
+        via_position: None,
         file_pos: end.clone(),
         changes,
         ddl,

@@ -15,10 +15,14 @@
 //! from the transaction's place in the GTID history, which every server of a topology agrees on:
 //! - MariaDB: the **sum over domains of the last sequence number** after the transaction is applied.
 //!   Every new GTID raises its domain's sequence number, so the sum strictly increases in binlog order.
-//!   With one domain (the common case, and all failover topologies) it is just the GTID's seq_no,
-//!   identical on every replica. With several domains whose writes interleave differently on two
-//!   servers, the sum can differ between them; we document that multi-domain sources should not write
-//!   the same rows from two domains.
+//!   With one domain (the common case) it is just the GTID's seq_no, identical on every replica.
+//!   With several domains written concurrently, servers interleave them differently in their
+//!   binlogs, so the sum after a given transaction differs between servers. No number can be
+//!   the same on every server and increase in each one's order, so the version follows the order
+//!   binlake takes transactions in (strictly increasing, checkpointed as a GTID state so a
+//!   restart or failover continues above it). Per key this is the source's order as long as one
+//!   key is written from one domain at a time; the snapshot handoff under active-active reading
+//!   compares GTID states, not versions (binlake's `pipeline::ahead`).
 //! - MySQL: the **number of transactions in the executed GTID set** after the transaction, which is
 //!   the same on every server that applied the same history in commit order.
 //! - File/position (no GTID): `(binlog file index << 40) | end position`. Stable across restarts of
