@@ -13,6 +13,7 @@ pub mod control;
 pub mod dbt;
 pub mod decode;
 pub mod filter;
+pub mod lww;
 pub mod mapping;
 pub mod metrics;
 pub mod outbox;

@@ -162,6 +162,8 @@ struct Owner {
     pipeline: String,
     source: TableId,
     shard: bool,
+    /// Writes last-writer-wins versions (`conflict`).
+    lww: bool,
 }
 
 /// Which pipelines and source tables write each target table, in this process.
@@ -174,7 +176,7 @@ fn owners() -> &'static Mutex<HashMap<TableId, Vec<Owner>>> {
 fn refuse(me: &Owner, target: &TableId, others: &[Owner]) -> Option<String> {
     let other = others
         .iter()
-        .find(|o| o.pipeline == me.pipeline || !(o.shard && me.shard))?;
+        .find(|o| o.pipeline == me.pipeline || !((o.shard && me.shard) || (o.lww && me.lww)))?;
     Some(if other.pipeline == me.pipeline {
         format!(
             "map: {} and {} (both of pipeline `{}`) would both be written to {target}; a target table holds one source table per pipeline (its checkpoint, re-snapshots and TRUNCATE are per table). Map them to different tables, or read them with one pipeline each with origin_in_key",
@@ -182,7 +184,7 @@ fn refuse(me: &Owner, target: &TableId, others: &[Owner]) -> Option<String> {
         )
     } else {
         format!(
-            "map: {} (pipeline `{}`) and {} (pipeline `{}`) would both be written to {target}. Several sources share a table only with origin_in_key = true in both pipelines (each row then carries its origin in its key); or map them to different tables",
+            "map: {} (pipeline `{}`) and {} (pipeline `{}`) would both be written to {target}. Several sources share a table only with origin_in_key = true in both pipelines (each row then carries its origin in its key), or with conflict = \"last_writer_wins\" and neither in origin_in_key (one row per key, the last writer's); or map them to different tables",
             me.source, me.pipeline, other.source, other.pipeline
         )
     })
@@ -199,10 +201,21 @@ pub struct MappedSink {
     to: HashMap<TableId, TableId>,
     /// Target -> source, to name errors by the source table.
     from: HashMap<TableId, TableId>,
+    /// `conflict = "last_writer_wins"`: the pipeline's clock and rank (see [`crate::lww`]).
+    lww: Option<(Arc<crate::lww::LwwClock>, u8)>,
+    /// Target tables written keyless (their versions stay the pipeline's own).
+    keyless: std::collections::HashSet<TableId>,
 }
 
 impl MappedSink {
-    pub fn new(inner: Box<dyn Sink>, map: TableMap, pipeline: &str, origin: bool) -> MappedSink {
+    /// `conflict`: the pipeline's rank under `conflict = "last_writer_wins"`.
+    pub fn new(
+        inner: Box<dyn Sink>,
+        map: TableMap,
+        pipeline: &str,
+        origin: bool,
+        conflict: Option<u8>,
+    ) -> MappedSink {
         MappedSink {
             inner,
             map,
@@ -210,6 +223,8 @@ impl MappedSink {
             origin,
             to: HashMap::new(),
             from: HashMap::new(),
+            lww: conflict.map(|rank| (crate::lww::clock(pipeline), rank)),
+            keyless: Default::default(),
         }
     }
 
@@ -226,6 +241,7 @@ impl MappedSink {
             pipeline: self.pipeline.clone(),
             source: src.clone(),
             shard: self.origin,
+            lww: self.lww.is_some(),
         };
         {
             let mut owners = owners().lock().expect("owners");
@@ -254,6 +270,91 @@ impl MappedSink {
                 all.retain(|o| !(o.pipeline == self.pipeline && o.source == *src));
             }
         }
+    }
+
+    /// `b` (mapped to its target) under `conflict = "last_writer_wins"`: with `_binlake_origin`
+    /// (not in the key) and last-writer-wins versions. Keyless tables keep their rows and
+    /// versions as they are, and are not shared. Re-snapshots, which remove what they did not
+    /// read again, are refused: they would remove rows other sources wrote.
+    fn last_writer_wins(
+        &mut self,
+        mut b: TableBatch,
+        src: &TableId,
+        clock: &crate::lww::LwwClock,
+        rank: u8,
+    ) -> Result<TableBatch, SinkError> {
+        let table_err = |message: String| SinkError::Table {
+            table: src.clone(),
+            message,
+        };
+        if b.primary_key.is_empty() {
+            let shared = owners()
+                .lock()
+                .expect("owners")
+                .get(&b.table)
+                .is_some_and(|all| all.iter().any(|o| o.pipeline != self.pipeline));
+            if shared {
+                return Err(table_err(format!(
+                    "{} has no primary key: rows of several sources have no key to decide between under conflict = \"last_writer_wins\". Map it to a table of its own per pipeline",
+                    b.table
+                )));
+            }
+            self.keyless.insert(b.table.clone());
+            return Ok(b);
+        }
+        if b.purge_below.is_some() || b.generation.is_some() || b.replace {
+            return Err(table_err(format!(
+                "{} is written under conflict = \"last_writer_wins\": a re-snapshot of it (its content read again, and the rows not found removed) would remove rows other sources wrote, and is not supported. Rebuild the target table from every source, or map this table apart",
+                b.table
+            )));
+        }
+        b = with_origin(b, &self.pipeline, false)?;
+        let schema = b.batch.schema();
+        let (Ok(vi), Ok(oi)) = (
+            schema.index_of(binlake_sink::COL_VERSION),
+            schema.index_of(binlake_sink::COL_OP),
+        ) else {
+            return Err(SinkError::Definite(format!(
+                "{}: a batch without {} or {}",
+                b.table,
+                binlake_sink::COL_VERSION,
+                binlake_sink::COL_OP
+            )));
+        };
+        let cast = |i: usize, t: &arrow_schema::DataType| {
+            arrow_cast::cast(b.batch.column(i), t)
+                .map_err(|e| SinkError::Definite(format!("{}: {e}", b.table)))
+        };
+        let versions = cast(vi, &arrow_schema::DataType::UInt64)?;
+        let versions = versions
+            .as_any()
+            .downcast_ref::<arrow_array::UInt64Array>()
+            .expect("cast to UInt64");
+        let ops = cast(oi, &arrow_schema::DataType::Utf8)?;
+        let ops = ops
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .expect("cast to Utf8");
+        let (mut min, mut max, mut stream_max) = (u64::MAX, 0u64, 0u64);
+        let lww: arrow_array::UInt64Array = (0..b.batch.num_rows())
+            .map(|i| {
+                let snapshot = ops.value(i) == "snapshot";
+                let v = clock.version(versions.value(i), snapshot, rank);
+                (min, max) = (min.min(v), max.max(v));
+                if !snapshot {
+                    stream_max = stream_max.max(v);
+                }
+                v
+            })
+            .collect();
+        let mut columns = b.batch.columns().to_vec();
+        columns[vi] = Arc::new(lww);
+        b.batch = RecordBatch::try_new(schema, columns)
+            .map_err(|e| SinkError::Definite(format!("{}: {e}", b.table)))?;
+        if b.batch.num_rows() > 0 {
+            (b.min_version, b.max_version, b.stream_max_version) = (min, max, stream_max);
+        }
+        Ok(b)
     }
 
     /// An error about a target table, named by its source table.
@@ -298,6 +399,14 @@ impl MappedSink {
                 self.pipeline, cp.origin_in_key, self.origin
             )));
         }
+        if cp.lww_clock.is_some() != self.lww.is_some() && !cp.tables.is_empty() {
+            return Err(SinkError::Definite(format!(
+                "conflict: pipeline `{}` wrote its tables {} last-writer-wins versions, and now would {}; every version written would change meaning. Put `conflict` back as it was, or replicate under a new pipeline name into new tables",
+                self.pipeline,
+                if cp.lww_clock.is_some() { "with" } else { "without" },
+                if self.lww.is_some() { "use them" } else { "not" },
+            )));
+        }
         let now = self.targets_of(cp);
         for t in cp.tables.keys() {
             let was = cp.targets.get(t).unwrap_or(t);
@@ -324,6 +433,13 @@ impl Sink for MappedSink {
         if let Some(cp) = &cp {
             self.check_stable(cp)?;
         }
+        if let Some((clock, _)) = &self.lww {
+            // the stream resumes right after the checkpoint's position
+            match &cp {
+                Some(cp) => clock.resume(cp.lww_clock.unwrap_or_default(), cp.position.version()),
+                None => clock.resume((0, 0), 0),
+            }
+        }
         Ok(cp)
     }
 
@@ -340,7 +456,7 @@ impl Sink for MappedSink {
         for b in batches {
             let mut b = b.clone();
             if self.origin {
-                b = with_origin(b, &self.pipeline)?;
+                b = with_origin(b, &self.pipeline, true)?;
                 if self.inner.kind() != "parquet" {
                     // a re-snapshot is applied in place: swapping in a shadow of this origin's
                     // rows would replace the other origins' too (a Parquet swap file holds only
@@ -348,7 +464,11 @@ impl Sink for MappedSink {
                     b.generation = None;
                 }
             }
-            b.table = self.target(&b.table)?;
+            let src = b.table.clone();
+            b.table = self.target(&src)?;
+            if let Some((clock, rank)) = self.lww.clone() {
+                b = self.last_writer_wins(b, &src, &clock, rank)?;
+            }
             mapped.push(b);
         }
         let r = self.inner.write_tables(seq, &mapped).await;
@@ -368,6 +488,10 @@ impl Sink for MappedSink {
         let mut cp = cp.clone();
         cp.targets = self.targets_of(&cp);
         cp.origin_in_key = self.origin;
+        cp.lww_clock = self
+            .lww
+            .as_ref()
+            .map(|(clock, _)| clock.mark(cp.position.version()));
         self.inner.write_checkpoint(seq, &cp).await
     }
 
@@ -401,6 +525,13 @@ impl Sink for MappedSink {
                 return r.map_err(|e| self.back(e));
             }
             other => other,
+        };
+        // (in the version space of the table's rows)
+        let version = match &self.lww {
+            Some((clock, rank)) if !self.keyless.contains(&target) => {
+                clock.version(version, false, *rank)
+            }
+            _ => version,
         };
         let r = self.inner.apply_table_ddl(&target, kind, version).await;
         r.map_err(|e| self.back(e))
@@ -449,13 +580,13 @@ impl Sink for MappedSink {
 }
 
 /// `b` with the column `_binlake_origin` (`origin` in every row) as its last data column, and
-/// in its key.
-fn with_origin(mut b: TableBatch, origin: &str) -> Result<TableBatch, SinkError> {
+/// (`in_key`) in its key.
+fn with_origin(mut b: TableBatch, origin: &str, in_key: bool) -> Result<TableBatch, SinkError> {
     let schema = b.batch.schema();
     if schema.index_of(COL_ORIGIN).is_ok() {
         return Err(SinkError::Table {
             table: b.table.clone(),
-            message: format!("the source table has a column named {COL_ORIGIN}, which origin_in_key adds; rename it at the source or leave origin_in_key off"),
+            message: format!("the source table has a column named {COL_ORIGIN}, which origin_in_key and conflict add; rename it at the source, or leave them off"),
         });
     }
     let at = schema
@@ -487,7 +618,7 @@ fn with_origin(mut b: TableBatch, origin: &str) -> Result<TableBatch, SinkError>
         &arrow_array::RecordBatchOptions::new().with_row_count(Some(b.batch.num_rows())),
     )
     .map_err(|e| SinkError::Definite(format!("adding {COL_ORIGIN}: {e}")))?;
-    if !b.primary_key.is_empty() {
+    if in_key && !b.primary_key.is_empty() {
         b.primary_key.push(COL_ORIGIN.to_string());
     }
     Ok(b)
@@ -546,11 +677,18 @@ mod tests {
     }
 
     #[test]
-    fn only_shards_share_a_target_table() {
+    fn only_shards_or_last_writer_wins_share_a_target_table() {
         let o = |p: &str, src: &str, shard| Owner {
             pipeline: p.into(),
             source: t(src),
             shard,
+            lww: false,
+        };
+        let l = |p: &str, src: &str| Owner {
+            pipeline: p.into(),
+            source: t(src),
+            shard: false,
+            lww: true,
         };
         let w = t("w.orders");
         let r = |me: Owner, other: Owner| refuse(&me, &w, &[other]);
@@ -558,6 +696,10 @@ mod tests {
         let e = r(o("us", "shop.orders", false), o("eu", "shop.orders", true)).unwrap();
         assert!(e.contains("origin_in_key") && e.contains("`eu`"), "{e}");
         assert!(r(o("us", "shop.orders", true), o("eu", "shop.orders", false)).is_some());
+        assert!(r(l("us", "shop.orders"), l("eu", "shop.orders")).is_none());
+        let e = r(l("us", "shop.orders"), o("eu", "shop.orders", true)).unwrap();
+        assert!(e.contains("last_writer_wins"), "{e}");
+        assert!(r(l("eu", "shop_a.orders"), l("eu", "shop_b.orders")).is_some());
         // two source tables of one pipeline never share one
         let e = r(
             o("eu", "shop_a.orders", true),

@@ -29,6 +29,7 @@ pub(crate) fn settings_sink(settings: &Settings) -> anyhow::Result<Box<dyn binla
         settings.map.clone(),
         &settings.pipeline.name,
         settings.origin_in_key,
+        settings.conflict,
     )))
 }
 

@@ -450,6 +450,13 @@ config_keys! {
         /// `map` their tables into one target table whatever their keys (their rows never
         /// collide; TRUNCATE and re-snapshots touch only their own). Cannot change once a pipeline has written.
         origin_in_key: bool;
+        /// What decides between changes of the same key from several sources mapped into one
+        /// table (pipelines without `origin_in_key`): `last_writer_wins`, the change with the
+        /// latest source commit time (whole seconds, never going back within one source; ties
+        /// go to the greater pipeline name). Every pipeline then writes last-writer-wins
+        /// versions (see the README's "Many sources"). `first_writer_wins`, `merge_columns` and
+        /// `reject` are not built yet. Cannot change once a pipeline has written.
+        conflict: String;
         /// Several independent pipelines in one process (fan-in): `[[pipelines]]` tables, each
         /// with a `name` (its checkpoint, metrics label and log field) and its own `source`,
         /// `mode`, TLS files, `server_id`, `tables`, `start_at`, `exclude_*`, `mask`, `map`,

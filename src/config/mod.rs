@@ -532,6 +532,9 @@ pub struct Settings {
     pub map: crate::mapping::TableMap,
     /// `origin_in_key`: rows carry `_binlake_origin` in their key (see [`crate::mapping`]).
     pub origin_in_key: bool,
+    /// `conflict = "last_writer_wins"` applies to this pipeline (it has no `origin_in_key`):
+    /// its rank among the config's pipeline names (see [`crate::lww`]).
+    pub conflict: Option<u8>,
 }
 
 /// Table maintenance (Delta, Parquet compaction, ClickHouse OPTIMIZE): `binlake maintain`, or a
@@ -691,6 +694,7 @@ impl Settings {
                 also_read: outbox.iter().map(|o| o.table.clone()).collect(),
             },
             pipeline: PipelineConfig {
+                lww: conflict_policy(c)?.map(|()| crate::lww::clock(&pipeline)),
                 metrics: crate::metrics::for_pipeline(&pipeline),
                 name: pipeline,
                 max_batch_rows,
@@ -767,7 +771,24 @@ impl Settings {
             map: crate::mapping::TableMap::parse(&c.map.clone().unwrap_or_default())
                 .map_err(|e| key_err("map", e.to_string()))?,
             origin_in_key: c.origin_in_key.unwrap_or(false),
+            conflict: conflict_policy(c)?.map(|()| 0),
         })
+    }
+}
+
+/// `conflict`, checked: `Some` when last-writer-wins applies to the pipeline.
+fn conflict_policy(c: &FileConfig) -> Result<Option<()>, ConfigError> {
+    match c.conflict.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("last_writer_wins") => Ok((!c.origin_in_key.unwrap_or(false)).then_some(())),
+        Some(p @ ("first_writer_wins" | "merge_columns" | "reject")) => Err(key_err(
+            "conflict",
+            format!("`{p}` is not built yet; last_writer_wins is (or keep the sources' rows apart with origin_in_key = true)"),
+        )),
+        Some(other) => Err(key_err(
+            "conflict",
+            format!("`{other}`: expected last_writer_wins (first_writer_wins, merge_columns and reject are not built yet)"),
+        )),
     }
 }
 

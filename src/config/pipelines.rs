@@ -108,6 +108,28 @@ impl Settings {
             out.push(one);
         }
         let names: Vec<String> = out.iter().map(|s| s.pipeline.name.clone()).collect();
+        // last-writer-wins ties go to the greater name: the rank is the place in name order
+        let mut ranked: Vec<&String> = names.iter().collect();
+        ranked.sort();
+        if ranked.len() > crate::lww::RANKS && c.conflict.is_some() {
+            return Err(key_err(
+                "conflict",
+                format!(
+                    "last_writer_wins orders at most {} pipelines; this config has {}",
+                    crate::lww::RANKS,
+                    ranked.len()
+                ),
+            ));
+        }
+        for s in out.iter_mut() {
+            if s.conflict.is_some() {
+                let rank = ranked
+                    .iter()
+                    .position(|n| **n == s.pipeline.name)
+                    .unwrap_or(0);
+                s.conflict = Some(rank as u8);
+            }
+        }
         if entries.len() > 1 {
             if c.server_id.is_some() {
                 return Err(key_err("server_id", format!("set at the top level, every pipeline ({}) would register with the same replica id, and a server drops one of two replicas with the same id. Set it in each [[pipelines]] entry, or leave it out (each pipeline's default differs)", names.join(", "))));

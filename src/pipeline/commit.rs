@@ -562,6 +562,7 @@ pub(super) async fn commit(
         // (filled by the mapping sink, see `crate::mapping`)
         targets: Default::default(),
         origin_in_key: false,
+        lww_clock: None,
     };
     let commit = Commit {
         batches,

@@ -85,6 +85,9 @@ pub struct PipelineConfig {
     /// This pipeline's metrics (label `pipeline`), looked up once: intake counts every
     /// transaction.
     pub metrics: &'static crate::metrics::Metrics,
+    /// `conflict = "last_writer_wins"`: the clock every transaction taken in is stamped on
+    /// (see [`crate::lww`]).
+    pub lww: Option<std::sync::Arc<crate::lww::LwwClock>>,
 }
 
 impl PipelineConfig {

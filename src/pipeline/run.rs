@@ -238,6 +238,10 @@ impl<'a> Run<'a> {
 
     async fn on_txn(&mut self, txn: Transaction) -> Result<Option<End>, PipelineError> {
         self.idle = false;
+        if let Some(clock) = &self.cfg.lww {
+            // before its statements or rows reach the sink, which looks its version up
+            clock.stamp(txn.version, txn.commit_us);
+        }
         let file_pos = txn.file_pos.clone();
         let txn_version = txn.version;
         let ours = txn.via == self.via;

@@ -3,6 +3,7 @@ mod bad_input;
 #[cfg(feature = "clickhouse")]
 mod clickhouse;
 mod compaction;
+mod conflict;
 mod conformance;
 mod crash;
 mod dbt;

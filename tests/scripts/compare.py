@@ -3,7 +3,7 @@
 binlake: PyMySQL for the source, pyarrow (or DuckDB running the README's current-state query) for
 the Parquet lake.
 
-usage: compare.py --port P --target DIR|URL --table db.t [--target-table db.t] [--origin NAME] [--reader pyarrow|duckdb|delta|clickhouse]
+usage: compare.py --port P --target DIR|URL --table db.t [--target-table db.t] [--origin NAME] [--with-origin] [--reader pyarrow|duckdb|delta|clickhouse]
                   [--database-prefix P] [--invalid-as-null]
 Exit 0 when equal; 1 with the first differences printed otherwise.
 """
@@ -178,6 +178,7 @@ def main():
     ap.add_argument("--invalid-as-null", action="store_true")
     ap.add_argument("--target-table", help="the replica's db.table when `map` renames it (default: --table)")
     ap.add_argument("--origin", help="origin_in_key: compare only the replica's rows of this _binlake_origin")
+    ap.add_argument("--with-origin", action="store_true", help="conflict: the replica's rows carry _binlake_origin (not in the key)")
     a = ap.parse_args()
     db, table = split_table(a.table)
     pk, types, src = source_rows(a.port, db, table)
@@ -225,7 +226,7 @@ def main():
             ncmp += 1
             if not equal(sv, rv, ftype):
                 diffs.append(f"key {k} column {col}: source {sv!r} != replica {rv!r}")
-        extra = set(r) - set(types) - set(META) - {"rn"} - ({"_binlake_origin"} if a.origin else set())
+        extra = set(r) - set(types) - set(META) - {"rn"} - ({"_binlake_origin"} if a.origin or a.with_origin else set())
         if extra:
             diffs.append(f"key {k}: replica has extra columns {sorted(extra)}")
     if diffs:

@@ -335,6 +335,11 @@ pub struct Checkpoint {
     /// is refused (the key of every row written would change).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub origin_in_key: bool,
+    /// Versions are last-writer-wins versions (`conflict`), and the clock after the last
+    /// transaction this checkpoint includes: `(seconds since 2020, ordinal in that second)`.
+    /// A restart that changes `conflict` is refused (every version written would change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lww_clock: Option<(u64, u64)>,
 }
 
 /// How far an outbox's events are delivered: every event at or below `upto` (a binlake
