@@ -13,6 +13,9 @@
 //!   read only once its checkpoint covers the source position of the last chunk read. A chunk
 //!   that still differs is read again on both sides (up to three rounds), so a row changed
 //!   between the two reads is not reported; a difference that persists is.
+//! - Under `conflict` (several sources, last writer wins), a source is compared with the keys
+//!   whose current row it wrote (tombstones included); keys another source wrote last are
+//!   counted and left out, since their rows are rightly not this source's.
 //! - Rows present only in the target are reported too (a missed delete). `--repair` sends their
 //!   keys with the backfill; the running `replicate` checks them at the source in one consistent
 //!   snapshot and writes a tombstone for each key the source does not have, versioned at that
@@ -83,6 +86,9 @@ pub struct TableReport {
     pub skipped: Option<String>,
     /// No primary key: compared as a multiset of rows; a backfill cannot repair it.
     pub keyless: bool,
+    /// `conflict`: keys whose current row in the target another source wrote (last writer
+    /// wins), not compared with this source.
+    pub others: usize,
 }
 
 impl TableReport {
@@ -106,6 +112,13 @@ impl std::fmt::Display for TableReport {
         )?;
         if !self.only_in_target.is_empty() {
             write!(f, "; {} rows only in the target", self.only_in_target.len())?;
+        }
+        if self.others > 0 {
+            write!(
+                f,
+                "; {} keys last written by other sources (not compared)",
+                self.others
+            )?;
         }
         let first: Vec<&str> = self
             .different
@@ -255,15 +268,25 @@ fn deleted_of(b: &RecordBatch) -> Option<BooleanArray> {
 }
 
 /// The target's current state in the source's types: highest version per key, no tombstones.
+/// With `origin` (`conflict`), only the keys whose current row (a tombstone included) that
+/// origin wrote; the keys other origins hold are returned apart.
 fn target_rows(
     batches: &[RecordBatch],
     schema: &SchemaRef,
     ncols: usize,
     pk: &[usize],
-) -> Result<Rows, ValidateError> {
-    // (row hash, version, deleted) per key, the highest version winning
-    let mut best: HashMap<String, (u64, u64, bool)> = HashMap::new();
+    origin: Option<&str>,
+) -> Result<(Rows, std::collections::HashSet<String>), ValidateError> {
+    // (row hash, version, deleted, another origin's) per key, the highest version winning
+    let mut best: HashMap<String, (u64, u64, bool, bool)> = HashMap::new();
     for b in batches {
+        let origins = origin.and_then(|_| {
+            let c = b.column_by_name(crate::mapping::COL_ORIGIN)?;
+            let c = arrow_cast::cast(c, &arrow_schema::DataType::Utf8).ok()?;
+            c.as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .cloned()
+        });
         let data = in_source_types(b, schema, ncols)?;
         let versions = b
             .column_by_name(COL_VERSION)
@@ -275,16 +298,25 @@ fn target_rows(
             let d = deleted
                 .as_ref()
                 .is_some_and(|a| a.is_valid(i) && a.value(i));
-            if best.get(&key).is_none_or(|(_, bv, _)| *bv <= v) {
-                best.insert(key, (h, v, d));
+            let other = match (origin, &origins) {
+                (Some(me), Some(o)) => o.is_valid(i) && o.value(i) != me,
+                _ => false,
+            };
+            if best.get(&key).is_none_or(|(_, bv, _, _)| *bv <= v) {
+                best.insert(key, (h, v, d, other));
             }
         })?;
     }
-    Ok(best
-        .into_iter()
-        .filter(|(_, (_, _, d))| !d)
-        .map(|(k, (h, _, _))| (k, h))
-        .collect())
+    let mut others = std::collections::HashSet::new();
+    let mut rows = Rows::new();
+    for (k, (h, _, d, other)) in best {
+        if other {
+            others.insert(k);
+        } else if !d {
+            rows.insert(k, h);
+        }
+    }
+    Ok((rows, others))
 }
 
 /// The key cells (JSON, as the snapshot reader writes them) of the target's rows whose key text
@@ -444,6 +476,7 @@ pub async fn validate_table(
     id: &TableId,
     chunk_rows: usize,
     rules: &crate::columns::ColumnRules,
+    origin: Option<&str>,
 ) -> Result<TableReport, ValidateError> {
     let mut conn = crate::snapshot::session(opts).await?;
     let mut report = TableReport {
@@ -472,12 +505,16 @@ pub async fn validate_table(
         let pos = source_position(&mut conn).await?;
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;
         let batches = sink.read_table(id).await?;
-        let mut target = target_rows(&batches, &schema, ncols, &pk)?;
+        let (mut target, others) = target_rows(&batches, &schema, ncols, &pk, origin)?;
+        report.others = others.len();
         let mut different = Vec::new();
         for (mut c, rows) in std::mem::take(&mut chunks) {
             let mut keys: Vec<String> = Vec::new();
             let mut in_target = 0;
             for (k, h) in &rows {
+                if others.contains(k) {
+                    continue;
+                }
                 match target.remove(k) {
                     Some(th) => {
                         in_target += 1;

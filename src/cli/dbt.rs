@@ -56,6 +56,13 @@ pub(crate) async fn dbt_sources(a: DbtArgs) -> anyhow::Result<ExitCode> {
                 if !t.key.is_empty() {
                     t.key.push(binlake::mapping::COL_ORIGIN.into());
                 }
+            } else if s.conflict.is_some() && !described.iter().any(|d| d.id == t.id) {
+                // sources share the table, one row per key: the last writer's
+                t.columns.push(binlake::dbt::DbtColumn {
+                    name: binlake::mapping::COL_ORIGIN.into(),
+                    description: "The pipeline (source) whose change is the row's current state (conflict = last_writer_wins)."
+                        .into(),
+                });
             }
             if !described.iter().any(|d| d.id == t.id) {
                 described.push(t);

@@ -112,6 +112,7 @@ async fn validate_one(v: &ValidateArgs, settings: Settings) -> anyhow::Result<Ex
             t,
             v.chunk,
             &settings.pipeline.columns,
+            settings.conflict.map(|_| settings.pipeline.name.as_str()),
         )
         .await?;
         println!("{r}");
@@ -214,6 +215,7 @@ async fn validate_one(v: &ValidateArgs, settings: Settings) -> anyhow::Result<Ex
             t,
             v.chunk,
             &settings.pipeline.columns,
+            settings.conflict.map(|_| settings.pipeline.name.as_str()),
         )
         .await?;
         println!("after repair: {r}");

@@ -130,6 +130,15 @@ fn expected(
     out
 }
 
+/// A key whose current row `server` wrote.
+fn want_now(writes: &[Write], first: &BTreeMap<i64, Row>, server: &str) -> i64 {
+    *expected(writes, first)
+        .iter()
+        .find(|(_, (_, who))| who == server)
+        .expect("a key the server won")
+        .0
+}
+
 fn server(dir: &TestDir, name: &str, id: u32) -> Maria {
     let m = Maria::start(&dir.0.join(name), id, &[]);
     m.sql(
@@ -361,6 +370,32 @@ fn last_writer_wins(sink: &str) {
         ));
         assert_eq!(wrong, "0", "rows whose _binlake_origin is not their writer");
     }
+
+    // validate compares each source with the keys it wrote last, and sees a row changed
+    // behind binlake's back (not in the binlog)
+    let out = binlake(&["validate", "--config", &cfg_a], Duration::from_secs(120));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{text}");
+    // (the Parquet sink reads back a pipeline's own files: each source is compared with all
+    // it wrote; the others read the shared table and leave out the keys another source won)
+    assert!(
+        sink == "parquet" || text.contains("last written by other sources"),
+        "{text}"
+    );
+    let eu_key = want_now(&writes, &first, "eu");
+    eu.sql(&format!(
+        "SET sql_log_bin = 0; UPDATE shop.acct SET v = 'behind' WHERE id = {eu_key}"
+    ));
+    let out = binlake(
+        &["validate", "--config", &cfg_a, "--pipeline", "eu"],
+        Duration::from_secs(120),
+    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("first differing keys: ({eu_key})")),
+        "{text}"
+    );
 
     // conflict cannot be switched off once written
     let text = std::fs::read_to_string(&cfg_a).unwrap();
