@@ -309,6 +309,9 @@ impl MappedSink {
             )));
         }
         b = with_origin(b, &self.pipeline, false)?;
+        // another source may hold these keys already (or bring them later): merged, never
+        // appended as new
+        b.insert_only = false;
         let schema = b.batch.schema();
         let (Ok(vi), Ok(oi)) = (
             schema.index_of(binlake_sink::COL_VERSION),

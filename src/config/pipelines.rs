@@ -203,6 +203,30 @@ mod tests {
         assert!(e.contains("asia") && e.contains("eu, us"), "{e}");
     }
 
+    /// `conflict`: ranks follow the names (ties go to the greater), shards keep their own
+    /// versions, and the policies not built, hard deletes and an outbox are refused by name.
+    #[test]
+    fn conflict_ranks_pipelines_by_name() {
+        let text = "target='/t'\nconflict='last_writer_wins'\n[[pipelines]]\nname='us'\nsource='mysql://a@h:1'\n[[pipelines]]\nname='eu'\nsource='mysql://b@h:2'\n[[pipelines]]\nname='shard'\nsource='mysql://c@h:3'\norigin_in_key=true\n";
+        let all = Settings::resolve_all(&FileConfig::parse("x.toml", text).unwrap()).unwrap();
+        let rank: Vec<Option<u8>> = all.iter().map(|s| s.conflict).collect();
+        assert_eq!(rank, vec![Some(2), Some(0), None]);
+        assert!(all[0].pipeline.lww.is_some() && all[2].pipeline.lww.is_none());
+        let base = "target='/t'\nsource='mysql://a@h:1'\n";
+        for (extra, want) in [
+            ("conflict='reject'\n", "`reject` is not built yet"),
+            ("conflict='newest'\n", "expected last_writer_wins"),
+            (
+                "conflict='last_writer_wins'\nsink='delta'\ndeletes='hard'\n",
+                "tombstones",
+            ),
+        ] {
+            let c = FileConfig::parse("x.toml", &format!("{base}{extra}")).unwrap();
+            let e = Settings::resolve_all(&c).unwrap_err().to_string();
+            assert!(e.contains("conflict") && e.contains(want), "{extra}: {e}");
+        }
+    }
+
     #[test]
     fn bad_pipelines_entries_are_named() {
         let base = "target='/t'\nsource='mysql://a@h:1'\n";
