@@ -573,6 +573,14 @@ impl Sink for MappedSink {
             .map_err(|e| SinkError::Definite(format!("reading {t}: {e}")))
     }
 
+    async fn read_table_whole(&mut self, table: &TableId) -> Result<Vec<RecordBatch>, SinkError> {
+        let t = self.map.target(table).map_err(|e| SinkError::Table {
+            table: table.clone(),
+            message: format!("map: {e}"),
+        })?;
+        self.inner.read_table_whole(&t).await
+    }
+
     async fn maintain(&mut self) -> Result<(), SinkError> {
         self.inner.maintain().await
     }

@@ -504,7 +504,11 @@ pub async fn validate_table(
         round += 1;
         let pos = source_position(&mut conn).await?;
         wait_covered(sink, &pos, Duration::from_secs(120)).await?;
-        let batches = sink.read_table(id).await?;
+        // (under `conflict`, every source's rows: which one wrote each key last)
+        let batches = match origin {
+            Some(_) => sink.read_table_whole(id).await?,
+            None => sink.read_table(id).await?,
+        };
         let (mut target, others) = target_rows(&batches, &schema, ncols, &pk, origin)?;
         report.others = others.len();
         let mut different = Vec::new();
@@ -700,13 +704,14 @@ fn literal(v: &My) -> String {
     }
 }
 
-/// The live rows of a table shared by shards (`origin_in_key`) per `_binlake_origin`: the
-/// highest version per (`key`, origin) that is not a tombstone. `validate` checks that every
-/// origin is one of its pipelines (rows of another origin make the table more than the union
-/// of the shards).
+/// The live rows of a table shared by several pipelines per `_binlake_origin`: the highest
+/// version per `key` (with the origin when it is part of the key: `origin_in_key`) that is not
+/// a tombstone. `validate` checks that every origin is one of its pipelines (rows of another
+/// origin make the table more than the union of its sources).
 pub fn live_rows_by_origin(
     batches: &[RecordBatch],
     key: &[String],
+    origin_in_key: bool,
 ) -> Result<std::collections::BTreeMap<String, u64>, ValidateError> {
     let origin = crate::mapping::COL_ORIGIN;
     let opts = FormatOptions::default().with_null("\u{0}NULL");
@@ -727,13 +732,18 @@ pub fn live_rows_by_origin(
             .iter()
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
             .collect::<Result<Vec<_>, _>>()?;
+        let in_key = if origin_in_key {
+            fmts.len()
+        } else {
+            fmts.len() - 1
+        };
         let versions = b
             .column_by_name(COL_VERSION)
             .and_then(|c| arrow_cast::cast(c, &arrow_schema::DataType::UInt64).ok())
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned());
         let deleted = deleted_of(b);
         for i in 0..b.num_rows() {
-            let k = fmts
+            let k = fmts[..in_key]
                 .iter()
                 .map(|f| f.value(i).to_string())
                 .collect::<Vec<_>>()

@@ -608,6 +608,14 @@ pub trait Sink: Send {
         )))
     }
 
+    /// Every row readers of the target see for `table`, whichever pipeline wrote it (a table
+    /// several pipelines share: `origin_in_key`, `conflict`), for `binlake validate`. By
+    /// default [`Sink::read_table`], for sinks whose tables are one store every pipeline writes
+    /// to (Delta, ClickHouse); a Parquet lake reads the table's folder.
+    async fn read_table_whole(&mut self, table: &TableId) -> Result<Vec<RecordBatch>, SinkError> {
+        self.read_table(table).await
+    }
+
     /// Called after each successful commit, in the commit's task (intake goes on meanwhile):
     /// maintenance that must not interleave with commits (a Parquet lake's compaction, by the
     /// one writer) runs here when it is due. An error is logged and the pipeline goes on; the

@@ -77,7 +77,7 @@ pub async fn live_files(log: &binlake_sink::store::TargetLog) -> Result<LiveFile
     Ok(out)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FileEntry {
     pub path: String,
     pub table: String,

@@ -206,6 +206,35 @@ impl Sink for ParquetSink {
         self.read_files(&files).await
     }
 
+    /// The table's folder as a reader globbing it sees it: every pipeline's data files (and a
+    /// file of an interrupted commit not cleaned up yet, which holds rows a replay writes again
+    /// with the same versions, so the current state is the same).
+    async fn read_table_whole(
+        &mut self,
+        table: &binlake_sink::TableId,
+    ) -> Result<Vec<RecordBatch>, SinkError> {
+        let dir = self.log.path(&format!("{}/{}", table.db, table.table));
+        let root = self.log.root().to_string();
+        let mut files: Vec<crate::manifest::FileEntry> = Vec::new();
+        for p in self.log.list(&dir).await? {
+            let s = p.as_ref();
+            if !s.ends_with(".parquet") || s.contains("/_binlake/") {
+                continue;
+            }
+            let rel = s
+                .strip_prefix(&root)
+                .map(|r| r.trim_start_matches('/'))
+                .unwrap_or(s);
+            files.push(crate::manifest::FileEntry {
+                path: rel.to_string(),
+                table: table.to_string(),
+                ..Default::default()
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        self.read_files(&files).await
+    }
+
     async fn read_checkpoint(&mut self) -> Result<Option<Checkpoint>, SinkError> {
         Ok(self.log.latest::<LogEntry>().await?.map(|e| e.checkpoint))
     }
