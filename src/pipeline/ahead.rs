@@ -25,6 +25,11 @@
 //!   queued is read again ([`Ahead::written_ahead`]): its rows have no key to drop by, and no
 //!   version separates the ones the read holds.
 //!
+//! These rules apply while what was taken holds several domains (or source UUIDs): with one,
+//! every server holds the transactions in the same order, a version is the same whichever
+//! server delivered it, and the handoff's plain rules are exact (a keyless table written
+//! continuously from the faster server would otherwise be read again forever).
+//!
 //! State is per run (a failover or a switch of `via` starts a new run from the checkpoint) and
 //! bounded: two positions, a counter, one number per table, and the snapshots waiting.
 
@@ -101,9 +106,22 @@ impl Ahead {
         self.via_at = Some(position);
     }
 
-    /// A transaction taken ahead of `via` wrote to `t` since its snapshot was queued.
+    /// Several GTID domains (MySQL: source UUIDs) in what was taken: only then can servers
+    /// interleave transactions differently. With one, a transaction's version is the same
+    /// whichever server delivered it, and the handoff's plain rules hold.
+    pub fn interleaves(&self) -> bool {
+        match &self.taken {
+            Some(Position::MariaDb(s)) => s.domains.len() > 1,
+            Some(Position::Mysql(s)) => s.sets.len() > 1,
+            _ => false,
+        }
+    }
+
+    /// A transaction taken ahead of `via` wrote to `t` since its snapshot was queued (with
+    /// several domains).
     pub fn written_ahead(&self, t: &TableId) -> bool {
-        self.touched.get(t).copied().unwrap_or(0) > self.queued.get(t).copied().unwrap_or(0)
+        self.interleaves()
+            && self.touched.get(t).copied().unwrap_or(0) > self.queued.get(t).copied().unwrap_or(0)
     }
 
     /// A snapshot of `t` is queued: `true` when it may be handed to the readers now; `false`
@@ -112,7 +130,7 @@ impl Ahead {
         self.queued.insert(t.clone(), self.count);
         self.deferred.retain(|(d, _, _)| d != t);
         match (&self.taken, &self.via_at) {
-            (Some(taken), Some(via)) if !covered(taken, via) => {
+            (Some(taken), Some(via)) if self.interleaves() && !covered(taken, via) => {
                 debug!(table = %t, "the snapshot waits until its server has delivered every transaction taken from the others");
                 self.deferred.push((t.clone(), p.clone(), taken.clone()));
                 false
@@ -166,6 +184,19 @@ mod tests {
             primary_key: vec![],
             full_metadata: true,
         }
+    }
+
+    /// One domain: servers hold it in one order, nothing waits.
+    #[test]
+    fn one_domain_needs_none_of_it() {
+        let t = TableId::new("shop", "orders");
+        let mut a = Ahead::new(&pos("0-1-9"));
+        let o = table("orders");
+        a.took(&pos("0-1-10"), None, false, [&o].into_iter());
+        assert!(!a.interleaves());
+        assert!(a.queue(&t, &SnapshotProgress::default()));
+        a.took(&pos("0-1-11"), None, false, [&o].into_iter());
+        assert!(!a.written_ahead(&t));
     }
 
     /// Two domains, delivered in different orders by two servers: a snapshot queued while a

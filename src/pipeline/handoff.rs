@@ -149,7 +149,7 @@ impl SnapState {
 
     /// Active-active: chunk rows of every key the stream changed are dropped (see [`Ahead`]).
     fn drops_every_changed_key(&self) -> bool {
-        self.ahead.is_some()
+        self.ahead.as_ref().is_some_and(Ahead::interleaves)
     }
 
     /// Active-active: a transaction taken ahead of `via` wrote to `t` since its snapshot was
