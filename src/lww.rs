@@ -15,8 +15,15 @@
 //!   of two sources in the same second are ordered by origin name, the greater name winning.
 //! - `n`: the transaction's ordinal among the source's transactions in second `t` (2^19 per
 //!   second; past that, `t` moves on by one).
-//! - `sub`: 0 for binlog changes; for snapshot rows, their place after the transaction they were
-//!   read after (a later read of the same point wins, as with GTID versions), capped at 255.
+//! - `sub`: 0 for binlog changes, 1 for snapshot rows.
+//!
+//! **Snapshot rows** carry no commit time (a row read by a snapshot may have been written long
+//! before the read): they are versioned `t = 0`, below every streamed change of any source.
+//! Within one source that changes nothing a reader sees: the handoff keeps a snapshot row only
+//! when no change the stream still brings is newer, and then the stream's last change of the key
+//! (if any) holds the same values. Between sources, rows read by snapshots are ordered by rank
+//! alone. A backfill cannot repair a row under `conflict` (its rows lose to the row they would
+//! repair).
 //!
 //! Invariants:
 //! - **Strictly increasing within a source**, in binlog order, across restarts: the clock's
@@ -36,7 +43,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 const EPOCH_S: i64 = 1_577_836_800;
 /// Transactions per second per source before `t` moves on.
 const N_MAX: u64 = 1 << 19;
-/// Transactions remembered for snapshot rows, which are versioned after one of them.
+/// Transactions remembered between their stamp and their commit through the sink (a commit
+/// holds far fewer).
 const LOG_MAX: usize = 1 << 20;
 /// Origins one config may have (the rank's bits).
 pub const RANKS: usize = 32;
@@ -103,21 +111,21 @@ impl LwwClock {
         }
     }
 
-    /// `(t, n)` of the last transaction at or before `version`, and how far `version` is past
-    /// it; `None` when it is older than every transaction remembered.
-    fn at(&self, version: u64) -> Option<(u64, u64, u64)> {
+    /// `(t, n)` of the last transaction at or before `version`; `None` when it is older than
+    /// every transaction remembered.
+    fn at(&self, version: u64) -> Option<(u64, u64)> {
         let s = self.state.lock().expect("lww clock");
         let i = s.log.partition_point(|(v, _, _)| *v <= version);
-        let (v, t, n) = *s.log.get(i.checked_sub(1)?)?;
-        Some((t, n, version - v))
+        let (_, t, n) = *s.log.get(i.checked_sub(1)?)?;
+        Some((t, n))
     }
 
     /// The last-writer-wins version of a binlog change at `version` (`snapshot`: of a snapshot
-    /// row read at `version`), for the origin of `rank`.
+    /// row, below every change), for the origin of `rank`.
     pub fn version(&self, version: u64, snapshot: bool, rank: u8) -> u64 {
-        match self.at(version) {
-            Some((t, n, past)) => encode(t, n, rank, if snapshot { past.max(1) } else { 0 }),
-            // older than the clock remembers: below every change (it loses to them all)
+        match self.at(version).filter(|_| !snapshot) {
+            Some((t, n)) => encode(t, n, rank, 0),
+            // a snapshot row, or older than the clock remembers: below every change
             None => encode(0, 0, rank, 1),
         }
     }
@@ -125,7 +133,6 @@ impl LwwClock {
     /// The clock after the last transaction at or before `version`, for the checkpoint.
     pub fn mark(&self, version: u64) -> (u64, u64) {
         self.at(version)
-            .map(|(t, n, _)| (t, n))
             .unwrap_or_else(|| self.state.lock().expect("lww clock").last)
     }
 }
@@ -152,10 +159,13 @@ mod tests {
         // another source, same second as v[0] and v[1]: the rank decides
         assert!(encode(100, 0, 4, 0) > v[1]);
         assert!(encode(100, 0, 2, 0) < v[0]);
-        // a snapshot row read after transaction 2: above it, below transaction 3
+        // a snapshot row: below every change, of any source
         let s = c.version((2 << 16) + 1, true, 3);
-        assert!(v[1] < s && s < v[2]);
-        assert!(c.version((2 << 16) + 2, true, 3) > s, "a later read wins");
+        assert!(s < v[0] && s < encode(1, 0, 0, 0));
+        assert!(
+            s > encode(0, 0, 2, 1),
+            "snapshot rows of two sources: the rank decides"
+        );
         // replays stamp nothing new; a resume continues from the mark
         c.stamp(4 << 16, t0 + 9 * S);
         assert_eq!(c.version(4 << 16, false, 3), v[3]);

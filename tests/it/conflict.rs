@@ -130,6 +130,22 @@ fn expected(
     out
 }
 
+/// `server`'s table after its writes.
+fn state_of(writes: &[Write], server: &str, first: &BTreeMap<i64, Row>) -> BTreeMap<i64, Row> {
+    let mut out = first.clone();
+    for w in writes.iter().filter(|w| w.server == server) {
+        match &w.row {
+            Some(r) => {
+                out.insert(w.key, r.clone());
+            }
+            None => {
+                out.remove(&w.key);
+            }
+        }
+    }
+    out
+}
+
 /// A key whose current row `server` wrote.
 fn want_now(writes: &[Write], first: &BTreeMap<i64, Row>, server: &str) -> i64 {
     *expected(writes, first)
@@ -370,6 +386,40 @@ fn last_writer_wins(sink: &str) {
         ));
         assert_eq!(wrong, "0", "rows whose _binlake_origin is not their writer");
     }
+
+    // started from snapshots of the two (diverged) sources: a snapshot row has no commit time,
+    // so between sources the greater name (us) wins, and every change streamed afterwards, of
+    // either source, wins over it
+    let c = target("lake_c");
+    let cfg_c = config(&dir, "c.toml", &c, &eu, &us);
+    let text = std::fs::read_to_string(&cfg_c).unwrap();
+    std::fs::write(&cfg_c, text.replace("start_at = \"earliest\"\n", "")).unwrap();
+    let mut snap_first = state_of(&writes, "eu", &first);
+    snap_first.extend(state_of(&writes, "us", &first));
+    store_expected(&eu, &snap_first);
+    let r = spawn_binlake(&["replicate", "--config", &cfg_c]);
+    wait_expected(&eu, &c.target, &c.reader(), "snapshots", live);
+    let mut later = Vec::new();
+    for _ in 0..2 {
+        for (side, m) in sides.iter_mut().zip([&eu, &us]) {
+            let sql = side.writes(&mut rng, 40, &mut later);
+            m.sql(&sql);
+        }
+    }
+    store_expected(&eu, &expected(&later, &snap_first));
+    wait_expected(&eu, &c.target, &c.reader(), "snapshots, then changes", live);
+    let out = terminate(r, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    writes.extend(later);
+    // lake_a catches up with those changes too (and past the expected table's statements:
+    // validate waits for the target to reach the source's position)
+    store_expected(&eu, &expected(&writes, &first));
+    let out = binlake(
+        &["replicate", "--config", &cfg_a, "--exit-when-caught-up"],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_expected(&eu, &a.target, &a.reader(), "every change", live);
 
     // validate compares each source with the keys it wrote last, and sees a row changed
     // behind binlake's back (not in the binlog)
