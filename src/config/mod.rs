@@ -694,7 +694,7 @@ impl Settings {
                 also_read: outbox.iter().map(|o| o.table.clone()).collect(),
             },
             pipeline: PipelineConfig {
-                lww: conflict_policy(c)?.map(|()| crate::lww::clock(&pipeline)),
+                lww: pipelines::conflict_policy(c)?.map(|()| crate::lww::clock(&pipeline)),
                 metrics: crate::metrics::for_pipeline(&pipeline),
                 name: pipeline,
                 max_batch_rows,
@@ -771,39 +771,8 @@ impl Settings {
             map: crate::mapping::TableMap::parse(&c.map.clone().unwrap_or_default())
                 .map_err(|e| key_err("map", e.to_string()))?,
             origin_in_key: c.origin_in_key.unwrap_or(false),
-            conflict: conflict_policy(c)?.map(|()| 0),
+            conflict: pipelines::conflict_policy(c)?.map(|()| 0),
         })
-    }
-}
-
-/// `conflict`, checked: `Some` when last-writer-wins applies to the pipeline.
-fn conflict_policy(c: &FileConfig) -> Result<Option<()>, ConfigError> {
-    match c.conflict.as_deref().map(str::trim) {
-        None => Ok(None),
-        Some("last_writer_wins") if c.origin_in_key.unwrap_or(false) => Ok(None),
-        Some("last_writer_wins") => {
-            if c.deletes.as_deref().map(str::trim) == Some("hard") {
-                return Err(key_err(
-                    "conflict",
-                    "last_writer_wins needs tombstones: with deletes = \"hard\" a row a source deletes is gone, and an older row of the same key that a lagging source brings later would come back. Use deletes = \"soft\"",
-                ));
-            }
-            if c.outbox.as_ref().is_some_and(|o| !o.is_empty()) {
-                return Err(key_err(
-                    "conflict",
-                    "the outbox's delivery marks count in the source's own versions, which last_writer_wins replaces: give the outbox a pipeline of its own without `conflict`",
-                ));
-            }
-            Ok(Some(()))
-        }
-        Some(p @ ("first_writer_wins" | "merge_columns" | "reject")) => Err(key_err(
-            "conflict",
-            format!("`{p}` is not built yet; last_writer_wins is (or keep the sources' rows apart with origin_in_key = true)"),
-        )),
-        Some(other) => Err(key_err(
-            "conflict",
-            format!("`{other}`: expected last_writer_wins (first_writer_wins, merge_columns and reject are not built yet)"),
-        )),
     }
 }
 

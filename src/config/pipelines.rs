@@ -167,6 +167,37 @@ impl Settings {
     }
 }
 
+/// `conflict`, checked: `Some` when last-writer-wins applies to the pipeline.
+pub(super) fn conflict_policy(c: &FileConfig) -> Result<Option<()>, ConfigError> {
+    match c.conflict.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("last_writer_wins") if c.origin_in_key.unwrap_or(false) => Ok(None),
+        Some("last_writer_wins") => {
+            if c.deletes.as_deref().map(str::trim) == Some("hard") {
+                return Err(key_err(
+                    "conflict",
+                    "last_writer_wins needs tombstones: with deletes = \"hard\" a row a source deletes is gone, and an older row of the same key that a lagging source brings later would come back. Use deletes = \"soft\"",
+                ));
+            }
+            if c.outbox.as_ref().is_some_and(|o| !o.is_empty()) {
+                return Err(key_err(
+                    "conflict",
+                    "the outbox's delivery marks count in the source's own versions, which last_writer_wins replaces: give the outbox a pipeline of its own without `conflict`",
+                ));
+            }
+            Ok(Some(()))
+        }
+        Some(p @ ("first_writer_wins" | "merge_columns" | "reject")) => Err(key_err(
+            "conflict",
+            format!("`{p}` is not built yet; last_writer_wins is (or keep the sources' rows apart with origin_in_key = true)"),
+        )),
+        Some(other) => Err(key_err(
+            "conflict",
+            format!("`{other}`: expected last_writer_wins (first_writer_wins, merge_columns and reject are not built yet)"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
