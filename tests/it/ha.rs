@@ -24,14 +24,7 @@ pub fn topology(dir: &TestDir) -> Topology {
     let r1 = Maria::start(&dir.0.join("r1"), 2, HA_FLAGS);
     let r2 = Maria::start(&dir.0.join("r2"), 3, HA_FLAGS);
     for r in [&r1, &r2] {
-        // the replica's own setup statements would collide with the primary's GTIDs
-        r.sql(&format!(
-            "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
-             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root',
-               MASTER_USE_GTID = slave_pos;
-             START SLAVE;",
-            primary.port
-        ));
+        replicate_from(r, &primary);
     }
     primary.sql(
         "CREATE DATABASE shop; USE shop;
@@ -43,6 +36,18 @@ pub fn topology(dir: &TestDir) -> Topology {
     let t = Topology { primary, r1, r2 };
     t.wait_replicas(&[&t.r1, &t.r2]);
     t
+}
+
+/// Makes `r` a GTID replica of `primary`, from its start.
+fn replicate_from(r: &Maria, primary: &Maria) {
+    // the replica's own setup statements would collide with the primary's GTIDs
+    r.sql(&format!(
+        "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
+         CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root',
+           MASTER_USE_GTID = slave_pos;
+         START SLAVE;",
+        primary.port
+    ));
 }
 
 impl Topology {
@@ -261,13 +266,7 @@ fn active_active_backfill_waits_for_a_domain_the_snapshot_server_lacks() {
             "--slave-parallel-threads=4",
         ],
     );
-    r.sql(&format!(
-        "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
-         CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root',
-           MASTER_USE_GTID = slave_pos;
-         START SLAVE;",
-        primary.port
-    ));
+    replicate_from(&r, &primary);
     primary.sql(
         "CREATE DATABASE shop; USE shop;
          CREATE TABLE shop.t1 (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL);
