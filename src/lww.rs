@@ -89,11 +89,14 @@ impl LwwClock {
     }
 
     /// Stamps the transaction at `version`, committed at `commit_us` (µs since the epoch). A
-    /// version already stamped (or below) is left as it is.
-    pub fn stamp(&self, version: u64, commit_us: i64) {
+    /// version already stamped (or below) is left as it is. Returns how many seconds the
+    /// commit time was below the source's previous one (it is stamped with the previous one):
+    /// a clock stepped back, or, in MariaDB, whose event times are when a statement started, a
+    /// long transaction committed after shorter ones.
+    pub fn stamp(&self, version: u64, commit_us: i64) -> u64 {
         let mut s = self.state.lock().expect("lww clock");
         if s.log.back().is_some_and(|(v, _, _)| *v >= version) {
-            return;
+            return 0;
         }
         let ts = (commit_us.div_euclid(1_000_000) - EPOCH_S).max(0) as u64;
         let (t, n) = s.last;
@@ -109,6 +112,7 @@ impl LwwClock {
         if s.log.len() > LOG_MAX {
             s.log.pop_front();
         }
+        t.saturating_sub(ts)
     }
 
     /// `(t, n)` of the last transaction at or before `version`; `None` when it is older than
@@ -150,7 +154,7 @@ mod tests {
         let t0 = (EPOCH_S + 100) * S;
         c.stamp(1 << 16, t0);
         c.stamp(2 << 16, t0 + 500_000); // same second
-        c.stamp(3 << 16, t0 - 50 * S); // the clock stepped back
+        assert_eq!(c.stamp(3 << 16, t0 - 50 * S), 50, "the clock stepped back");
         c.stamp(4 << 16, t0 + 2 * S);
         let v: Vec<u64> = (1..=4).map(|i| c.version(i << 16, false, 3)).collect();
         assert!(v.windows(2).all(|w| w[0] < w[1]), "{v:?}");

@@ -61,6 +61,7 @@ pub struct Metrics {
     /// What the sink asked after its last commit (`Sink::commit_pause`).
     commit_pause: Gauge,
     reconnects: IntCounter,
+    lww_held: IntCounter,
     checkpoint_version: IntGauge,
     errors: IntCounterVec,
     outbox_delivered: IntCounterVec,
@@ -225,6 +226,11 @@ impl Metrics {
                 "Binlog stream reconnects and failovers.",
             ))
             .expect("metric"),
+            lww_held: IntCounter::with_opts(opts(
+                "binlake_lww_clock_held_total",
+                "conflict = last_writer_wins: transactions whose commit time was below the source's previous one, stamped with the previous one (a clock stepped back; in MariaDB also a long transaction committed after shorter ones). Counted when taken in.",
+            ))
+            .expect("metric"),
             checkpoint_version: IntGauge::with_opts(opts(
                 "binlake_checkpoint_version",
                 "_binlake_version of the last committed checkpoint.",
@@ -249,6 +255,7 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.commit_pause.clone()),
             Box::new(m.reconnects.clone()),
+            Box::new(m.lww_held.clone()),
             Box::new(m.checkpoint_version.clone()),
             Box::new(m.errors.clone()),
         ] {
@@ -324,6 +331,11 @@ impl Metrics {
 
     pub fn reconnect(&self) {
         self.reconnects.inc();
+    }
+
+    /// `conflict`: a transaction stamped with a later time than its commit time.
+    pub fn lww_held(&self) {
+        self.lww_held.inc();
     }
 
     pub fn error(&self, transient: bool) {

@@ -240,7 +240,13 @@ impl<'a> Run<'a> {
         self.idle = false;
         if let Some(clock) = &self.cfg.lww {
             // before its statements or rows reach the sink, which looks its version up
-            clock.stamp(txn.version, txn.commit_us);
+            let behind = clock.stamp(txn.version, txn.commit_us);
+            if behind > 0 {
+                self.cfg.metrics().lww_held();
+                if behind >= 60 {
+                    warn!(gtid = ?txn.gtid, behind_s = behind, "a commit time is well below the source's previous one (its clock stepped back?): last_writer_wins stamps it with the previous one");
+                }
+            }
         }
         let file_pos = txn.file_pos.clone();
         let txn_version = txn.version;

@@ -359,6 +359,9 @@ fn last_writer_wins(sink: &str) {
     wait_expected(&eu, &b.target, &b.reader(), "us, then eu", secs);
 
     // live: both pipelines while both servers write; binlake killed with -9 halfway
+    let metrics = format!("127.0.0.1:{}", crate::observe::free_port());
+    let text = std::fs::read_to_string(&cfg_a).unwrap();
+    std::fs::write(&cfg_a, format!("metrics_addr = \"{metrics}\"\n{text}")).unwrap();
     let run = || spawn_binlake(&["replicate", "--config", &cfg_a]);
     let mut r = run();
     for round in 0..4 {
@@ -376,6 +379,13 @@ fn last_writer_wins(sink: &str) {
     store_expected(&eu, &expected(&writes, &first));
     let live = Duration::from_secs(60);
     wait_expected(&eu, &a.target, &a.reader(), "live, after kill -9", live);
+    // the writes' times step back now and then: stamped with the previous time, and counted
+    let held: u64 = crate::observe::scrape(&metrics)
+        .lines()
+        .filter(|l| l.starts_with("binlake_lww_clock_held_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(held > 0, "binlake_lww_clock_held_total is 0");
     let out = terminate(r, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
     if sink == "parquet" {
