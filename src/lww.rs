@@ -40,7 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// 2020-01-01T00:00:00Z, in seconds since the Unix epoch.
-const EPOCH_S: i64 = 1_577_836_800;
+pub const EPOCH_S: i64 = 1_577_836_800;
 /// Transactions per second per source before `t` moves on.
 const N_MAX: u64 = 1 << 19;
 /// Transactions remembered between their stamp and their commit through the sink (a commit

@@ -572,6 +572,13 @@ async fn status(fc: &FileConfig) -> anyhow::Result<()> {
                 Some(to) => format!("{id} -> {to}"),
                 None => id.to_string(),
             };
+            if let Some((t, n)) = cp.lww_clock {
+                // (`conflict`: versions are last-writer-wins, see `binlake::lww`)
+                println!(
+                    "last-writer-wins clock: {} #{n}",
+                    binlake::clock::format_us((t as i64 + binlake::lww::EPOCH_S) * 1_000_000)
+                );
+            }
             match &cp.last_error {
                 Some((at, e)) => {
                     println!("last error: {} {e}", binlake::clock::format_us(*at))

@@ -431,6 +431,15 @@ fn last_writer_wins(sink: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
     wait_expected(&eu, &a.target, &a.reader(), "every change", live);
 
+    // status shows the clock of each pipeline
+    let out = binlake(
+        &["status", "--config", &cfg_a, "--pipeline", "eu"],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("last-writer-wins clock: 2030-"), "{text}");
+
     // validate compares each source with the keys it wrote last, and sees a row changed
     // behind binlake's back (not in the binlog)
     let out = binlake(&["validate", "--config", &cfg_a], Duration::from_secs(120));
