@@ -227,8 +227,15 @@ impl SnapState {
             self.stream_at = Some(at.clone());
         }
         if let Some(v) = version {
-            // (active-active: versions taken ahead may be above the one `via` gives)
-            self.history.push_back((p, v.max(self.applied_max)));
+            // Active-active with several domains: versions taken ahead may be above the one
+            // `via` gives, and the highest taken is the bound (see `ahead.rs`). With one domain
+            // `via`'s own is exact, and a higher one would place a read above a change taken
+            // ahead that it does not hold.
+            let v = match &self.ahead {
+                Some(a) if a.interleaves() => v.max(self.applied_max),
+                _ => v,
+            };
+            self.history.push_back((p, v));
             // Without a snapshot in progress only the last entry matters: a chunk read later is
             // read at a point at or after it.
             // (`changed` has an entry for every snapshot queued, planned or not: chunks of a

@@ -55,6 +55,37 @@ fn history_versions_never_go_below_what_was_taken() {
     assert!(s.drops_every_changed_key());
 }
 
+/// Active-active with one domain: `via`'s own version is exact. A change taken ahead (seq
+/// 101, from another server) stays at or above the drop threshold of a read `via` places
+/// before it, though `via` is seen at 100 after it was taken.
+#[test]
+fn one_domain_keeps_vias_own_versions() {
+    let mut s = SnapState::default();
+    s.changed
+        .insert(TableId::new("shop", "t"), Default::default());
+    let p = |t: &str| t.parse::<crate::position::Position>().unwrap();
+    s.active_active(&p("mariadb-gtid:0-1-99"));
+    s.took(
+        101 << 16,
+        &p("mariadb-gtid:0-1-101"),
+        None,
+        false,
+        [].into_iter(),
+    );
+    s.seen_on_via(p("mariadb-gtid:0-1-100"));
+    s.saw(&at(100), Some(100 << 16));
+    let w = Window {
+        low: at(100),
+        high: at(100),
+    };
+    let (low, _) = s.window_versions(&w).unwrap().unwrap();
+    assert!(
+        low <= 101 << 16,
+        "the change taken ahead is dropped from the read"
+    );
+    assert!(!s.drops_every_changed_key());
+}
+
 /// A read's window takes its version from `high` and its drop threshold from `low`, and
 /// waits until the stream has read past `high`.
 #[test]

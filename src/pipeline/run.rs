@@ -178,13 +178,13 @@ impl<'a> Run<'a> {
             SourceMsg::Seen {
                 via,
                 file_pos,
+                version,
                 position,
-                ..
             } if via == self.via => {
-                // (its version is `via`'s count, not the one it was taken at: the history
-                // takes the highest taken so far)
+                // (`version` is `via`'s own: with several domains the history takes the
+                // highest taken so far instead, see `SnapState::saw`)
                 self.st.snap.seen_on_via(position);
-                self.st.snap.saw(&file_pos, Some(0));
+                self.st.snap.saw(&file_pos, Some(version));
                 release_deferred(&mut self.st, &self.snapshotter);
                 return Ok(self.moved(file_pos));
             }
