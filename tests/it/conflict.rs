@@ -465,6 +465,10 @@ fn last_writer_wins(sink: &str) {
         "{text}"
     );
 
+    if sink == "parquet" {
+        dbt_builds_the_shared_table(&dir, &cfg_a, expected(&writes, &first).len());
+    }
+
     // conflict cannot be switched off once written
     let text = std::fs::read_to_string(&cfg_a).unwrap();
     std::fs::write(
@@ -479,4 +483,53 @@ fn last_writer_wins(sink: &str) {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("conflict"), "{err}");
+}
+
+/// `binlake dbt sources` over the config, then `dbt build` (dbt-duckdb, no network): the shared
+/// table's current-state model passes its key test (one row per key, whichever source wrote it)
+/// and holds `rows` rows.
+fn dbt_builds_the_shared_table(dir: &TestDir, config: &str, rows: usize) {
+    let project = dir.0.join("dbt");
+    std::fs::create_dir_all(&project).unwrap();
+    for f in ["dbt_project.yml", "profiles.yml"] {
+        std::fs::copy(repo().join("examples/dbt").join(f), project.join(f)).unwrap();
+    }
+    let p = project.display().to_string();
+    let out = binlake(
+        &["dbt", "sources", "--config", config, "--project-dir", &p],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "dbt sources: {}", stderr(&out));
+    let db = project.join("w.duckdb").display().to_string();
+    let out = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "dbt",
+            "build",
+            "--profiles-dir",
+            &p,
+            "--project-dir",
+            &p,
+        ])
+        .env("DBT_DUCKDB_PATH", &db)
+        .env("DO_NOT_TRACK", "1")
+        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        .output()
+        .expect("run dbt (tests/scripts/install-deps.sh installs dbt-duckdb)");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && log.contains("ERROR=0"),
+        "dbt build:\n{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print(c.sql('SELECT count(*), count(DISTINCT id), count(DISTINCT _binlake_origin) FROM stg_warehouse__acct').fetchall()[0])",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(got, format!("({rows}, {rows}, 2)"), "{}", stderr(&out));
 }
