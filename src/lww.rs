@@ -115,29 +115,64 @@ impl LwwClock {
         t.saturating_sub(ts)
     }
 
-    /// `(t, n)` of the last transaction at or before `version`; `None` when it is older than
-    /// every transaction remembered.
-    fn at(&self, version: u64) -> Option<(u64, u64)> {
-        let s = self.state.lock().expect("lww clock");
-        let i = s.log.partition_point(|(v, _, _)| *v <= version);
-        let (_, t, n) = *s.log.get(i.checked_sub(1)?)?;
-        Some((t, n))
-    }
-
     /// The last-writer-wins version of a binlog change at `version` (`snapshot`: of a snapshot
     /// row, below every change), for the origin of `rank`.
     pub fn version(&self, version: u64, snapshot: bool, rank: u8) -> u64 {
-        match self.at(version).filter(|_| !snapshot) {
-            Some((t, n)) => encode(t, n, rank, 0),
-            // a snapshot row, or older than the clock remembers: below every change
-            None => encode(0, 0, rank, 1),
+        self.lookup(rank).version(version, snapshot)
+    }
+
+    /// Looks versions up under one lock (a batch's rows).
+    pub fn lookup(&self, rank: u8) -> Lookup<'_> {
+        Lookup {
+            state: self.state.lock().expect("lww clock"),
+            rank,
+            last: None,
         }
     }
 
     /// The clock after the last transaction at or before `version`, for the checkpoint.
     pub fn mark(&self, version: u64) -> (u64, u64) {
-        self.at(version)
-            .unwrap_or_else(|| self.state.lock().expect("lww clock").last)
+        let s = self.state.lock().expect("lww clock");
+        s.at(version).unwrap_or(s.last)
+    }
+}
+
+impl State {
+    /// `(t, n)` of the last transaction at or before `version`; `None` when it is older than
+    /// every transaction remembered.
+    fn at(&self, version: u64) -> Option<(u64, u64)> {
+        let i = self.log.partition_point(|(v, _, _)| *v <= version);
+        let (_, t, n) = *self.log.get(i.checked_sub(1)?)?;
+        Some((t, n))
+    }
+}
+
+/// Version lookups of one origin under one lock ([`LwwClock::lookup`]). The rows of one
+/// transaction share its source version: consecutive ones are looked up once.
+pub struct Lookup<'a> {
+    state: std::sync::MutexGuard<'a, State>,
+    rank: u8,
+    /// The last binlog change looked up: (source version, last-writer-wins version).
+    last: Option<(u64, u64)>,
+}
+
+impl Lookup<'_> {
+    /// See [`LwwClock::version`].
+    pub fn version(&mut self, version: u64, snapshot: bool) -> u64 {
+        if snapshot {
+            // below every change
+            return encode(0, 0, self.rank, 1);
+        }
+        if let Some((_, lww)) = self.last.filter(|(v, _)| *v == version) {
+            return lww;
+        }
+        let lww = match self.state.at(version) {
+            Some((t, n)) => encode(t, n, self.rank, 0),
+            // older than the clock remembers: below every change
+            None => encode(0, 0, self.rank, 1),
+        };
+        self.last = Some((version, lww));
+        lww
     }
 }
 

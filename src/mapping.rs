@@ -339,10 +339,11 @@ impl MappedSink {
             .downcast_ref::<arrow_array::StringArray>()
             .expect("cast to Utf8");
         let (mut min, mut max, mut stream_max) = (u64::MAX, 0u64, 0u64);
+        let mut lookup = clock.lookup(rank);
         let lww: arrow_array::UInt64Array = (0..b.batch.num_rows())
             .map(|i| {
-                let snapshot = ops.value(i) == "snapshot";
-                let v = clock.version(versions.value(i), snapshot, rank);
+                let snapshot = b.snapshot_rows && ops.value(i) == "snapshot";
+                let v = lookup.version(versions.value(i), snapshot);
                 (min, max) = (min.min(v), max.max(v));
                 if !snapshot {
                     stream_max = stream_max.max(v);
@@ -350,6 +351,7 @@ impl MappedSink {
                 v
             })
             .collect();
+        drop(lookup);
         let mut columns = b.batch.columns().to_vec();
         columns[vi] = Arc::new(lww);
         b.batch = RecordBatch::try_new(schema, columns)
