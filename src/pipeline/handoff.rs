@@ -167,15 +167,13 @@ impl SnapState {
         now.then_some(floor)
     }
 
-    /// Snapshots kept by [`SnapState::queue`] that `via` has now caught up with, and their floor.
-    fn releasable(&mut self) -> (Vec<(TableId, SnapshotProgress)>, BinlogPos) {
-        let floor = self.read_floor();
-        let ready = self
-            .ahead
-            .as_mut()
-            .map(Ahead::releasable)
-            .unwrap_or_default();
-        (ready, floor)
+    /// Snapshots kept by [`SnapState::queue`] that `via` has now caught up with (called per
+    /// transaction: nothing is built while none waits).
+    fn releasable(&mut self) -> Vec<(TableId, SnapshotProgress)> {
+        match &mut self.ahead {
+            Some(a) if a.waiting() => a.releasable(),
+            _ => Vec::new(),
+        }
     }
 
     /// A snapshot is queued, planned, or has a chunk waiting. (`changed` has an entry from the
@@ -632,7 +630,11 @@ fn hand_over(st: &mut State, snapshotter: &Snapshotter, t: TableId, p: SnapshotP
 
 /// Hands the readers the snapshots that waited for `via` to catch up, once it has.
 pub(super) fn release_deferred(st: &mut State, snapshotter: &Snapshotter) {
-    let (ready, floor) = st.snap.releasable();
+    let ready = st.snap.releasable();
+    if ready.is_empty() {
+        return;
+    }
+    let floor = st.snap.read_floor();
     for (t, p) in ready {
         debug!(table = %t, "its server has caught up: the snapshot is handed to the readers");
         snapshotter.add(t, p, floor.clone());
